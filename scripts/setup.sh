@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a development / CI environment on a fresh machine: a virtualenv in .venv with interlink
+# and its test dependencies, and the Node peers used by the end-to-end tests (@grpc/grpc-js ...).
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# Node peers for the e2e tests (Node 20 + npm are on the machines).
+if [ "${1:-}" = "--test" ] && [ -f tests/peers/package.json ]; then
+  if command -v npm >/dev/null 2>&1; then
+    (cd tests/peers && npm install --no-audit --no-fund --loglevel=error)
+  else
+    echo "setup: npm not found; the Node e2e peers cannot be installed" >&2
+    [ "${CI:-}" = "true" ] && exit 1
+  fi
+fi
