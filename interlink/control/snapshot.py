@@ -1,0 +1,107 @@
+"""The immutable view of a site that the request path reads: routes, ACLs, TLS contexts.
+
+Built once from a validated `SiteConfig` (and again on reload); a call uses the snapshot it started with.
+Everything the per-call path needs is precomputed here (header bytes, lookups keyed by what arrives on the
+wire), so that a call does dictionary lookups, not config interpretation.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Mapping
+
+from cryptography import x509
+
+from interlink.control.config import AclRule, ExportConfig, HostPort, ImportConfig, PeerConfig, SiteConfig
+from interlink.net import tls
+
+
+class SnapshotError(Exception):
+    """The site file was valid YAML but cannot be served (unreadable certificate, key mismatch ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRoute:
+    """A peer's service that our local callers may call."""
+
+    service: str
+    peer: str
+    authority: bytes  # the access domain the peer gave us: :authority and SNI on the link
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRoute:
+    """One of our services, exposed to named peer sites."""
+
+    service: str
+    providers: tuple[HostPort, ...]
+    allow: Mapping[str, AclRule]  # peer site -> rule
+    timeout: float | None  # default deadline (s) when the caller sets none
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    config: SiteConfig
+    imports: Mapping[str, ImportRoute]  # service -> route
+    exports: Mapping[str, ExportRoute]  # service -> route
+    peer_of_domain: Mapping[bytes, str]  # access domain we gave -> the only site that may use it
+    domain_of_peer: Mapping[str, bytes]
+    peer_cas: Mapping[str, x509.Certificate]
+    server_tls: tls.PeerServerTLS | None
+    client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it
+    default_timeout: float
+
+    @property
+    def site(self) -> str:
+        return self.config.site
+
+
+def build_snapshot(config: SiteConfig) -> Snapshot:
+    peer_cas = {name: _load_ca(peer) for name, peer in config.peers.items()}
+    server_tls = None
+    client_tls: dict[str, ssl.SSLContext] = {}
+    try:
+        if config.listen.peer is not None:
+            server_tls = tls.peer_server_tls(
+                config.tls.cert, config.tls.key, [peer.ca for peer in config.peers.values()], config.domains.values()
+            )
+        for name, peer in config.peers.items():
+            client_tls[name] = tls.peer_client_tls(config.tls.cert, config.tls.key, peer.ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise SnapshotError(
+            f"{config.path}: cannot load TLS files (tls.cert {config.tls.cert}, tls.key {config.tls.key}): {exc}; "
+            "run `interlink check` on the site file, or create them with `interlink certs init-site`"
+        ) from exc
+    return Snapshot(
+        config=config,
+        imports={item.service: _import_route(item, config.peers[item.from_site]) for item in config.imports},
+        exports={item.service: _export_route(item, config) for item in config.exports},
+        peer_of_domain={domain.lower().encode(): peer for peer, domain in config.domains.items()},
+        domain_of_peer={peer: domain.lower().encode() for peer, domain in config.domains.items()},
+        peer_cas=peer_cas,
+        server_tls=server_tls,
+        client_tls=client_tls,
+        default_timeout=config.default_timeout_ms / 1000,
+    )
+
+
+def _load_ca(peer: PeerConfig) -> x509.Certificate:
+    try:
+        return tls.load_certificate(peer.ca)
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"peers.{peer.name}.ca: cannot read CA certificate {peer.ca}: {exc}") from exc
+
+
+def _import_route(item: ImportConfig, peer: PeerConfig) -> ImportRoute:
+    return ImportRoute(service=item.service, peer=peer.name, authority=peer.domain.lower().encode())
+
+
+def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
+    timeout_ms = item.timeout_ms if item.timeout_ms is not None else config.default_timeout_ms
+    return ExportRoute(
+        service=item.service,
+        providers=item.providers,
+        allow=dict(item.allow),
+        timeout=timeout_ms / 1000,
+    )

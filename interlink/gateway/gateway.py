@@ -1,0 +1,218 @@
+"""One site's gateway process: listeners, connection pools, timers — one nursery tree.
+
+    Gateway.run
+      ├─ DeadlineTimers.run                      every call's deadline, one heap
+      ├─ ConnectionPool.run  (per peer endpoint)  long-lived mTLS HTTP/2 to peer gateways
+      ├─ ConnectionPool.run  (per provider)       h2c to our providers
+      ├─ local triple listener                    h2c from our site's callers
+      └─ peer listener                            mTLS from peer gateways: identity, then HTTP/2
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+
+import structlog
+import trio
+
+from interlink.control.config import HostPort, PeerConfig, SiteConfig
+from interlink.control.snapshot import Snapshot, build_snapshot
+from interlink.gateway.relay import DeadlineTimers
+from interlink.gateway.triple import TripleForwarder
+from interlink.net import tls
+from interlink.net.h2link import FlushQueue, H2Endpoint
+from interlink.net.pool import ConnectionPool, PoolGroup
+
+log = structlog.get_logger("interlink.gateway")
+audit_log = structlog.get_logger("interlink.audit")
+
+HANDSHAKE_TIMEOUT = 10.0
+PROVIDER_CONNECTIONS = 1
+LOCAL_MAX_STREAMS = 1000
+
+
+@dataclass
+class BoundAddresses:
+    """Where the listeners actually listen (ports chosen by the OS when the site file says :0)."""
+
+    triple: HostPort | None = None
+    peer: HostPort | None = None
+    extra: dict[str, HostPort] = field(default_factory=dict)
+
+
+class Gateway:
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self._snapshot = build_snapshot(config)
+        self.flush_queue = FlushQueue()
+        self.timers = DeadlineTimers()
+        self.bound = BoundAddresses()
+        self.peer_groups: dict[str, PoolGroup] = {
+            name: PoolGroup(f"site {name}", [self._peer_pool(peer, address) for address in peer.endpoints])
+            for name, peer in config.peers.items()
+        }
+        provider_pools = {
+            address: self._provider_pool(address) for export in config.exports for address in export.providers
+        }
+        self.provider_groups: dict[str, PoolGroup] = {
+            export.service: PoolGroup(
+                f"providers of {export.service}", [provider_pools[address] for address in export.providers]
+            )
+            for export in config.exports
+            if export.providers
+        }
+        self._all_pools = [pool for group in self.peer_groups.values() for pool in group.pools] + list(
+            provider_pools.values()
+        )
+        self._nursery: trio.Nursery | None = None
+        self._forwarder: TripleForwarder | None = None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._forwarder = TripleForwarder(
+                snapshot=lambda: self._snapshot,
+                peer_groups=self.peer_groups.get,
+                provider_group=self.provider_groups.get,
+                timers=self.timers,
+                nursery=nursery,
+            )
+            nursery.start_soon(self.timers.run)
+            for pool in self._all_pools:
+                nursery.start_soon(pool.run)
+            listen = self.config.listen
+            if listen.triple is not None:
+                self.bound.triple = await nursery.start(self._listen, listen.triple, self._serve_local_connection)
+            if listen.peer is not None:
+                self.bound.peer = await nursery.start(self._listen, listen.peer, self._serve_peer_connection)
+            log.info(
+                "gateway.started",
+                site=self.config.site,
+                triple=str(self.bound.triple) if self.bound.triple else None,
+                peer=str(self.bound.peer) if self.bound.peer else None,
+                peers=sorted(self.peer_groups),
+                exports=sorted(self.provider_groups),
+                imports=sorted(self._snapshot.imports),
+            )
+            task_status.started(self)
+
+    def stop(self) -> None:
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # --- listeners -----------------------------------------------------------------------------------------
+
+    async def _listen(self, address: HostPort, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        task_status.started(HostPort(host, port))
+        await trio.serve_listeners(handler, listeners)
+
+    async def _serve_local_connection(self, stream: trio.SocketStream) -> None:
+        assert self._forwarder is not None
+        endpoint = H2Endpoint(
+            stream,
+            client_side=False,
+            flush_queue=self.flush_queue,
+            max_concurrent_streams=LOCAL_MAX_STREAMS,
+            on_request=self._forwarder.on_local_request,
+            name=f"local:{_remote(stream)}",
+        )
+        await endpoint.run()
+
+    async def _serve_peer_connection(self, tcp: trio.SocketStream) -> None:
+        assert self._forwarder is not None
+        snapshot = self._snapshot
+        remote = _remote(tcp)
+        assert snapshot.server_tls is not None
+        stream = trio.SSLStream(tcp, snapshot.server_tls.default, server_side=True)
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await stream.do_handshake()
+            if stream.selected_alpn_protocol() != tls.ALPN_H2:
+                raise tls.PeerIdentityError(f"ALPN {stream.selected_alpn_protocol()!r} offered, h2 required")
+            site = tls.verify_peer_site(
+                stream.getpeercert(binary_form=True), snapshot.config.trust_domain, snapshot.peer_cas
+            )
+        except (trio.BrokenResourceError, trio.TooSlowError, tls.PeerIdentityError) as exc:
+            reason = _handshake_error(exc)
+            log.warning("peer.handshake_refused", remote=remote, error=reason)
+            audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=reason)
+            await trio.aclose_forcefully(stream)
+            return
+        sni = snapshot.server_tls.domain_of(stream.context)
+        endpoint = H2Endpoint(
+            stream,
+            client_side=False,
+            flush_queue=self.flush_queue,
+            max_concurrent_streams=max((p.max_concurrent_streams for p in self.config.peers.values()), default=256),
+            on_request=self._forwarder.on_peer_request,
+            name=f"peer-in:{site}@{remote}",
+        )
+        endpoint.attributes["site"] = site
+        endpoint.attributes["sni"] = sni
+        log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=stream.version())
+        await endpoint.run()
+        log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
+
+    # --- dialers ------------------------------------------------------------------------------------------
+
+    def _peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
+        async def connect() -> H2Endpoint:
+            snapshot = self._snapshot
+            tcp = await trio.open_tcp_stream(address.host, address.port)
+            stream = trio.SSLStream(tcp, snapshot.client_tls[peer.name], server_hostname=peer.domain)
+            try:
+                await stream.do_handshake()
+                if stream.selected_alpn_protocol() != tls.ALPN_H2:
+                    raise tls.PeerIdentityError(f"peer did not select ALPN h2 ({stream.selected_alpn_protocol()!r})")
+                site = tls.verify_peer_site(
+                    stream.getpeercert(binary_form=True),
+                    snapshot.config.trust_domain,
+                    {peer.name: snapshot.peer_cas[peer.name]},
+                )
+            except BaseException as exc:
+                await trio.aclose_forcefully(stream)
+                if isinstance(exc, trio.BrokenResourceError):
+                    raise ConnectionError(_handshake_error(exc)) from exc
+                raise
+            return H2Endpoint(
+                stream,
+                client_side=True,
+                flush_queue=self.flush_queue,
+                max_concurrent_streams=peer.max_concurrent_streams,
+                name=f"peer-out:{site}@{address}",
+            )
+
+        return ConnectionPool(f"site {peer.name} at {address}", connect, size=peer.connections)
+
+    def _provider_pool(self, address: HostPort) -> ConnectionPool:
+        async def connect() -> H2Endpoint:
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            return H2Endpoint(
+                stream, client_side=True, flush_queue=self.flush_queue, name=f"provider:{address}"
+            )
+
+        return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS)
+
+
+def _remote(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+def _handshake_error(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.reason or cause}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"TLS handshake did not finish within {HANDSHAKE_TIMEOUT:g}s"
+    return str(exc) or type(exc).__name__

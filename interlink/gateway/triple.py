@@ -1,0 +1,184 @@
+"""The Triple/gRPC request path, read top to bottom:
+
+    local caller --h2c--> on_local_request:  parse head -> strip identity -> find import -> stamp caller app
+                                              -> pooled mTLS stream to the peer gateway (access domain)
+    peer gateway --mTLS--> on_peer_request:  access-domain binding (cert site owns :authority and SNI)
+                                              -> find export -> ACL (caller site, app, method) -> audit
+                                              -> pooled h2c stream to a provider
+
+Both end in a `Relay` that carries the rest of the call. Errors the gateway makes are Trailers-Only
+responses with a gRPC status and a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import structlog
+import trio
+
+from interlink.control.snapshot import Snapshot
+from interlink.gateway.relay import DeadlineTimers, Relay
+from interlink.model import Status
+from interlink.net.h2link import H2Endpoint, Headers
+from interlink.net.pool import PoolGroup
+from interlink.wire import grpc
+
+audit_log = structlog.get_logger("interlink.audit")
+log = structlog.get_logger("interlink.gateway")
+
+# How long a call may wait for the very first connection of an upstream (startup only).
+FIRST_CONNECT_WAIT = 5.0
+
+
+class TripleForwarder:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        peer_groups: Callable[[str], PoolGroup | None],
+        provider_group: Callable[[str], PoolGroup | None],
+        timers: DeadlineTimers,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._snapshot = snapshot
+        self._peer_group = peer_groups
+        self._provider_group = provider_group
+        self._timers = timers
+        self._nursery = nursery
+
+    # --- site B: a local caller calls an imported service ---------------------------------------------
+
+    def on_local_request(self, down: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        snapshot = self._snapshot()
+        fields: dict[str, object] = {"site": snapshot.site, "ingress": "local"}
+        head, relay = self._admit(down, stream_id, headers, end_stream, fields, snapshot.default_timeout)
+        if head is None:
+            return
+        route = snapshot.imports.get(head.service)
+        if route is None:
+            relay.fail(
+                Status.UNIMPLEMENTED,
+                f"service {head.service} is not imported by site {snapshot.site}; add it under imports: in the site file",
+            )
+            return
+        fields["peer"] = route.peer
+        fields["upstream"] = f"site {route.peer}"
+        stamps = [(grpc.CALLER_APP, head.consumer_app.encode())] if head.consumer_app else []
+        outgoing = grpc.request_headers(
+            head, scheme=b"https", authority=route.authority, timeout=_remaining(relay.deadline), stamps=stamps
+        )
+        self._connect(relay, self._peer_group(route.peer), outgoing, end_stream)
+
+    # --- site A: a peer gateway calls one of our exports -----------------------------------------------
+
+    def on_peer_request(self, down: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        snapshot = self._snapshot()
+        peer: str = down.attributes["site"]  # type: ignore[assignment]
+        fields: dict[str, object] = {"site": snapshot.site, "ingress": "peer", "peer": peer}
+        head, relay = self._admit(down, stream_id, headers, end_stream, fields, snapshot.default_timeout)
+        if head is None:
+            return
+        fields["caller_app"] = head.caller_app
+        denial = self._check_binding(snapshot, peer, head.authority, down.attributes.get("sni"))
+        route = snapshot.exports.get(head.service)
+        if denial is None and route is None:
+            self._audit("deny", fields, f"not exported: {head.service}")
+            relay.fail(Status.UNIMPLEMENTED, f"service {head.service} is not exported by site {snapshot.site}")
+            return
+        if denial is None:
+            rule = route.allow.get(peer)
+            if rule is None:
+                denial = f"service {head.service} is not exported to site {peer}"
+            elif not rule.permits(head.caller_app, head.method):
+                denial = f"app {head.caller_app or '(none)'} of site {peer} may not call {head.service}/{head.method}"
+        if denial is not None:
+            self._audit("deny", fields, denial)
+            relay.fail(Status.PERMISSION_DENIED, denial)
+            return
+        self._audit("allow", fields, "")
+        fields["upstream"] = f"providers of {head.service}"
+        stamps = [(grpc.CALLER_SITE, peer.encode())]
+        if head.caller_app:
+            stamps.append((grpc.CALLER_APP, head.caller_app.encode()))
+        outgoing = grpc.request_headers(
+            head, scheme=b"http", authority=head.authority, timeout=_remaining(relay.deadline), stamps=stamps
+        )
+        self._connect(relay, self._provider_group(head.service), outgoing, end_stream)
+
+    @staticmethod
+    def _check_binding(snapshot: Snapshot, peer: str, authority: bytes, sni: object) -> str | None:
+        """A peer may only use the access domain we gave *it*, in :authority and in SNI."""
+        ours = snapshot.domain_of_peer.get(peer)
+        if ours is None:
+            return f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)"
+        if authority != ours:
+            owner = snapshot.peer_of_domain.get(authority)
+            whose = f"it belongs to site {owner}" if owner else "it is not an access domain of ours"
+            return f"site {peer} may not use access domain {authority.decode(errors='replace')}: {whose}"
+        if sni is None or sni.encode() != ours:  # type: ignore[union-attr]
+            return f"site {peer} connected with TLS SNI {sni!r}, not its access domain {ours.decode()}"
+        return None
+
+    # --- shared steps ------------------------------------------------------------------------------------
+
+    def _admit(
+        self,
+        down: H2Endpoint,
+        stream_id: int,
+        headers: Headers,
+        end_stream: bool,
+        fields: dict[str, object],
+        default_timeout: float,
+    ) -> tuple[grpc.RequestHead | None, Relay]:
+        """Parse the request head and give the call its Relay (and so its deadline and access log line)."""
+        try:
+            head = grpc.parse_request_head(headers)
+        except grpc.RequestHeadError as exc:
+            relay = Relay(down, stream_id, fields, self._timers, math.inf, end_stream)
+            relay.fail(exc.status, exc.message, exc.http_status)
+            return None, relay
+        fields["service"] = head.service
+        fields["method"] = head.method
+        fields["caller_app"] = head.consumer_app
+        timeout = head.timeout if head.timeout is not None else default_timeout
+        deadline = trio.current_time() + timeout
+        return head, Relay(down, stream_id, fields, self._timers, deadline, end_stream)
+
+    def _connect(self, relay: Relay, group: PoolGroup | None, headers: Headers, end_stream: bool) -> None:
+        if group is None:
+            relay.fail(Status.UNAVAILABLE, f"no upstream is configured for {relay.log_fields.get('upstream')}")
+            return
+        upstream = group.pick()
+        if upstream is not None:
+            relay.connect(upstream, headers, end_stream)
+        elif group.up:
+            relay.fail(
+                Status.RESOURCE_EXHAUSTED,
+                f"all connections to {group.name} are at their concurrent stream limit; retry later",
+            )
+        elif group.first_connect_pending:
+            self._nursery.start_soon(self._connect_when_ready, relay, group, headers, end_stream)
+        else:
+            relay.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+
+    async def _connect_when_ready(self, relay: Relay, group: PoolGroup, headers: Headers, end_stream: bool) -> None:
+        with trio.move_on_at(min(relay.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+            await group.wait_ready()
+        if relay.done:
+            return
+        upstream = group.pick()
+        if upstream is None:
+            relay.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+            return
+        relay.connect(upstream, headers, end_stream)
+
+    @staticmethod
+    def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
+        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+
+
+def _remaining(deadline: float) -> float | None:
+    if deadline == math.inf:
+        return None
+    return max(deadline - trio.current_time(), 0.0)

@@ -1,0 +1,97 @@
+"""The protocol-neutral core: what a call is, whoever speaks it.
+
+Every wire protocol has one adapter to and one from these types (2·N adapters, not N² translators).
+Nothing here knows about sockets, HTTP/2 or Bolt frames.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Status(enum.IntEnum):
+    """Call outcome. The numbers are gRPC's (and Dubbo's TriRpcStatus): the lingua franca of the gateway."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the site (proven by a certificate or by being local) and the application (claimed by
+    the caller at its own site's gateway, stamped by that gateway)."""
+
+    site: str
+    app: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteIdentity:
+    """A site name inside a trust domain, as carried by a gateway certificate's URI SAN."""
+
+    trust_domain: str
+    site: str
+
+    @property
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/site/{self.site}"
+
+    @classmethod
+    def from_uri(cls, uri: str) -> SiteIdentity | None:
+        """Parse `spiffe://<trust-domain>/site/<site>`; None for any other shape."""
+        prefix = "spiffe://"
+        if not uri.startswith(prefix):
+            return None
+        trust_domain, sep, rest = uri[len(prefix) :].partition("/")
+        kind, sep2, site = rest.partition("/")
+        if not (trust_domain and sep and sep2 and kind == "site" and site) or "/" in site:
+            return None
+        return cls(trust_domain, site)
+
+
+@dataclass(slots=True)
+class Call:
+    """One RPC as the gateway sees it. Mutable while the gateway's filters look at it; the wire adapters
+    build it and consume it."""
+
+    service: str
+    method: str
+    protocol: str  # the caller's protocol on the hop where this Call was decoded: "triple" | "bolt"
+    caller: Identity | None = None
+    deadline: float | None = None  # absolute, in the gateway's monotonic clock
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.service}/{self.method}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: Status
+    message: str = ""
+
+
+class CallRefused(Exception):
+    """A call the gateway answers itself with an error status (routing, ACL, limits, unavailability)."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message

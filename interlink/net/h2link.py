@@ -1,0 +1,386 @@
+"""HTTP/2 connections over trio streams, driven by h2's state machine, built for relaying.
+
+One `H2Endpoint` is one connection, client or server side. Its reader task turns bytes into h2 events and
+hands each stream's events to that stream's `StreamHandler` synchronously; handlers write to other
+endpoints (the other half of a relay) without awaiting. After each read batch every endpoint written to
+is flushed from the reader itself (`FlushQueue`): no writer task, no extra wake-up per call. A send that
+is already in progress on an endpoint simply picks up what was added meanwhile.
+
+Costs kept off the per-call path (measured, see DESIGN.md performance notes): header tables are size 0
+both ways (stateless HPACK), h2's outbound header validation is off (we build our header lists), frames
+are not repr()'d for a debug logger nobody reads.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+import structlog
+import trio
+
+log = structlog.get_logger("interlink.net.h2")
+
+Headers = list[tuple[bytes, bytes]]
+
+READ_SIZE = 256 * 1024
+STREAM_WINDOW = 1 << 20  # per-stream receive window we advertise
+CONNECTION_WINDOW = 16 << 20  # connection receive window
+MAX_FRAME_SIZE = 1 << 16
+MAX_HEADER_LIST_SIZE = 64 * 1024
+
+
+def _cheap_frame_repr(frame: hyperframe.frame.Frame) -> str:
+    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
+
+
+# h2 4.x calls repr(frame) for every received frame to feed a debug logger that is a no-op by default;
+# the default repr renders the whole body. One cheap repr for all frame types, set once at import.
+hyperframe.frame.Frame.__repr__ = _cheap_frame_repr  # type: ignore[method-assign]
+
+
+class StreamHandler(Protocol):
+    """What an endpoint tells the owner of one of its streams. Called synchronously from the reader; must
+    not block and must not raise (an exception resets that stream only, and is logged)."""
+
+    def on_headers(self, headers: Headers, end_stream: bool) -> None: ...
+    def on_data(self, data: bytes, flow_length: int, end_stream: bool) -> None: ...
+    def on_end(self) -> None: ...
+    def on_reset(self, error_code: int) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_connection_lost(self, reason: str) -> None: ...
+
+
+RequestCallback = Callable[["H2Endpoint", int, Headers, bool], None]
+
+
+class FlushQueue:
+    """Endpoints written to since the last flush. Shared by all endpoints of one gateway so that the reader
+    that caused a write flushes it."""
+
+    __slots__ = ("_dirty",)
+
+    def __init__(self) -> None:
+        self._dirty: dict[H2Endpoint, None] = {}
+
+    def add(self, endpoint: H2Endpoint) -> None:
+        self._dirty[endpoint] = None
+
+    async def flush(self) -> None:
+        while self._dirty:
+            endpoint = next(iter(self._dirty))
+            del self._dirty[endpoint]
+            await endpoint.flush()
+
+
+def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config)
+    conn.local_settings = h2.settings.Settings(
+        client=client_side,
+        initial_values={
+            h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        },
+    )
+    # Settings given as initial values are not "changes" to h2, so it would only apply them on the ACK
+    # of a later change: apply the inbound limits that follow from them now.
+    conn.max_inbound_frame_size = MAX_FRAME_SIZE
+    conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+    conn.encoder.header_table_size = 0
+    return conn
+
+
+class H2Endpoint:
+    """One HTTP/2 connection. `run()` is its reader; the owner runs it in a nursery."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        client_side: bool,
+        flush_queue: FlushQueue,
+        max_concurrent_streams: int = 256,
+        on_request: RequestCallback | None = None,
+        name: str = "",
+    ) -> None:
+        self.name = name
+        self.client_side = client_side
+        self.conn = _h2_connection(client_side, max_concurrent_streams)
+        self.streams: dict[int, StreamHandler] = {}
+        self.max_concurrent_streams = max_concurrent_streams
+        self.draining = False  # GOAWAY received or sent: no new streams
+        self.closed = False
+        self.close_reason = ""
+        self.last_receive = trio.current_time()
+        self.attributes: dict[str, object] = {}  # owner's per-connection facts (peer site, SNI domain ...)
+        self._stream = stream
+        self._flush_queue = flush_queue
+        self._on_request = on_request
+        self._sending = False
+        self._ping_outstanding = False
+
+    # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.draining
+
+    def has_capacity(self) -> bool:
+        remote_limit = self.conn.remote_settings.max_concurrent_streams
+        return self.usable and len(self.streams) < min(self.max_concurrent_streams, remote_limit)
+
+    def open_stream(self, headers: Headers, handler: StreamHandler, end_stream: bool = False) -> int:
+        stream_id = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        self.streams[stream_id] = handler
+        self._mark()
+        return stream_id
+
+    def attach(self, stream_id: int, handler: StreamHandler) -> None:
+        self.streams[stream_id] = handler
+
+    def detach(self, stream_id: int) -> None:
+        self.streams.pop(stream_id, None)
+        if self.draining and not self.streams:
+            self.close(self.close_reason or "drained")
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
+        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        self._mark()
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """Send what flow control allows now; return the number of bytes sent. END_STREAM goes out only with
+        the last byte (or alone when `data` is empty)."""
+        if not data:
+            if end_stream:
+                self.conn.end_stream(stream_id)
+                self._mark()
+            return 0
+        allowed = min(len(data), self.conn.local_flow_control_window(stream_id))
+        if allowed <= 0:
+            return 0
+        max_frame = self.conn.max_outbound_frame_size
+        offset = 0
+        while offset < allowed:
+            end = min(offset + max_frame, allowed)
+            chunk = data if offset == 0 and end == len(data) else data[offset:end]
+            self.conn.send_data(stream_id, chunk, end_stream=end_stream and end == len(data))
+            offset = end
+        self._mark()
+        return allowed
+
+    def acknowledge(self, stream_id: int, flow_length: int) -> None:
+        """Reopen the receive window for bytes that were passed on."""
+        if flow_length and not self.closed:
+            self.conn.acknowledge_received_data(flow_length, stream_id)
+            self._mark()
+
+    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        self.streams.pop(stream_id, None)
+        if self.closed:
+            return
+        try:
+            self.conn.reset_stream(stream_id, error_code)
+        except h2.exceptions.StreamClosedError:
+            return
+        self._mark()
+
+    def goaway(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        if not self.closed:
+            self.draining = True
+            self.conn.close_connection(error_code)
+            self._mark()
+
+    def _mark(self) -> None:
+        self._flush_queue.add(self)
+
+    # --- I/O -------------------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        if self._sending or self.closed:
+            return
+        self._sending = True
+        try:
+            while data := self.conn.data_to_send():
+                await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._lost(f"send failed: {exc or type(exc).__name__}")
+        finally:
+            self._sending = False
+
+    async def run(self) -> None:
+        """Read until the connection ends; then every stream still open learns that it was lost."""
+        reason = "closed"
+        try:
+            self.conn.initiate_connection()
+            self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+            self._mark()
+            await self._flush_queue.flush()
+            while not self.closed:
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    reason = "connection closed by the remote side"
+                    break
+                self.last_receive = trio.current_time()
+                try:
+                    events = self.conn.receive_data(data)
+                except h2.exceptions.H2Error as exc:
+                    reason = f"HTTP/2 protocol error from the remote side: {exc}"
+                    log.warning("h2.protocol_error", endpoint=self.name, error=str(exc))
+                    self._mark()  # h2 queued a GOAWAY; send it before closing
+                    await self._flush_queue.flush()
+                    break
+                self._dispatch(events)
+                await self._flush_queue.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"connection lost: {exc or type(exc).__name__}"
+        finally:
+            self._lost(self.close_reason or reason)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await self._stream.aclose()
+
+    async def keepalive(self, interval: float, timeout: float) -> None:
+        """PING when the connection has been quiet for `interval`; close it if no ACK within `timeout`."""
+        while not self.closed:
+            idle = trio.current_time() - self.last_receive
+            if idle < interval:
+                await trio.sleep(interval - idle)
+                continue
+            self._ping_outstanding = True
+            self.conn.ping(b"ilkalive")
+            self._mark()
+            await self._flush_queue.flush()
+            with trio.move_on_after(timeout):
+                while self._ping_outstanding and not self.closed:
+                    await trio.sleep(min(0.05, timeout))
+            if self._ping_outstanding and not self.closed:
+                self.close(f"no PING acknowledgement within {timeout:g}s")
+                return
+
+    def close(self, reason: str) -> None:
+        """Close now (the reader ends and fails the open streams)."""
+        if not self.closed:
+            self.close_reason = reason
+            self._lost(reason)
+            self._stream_close_nowait()
+
+    def _stream_close_nowait(self) -> None:
+        # Closing a trio stream is async; forcing the socket shut wakes the reader immediately.
+        stream = self._stream
+        transport = getattr(stream, "transport_stream", stream)
+        socket = getattr(transport, "socket", None)
+        if socket is not None:
+            try:
+                socket.shutdown(2)  # SHUT_RDWR
+            except OSError:
+                pass
+
+    def _lost(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        streams, self.streams = self.streams, {}
+        for handler in streams.values():
+            self._call(handler.on_connection_lost, self.close_reason)
+
+    # --- events ----------------------------------------------------------------------------------------
+
+    def _dispatch(self, events: Iterable[h2.events.Event]) -> None:
+        streams = self.streams
+        ended_with_frame: set[int] = set()  # stream ids whose END_STREAM came with HEADERS or DATA
+        for event in events:
+            kind = type(event)
+            if kind is h2.events.DataReceived:
+                end = event.stream_ended is not None
+                if end:
+                    ended_with_frame.add(event.stream_id)
+                handler = streams.get(event.stream_id)
+                if handler is None:
+                    self.acknowledge(event.stream_id, event.flow_controlled_length)
+                else:
+                    self._call(handler.on_data, event.data, event.flow_controlled_length, end, stream_id=event.stream_id)
+            elif kind is h2.events.RequestReceived:
+                end = event.stream_ended is not None
+                if end:
+                    ended_with_frame.add(event.stream_id)
+                if self._on_request is None or self.draining:
+                    self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                else:
+                    self._call(self._on_request, self, event.stream_id, event.headers, end, stream_id=event.stream_id)
+            elif kind is h2.events.ResponseReceived or kind is h2.events.TrailersReceived:
+                end = event.stream_ended is not None
+                if end:
+                    ended_with_frame.add(event.stream_id)
+                handler = streams.get(event.stream_id)
+                if handler is not None:
+                    self._call(handler.on_headers, event.headers, end, stream_id=event.stream_id)
+            elif kind is h2.events.StreamEnded:
+                if event.stream_id in ended_with_frame:
+                    continue
+                handler = streams.get(event.stream_id)
+                if handler is not None:
+                    self._call(handler.on_end, stream_id=event.stream_id)
+            elif kind is h2.events.StreamReset:
+                handler = streams.pop(event.stream_id, None)
+                if handler is not None:
+                    self._call(handler.on_reset, event.error_code, stream_id=event.stream_id)
+            elif kind is h2.events.WindowUpdated:
+                if event.stream_id:
+                    handler = streams.get(event.stream_id)
+                    if handler is not None:
+                        self._call(handler.on_writable, stream_id=event.stream_id)
+                else:
+                    self._all_writable()
+            elif kind is h2.events.RemoteSettingsChanged:
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    self._all_writable()
+            elif kind is h2.events.PingAckReceived:
+                self._ping_outstanding = False
+            elif kind is h2.events.ConnectionTerminated:
+                self._on_goaway(event)
+            # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
+        self._mark()  # h2 may have queued SETTINGS/PING acks or WINDOW_UPDATEs of its own
+
+    def _all_writable(self) -> None:
+        for stream_id, handler in list(self.streams.items()):
+            self._call(handler.on_writable, stream_id=stream_id)
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self.draining = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        reason = f"the remote side sent GOAWAY ({getattr(event.error_code, 'name', event.error_code)})"
+        self.close_reason = reason
+        for stream_id in [sid for sid in self.streams if sid > last]:
+            handler = self.streams.pop(stream_id)
+            self._call(handler.on_connection_lost, reason, stream_id=stream_id)
+        if not self.streams:
+            self.close(reason)
+
+    def _call(self, fn: Callable[..., None], *args: object, stream_id: int = 0) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("h2.handler_failed", endpoint=self.name, stream_id=stream_id)
+            if stream_id:
+                self.reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+

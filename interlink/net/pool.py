@@ -1,0 +1,153 @@
+"""Long-lived, multiplexed HTTP/2 connections to one remote address, kept up with reconnect and backoff."""
+
+from __future__ import annotations
+
+import random
+from typing import Awaitable, Callable
+
+import structlog
+import trio
+
+from interlink.net.h2link import H2Endpoint
+
+log = structlog.get_logger("interlink.net.pool")
+
+Connector = Callable[[], Awaitable[H2Endpoint]]
+
+
+class ConnectionPool:
+    """`size` connections to one address. Each slot connects, serves until its connection ends, then
+    reconnects with exponential backoff and jitter. `pick()` is synchronous and cheap: the call path never
+    waits for a connection unless the pool has never been up yet (`wait_ready`)."""
+
+    def __init__(
+        self,
+        name: str,
+        connect: Connector,
+        *,
+        size: int = 1,
+        connect_timeout: float = 5.0,
+        keepalive_interval: float = 10.0,
+        keepalive_timeout: float = 5.0,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self.endpoints: list[H2Endpoint] = []
+        self.last_error = "not connected yet"
+        self.ever_connected = False
+        self.connecting = 0
+        self._connect = connect
+        self._connect_timeout = connect_timeout
+        self._keepalive = (keepalive_interval, keepalive_timeout)
+        self._backoff = (backoff_initial, backoff_max)
+        self._ready = trio.Event()
+
+    def pick(self) -> H2Endpoint | None:
+        """The least-loaded connection with room for one more stream, or None."""
+        best: H2Endpoint | None = None
+        for endpoint in self.endpoints:
+            if endpoint.has_capacity() and (best is None or len(endpoint.streams) < len(best.streams)):
+                best = endpoint
+        return best
+
+    @property
+    def up(self) -> bool:
+        return any(endpoint.usable for endpoint in self.endpoints)
+
+    async def wait_ready(self) -> None:
+        while not self.up:
+            await self._ready.wait()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for slot in range(self.size):
+                nursery.start_soon(self._keep_slot_connected, slot)
+
+    async def _keep_slot_connected(self, slot: int) -> None:
+        initial, ceiling = self._backoff
+        delay = initial
+        while True:
+            endpoint = await self._connect_once(slot)
+            if endpoint is None:
+                await trio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, ceiling)
+                continue
+            delay = initial
+            await self._serve(endpoint)
+            log.info("pool.connection_closed", pool=self.name, slot=slot, reason=endpoint.close_reason)
+
+    async def _connect_once(self, slot: int) -> H2Endpoint | None:
+        self.connecting += 1
+        try:
+            with trio.fail_after(self._connect_timeout):
+                endpoint = await self._connect()
+        except trio.TooSlowError:
+            self.last_error = f"connect timed out after {self._connect_timeout:g}s"
+        except Exception as exc:  # any failure to connect is retried; the reason is kept for errors/logs
+            self.last_error = str(exc) or type(exc).__name__
+        else:
+            return endpoint
+        finally:
+            self.connecting -= 1
+        log.warning("pool.connect_failed", pool=self.name, slot=slot, error=self.last_error)
+        return None
+
+    async def _serve(self, endpoint: H2Endpoint) -> None:
+        self.endpoints.append(endpoint)
+        self.ever_connected = True
+        log.info("pool.connected", pool=self.name, endpoint=endpoint.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(endpoint.keepalive, *self._keepalive)
+                self._ready.set()
+                self._ready = trio.Event()
+                await endpoint.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.endpoints.remove(endpoint)
+            self.last_error = endpoint.close_reason or "connection closed"
+
+
+class PoolGroup:
+    """The pools of all addresses of one upstream (a peer site's gateways, an export's providers), picked
+    round-robin; within a pool the least-loaded connection wins."""
+
+    def __init__(self, name: str, pools: list[ConnectionPool]) -> None:
+        self.name = name
+        self.pools = pools
+        self._next = 0
+
+    def pick(self) -> H2Endpoint | None:
+        count = len(self.pools)
+        for offset in range(count):
+            pool = self.pools[(self._next + offset) % count]
+            endpoint = pool.pick()
+            if endpoint is not None:
+                self._next = (self._next + offset + 1) % count
+                return endpoint
+        return None
+
+    @property
+    def up(self) -> bool:
+        return any(pool.up for pool in self.pools)
+
+    @property
+    def first_connect_pending(self) -> bool:
+        """No connection has ever come up, but one is being attempted (startup race)."""
+        return not any(pool.ever_connected for pool in self.pools) and any(pool.connecting for pool in self.pools)
+
+    @property
+    def last_error(self) -> str:
+        return "; ".join(f"{pool.name}: {pool.last_error}" for pool in self.pools if not pool.up) or "no address"
+
+    async def wait_ready(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for pool in self.pools:
+                nursery.start_soon(self._first_ready, pool, nursery.cancel_scope)
+
+    @staticmethod
+    async def _first_ready(pool: ConnectionPool, scope: trio.CancelScope) -> None:
+        await pool.wait_ready()
+        scope.cancel()

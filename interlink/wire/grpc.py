@@ -1,0 +1,311 @@
+"""gRPC over HTTP/2, the parts a proxy needs, sans-I/O.
+
+- Length-Prefixed-Message framing (1 byte compressed flag + uint32 length + message), reassembled across
+  DATA frames whose boundaries are unrelated to message boundaries;
+- `grpc-timeout` parse and format (at most 8 digits + unit H M S m u n);
+- `grpc-message` percent-encoding (UTF-8, bytes outside 0x20..0x7e and '%' become %XX);
+- Trailers-Only error responses, as header lists ready for an HTTP/2 encoder.
+
+Reference: grpc/grpc doc/PROTOCOL-HTTP2.md (see ../shared/PROTOCOLS.md section 2.1).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from interlink.model import Status
+
+PREFIX = struct.Struct(">BI")
+PREFIX_SIZE = PREFIX.size  # 5
+DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+
+CONTENT_TYPE = b"application/grpc"
+
+
+class GrpcFramingError(Exception):
+    """A gRPC message stream that no correct peer would send."""
+
+
+# --- Length-Prefixed-Message -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    compressed: bool
+    data: bytes
+
+
+def encode_message(data: bytes, compressed: bool = False) -> bytes:
+    return PREFIX.pack(1 if compressed else 0, len(data)) + data
+
+
+class MessageDecoder:
+    """Reassembles gRPC messages from DATA payloads of any size and alignment.
+
+    `feed(chunk)` returns the messages completed by that chunk. `pending` tells whether a partial message
+    is buffered (a stream that ends there was truncated).
+    """
+
+    __slots__ = ("_buffer", "_max_message")
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self._buffer = bytearray()
+        self._max_message = max_message
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buffer)
+
+    def feed(self, chunk: bytes) -> list[Message]:
+        buffer = self._buffer
+        buffer += chunk
+        messages: list[Message] = []
+        offset = 0
+        while len(buffer) - offset >= PREFIX_SIZE:
+            flag, length = PREFIX.unpack_from(buffer, offset)
+            if flag > 1:
+                raise GrpcFramingError(f"compressed flag is {flag}; only 0 and 1 are defined")
+            if length > self._max_message:
+                raise GrpcFramingError(
+                    f"message of {length} bytes exceeds the limit of {self._max_message} bytes"
+                )
+            end = offset + PREFIX_SIZE + length
+            if end > len(buffer):
+                break
+            messages.append(Message(flag == 1, bytes(buffer[offset + PREFIX_SIZE : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return messages
+
+
+# --- grpc-timeout ---------------------------------------------------------------------------------------
+
+_UNIT_SECONDS = {
+    ord("H"): 3600.0,
+    ord("M"): 60.0,
+    ord("S"): 1.0,
+    ord("m"): 1e-3,
+    ord("u"): 1e-6,
+    ord("n"): 1e-9,
+}
+
+
+def parse_timeout(value: bytes | str) -> float:
+    """Return the timeout in seconds. Raises ValueError for anything the spec does not allow."""
+    raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+    digits = raw[:-1]
+    if not raw or not 1 <= len(digits) <= 8 or not digits.isdigit():
+        raise ValueError(f"grpc-timeout {raw!r} is not 1-8 ASCII digits followed by a unit")
+    unit = _UNIT_SECONDS.get(raw[-1])
+    if unit is None:
+        raise ValueError(f"grpc-timeout {raw!r} has an unknown unit (use H, M, S, m, u or n)")
+    return int(digits) * unit
+
+
+_MAX_AMOUNT = 99_999_999  # at most 8 digits
+
+
+def format_timeout(seconds: float) -> bytes:
+    """The most precise encoding that fits in 8 digits; never 0 for a positive time (rounds up)."""
+    if seconds <= 0:
+        return b"1n"
+    for unit, scale in ((b"n", 1e9), (b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        amount = -int(-seconds * scale // 1)  # ceil without float surprises for exact values
+        if amount <= _MAX_AMOUNT:
+            return b"%d%s" % (max(amount, 1), unit)
+    return b"%dH" % _MAX_AMOUNT
+
+
+# --- grpc-message -----------------------------------------------------------------------------------------
+
+_SAFE = frozenset(range(0x20, 0x7F)) - {ord("%")}
+
+
+def encode_grpc_message(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if all(byte in _SAFE for byte in data):
+        return data
+    return b"".join(bytes((byte,)) if byte in _SAFE else b"%%%02X" % byte for byte in data)
+
+
+def decode_grpc_message(value: bytes) -> str:
+    """Percent-decode leniently: a malformed %XX sequence is kept as it is (the spec asks receivers to)."""
+    if b"%" not in value:
+        return value.decode("utf-8", "replace")
+    out = bytearray()
+    i, n = 0, len(value)
+    while i < n:
+        byte = value[i]
+        if byte == 0x25 and _is_hex(value[i + 1 : i + 3]):
+            out.append(int(value[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(byte)
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _is_hex(pair: bytes) -> bool:
+    return len(pair) == 2 and all(c in b"0123456789abcdefABCDEF" for c in pair)
+
+
+# --- responses the gateway makes itself -------------------------------------------------------------------
+
+
+def trailers_only(status: Status, message: str, http_status: bytes = b"200") -> list[tuple[bytes, bytes]]:
+    """A complete Trailers-Only error response (send with END_STREAM). Gateway-made gRPC errors use HTTP
+    200; only requests that are not gRPC at all get 405 / 415 (the spec's SHOULD)."""
+    headers = [
+        (b":status", http_status),
+        (b"content-type", CONTENT_TYPE),
+        (b"grpc-status", b"%d" % status),
+    ]
+    if message:
+        headers.append((b"grpc-message", encode_grpc_message(message)))
+    return headers
+
+
+def status_trailers(status: Status, message: str) -> list[tuple[bytes, bytes]]:
+    """Trailers ending a response whose headers were already sent."""
+    headers = [(b"grpc-status", b"%d" % status)]
+    if message:
+        headers.append((b"grpc-message", encode_grpc_message(message)))
+    return headers
+
+
+def split_path(path: bytes) -> tuple[str, str] | None:
+    """`/package.Service/method` -> ("package.Service", "method"); None when the path has another shape.
+
+    Triple also allows `/{contextPath}/{interface}/{method}`; the service is then everything between the
+    first and the last slash, which is what a route table keyed by service name needs.
+    """
+    if len(path) < 4 or path[0] != 0x2F:
+        return None
+    cut = path.rfind(b"/")
+    if cut <= 1 or cut == len(path) - 1:
+        return None
+    try:
+        return path[1:cut].decode("ascii"), path[cut + 1 :].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+# --- request heads ----------------------------------------------------------------------------------------
+
+# Headers the gateway itself asserts (caller site and app as seen across the link). Whatever a caller
+# sends under this prefix is dropped; the gateway stamps its own values.
+GATEWAY_HEADER_PREFIX = b"x-interlink-"
+CALLER_APP = b"x-interlink-caller-app"
+CALLER_SITE = b"x-interlink-caller-site"
+CONSUMER_APP = b"tri-consumer-appname"  # Triple / Dubbo consumer application name
+
+# Never forwarded: HTTP/2 pseudo-headers are rebuilt, these are hop-by-hop or rewritten per hop.
+_NOT_FORWARDED = frozenset(
+    {b"te", b"grpc-timeout", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+
+
+class RequestHeadError(Exception):
+    def __init__(self, status: Status, message: str, http_status: bytes = b"200") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.http_status = http_status
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """What the gateway needs from a gRPC request's HEADERS; `metadata` is what may travel on."""
+
+    path: bytes
+    service: str
+    method: str
+    authority: bytes
+    timeout: float | None
+    metadata: list[tuple[bytes, bytes]]
+    consumer_app: str | None
+    caller_app: str | None  # as stamped by a peer gateway (only believed on the peer link)
+
+
+def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    path = authority = method = content_type = timeout_raw = None
+    consumer_app = caller_app = None
+    metadata: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            if name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":method":
+                method = value
+            continue
+        if name == b"content-type":
+            content_type = value
+        elif name == b"grpc-timeout":
+            timeout_raw = value
+            continue
+        elif name in _NOT_FORWARDED:
+            continue
+        elif name.startswith(GATEWAY_HEADER_PREFIX):
+            if name == CALLER_APP:
+                caller_app = value.decode("ascii", "replace")
+            continue
+        elif name == CONSUMER_APP:
+            consumer_app = value.decode("ascii", "replace")
+        metadata.append((name, value))
+    if method != b"POST":
+        raise RequestHeadError(Status.UNIMPLEMENTED, "gRPC requests must use POST", b"405")
+    if content_type is None or not content_type.startswith(CONTENT_TYPE):
+        raise RequestHeadError(Status.INTERNAL, "content-type must be application/grpc[+proto|+json|...]", b"415")
+    target = split_path(path or b"")
+    if target is None:
+        raise RequestHeadError(Status.UNIMPLEMENTED, f"path {path!r} is not /<service>/<method>")
+    timeout = None
+    if timeout_raw is not None:
+        try:
+            timeout = parse_timeout(timeout_raw)
+        except ValueError as exc:
+            raise RequestHeadError(Status.INTERNAL, str(exc)) from None
+    return RequestHead(
+        path=path,  # type: ignore[arg-type]
+        service=target[0],
+        method=target[1],
+        authority=_host_only(authority or b""),
+        timeout=timeout,
+        metadata=metadata,
+        consumer_app=consumer_app,
+        caller_app=caller_app,
+    )
+
+
+def _host_only(authority: bytes) -> bytes:
+    if authority.startswith(b"["):
+        return authority.partition(b"]")[0] + b"]"
+    host, _, port = authority.rpartition(b":")
+    return host.lower() if host and port.isdigit() else authority.lower()
+
+
+def request_headers(
+    head: RequestHead,
+    *,
+    scheme: bytes,
+    authority: bytes,
+    timeout: float | None,
+    stamps: list[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """HEADERS for the next hop: pseudo-headers first, then te and grpc-timeout, then metadata."""
+    headers = [
+        (b":method", b"POST"),
+        (b":scheme", scheme),
+        (b":path", head.path),
+        (b":authority", authority),
+        (b"te", b"trailers"),
+    ]
+    if timeout is not None:
+        headers.append((b"grpc-timeout", format_timeout(timeout)))
+    headers.extend(head.metadata)
+    headers.extend(stamps)
+    return headers
