@@ -65,8 +65,11 @@ class Gateway:
         self._all_pools = [pool for group in self.peer_groups.values() for pool in group.pools] + list(
             provider_pools.values()
         )
+        self.reuse_port = False  # set for --workers N: several processes share the listening ports
         self._nursery: trio.Nursery | None = None
         self._forwarder: TripleForwarder | None = None
+        self._listener_scopes: list[trio.CancelScope] = []
+        self._ingress: set[H2Endpoint] = set()
 
     @property
     def snapshot(self) -> Snapshot:
@@ -105,13 +108,34 @@ class Gateway:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    @property
+    def calls_in_flight(self) -> int:
+        return sum(len(endpoint.streams) for endpoint in self._ingress)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, tell every caller and peer (GOAWAY) to go elsewhere, let in-flight calls finish
+        for up to `grace` seconds, then stop."""
+        for scope in self._listener_scopes:
+            scope.cancel()
+        for endpoint in list(self._ingress):
+            endpoint.goaway()
+        await self.flush_queue.flush()
+        log.info("gateway.draining", site=self.config.site, calls_in_flight=self.calls_in_flight, grace=grace)
+        with trio.move_on_after(grace):
+            while self.calls_in_flight:
+                await trio.sleep(0.05)
+        log.info("gateway.stopped", site=self.config.site, abandoned_calls=self.calls_in_flight)
+        self.stop()
+
     # --- listeners -----------------------------------------------------------------------------------------
 
     async def _listen(self, address: HostPort, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
-        host, port = listeners[0].socket.getsockname()[:2]
+        listener = await _tcp_listener(address, reuse_port=self.reuse_port)
+        host, port = listener.socket.getsockname()[:2]
         task_status.started(HostPort(host, port))
-        await trio.serve_listeners(handler, listeners)
+        with trio.CancelScope() as scope:
+            self._listener_scopes.append(scope)
+            await trio.serve_listeners(handler, [listener])
 
     async def _serve_local_connection(self, stream: trio.SocketStream) -> None:
         assert self._forwarder is not None
@@ -123,7 +147,14 @@ class Gateway:
             on_request=self._forwarder.on_local_request,
             name=f"local:{_remote(stream)}",
         )
-        await endpoint.run()
+        await self._serve_ingress(endpoint)
+
+    async def _serve_ingress(self, endpoint: H2Endpoint) -> None:
+        self._ingress.add(endpoint)
+        try:
+            await endpoint.run()
+        finally:
+            self._ingress.discard(endpoint)
 
     async def _serve_peer_connection(self, tcp: trio.SocketStream) -> None:
         assert self._forwarder is not None
@@ -157,7 +188,7 @@ class Gateway:
         endpoint.attributes["site"] = site
         endpoint.attributes["sni"] = sni
         log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=stream.version())
-        await endpoint.run()
+        await self._serve_ingress(endpoint)
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
 
     # --- dialers ------------------------------------------------------------------------------------------
@@ -199,6 +230,21 @@ class Gateway:
             )
 
         return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS)
+
+
+async def _tcp_listener(address: HostPort, *, reuse_port: bool) -> trio.SocketListener:
+    family = trio.socket.AF_INET6 if ":" in address.host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((address.host, address.port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
+    return trio.SocketListener(sock)
 
 
 def _remote(stream: trio.SocketStream) -> str:

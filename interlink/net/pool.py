@@ -36,6 +36,7 @@ class ConnectionPool:
         self.size = size
         self.endpoints: list[H2Endpoint] = []
         self.last_error = "not connected yet"
+        self._logged_error = ""
         self.ever_connected = False
         self.connecting = 0
         self._connect = connect
@@ -91,12 +92,16 @@ class ConnectionPool:
             return endpoint
         finally:
             self.connecting -= 1
-        log.warning("pool.connect_failed", pool=self.name, slot=slot, error=self.last_error)
+        # One warning per distinct reason, not one per retry.
+        if self.last_error != self._logged_error:
+            self._logged_error = self.last_error
+            log.warning("pool.connect_failed", pool=self.name, slot=slot, error=self.last_error)
         return None
 
     async def _serve(self, endpoint: H2Endpoint) -> None:
         self.endpoints.append(endpoint)
         self.ever_connected = True
+        self._logged_error = ""
         log.info("pool.connected", pool=self.name, endpoint=endpoint.name)
         try:
             async with trio.open_nursery() as nursery:

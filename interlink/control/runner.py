@@ -1,0 +1,77 @@
+"""`interlink run`: load a site file, run its gateway, drain on SIGTERM/SIGINT; `--workers N` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import structlog
+import trio
+
+from interlink import logs
+
+log = structlog.get_logger("interlink.run")
+
+WORKER_ENV = "INTERLINK_WORKER"  # set in worker processes started by --workers N
+
+
+def run_gateway(
+    config_path: Path, *, workers: int = 1, log_level: str = "info", log_format: str = "json", drain_seconds: float = 10.0
+) -> int:
+    from interlink.control.sitefile import SiteFileError, load_site
+    from interlink.control.snapshot import SnapshotError
+    from interlink.gateway.gateway import Gateway
+
+    logs.configure(log_level, json=log_format == "json")
+    try:
+        config = load_site(config_path)
+        gateway = Gateway(config)
+    except (SiteFileError, SnapshotError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if workers > 1:
+        return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
+    gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
+    try:
+        trio.run(_serve_until_signalled, gateway, drain_seconds)
+    except OSError as exc:  # listening failed: port in use, address not local ...
+        print(f"interlink run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve_until_signalled(gateway, drain_seconds: float) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.run)
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.warning("config.reload_unsupported", detail="hot reload is not implemented yet; restart to apply changes")
+                    continue
+                log.info("gateway.signal", signal=signal.Signals(signum).name)
+                nursery.start_soon(gateway.drain, drain_seconds)
+                break
+
+
+def _supervise_workers(config_path: Path, workers: int, log_level: str, log_format: str, drain_seconds: float) -> int:
+    """N identical worker processes share the listening ports through SO_REUSEPORT; signals are passed on."""
+    command = [
+        sys.executable, "-m", "interlink", "run", "-c", str(config_path),
+        "--log-level", log_level, "--log-format", log_format, "--drain-seconds", str(drain_seconds),
+    ]
+    children = [
+        subprocess.Popen(command, env={**os.environ, WORKER_ENV: str(index)}) for index in range(workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

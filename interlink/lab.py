@@ -1,0 +1,225 @@
+"""`interlink lab`: two sites on loopback, a demo provider in site A, real gRPC calls from site B.
+
+It copies the lab's site files (site-configs/lab/) into a temporary folder, generates both sites' CAs and
+gateway certificates there, checks the files, starts the two gateways as separate `interlink run`
+processes and a grpcio provider, then makes calls through both gateways — allowed ones and ones that must
+be refused — and prints what happened. Exit 0 when every call ended as expected.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+
+LAB_SITES = ("site-a", "site-b")
+CONSUMER_APP = "order-app"
+
+
+@dataclass
+class Outcome:
+    name: str
+    expected: str
+    got: str
+    ms: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.got == self.expected
+
+
+def default_configs() -> Path:
+    return Path(__file__).resolve().parent.parent / "site-configs" / "lab"
+
+
+def run_lab(keep: bool = False, configs: Path | None = None) -> int:
+    source = configs or default_configs()
+    if not all((source / f"{site}.yaml").is_file() for site in LAB_SITES):
+        print(f"interlink lab: site files {', '.join(s + '.yaml' for s in LAB_SITES)} not found in {source}; "
+              "pass --configs DIR", file=sys.stderr)
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="interlink-lab-"))
+    processes: list[subprocess.Popen] = []
+    provider = None
+    try:
+        files = _prepare(source, work)
+        if files is None:
+            return 1
+        from interlink.control.sitefile import load_site
+        from interlink.demo import provider as demo_provider
+
+        site_a, site_b = (load_site(path) for path in files)
+        busy = [str(a) for a in _addresses(site_a, site_b) if not _port_free(a.host, a.port)]
+        if busy:
+            print(f"interlink lab: address(es) already in use: {', '.join(busy)}; stop what uses them "
+                  "(an earlier lab?) or edit the lab site files", file=sys.stderr)
+            return 1
+        provider_address = site_a.exports[0].providers[0]
+        provider = demo_provider.serve(str(provider_address), name="site-a-echo")
+        for path in files:
+            processes.append(_start_gateway(path, work / "logs"))
+        for config in (site_a, site_b):
+            for address in (config.listen.peer, config.listen.triple):
+                if address is not None and not _wait_listening(address.host, address.port, processes):
+                    print(f"interlink lab: gateway of {config.site} did not start listening on {address}; "
+                          f"see {work / 'logs' / (config.site + '.log')}", file=sys.stderr)
+                    keep = True
+                    return 1
+        outcomes = _scenarios(str(site_b.listen.triple))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if provider is not None:
+            provider.stop(0)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return _summary(outcomes, work if keep else None)
+
+
+def _prepare(source: Path, work: Path) -> list[Path] | None:
+    from interlink.control.certs import init_site
+    from interlink.control.check import check_files
+
+    files = []
+    for site in LAB_SITES:
+        target = work / f"{site}.yaml"
+        shutil.copyfile(source / f"{site}.yaml", target)
+        files.append(target)
+        init_site(site, work / "certs" / site, dns_names=[f"gw.{site}.lab", "127.0.0.1"])
+    problems = check_files(files)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return None if problems else files
+
+
+def _addresses(*configs):
+    for config in configs:
+        for address in (config.listen.triple, config.listen.peer):
+            if address is not None:
+                yield address
+        for export in config.exports:
+            yield from export.providers
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _start_gateway(path: Path, log_dir: Path) -> subprocess.Popen:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_dir / f"{path.stem}.log", "wb")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "interlink", "run", "-c", str(path)], stdout=log_file, stderr=subprocess.STDOUT
+    )
+
+
+def _wait_listening(host: str, port: int, processes: list[subprocess.Popen], timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(process.poll() is not None for process in processes):
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def _scenarios(target: str) -> list[Outcome]:
+    from interlink.demo.client import EchoClient, md_values
+
+    app = (("tri-consumer-appname", CONSUMER_APP),)
+    outcomes: list[Outcome] = []
+
+    def attempt(name: str, expected: str, call: Callable[[], str]) -> None:
+        started = time.perf_counter()
+        detail = ""
+        try:
+            got = call()
+        except grpc.RpcError as exc:
+            got, detail = exc.code().name, exc.details() or ""
+        outcomes.append(Outcome(name, expected, got, (time.perf_counter() - started) * 1000, detail))
+
+    with EchoClient(target) as client:
+        _wait_for_link(client, app)
+
+        def echo() -> str:
+            message, _, trailing = client.echo("hello from site-b", metadata=app)
+            stamped = md_values(trailing, "x-caller-app")
+            return "OK" if message == "hello from site-b" and stamped == [CONSUMER_APP] else f"wrong: {message!r} {stamped}"
+
+        attempt("echo (order-app)", "OK", echo)
+        attempt("add 2 + 3", "OK", lambda: "OK" if client.add(2, 3, metadata=app) == 5 else "wrong sum")
+        attempt("server streaming count(3)", "OK",
+                lambda: "OK" if client.count(3, metadata=app) == [1, 2, 3] else "wrong stream")
+        attempt("client streaming sum", "OK",
+                lambda: "OK" if client.sum([(1, 2), (3, 4)], metadata=app) == 10 else "wrong sum")
+        attempt("bidi chat", "OK",
+                lambda: "OK" if client.chat(["a", "b", "c"], metadata=app) == ["a", "b", "c"] else "wrong chat")
+        attempt("provider error passes through", "INVALID_ARGUMENT", lambda: client.fail("boom", metadata=app) and "OK")
+        attempt("deadline 300 ms on a 2 s call", "DEADLINE_EXCEEDED",
+                lambda: client.sleep(2000, metadata=app, timeout=0.3) and "OK")
+        attempt("app not in the ACL (intruder-app)", "PERMISSION_DENIED",
+                lambda: client.echo("x", metadata=(("tri-consumer-appname", "intruder-app"),)) and "OK")
+        attempt("forged x-interlink-caller-app", "PERMISSION_DENIED",
+                lambda: client.echo("x", metadata=(("tri-consumer-appname", "intruder-app"),
+                                                   ("x-interlink-caller-app", CONSUMER_APP))) and "OK")
+        attempt("service not imported", "UNIMPLEMENTED", lambda: _call_unknown_service(target))
+    return outcomes
+
+
+def _wait_for_link(client, app, timeout: float = 10.0) -> None:
+    """The gateways connect to each other in the background; the first call waits for that at most once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.echo("warm-up", metadata=app, timeout=2)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                return
+            time.sleep(0.1)
+
+
+def _call_unknown_service(target: str) -> str:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/com.example.NotImported/echo")
+        call(b"", timeout=5)
+    return "OK"
+
+
+def _summary(outcomes: list[Outcome], kept: Path | None) -> int:
+    width = max(len(o.name) for o in outcomes)
+    print("interlink lab: site-b caller -> GW-B -> mTLS -> GW-A -> site-a provider")
+    for o in outcomes:
+        mark = "ok  " if o.ok else "FAIL"
+        print(f"  {mark} {o.name:<{width}}  expected {o.expected:<18} got {o.got:<18} {o.ms:7.1f} ms")
+        if o.detail:
+            print(f"       {'':<{width}}  \"{o.detail}\"")
+    failed = [o for o in outcomes if not o.ok]
+    verdict = "all as expected" if not failed else f"{len(failed)} NOT as expected"
+    print(f"interlink lab: {len(outcomes)} calls, {verdict}")
+    if kept is not None:
+        print(f"certs, site files and gateway logs kept in {kept}")
+    return 1 if failed else 0
