@@ -6,9 +6,10 @@ endpoints (the other half of a relay) without awaiting. After each read batch ev
 is flushed from the reader itself (`FlushQueue`): no writer task, no extra wake-up per call. A send that
 is already in progress on an endpoint simply picks up what was added meanwhile.
 
-Costs kept off the per-call path (measured, see DESIGN.md performance notes): header tables are size 0
-both ways (stateless HPACK), h2's outbound header validation is off (we build our header lists), frames
-are not repr()'d for a debug logger nobody reads.
+Costs kept off the per-call path (measured, see DESIGN.md performance notes): we advertise a header table
+of size 0 and never index ourselves (stateless HPACK, our own caching codec in `interlink.wire.hpack`),
+h2's outbound header validation is off (we build our header lists), frames are not repr()'d for a debug
+logger nobody reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import h2.settings
 import hyperframe.frame
 import structlog
 import trio
+
+from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder
 
 log = structlog.get_logger("interlink.net.h2")
 
@@ -100,11 +103,12 @@ def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connect
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
         },
     )
+    # Our HPACK: stateless caching encoder, caching decoder (see interlink.wire.hpack for the numbers).
+    conn.encoder = HeaderBlockEncoder()
+    conn.decoder = HeaderBlockDecoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
     # Settings given as initial values are not "changes" to h2, so it would only apply them on the ACK
-    # of a later change: apply the inbound limits that follow from them now.
+    # of a later change: apply the inbound limit that follows from them now.
     conn.max_inbound_frame_size = MAX_FRAME_SIZE
-    conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
-    conn.encoder.header_table_size = 0
     return conn
 
 

@@ -1,0 +1,121 @@
+"""HPACK codec: RFC 7541 Appendix C vectors, and the `hpack` package as the oracle for everything else."""
+
+from __future__ import annotations
+
+import hpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder, decode_integer, encode_integer
+
+# RFC 7541 C.4: three requests on one connection, Huffman-coded, sharing the dynamic table.
+RFC_C4 = [
+    ("828684418cf1e3c2e5f23a6ba0ab90f4ff",
+     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"www.example.com")]),
+    ("828684be5886a8eb10649cbf",
+     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"www.example.com"),
+      (b"cache-control", b"no-cache")]),
+    ("828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
+     [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/index.html"), (b":authority", b"www.example.com"),
+      (b"custom-key", b"custom-value")]),
+]
+
+
+def test_rfc7541_c4_requests_with_huffman_and_dynamic_table():
+    decoder = HeaderBlockDecoder()
+    for block, headers in RFC_C4:
+        assert decoder.decode(bytes.fromhex(block)) == headers
+    assert decoder._table_size == 164  # RFC 7541 C.4.3: table size after the third request
+
+
+# RFC 7541 C.6.1 (responses, table size 256, Huffman) to exercise eviction.
+def test_rfc7541_c6_eviction():
+    decoder = HeaderBlockDecoder()
+    decoder.max_allowed_table_size = 256
+    first = bytes.fromhex(
+        "3fe101" "4882640258" "85aec3771a4b" "6196d07abe941054d444a8200595040b8166e082a62d1bff" "6e919d29ad171863c78f0b97c8e9ae82ae43d3"
+    )
+    headers = decoder.decode(first)
+    assert headers == [
+        (b":status", b"302"), (b"cache-control", b"private"), (b"date", b"Mon, 21 Oct 2013 20:13:21 GMT"),
+        (b"location", b"https://www.example.com"),
+    ]
+    second = bytes.fromhex("4883640effc1c0bf")
+    assert decoder.decode(second)[0] == (b":status", b"307")
+    assert decoder._table_size == 222
+
+
+@pytest.mark.parametrize(("value", "prefix", "wire"), [(10, 5, "0a"), (1337, 5, "1f9a0a"), (42, 8, "2a")])
+def test_integer_vectors(value, prefix, wire):  # RFC 7541 C.1
+    assert encode_integer(value, prefix) == bytes.fromhex(wire)
+    assert decode_integer(bytes.fromhex(wire), 0, prefix) == (value, len(wire) // 2)
+
+
+names = st.binary(min_size=1, max_size=20).map(lambda b: bytes(c % 26 + 97 for c in b))
+values = st.binary(max_size=60).map(lambda b: bytes(c % 94 + 32 for c in b))
+header_lists = st.lists(
+    st.one_of(
+        st.tuples(names, values),
+        st.sampled_from([(b":method", b"POST"), (b":status", b"200"), (b"content-type", b"application/grpc"),
+                         (b"te", b"trailers"), (b"grpc-status", b"0"), (b":path", b"/a/b")]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(header_lists, st.booleans()), min_size=1, max_size=6))
+def test_decoder_matches_hpack_package_across_blocks(blocks):
+    encoder = hpack.Encoder()
+    ours, theirs = HeaderBlockDecoder(), hpack.Decoder()
+    for headers, huffman in blocks:
+        block = encoder.encode(headers, huffman=huffman)
+        assert ours.decode(block) == [tuple(h) for h in theirs.decode(block, raw=True)]
+
+
+@given(st.lists(header_lists, min_size=1, max_size=4))
+def test_encoder_output_decodes_with_hpack_package(blocks):
+    encoder, decoder = HeaderBlockEncoder(), hpack.Decoder()
+    for headers in blocks:
+        assert [tuple(h) for h in decoder.decode(encoder.encode(headers), raw=True)] == headers
+        assert len(decoder.header_table.dynamic_entries) == 0  # nothing was ever indexed
+
+
+def test_encoder_uses_static_table():
+    encoder = HeaderBlockEncoder()
+    assert encoder.encode([(b":method", b"POST")]) == b"\x83"
+    assert encoder.encode([(b":status", b"200")]) == b"\x88"
+    assert encoder.encode([(b"content-type", b"application/grpc")]) == b"\x0f\x10\x10application/grpc"
+
+
+@pytest.mark.parametrize(
+    ("block", "error"),
+    [
+        ("be", hpack.exceptions.InvalidTableIndex),  # dynamic index 62 in an empty table
+        ("80", hpack.exceptions.InvalidTableIndex),  # index 0
+        ("0f", hpack.exceptions.HPACKDecodingError),  # truncated integer
+        ("4005", hpack.exceptions.HPACKDecodingError),  # string longer than the block
+        ("3fe21f", hpack.exceptions.InvalidTableSizeError),  # size update to 4097, above the allowed 4096
+        ("82" "20", hpack.exceptions.HPACKDecodingError),  # size update after a field
+        ("1fffffffffffff01", hpack.exceptions.HPACKDecodingError),  # integer too long
+    ],
+)
+def test_malformed_blocks_raise_hpack_errors(block, error):
+    with pytest.raises(error):
+        HeaderBlockDecoder().decode(bytes.fromhex(block))
+
+
+def test_header_list_size_limit():
+    decoder = HeaderBlockDecoder(max_header_list_size=100)
+    block = HeaderBlockEncoder().encode([(b"x-big", b"v" * 80)])
+    with pytest.raises(hpack.exceptions.OversizedHeaderListError):
+        decoder.decode(block)
+
+
+@given(st.binary(max_size=64))
+def test_random_bytes_raise_only_hpack_errors(data):
+    try:
+        HeaderBlockDecoder().decode(data)
+    except hpack.exceptions.HPACKError:
+        pass
