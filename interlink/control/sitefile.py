@@ -1,0 +1,965 @@
+"""Load one site file (YAML) into a `SiteConfig`, with `file:line` in every error.
+
+The file is composed into a YAML node tree (not constructed into plain dicts) so that every key and value
+keeps its line, duplicate keys can be seen, and scalars can be read as the text the user typed
+(`version: 1.10` stays "1.10"). The reader walks that tree once, collects every problem it finds and
+raises them together as a `SiteFileError`; each message says what is wrong and how to fix it.
+
+Checks that need other files (certificates, peers' site files) live in `interlink.control.check`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from interlink.control.certs import CertError, check_site_name, check_trust_domain
+from interlink.control.config import (
+    AclRule,
+    ExportConfig,
+    HostPort,
+    ImportConfig,
+    Listen,
+    PeerConfig,
+    RegistryConfig,
+    SiteConfig,
+    TlsFiles,
+)
+
+__all__ = [
+    "FLAVOURS",
+    "PROTOCOLS",
+    "REGISTRY_KINDS",
+    "Problem",
+    "SiteFileError",
+    "binds_overlap",
+    "canonical_host",
+    "check_domain_name",
+    "listen_addresses",
+    "load_site",
+    "parse_host_port",
+]
+
+PROTOCOLS = ("triple", "bolt")
+FLAVOURS = ("grpc", "sofa", "dubbo")
+REGISTRY_KINDS = ("static", "dns", "zookeeper")
+
+SITE_KEYS = (
+    "site",
+    "trust_domain",
+    "listen",
+    "tls",
+    "registry",
+    "peers",
+    "domains",
+    "exports",
+    "imports",
+    "default_timeout_ms",
+)
+LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
+TLS_KEYS = ("ca", "cert", "key")
+PEER_KEYS = ("endpoints", "ca", "domain", "connections", "max_concurrent_streams")
+EXPORT_KEYS = ("service", "version", "protocol", "flavour", "providers", "allow", "timeout_ms")
+IMPORT_KEYS = ("service", "from", "protocol", "version")
+ACL_KEYS = ("apps", "methods")
+
+MAX_CONNECTIONS = 64
+MAX_CONCURRENT_STREAMS = 100_000
+
+_TAG_NULL = "tag:yaml.org,2002:null"
+_TAG_INT = "tag:yaml.org,2002:int"
+_TAG_MERGE = "tag:yaml.org,2002:merge"
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_IPV4_LOOKALIKE = re.compile(r"[0-9.]+")
+_NAME_TEXT = re.compile(r"[^\s/:]+")  # service names and versions end up in :path and Bolt unique names
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a site file, where it is, and how to fix it."""
+
+    file: Path
+    line: int | None  # 1-based; None when the problem has no single place (e.g. a missing top-level key)
+    message: str
+
+    def __str__(self) -> str:
+        place = str(self.file) if self.line is None else f"{self.file}:{self.line}"
+        return f"{place}: {self.message}"
+
+
+class SiteFileError(Exception):
+    """A site file could not be loaded; `problems` lists everything found in one pass."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+
+# --- public helpers shared with the checker and the CLI ------------------------------------------------
+
+
+def parse_host_port(text: str) -> HostPort:
+    """`host:port` or `[ipv6]:port` as a HostPort; ValueError says what is wrong and how to write it."""
+    text = text.strip()
+    if not text:
+        raise ValueError("is empty; write host:port, e.g. 127.0.0.1:9443")
+    if text.startswith("["):
+        host, port_text = _split_bracketed(text)
+    else:
+        host, port_text = _split_plain(text)
+    port = _parse_port(port_text, text)
+    return HostPort(host, port)
+
+
+def check_domain_name(text: str) -> str:
+    """Return `text` if it is a lower-case DNS name (e.g. an access domain), else raise ValueError."""
+    if text.endswith("."):
+        raise ValueError(f'"{text}" ends with a dot; write "{text.rstrip(".")}"')
+    if text != text.lower() and _is_domain_name(text.lower()):
+        raise ValueError(f'"{text}" must be lower case; write "{text.lower()}"')
+    if not _is_domain_name(text):
+        raise ValueError(
+            f'"{text}" is not a valid domain name; use dot-separated labels of 1 to 63 lower-case letters,'
+            " digits and '-', each starting and ending with a letter or digit (e.g. site-b.gw.site-a.example)"
+        )
+    return text
+
+
+def listen_addresses(listen: Listen) -> list[tuple[str, HostPort]]:
+    """The configured listen addresses as (key, address), e.g. ("peer", 127.0.0.1:8443)."""
+    named = (("triple", listen.triple), ("bolt", listen.bolt), ("peer", listen.peer), ("admin", listen.admin))
+    return [(key, address) for key, address in named if address is not None]
+
+
+def binds_overlap(a: HostPort, b: HostPort) -> bool:
+    """True if two listeners on one host could not both bind: same port and same or wildcard address."""
+    if a.port != b.port:
+        return False
+    host_a, host_b = canonical_host(a.host), canonical_host(b.host)
+    return host_a == host_b or host_a in _WILDCARD_HOSTS or host_b in _WILDCARD_HOSTS
+
+
+def canonical_host(host: str) -> str:
+    """A listen or endpoint host in one spelling, so that "localhost", "127.0.0.1" (and "::1", "0:0::1")
+    compare equal."""
+    host = host.lower()
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+
+def load_site(path: str | Path) -> SiteConfig:
+    """Read and validate one site file; raise SiteFileError listing every problem found."""
+    site_path = Path(path)
+    reader = _SiteFileReader(site_path)
+    root = _compose(site_path, reader)
+    config = _read_site(reader, root) if root is not None else None
+    if reader.problems or config is None:
+        problems = sorted(reader.problems, key=lambda problem: problem.line or 0)  # stable: same line keeps order
+        raise SiteFileError(problems or [Problem(site_path, None, "the site file is not valid")])
+    return config
+
+
+def _compose(path: Path, reader: _SiteFileReader) -> Node | None:
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        reader.report(None, "", "no such file; check the path")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        reader.report(None, "", f"cannot read the file ({reason}); it must be a readable UTF-8 YAML file")
+        return None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        detail = " ".join(part for part in (exc.context, exc.problem) if part)
+        reader.report(
+            line, "", f"YAML syntax error: {detail}; fix the YAML at this line (check indentation and quotes)"
+        )
+        return None
+    except yaml.YAMLError as exc:
+        reader.report(None, "", f"YAML syntax error: {exc}")
+        return None
+    if root is None or _is_null(root):
+        reader.report(None, "", "the file is empty; a site file is a YAML mapping that starts with `site: NAME`")
+        return None
+    return root
+
+
+def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
+    if not isinstance(root, MappingNode):
+        r.report(
+            root,
+            "",
+            f"the file holds {_describe(root)}, not a mapping; a site file is a YAML mapping that starts"
+            " with `site: NAME`",
+        )
+        return None
+    fields = r.mapping(
+        root,
+        "",
+        "a site file that starts with `site: site-a`",
+        known=SITE_KEYS,
+        required={
+            "site": "site: site-a",
+            "listen": "listen: {peer: 127.0.0.1:8443}",
+            "tls": "tls: {ca: ca.pem, cert: gateway.pem, key: gateway.key}",
+        },
+    )
+    if fields is None:
+        return None
+    site = r.site_name(fields["site"], "site") if "site" in fields else None
+    optional: dict[str, object] = {}
+    if "trust_domain" in fields:
+        optional["trust_domain"] = r.trust_domain(fields["trust_domain"], "trust_domain")
+    if "default_timeout_ms" in fields:
+        optional["default_timeout_ms"] = r.integer(fields["default_timeout_ms"], "default_timeout_ms", 1, None, 30_000)
+    listen = _read_listen(r, fields["listen"]) if "listen" in fields else None
+    tls = _read_tls(r, fields["tls"]) if "tls" in fields else None
+    registry = _read_registry(r, fields.get("registry"))
+    peers = _read_peers(r, fields.get("peers"), site)
+    names = _KnownNames(site, frozenset(peers) if peers is not None else None)
+    domains = _read_domains(r, fields.get("domains"), names)
+    names = _KnownNames(site, names.peers, frozenset(domains) if domains is not None else None)
+    exports = _read_exports(r, fields.get("exports"), names)
+    imports = _read_imports(r, fields.get("imports"), names)
+    if listen is not None:
+        _check_listen_use(r, listen, exports, imports, domains)
+
+    if r.problems:
+        return None
+    assert site is not None and listen is not None and tls is not None and registry is not None
+    assert peers is not None and domains is not None and exports is not None and imports is not None
+    return SiteConfig(
+        path=r.path,
+        site=site,
+        listen=listen,
+        tls=tls,
+        registry=registry,
+        peers=_present(peers),
+        domains=_present(domains),
+        exports=tuple(_present_items(exports)),
+        imports=tuple(_present_items(imports)),
+        lines=dict(r.lines),
+        **optional,  # type: ignore[arg-type]  # validated above; absent keys keep the dataclass defaults
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownNames:
+    """Names that later sections may refer to; None when that section itself was broken."""
+
+    site: str | None
+    peers: frozenset[str] | None
+    domains: frozenset[str] | None = None
+
+
+# --- sections -------------------------------------------------------------------------------------------
+
+
+def _read_listen(r: _SiteFileReader, node: Node) -> Listen | None:
+    fields = r.mapping(node, "listen", "listen: {peer: 127.0.0.1:8443}", known=LISTEN_KEYS)
+    if fields is None:
+        return None
+    addresses = {key: r.host_port(value, f"listen.{key}") for key, value in fields.items()}
+    if not any(key in fields for key in ("triple", "bolt", "peer")):
+        r.report(
+            r.line_of("listen", node),
+            "listen",
+            "needs at least one of triple, bolt or peer; add e.g. peer: 127.0.0.1:8443",
+        )
+        return None
+    if any(address is None for address in addresses.values()):
+        return None
+    listen = Listen(**addresses)
+    _check_listen_collisions(r, listen)
+    return listen
+
+
+def _check_listen_collisions(r: _SiteFileReader, listen: Listen) -> None:
+    seen: list[tuple[str, HostPort]] = []
+    for key, address in listen_addresses(listen):
+        for other_key, other in seen:
+            if binds_overlap(address, other):
+                r.report(
+                    r.lines.get(f"listen.{key}"),
+                    f"listen.{key}",
+                    f"{address} is also used by listen.{other_key} ({other}); give each listener its own port",
+                )
+        seen.append((key, address))
+
+
+def _check_listen_use(
+    r: _SiteFileReader,
+    listen: Listen,
+    exports: list[ExportConfig | None] | None,
+    imports: list[ImportConfig | None] | None,
+    domains: Mapping[str, str | None] | None,
+) -> None:
+    """Sections that need a listener must have it: peers reach exports on listen.peer, and so on."""
+    if listen.peer is None and (exports or domains):
+        r.report(
+            r.line_of("listen", None),
+            "listen",
+            "has no peer address, but peers must reach this site's exports and domains through it;"
+            " add peer: 0.0.0.0:8443 (or another host:port)",
+        )
+    for index, imported in enumerate(imports or ()):
+        if imported is not None and getattr(listen, imported.protocol) is None:
+            where = f"imports[{index}].protocol"
+            r.report(
+                r.line_of(where, None) or r.line_of(f"imports[{index}]", None),
+                f"imports[{index}]",
+                f"local callers speak {imported.protocol} to {imported.service}, but listen.{imported.protocol}"
+                f" is not set; add listen.{imported.protocol}: 127.0.0.1:PORT or change the protocol",
+            )
+
+
+def _read_tls(r: _SiteFileReader, node: Node) -> TlsFiles | None:
+    fields = r.mapping(
+        node,
+        "tls",
+        "tls: {ca: ca.pem, cert: gateway.pem, key: gateway.key}",
+        known=TLS_KEYS,
+        required={"ca": "ca: certs/ca.pem", "cert": "cert: certs/gateway.pem", "key": "key: certs/gateway.key"},
+    )
+    if fields is None:
+        return None
+    ca, cert, key = (r.file_path(fields[key], f"tls.{key}") if key in fields else None for key in TLS_KEYS)
+    if ca is None or cert is None or key is None:
+        return None
+    return TlsFiles(ca=ca, cert=cert, key=key)
+
+
+def _read_registry(r: _SiteFileReader, node: Node | None) -> RegistryConfig | None:
+    if node is None or _is_null(node):
+        return RegistryConfig()
+    fields = r.mapping(node, "registry", "registry: {kind: static}", required={"kind": "kind: static"})
+    if fields is None:
+        return None
+    kind = r.choice(fields["kind"], "registry.kind", REGISTRY_KINDS) if "kind" in fields else None
+    options = {key: r.plain_value(value, f"registry.{key}") for key, value in fields.items() if key != "kind"}
+    if kind is None:
+        return None
+    return RegistryConfig(kind=kind, options=options)
+
+
+def _read_peers(r: _SiteFileReader, node: Node | None, site: str | None) -> dict[str, PeerConfig | None] | None:
+    if node is None or _is_null(node):
+        return {}
+    example = "peers: {site-b: {endpoints: [10.0.0.2:8443], ca: site-b-ca.pem, domain: site-a.gw.site-b.example}}"
+    fields = r.mapping(node, "peers", example)
+    if fields is None:
+        return None
+    peers: dict[str, PeerConfig | None] = {}
+    for name, value in fields.items():
+        where = f"peers.{name}"
+        if r.validated(name, r.lines.get(where), where, check_site_name) is None:
+            peers[name] = None
+            continue
+        if name == site:
+            r.report(r.lines.get(where), where, "a site cannot be its own peer; remove this entry")
+        peers[name] = _read_peer(r, name, value)
+    return peers
+
+
+def _read_peer(r: _SiteFileReader, name: str, node: Node) -> PeerConfig | None:
+    where = f"peers.{name}"
+    fields = r.mapping(
+        node,
+        where,
+        f"{name}: {{endpoints: [10.0.0.2:8443], ca: {name}-ca.pem, domain: ACCESS-DOMAIN}}",
+        known=PEER_KEYS,
+        required={
+            "endpoints": "endpoints: [HOST:PORT] (the peer's gateways)",
+            "ca": f"ca: certs/{name}/ca.pem (the peer's CA certificate)",
+            "domain": f"domain: ACCESS-DOMAIN (the access domain {name} gave this site)",
+        },
+    )
+    if fields is None:
+        return None
+    endpoints = (
+        r.host_port_list(fields["endpoints"], f"{where}.endpoints", required=True) if "endpoints" in fields else None
+    )
+    ca = r.file_path(fields["ca"], f"{where}.ca") if "ca" in fields else None
+    domain = r.domain_name(fields["domain"], f"{where}.domain") if "domain" in fields else None
+    optional: dict[str, int | None] = {}
+    if "connections" in fields:
+        optional["connections"] = r.integer(fields["connections"], f"{where}.connections", 1, MAX_CONNECTIONS, 2)
+    if "max_concurrent_streams" in fields:
+        optional["max_concurrent_streams"] = r.integer(
+            fields["max_concurrent_streams"], f"{where}.max_concurrent_streams", 1, MAX_CONCURRENT_STREAMS, 256
+        )
+    if endpoints is None or ca is None or domain is None or None in optional.values():
+        return None
+    return PeerConfig(name=name, endpoints=tuple(endpoints), ca=ca, domain=domain, **optional)  # type: ignore[arg-type]
+
+
+def _read_domains(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> dict[str, str | None] | None:
+    if node is None or _is_null(node):
+        return {}
+    fields = r.mapping(node, "domains", "domains: {site-b: site-b.gw.site-a.example}")
+    if fields is None:
+        return None
+    domains: dict[str, str | None] = {}
+    owner_of: dict[str, str] = {}
+    for peer, value in fields.items():
+        where = f"domains.{peer}"
+        r.require_peer(peer, where, names, "has an access domain")
+        domain = r.domain_name(value, where)
+        domains[peer] = domain
+        if domain is None:
+            continue
+        if domain in owner_of:
+            r.report(
+                r.lines.get(where),
+                where,
+                f'"{domain}" is already the access domain of {owner_of[domain]} (line'
+                f" {r.lines.get(f'domains.{owner_of[domain]}')}); give each peer its own domain",
+            )
+        else:
+            owner_of[domain] = peer
+    return domains
+
+
+def _read_exports(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> list[ExportConfig | None] | None:
+    if node is None or _is_null(node):
+        return []
+    items = r.sequence(node, "exports", "exports: [{service: com.example.EchoService, allow: [site-b]}]")
+    if items is None:
+        return None
+    exports = [_read_export(r, where, item, names) for where, item in items]
+    _report_repeats(r, "exports", exports, "export")
+    return exports
+
+
+def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> ExportConfig | None:
+    fields = r.mapping(
+        node,
+        where,
+        "{service: com.example.EchoService, protocol: triple, providers: [127.0.0.1:50061], allow: [site-b]}",
+        known=EXPORT_KEYS,
+        required={"service": "service: com.example.EchoService"},
+    )
+    if fields is None:
+        return None
+    service = (
+        r.name_text(fields["service"], f"{where}.service", "com.example.EchoService") if "service" in fields else None
+    )
+    values: dict[str, object] = {}
+    if "version" in fields:
+        values["version"] = r.name_text(fields["version"], f"{where}.version", '"1.0"')
+    protocol = r.choice(fields["protocol"], f"{where}.protocol", PROTOCOLS) if "protocol" in fields else "triple"
+    if "protocol" in fields:
+        values["protocol"] = protocol
+    if "flavour" in fields:
+        values["flavour"] = r.choice(fields["flavour"], f"{where}.flavour", FLAVOURS)
+        if protocol == "bolt":
+            r.report(
+                r.lines.get(f"{where}.flavour"),
+                f"{where}.flavour",
+                "applies only to protocol: triple (Bolt providers have no flavour); remove it",
+            )
+    if "providers" in fields:
+        providers = r.host_port_list(fields["providers"], f"{where}.providers", required=False)
+        values["providers"] = tuple(providers) if providers is not None else None
+    if "allow" in fields:
+        values["allow"] = _read_allow(r, f"{where}.allow", fields["allow"], names)
+    if "timeout_ms" in fields:
+        values["timeout_ms"] = r.integer(fields["timeout_ms"], f"{where}.timeout_ms", 1, None, 5000)
+    if service is None or None in values.values():
+        return None
+    return ExportConfig(service=service, **values)  # type: ignore[arg-type]
+
+
+def _read_allow(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> dict[str, AclRule] | None:
+    if isinstance(node, SequenceNode):
+        rules = _read_allow_list(r, where, node)
+    elif isinstance(node, MappingNode):
+        rules = _read_allow_mapping(r, where, node)
+    else:
+        r.report(
+            node,
+            where,
+            f"expected peer sites, got {_describe(node)}; write allow: [site-b] (all apps and methods) or"
+            " allow: {site-b: {apps: [order-app], methods: [echo]}}",
+        )
+        return None
+    if rules is None:
+        return None
+    for peer in rules:
+        peer_where = f"{where}.{peer}"
+        is_peer = r.require_peer(peer, peer_where, names, "may call this export")
+        if is_peer and names.domains is not None and peer not in names.domains:
+            r.report(
+                r.lines.get(peer_where),
+                peer_where,
+                f"{peer} may call this export but has no access domain; add domains.{peer}:"
+                f" e.g. {peer}.gw.{names.site or 'this-site'}.example",
+            )
+    if any(rule is None for rule in rules.values()):
+        return None
+    return {peer: rule for peer, rule in rules.items() if rule is not None}
+
+
+def _read_allow_list(r: _SiteFileReader, where: str, node: SequenceNode) -> dict[str, AclRule | None] | None:
+    rules: dict[str, AclRule | None] = {}
+    broken = False
+    for index, item in enumerate(node.value):
+        item_where = f"{where}[{index}]"
+        peer = r.site_name(item, item_where)
+        if peer is None:
+            broken = True
+            continue
+        if peer in rules:
+            r.report(item, item_where, f"{peer} is listed twice; remove one")
+            continue
+        r.lines[f"{where}.{peer}"] = _line(item)
+        rules[peer] = AclRule()
+    return None if broken else rules
+
+
+def _read_allow_mapping(r: _SiteFileReader, where: str, node: MappingNode) -> dict[str, AclRule | None] | None:
+    fields = r.mapping(node, where, "allow: {site-b: {apps: [order-app]}}")
+    if fields is None:
+        return None
+    rules: dict[str, AclRule | None] = {}
+    broken = False
+    for peer, value in fields.items():
+        peer_where = f"{where}.{peer}"
+        if r.validated(peer, r.lines.get(peer_where), peer_where, check_site_name) is None:
+            broken = True
+            continue
+        rules[peer] = _read_acl_rule(r, peer_where, value)
+    return None if broken else rules
+
+
+def _read_acl_rule(r: _SiteFileReader, where: str, node: Node) -> AclRule | None:
+    if _is_null(node):
+        return AclRule()
+    fields = r.mapping(node, where, "{apps: [order-app], methods: [echo]} or {} for all", known=ACL_KEYS)
+    if fields is None:
+        return None
+    apps = r.name_set(fields["apps"], f"{where}.apps", "apps") if "apps" in fields else None
+    methods = r.name_set(fields["methods"], f"{where}.methods", "methods") if "methods" in fields else None
+    if ("apps" in fields and apps is None) or ("methods" in fields and methods is None):
+        return None
+    return AclRule(apps=apps, methods=methods)
+
+
+def _read_imports(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> list[ImportConfig | None] | None:
+    if node is None or _is_null(node):
+        return []
+    items = r.sequence(node, "imports", "imports: [{service: com.example.PaymentService, from: site-b}]")
+    if items is None:
+        return None
+    imports = [_read_import(r, where, item, names) for where, item in items]
+    _report_repeats(r, "imports", imports, "import")
+    return imports
+
+
+def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> ImportConfig | None:
+    fields = r.mapping(
+        node,
+        where,
+        "{service: com.example.PaymentService, from: site-b, protocol: bolt}",
+        known=IMPORT_KEYS,
+        required={"service": "service: com.example.PaymentService", "from": "from: site-b (a peer)"},
+    )
+    if fields is None:
+        return None
+    service = (
+        r.name_text(fields["service"], f"{where}.service", "com.example.PaymentService")
+        if "service" in fields
+        else None
+    )
+    from_site = r.site_name(fields["from"], f"{where}.from") if "from" in fields else None
+    if from_site is not None:
+        r.require_peer(from_site, f"{where}.from", names, "is imported from")
+    values: dict[str, str | None] = {}
+    if "protocol" in fields:
+        values["protocol"] = r.choice(fields["protocol"], f"{where}.protocol", PROTOCOLS)
+    if "version" in fields:
+        values["version"] = r.name_text(fields["version"], f"{where}.version", '"1.0"')
+    if service is None or from_site is None or None in values.values():
+        return None
+    return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
+
+
+def _report_repeats(
+    r: _SiteFileReader, section: str, entries: list[ExportConfig | None] | list[ImportConfig | None], noun: str
+) -> None:
+    """An export or import names a service (and version) once; a second entry would be ambiguous."""
+    first_index: dict[tuple[str, str | None], int] = {}
+    for index, entry in enumerate(entries):
+        if entry is None:
+            continue
+        identity = (entry.service, entry.version)
+        if identity not in first_index:
+            first_index[identity] = index
+            continue
+        first = first_index[identity]
+        version = f" version {entry.version}" if entry.version is not None else ""
+        r.report(
+            r.lines.get(f"{section}[{index}]"),
+            f"{section}[{index}]",
+            f"{entry.service}{version} is already the {noun} at {section}[{first}] (line"
+            f" {r.lines.get(f'{section}[{first}]')}); merge the two entries into one",
+        )
+
+
+# --- the node reader ------------------------------------------------------------------------------------
+
+
+class _SiteFileReader:
+    """Reads typed values out of YAML nodes, recording each key's line and each problem found."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.folder = path.expanduser().absolute().parent  # relative paths in the file start here
+        self.problems: list[Problem] = []
+        self.lines: dict[str, int] = {}
+        self._constructor = SafeConstructor()
+
+    def report(self, at: Node | int | None, where: str, message: str) -> None:
+        line = _line(at) if isinstance(at, Node) else at
+        self.problems.append(Problem(self.path, line, f"{where}: {message}" if where else message))
+
+    def line_of(self, where: str, node: Node | None) -> int | None:
+        """The line of key `where`, else of `node`."""
+        if where in self.lines:
+            return self.lines[where]
+        return _line(node) if node is not None else None
+
+    # structure
+
+    def mapping(
+        self,
+        node: Node,
+        where: str,
+        example: str,
+        *,
+        known: Collection[str] | None = None,
+        required: Mapping[str, str] | None = None,
+    ) -> dict[str, Node] | None:
+        """Key -> value node of a mapping, minus unknown keys (reported). `required` maps key -> example."""
+        if not isinstance(node, MappingNode):
+            self.report(node, where, f"expected a mapping of keys, got {_describe(node)}; write e.g. {example}")
+            return None
+        entries = self._entries(node, where)
+        fields: dict[str, Node] = {}
+        for key, (key_node, value_node) in entries.items():
+            key_where = _join(where, key)
+            self.lines[key_where] = _line(key_node)
+            if known is not None and key not in known:
+                self.report(key_node, key_where, _unknown_key_message(key, known))
+            else:
+                fields[key] = value_node
+        for key, key_example in (required or {}).items():
+            if key not in entries:
+                line = self.line_of(where, node) if where else None
+                self.report(line, where, f'missing key "{key}"; add {key_example}')
+        return fields
+
+    def _entries(self, node: MappingNode, where: str) -> dict[str, tuple[Node, Node]]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _TAG_MERGE:
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.report(key_node, where, f"a key must be a plain name, not {_describe(key_node)}")
+                continue
+            key = key_node.value
+            if key in first_line:
+                self.report(
+                    key_node,
+                    _join(where, key),
+                    f"duplicate key (first at line {first_line[key]}); YAML would silently keep only the"
+                    " last one, so remove or merge one of them",
+                )
+            else:
+                first_line[key] = _line(key_node)
+        entries: dict[str, tuple[Node, Node]] = {}
+        for key_node, value_node in self._merged(node, where).value:
+            if isinstance(key_node, ScalarNode) and key_node.tag != _TAG_MERGE:
+                entries[key_node.value] = (key_node, value_node)  # the last one wins, as in YAML
+        return entries
+
+    def _merged(self, node: MappingNode, where: str) -> MappingNode:
+        """The mapping with `<<: *anchor` merge keys expanded (own keys override merged ones)."""
+        if not any(key_node.tag == _TAG_MERGE for key_node, _ in node.value):
+            return node
+        copy = MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark, node.flow_style)
+        try:
+            self._constructor.flatten_mapping(copy)
+        except ConstructorError as exc:
+            self.report(exc.problem_mark.line + 1 if exc.problem_mark else node, where, f"{exc.problem}")
+            return node
+        return copy
+
+    def sequence(self, node: Node, where: str, example: str) -> list[tuple[str, Node]] | None:
+        """(dotted path, node) for each item of a list, e.g. ("exports[0]", node)."""
+        if not isinstance(node, SequenceNode):
+            self.report(node, where, f"expected a list, got {_describe(node)}; write e.g. {example}")
+            return None
+        items = []
+        for index, item in enumerate(node.value):
+            item_where = f"{where}[{index}]"
+            self.lines[item_where] = _line(item)
+            items.append((item_where, item))
+        return items
+
+    # scalars
+
+    def text(self, node: Node, where: str, example: str) -> str | None:
+        """The scalar as typed (no YAML number or boolean conversion)."""
+        if not isinstance(node, ScalarNode):
+            self.report(node, where, f"expected a single value, got {_describe(node)}; write e.g. {example}")
+            return None
+        if _is_null(node) or not node.value.strip():
+            self.report(node, where, f"is empty; write e.g. {example}")
+            return None
+        return str(node.value)
+
+    def validated(self, value: str, line: int | None, where: str, check: Callable[[str], T]) -> T | None:
+        """check(value), or None after reporting the check's message (ValueError or CertError)."""
+        try:
+            return check(value)
+        except (ValueError, CertError) as exc:
+            self.report(line, where, str(exc))
+            return None
+
+    def _checked_text(self, node: Node, where: str, example: str, check: Callable[[str], T]) -> T | None:
+        value = self.text(node, where, example)
+        return None if value is None else self.validated(value, _line(node), where, check)
+
+    def site_name(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, "site-a", check_site_name)
+
+    def trust_domain(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, "interlink", check_trust_domain)
+
+    def domain_name(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, "site-b.gw.site-a.example", check_domain_name)
+
+    def host_port(self, node: Node, where: str) -> HostPort | None:
+        return self._checked_text(node, where, "127.0.0.1:9443", parse_host_port)
+
+    def name_text(self, node: Node, where: str, example: str) -> str | None:
+        def check(value: str) -> str:
+            if not _NAME_TEXT.fullmatch(value):
+                raise ValueError(f'"{value}" must not contain spaces, "/" or ":"; write e.g. {example}')
+            return value
+
+        return self._checked_text(node, where, example, check)
+
+    def file_path(self, node: Node, where: str) -> Path | None:
+        value = self.text(node, where, "certs/ca.pem (relative to this file's folder)")
+        return None if value is None else self.folder / Path(value).expanduser()
+
+    def choice(self, node: Node, where: str, options: Collection[str]) -> str | None:
+        def check(value: str) -> str:
+            if value in options:
+                return value
+            close = difflib.get_close_matches(value.lower(), options, n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "use one of those"
+            raise ValueError(f'"{value}" is not one of {", ".join(options)}; {hint}')
+
+        return self._checked_text(node, where, " | ".join(options), check)
+
+    def integer(self, node: Node, where: str, low: int, high: int | None, example: int) -> int | None:
+        leaf = where.rsplit(".", 1)[-1]
+        if not (isinstance(node, ScalarNode) and node.tag == _TAG_INT):
+            unquoted = " (without quotes)" if isinstance(node, ScalarNode) and node.value.strip().isdigit() else ""
+            self.report(
+                node, where, f"expected a whole number, got {_describe(node)}; write e.g. {leaf}: {example}{unquoted}"
+            )
+            return None
+        value = int(self._constructor.construct_object(node))
+        if value < low or (high is not None and value > high):
+            allowed = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            self.report(node, where, f"{value} is out of range; use a number {allowed}")
+            return None
+        return value
+
+    def host_port_list(self, node: Node, where: str, *, required: bool) -> list[HostPort] | None:
+        items = self.sequence(node, where, f"{where.rsplit('.', 1)[-1]}: [10.0.0.2:8443]")
+        if items is None:
+            return None
+        if required and not items:
+            self.report(node, where, "is empty; list at least one host:port, e.g. [10.0.0.2:8443]")
+            return None
+        addresses = [self.host_port(item, item_where) for item_where, item in items]
+        if any(address is None for address in addresses):
+            return None
+        return _present_items(addresses)
+
+    def name_set(self, node: Node, where: str, noun: str) -> frozenset[str] | None:
+        items = self.sequence(node, where, f"{noun}: [name-1, name-2]")
+        if items is None:
+            return None
+        if not items:
+            self.report(
+                node, where, f"is empty, so nothing would be allowed; list {noun}, or remove the key to allow all"
+            )
+            return None
+        names = [self.text(item, item_where, "a name") for item_where, item in items]
+        if any(name is None for name in names):
+            return None
+        return frozenset(_present_items(names))
+
+    def plain_value(self, node: Node, where: str) -> object:
+        """A registry option as ordinary Python data (the registry adapter validates it)."""
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except ConstructorError as exc:
+            self.report(node, where, f"cannot read this value: {exc.problem}")
+            return None
+
+    def require_peer(self, name: str, where: str, names: _KnownNames, role: str) -> bool:
+        """True if `name` is one of our peers; otherwise report it (unless the peers section is broken)."""
+        if names.peers is None or name in names.peers:
+            return True
+        if name == names.site:
+            message = f"{name} is this site itself; only peers can be named here"
+        else:
+            close = difflib.get_close_matches(name, sorted(names.peers), n=1)
+            hint = f'did you mean "{close[0]}"? Otherwise ' if close else ""
+            message = f"{name} {role} but is not listed under peers; {hint}add peers.{name} (endpoints, ca, domain)"
+        self.report(self.lines.get(where), where, message)
+        return False
+
+
+# --- small pieces ---------------------------------------------------------------------------------------
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _TAG_NULL
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    kind = node.tag.rsplit(":", 1)[-1]
+    if kind == "null":
+        return "nothing"
+    if kind == "str":
+        return f'the text "{node.value}"'
+    if kind == "bool":
+        return f"the yes/no value {node.value}"
+    return f"the {kind} {node.value}"
+
+
+def _unknown_key_message(key: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f'unknown key; did you mean "{close[0]}"?'
+    return f"unknown key; known keys here are: {', '.join(known)}"
+
+
+def _present(mapping: Mapping[str, T | None]) -> dict[str, T]:
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def _present_items(items: list[T | None]) -> list[T]:
+    return [item for item in items if item is not None]
+
+
+def _split_bracketed(text: str) -> tuple[str, str]:
+    host, closed, rest = text[1:].partition("]")
+    if not closed:
+        raise ValueError(f'"{text}" has no closing "]"; write an IPv6 address as [::1]:9443')
+    if not rest.startswith(":"):
+        raise ValueError(f'"{text}" has no port; write host:port, e.g. [{host}]:9443')
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ValueError(f'"{host}" is not an IPv6 address; only IPv6 addresses go in brackets') from None
+    return host, rest[1:]
+
+
+def _split_plain(text: str) -> tuple[str, str]:
+    host, colon, port_text = text.rpartition(":")
+    if not colon:
+        raise ValueError(f'"{text}" has no port; write host:port, e.g. {text}:9443')
+    if ":" in host:
+        example = f"[{host}]:{port_text}" if _is_ipv6(host) and port_text.isdigit() else "[::1]:9443"
+        raise ValueError(
+            f'"{text}" looks like an IPv6 address; put the address in brackets and the port after them, e.g. {example}'
+        )
+    if not host:
+        raise ValueError(f'"{text}" has no host; write host:port, e.g. 127.0.0.1{text}')
+    _check_host(host, text)
+    return host, port_text
+
+
+def _check_host(host: str, text: str) -> None:
+    if host == "*":
+        raise ValueError(f'"{text}": "*" is not an address; write 0.0.0.0 to listen on every address')
+    if _IPV4_LOOKALIKE.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f'"{host}" is not a valid IPv4 address (four numbers 0-255, e.g. 10.0.0.2)') from None
+        return
+    if ":" in host or not _is_domain_name(host.lower()):
+        raise ValueError(
+            f'"{host}" is neither an IP address nor a host name; write e.g. 10.0.0.2 or gw1.site-b.example'
+        )
+
+
+def _parse_port(port_text: str, text: str) -> int:
+    if not port_text:
+        raise ValueError(f'"{text}" has no port; write host:port, e.g. {text}9443')
+    if not port_text.isdigit():
+        raise ValueError(f'"{port_text}" in "{text}" is not a port number; use a number from 1 to 65535')
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f'port {port} in "{text}" is out of range; use a number from 1 to 65535')
+    return port
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_domain_name(text: str) -> bool:
+    return 0 < len(text) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in text.split("."))
