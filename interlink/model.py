@@ -7,7 +7,14 @@ Nothing here knows about sockets, HTTP/2 or Bolt frames.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
+
+# A site name is one DNS label; a trust domain a DNS-like name. Lower case only, so that a certificate
+# and a site file can never disagree on case.
+SITE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+TRUST_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,253}[a-z0-9])?")
+_SITE_URI = re.compile(r"spiffe://(?P<trust_domain>[^/]+)/site/(?P<site>[^/]+)")
 
 
 class Status(enum.IntEnum):
@@ -54,13 +61,15 @@ class SiteIdentity:
 
     @classmethod
     def from_uri(cls, uri: str) -> SiteIdentity | None:
-        """Parse `spiffe://<trust-domain>/site/<site>`; None for any other shape."""
-        prefix = "spiffe://"
-        if not uri.startswith(prefix):
+        """Parse exactly `spiffe://<trust-domain>/site/<site>`; None for any other shape.
+
+        Strict on purpose: no port, user info, query, fragment, percent-encoding, extra path segments,
+        trailing slash or upper case. Whatever it accepts, `.uri` formats back identically."""
+        match = _SITE_URI.fullmatch(uri)
+        if match is None:
             return None
-        trust_domain, sep, rest = uri[len(prefix) :].partition("/")
-        kind, sep2, site = rest.partition("/")
-        if not (trust_domain and sep and sep2 and kind == "site" and site) or "/" in site:
+        trust_domain, site = match["trust_domain"], match["site"]
+        if not (TRUST_DOMAIN.fullmatch(trust_domain) and SITE_NAME.fullmatch(site)):
             return None
         return cls(trust_domain, site)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from interlink.model import SITE_NAME, TRUST_DOMAIN, SiteIdentity
 
 __all__ = [
     "CertError",
@@ -47,11 +48,9 @@ DIR_MODE = 0o700
 CLOCK_SKEW = dt.timedelta(minutes=5)  # not-before is backdated by this much
 ORGANIZATION = "interlink"
 
-_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-# SPIFFE trust domain: lowercase letters, digits, '.', '-', '_' (we also want it to start and end with an
-# alphanumeric character, like a host name).
-_TRUST_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,253}[a-z0-9])?")
-_SITE_IDENTITY = re.compile(r"spiffe://(?P<trust_domain>[^/]+)/site/(?P<site>[^/]+)")
+# Site names and trust domains follow the model's rules (one definition, used by certificates and peers).
+_DNS_LABEL = SITE_NAME
+_TRUST_DOMAIN = TRUST_DOMAIN
 _MAX_COMMON_NAME = 64  # X.520 upper bound; cryptography refuses longer common names
 
 
@@ -114,13 +113,8 @@ def parse_site_identity(uri: str) -> tuple[str, str] | None:
     Strict on purpose: no port, user info, query, fragment, percent-encoding, extra path segments,
     trailing slash or upper case. Whatever it accepts, `site_identity_uri` formats back identically.
     """
-    match = _SITE_IDENTITY.fullmatch(uri)
-    if match is None:
-        return None
-    trust_domain, site = match["trust_domain"], match["site"]
-    if not (_TRUST_DOMAIN.fullmatch(trust_domain) and _DNS_LABEL.fullmatch(site)):
-        return None
-    return trust_domain, site
+    identity = SiteIdentity.from_uri(uri)
+    return None if identity is None else (identity.trust_domain, identity.site)
 
 
 def _split_names(
