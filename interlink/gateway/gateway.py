@@ -46,11 +46,14 @@ class Gateway:
         self.config = config
         self._snapshot = build_snapshot(config)
         self.flush_queue = FlushQueue()
-        self.timers = DeadlineTimers()
+        self.timers = DeadlineTimers(self.flush_queue)
         self.bound = BoundAddresses()
+        # We dial only the peers we import from; the others only call us.
+        dialed = {item.from_site for item in config.imports}
         self.peer_groups: dict[str, PoolGroup] = {
             name: PoolGroup(f"site {name}", [self._peer_pool(peer, address) for address in peer.endpoints])
             for name, peer in config.peers.items()
+            if name in dialed
         }
         provider_pools = {
             address: self._provider_pool(address) for export in config.exports for address in export.providers
@@ -83,6 +86,7 @@ class Gateway:
                 peer_groups=self.peer_groups.get,
                 provider_group=self.provider_groups.get,
                 timers=self.timers,
+                flush_queue=self.flush_queue,
                 nursery=nursery,
             )
             nursery.start_soon(self.timers.run)
@@ -135,7 +139,9 @@ class Gateway:
         task_status.started(HostPort(host, port))
         with trio.CancelScope() as scope:
             self._listener_scopes.append(scope)
-            await trio.serve_listeners(handler, [listener])
+            # Connections live in the gateway's nursery, not the listener's: closing the listener on drain
+            # must not cut the calls in flight.
+            await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
 
     async def _serve_local_connection(self, stream: trio.SocketStream) -> None:
         assert self._forwarder is not None

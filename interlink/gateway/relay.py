@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from interlink.model import Status
-from interlink.net.h2link import H2Endpoint, Headers
+from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
 from interlink.wire import grpc
 
 access_log = structlog.get_logger("interlink.access")
@@ -87,7 +87,8 @@ class DeadlineTimers:
     once they are the majority, so the heap holds about as many entries as there are calls in flight.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, flush_queue: FlushQueue) -> None:
+        self._flush_queue = flush_queue
         self._heap: list[list] = []  # [deadline, tie-breaker, relay or None]
         self._counter = itertools.count()
         self._cancelled = 0
@@ -126,6 +127,7 @@ class DeadlineTimers:
                     self._cancelled -= 1
                 else:
                     relay.deadline_passed()
+            await self._flush_queue.flush()
 
 
 class Relay:
@@ -209,11 +211,12 @@ class Relay:
 
     def on_reset(self, error_code: int) -> None:
         self._abandon_upstream()
-        self._finish(Status.CANCELLED, "", notify_caller=False)
+        name = getattr(error_code, "name", error_code)
+        self._finish(Status.CANCELLED, f"the caller reset the stream ({name})", notify_caller=False)
 
     def on_connection_lost(self, reason: str) -> None:
         self._abandon_upstream()
-        self._finish(Status.CANCELLED, "", notify_caller=False)
+        self._finish(Status.CANCELLED, f"the caller's connection ended: {reason}", notify_caller=False)
 
     def on_writable(self) -> None:
         if self._to_down and self.up is not None:

@@ -21,7 +21,7 @@ import trio
 from interlink.control.snapshot import Snapshot
 from interlink.gateway.relay import DeadlineTimers, Relay
 from interlink.model import Status
-from interlink.net.h2link import H2Endpoint, Headers
+from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
 from interlink.net.pool import PoolGroup
 from interlink.wire import grpc
 
@@ -39,12 +39,14 @@ class TripleForwarder:
         peer_groups: Callable[[str], PoolGroup | None],
         provider_group: Callable[[str], PoolGroup | None],
         timers: DeadlineTimers,
+        flush_queue: FlushQueue,
         nursery: trio.Nursery,
     ) -> None:
         self._snapshot = snapshot
         self._peer_group = peer_groups
         self._provider_group = provider_group
         self._timers = timers
+        self._flush_queue = flush_queue
         self._nursery = nursery
 
     # --- site B: a local caller calls an imported service ---------------------------------------------
@@ -170,8 +172,9 @@ class TripleForwarder:
         upstream = group.pick()
         if upstream is None:
             relay.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
-            return
-        relay.connect(upstream, headers, end_stream)
+        else:
+            relay.connect(upstream, headers, end_stream)
+        await self._flush_queue.flush()
 
     @staticmethod
     def _audit(decision: str, fields: dict[str, object], reason: str) -> None:

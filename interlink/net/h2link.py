@@ -140,6 +140,7 @@ class H2Endpoint:
         self._on_request = on_request
         self._sending = False
         self._ping_outstanding = False
+        self._close_when_flushed = False
 
     # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
 
@@ -164,7 +165,8 @@ class H2Endpoint:
     def detach(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
         if self.draining and not self.streams:
-            self.close(self.close_reason or "drained")
+            self._close_when_flushed = True  # after the last response has gone out
+            self._mark()
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
         self.conn.send_headers(stream_id, headers, end_stream=end_stream)
@@ -208,10 +210,21 @@ class H2Endpoint:
         self._mark()
 
     def goaway(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
-        if not self.closed:
-            self.draining = True
-            self.conn.close_connection(error_code)
-            self._mark()
+        """Graceful GOAWAY: streams already open finish, new ones are refused.
+
+        h2's `close_connection` moves its state machine to CLOSED, after which it refuses to send or
+        receive anything on the open streams; so the frame is queued here and the endpoint itself refuses
+        new streams (`draining`)."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        frame = hyperframe.frame.GoAwayFrame(stream_id=0)
+        frame.last_stream_id = self.conn.highest_inbound_stream_id
+        frame.error_code = error_code
+        self.conn._data_to_send += frame.serialize()  # noqa: SLF001 - see docstring
+        if not self.streams:
+            self._close_when_flushed = True
+        self._mark()
 
     def _mark(self) -> None:
         self._flush_queue.add(self)
@@ -225,8 +238,10 @@ class H2Endpoint:
         try:
             while data := self.conn.data_to_send():
                 await self._stream.send_all(data)
+            if self._close_when_flushed and not self.streams:
+                self.close(self.close_reason or "drained")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._lost(f"send failed: {exc or type(exc).__name__}")
+            self._lost(f"send failed: {describe_io_error(exc)}")
         finally:
             self._sending = False
 
@@ -255,10 +270,13 @@ class H2Endpoint:
                 self._dispatch(events)
                 await self._flush_queue.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            reason = f"connection lost: {exc or type(exc).__name__}"
+            reason = f"connection lost: {describe_io_error(exc)}"
         finally:
             self._lost(self.close_reason or reason)
             with trio.CancelScope(shield=True):
+                # The streams that were open have been answered (errors for their callers): send that.
+                with trio.move_on_after(1):
+                    await self._flush_queue.flush()
                 with trio.move_on_after(1):
                     await self._stream.aclose()
 
@@ -278,6 +296,7 @@ class H2Endpoint:
                     await trio.sleep(min(0.05, timeout))
             if self._ping_outstanding and not self.closed:
                 self.close(f"no PING acknowledgement within {timeout:g}s")
+                await self._flush_queue.flush()
                 return
 
     def close(self, reason: str) -> None:
@@ -374,11 +393,14 @@ class H2Endpoint:
         last = event.last_stream_id if event.last_stream_id is not None else 0
         reason = f"the remote side sent GOAWAY ({getattr(event.error_code, 'name', event.error_code)})"
         self.close_reason = reason
-        for stream_id in [sid for sid in self.streams if sid > last]:
+        # last_stream_id counts streams *we* opened (odd ids on a client, even on a server): those above it
+        # were never processed by the remote side and may be retried elsewhere.
+        ours = 1 if self.client_side else 0
+        for stream_id in [sid for sid in self.streams if sid > last and sid % 2 == ours]:
             handler = self.streams.pop(stream_id)
             self._call(handler.on_connection_lost, reason, stream_id=stream_id)
         if not self.streams:
-            self.close(reason)
+            self._close_when_flushed = True
 
     def _call(self, fn: Callable[..., None], *args: object, stream_id: int = 0) -> None:
         try:
@@ -388,3 +410,11 @@ class H2Endpoint:
             if stream_id:
                 self.reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
+
+def describe_io_error(exc: BaseException) -> str:
+    """trio wraps the OS or TLS error that broke a stream; name that one."""
+    cause = exc.__cause__ or exc.__context__
+    for candidate in (exc, cause):
+        if candidate is not None and str(candidate):
+            return str(candidate)
+    return type(cause or exc).__name__

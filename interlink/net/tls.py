@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtensionOID
 
 from interlink.model import SiteIdentity
+
+log = structlog.get_logger("interlink.net.tls")
 
 ALPN_H2 = "h2"
 
@@ -75,6 +78,7 @@ def peer_server_tls(
             return None
         chosen = by_domain.get(server_name.lower())
         if chosen is None:
+            log.warning("peer.sni_refused", sni=server_name, reason="not an access domain of this gateway")
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         ssl_object.context = chosen
         return None
