@@ -1,0 +1,63 @@
+"""The commands users type: interlink lab, check, certs, run (error paths)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / "site-configs" / "lab"
+
+
+def interlink(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "interlink", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def test_lab_runs_two_sites_and_reports_every_call_as_expected():
+    done = interlink("lab")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "10 calls, all as expected" in done.stdout
+    assert "PERMISSION_DENIED" in done.stdout and "UNIMPLEMENTED" in done.stdout
+
+
+@pytest.fixture
+def lab_copy(tmp_path):
+    for site in ("site-a", "site-b"):
+        shutil.copy(LAB / f"{site}.yaml", tmp_path)
+        done = interlink("certs", "init-site", site, "--out", str(tmp_path / "certs" / site), "--dns", "127.0.0.1")
+        assert done.returncode == 0, done.stderr
+    return tmp_path
+
+
+def test_check_accepts_the_lab_pair(lab_copy):
+    done = interlink("check", str(lab_copy / "site-a.yaml"), str(lab_copy / "site-b.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert "ok: 2 site file(s)" in done.stdout
+
+
+def test_check_reports_mismatched_domains_with_file_and_line(lab_copy):
+    site_b = lab_copy / "site-b.yaml"
+    site_b.write_text(site_b.read_text().replace("site-b.gw.site-a.lab", "wrong.gw.site-a.lab"))
+    done = interlink("check", str(lab_copy / "site-a.yaml"), str(site_b))
+    assert done.returncode == 1
+    assert "site-a.yaml:19: domains.site-b" in done.stderr and "site-b.yaml:17: peers.site-a.domain" in done.stderr, done.stderr
+
+
+def test_run_refuses_a_bad_site_file_with_its_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("site: site-a\nlisten:\n  peer: 127.0.0.1\n")
+    done = interlink("run", "-c", str(bad), timeout=30)
+    assert done.returncode == 1
+    assert f"{bad}:3:" in done.stderr and "host:port" in done.stderr, done.stderr
+
+
+def test_certs_init_site_refuses_to_overwrite_a_ca(tmp_path):
+    assert interlink("certs", "init-site", "site-x", "--out", str(tmp_path / "x")).returncode == 0
+    again = interlink("certs", "init-site", "site-x", "--out", str(tmp_path / "x"))
+    assert again.returncode == 1 and "ca" in again.stderr
