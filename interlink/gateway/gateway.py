@@ -141,7 +141,7 @@ class Gateway:
             self._listener_scopes.append(scope)
             # Connections live in the gateway's nursery, not the listener's: closing the listener on drain
             # must not cut the calls in flight.
-            await trio.serve_listeners(handler, [listener], handler_nursery=self._nursery)
+            await trio.serve_listeners(_guarded(handler), [listener], handler_nursery=self._nursery)
 
     async def _serve_local_connection(self, stream: trio.SocketStream) -> None:
         assert self._forwarder is not None
@@ -251,6 +251,19 @@ async def _tcp_listener(address: HostPort, *, reuse_port: bool) -> trio.SocketLi
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
     return trio.SocketListener(sock)
+
+
+def _guarded(handler):
+    """A bug while serving one connection is logged and ends that connection, never the gateway."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except Exception:
+            log.exception("connection.crashed", remote=_remote(stream))
+            await trio.aclose_forcefully(stream)
+
+    return serve
 
 
 def _remote(stream: trio.SocketStream) -> str:

@@ -26,6 +26,7 @@ import hyperframe.frame
 import structlog
 import trio
 
+from interlink.wire import h2headers
 from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder
 
 log = structlog.get_logger("interlink.net.h2")
@@ -88,7 +89,7 @@ def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connect
         header_encoding=None,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
-        validate_inbound_headers=True,
+        validate_inbound_headers=False,  # checked in one pass by interlink.wire.h2headers instead
         normalize_inbound_headers=False,
     )
     conn = h2.connection.H2Connection(config)
@@ -278,7 +279,10 @@ class H2Endpoint:
                 with trio.move_on_after(1):
                     await self._flush_queue.flush()
                 with trio.move_on_after(1):
-                    await self._stream.aclose()
+                    try:
+                        await self._stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass  # already broken or closed: nothing left to release gracefully
 
     async def keepalive(self, interval: float, timeout: float) -> None:
         """PING when the connection has been quiet for `interval`; close it if no ACK within `timeout`."""
@@ -348,15 +352,19 @@ class H2Endpoint:
                     ended_with_frame.add(event.stream_id)
                 if self._on_request is None or self.draining:
                     self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif self._malformed(event.stream_id, event.headers, h2headers.check_request):
+                    continue
                 else:
                     self._call(self._on_request, self, event.stream_id, event.headers, end, stream_id=event.stream_id)
             elif kind is h2.events.ResponseReceived or kind is h2.events.TrailersReceived:
                 end = event.stream_ended is not None
                 if end:
                     ended_with_frame.add(event.stream_id)
+                check = h2headers.check_response if kind is h2.events.ResponseReceived else h2headers.check_trailers
                 handler = streams.get(event.stream_id)
-                if handler is not None:
-                    self._call(handler.on_headers, event.headers, end, stream_id=event.stream_id)
+                if handler is None or self._malformed(event.stream_id, event.headers, check, handler):
+                    continue
+                self._call(handler.on_headers, event.headers, end, stream_id=event.stream_id)
             elif kind is h2.events.StreamEnded:
                 if event.stream_id in ended_with_frame:
                     continue
@@ -383,6 +391,24 @@ class H2Endpoint:
                 self._on_goaway(event)
             # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
         self._mark()  # h2 may have queued SETTINGS/PING acks or WINDOW_UPDATEs of its own
+
+    def _malformed(
+        self,
+        stream_id: int,
+        headers: Headers,
+        check: Callable[[Headers], None],
+        handler: StreamHandler | None = None,
+    ) -> bool:
+        """A malformed header block is a stream error (RFC 9113 8.1.1): reset that stream, keep the rest."""
+        try:
+            check(headers)
+        except h2headers.MalformedHeaders as exc:
+            log.warning("h2.malformed_headers", endpoint=self.name, stream_id=stream_id, error=str(exc))
+            self.reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            if handler is not None:
+                self._call(handler.on_reset, h2.errors.ErrorCodes.PROTOCOL_ERROR, stream_id=stream_id)
+            return True
+        return False
 
     def _all_writable(self) -> None:
         for stream_id, handler in list(self.streams.items()):

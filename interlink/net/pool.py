@@ -76,7 +76,10 @@ class ConnectionPool:
                 delay = min(delay * 2, ceiling)
                 continue
             delay = initial
-            await self._serve(endpoint)
+            try:
+                await self._serve(endpoint)
+            except Exception:  # a bug in one connection must not take the gateway down
+                log.exception("pool.connection_crashed", pool=self.name, slot=slot)
             log.info("pool.connection_closed", pool=self.name, slot=slot, reason=endpoint.close_reason)
 
     async def _connect_once(self, slot: int) -> H2Endpoint | None:

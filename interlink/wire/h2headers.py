@@ -1,0 +1,72 @@
+"""HTTP/2 header-block rules (RFC 9113 8.1-8.3) checked in one pass per block, sans-I/O.
+
+h2's own inbound validation is a chain of per-field generators that cost about 30 µs per header block on
+this machine kind (a third of its CPU on a relay); these checks are the same rules in one loop, and the
+endpoint turns a violation into a stream error (RST_STREAM PROTOCOL_ERROR), never a connection error.
+"""
+
+from __future__ import annotations
+
+import re
+
+Headers = list[tuple[bytes, bytes]]
+
+_FORBIDDEN_BYTES = re.compile(rb"[\x00\r\n]")
+_NAME_FORBIDDEN = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
+
+
+class MalformedHeaders(Exception):
+    """A header block that RFC 9113 calls malformed; the message names the rule."""
+
+
+def _check_regular(name: bytes, value: bytes) -> None:
+    if not name:
+        raise MalformedHeaders("empty header name")
+    if _NAME_FORBIDDEN.search(name):
+        raise MalformedHeaders(f"header name {name!r} has upper-case or forbidden characters")
+    if _FORBIDDEN_BYTES.search(value):
+        raise MalformedHeaders(f"header {name!r} has a NUL, CR or LF in its value")
+    if name in _CONNECTION_SPECIFIC:
+        raise MalformedHeaders(f"connection-specific header {name!r} is not allowed in HTTP/2")
+    if name == b"te" and value != b"trailers":
+        raise MalformedHeaders("te may only be 'trailers' in HTTP/2")
+
+
+def check_request(headers: Headers) -> None:
+    seen: set[bytes] = set()
+    regular = False
+    for name, value in headers:
+        if name[:1] == b":":
+            if regular:
+                raise MalformedHeaders(f"pseudo-header {name!r} after a regular header")
+            if name not in _REQUEST_PSEUDO:
+                raise MalformedHeaders(f"pseudo-header {name!r} is not allowed in a request")
+            if name in seen:
+                raise MalformedHeaders(f"pseudo-header {name!r} appears twice")
+            if _FORBIDDEN_BYTES.search(value):
+                raise MalformedHeaders(f"pseudo-header {name!r} has a NUL, CR or LF in its value")
+            seen.add(name)
+        else:
+            regular = True
+            _check_regular(name, value)
+    missing = {b":method", b":scheme", b":path"} - seen
+    if missing and seen != {b":method", b":authority"}:  # CONNECT has only :method and :authority
+        raise MalformedHeaders(f"request lacks {b', '.join(sorted(missing)).decode()}")
+
+
+def check_response(headers: Headers) -> None:
+    if not headers or headers[0][0] != b":status":
+        raise MalformedHeaders("a response must start with :status")
+    status = headers[0][1]
+    if len(status) != 3 or not status.isdigit():
+        raise MalformedHeaders(f":status {status!r} is not a three-digit code")
+    check_trailers(headers[1:])
+
+
+def check_trailers(headers: Headers) -> None:
+    for name, value in headers:
+        if name[:1] == b":":
+            raise MalformedHeaders(f"pseudo-header {name!r} is not allowed here")
+        _check_regular(name, value)

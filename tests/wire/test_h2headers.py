@@ -1,0 +1,56 @@
+"""RFC 9113 header-block rules; h2's own validator is the oracle for what must be refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from interlink.wire.h2headers import MalformedHeaders, check_request, check_response, check_trailers
+
+GOOD_REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/a/b"), (b":authority", b"x"),
+                (b"te", b"trailers"), (b"content-type", b"application/grpc")]
+
+
+def test_good_blocks_pass():
+    check_request(GOOD_REQUEST)
+    check_request([(b":method", b"CONNECT"), (b":authority", b"host:443")])
+    check_response([(b":status", b"200"), (b"content-type", b"application/grpc")])
+    check_trailers([(b"grpc-status", b"0"), (b"x-bin-bin", b"AAEC")])
+
+
+@pytest.mark.parametrize(
+    ("block", "rule"),
+    [
+        (GOOD_REQUEST[:2] + GOOD_REQUEST[3:], "lacks :path"),
+        ([(b"x-a", b"1")] + GOOD_REQUEST, "after a regular header"),
+        (GOOD_REQUEST + [(b":path", b"/again")], "after a regular header"),
+        (GOOD_REQUEST[:3] + [(b":path", b"/x")] + GOOD_REQUEST[3:], "appears twice"),
+        (GOOD_REQUEST[:3] + [(b":status", b"200")], "not allowed in a request"),
+        (GOOD_REQUEST + [(b"X-Upper", b"1")], "upper-case"),
+        (GOOD_REQUEST + [(b"x-bad", b"a\r\nb")], "NUL, CR or LF"),
+        (GOOD_REQUEST + [(b"connection", b"close")], "connection-specific"),
+        (GOOD_REQUEST + [(b"te", b"gzip")], "te may only be"),
+        (GOOD_REQUEST + [(b"", b"x")], "empty header name"),
+        (GOOD_REQUEST + [(b"a b", b"x")], "forbidden characters"),
+    ],
+)
+def test_malformed_requests(block, rule):
+    with pytest.raises(MalformedHeaders, match=rule):
+        check_request(block)
+
+
+@pytest.mark.parametrize(
+    ("block", "rule"),
+    [
+        ([(b"content-type", b"x")], "must start with :status"),
+        ([(b":status", b"20")], "three-digit"),
+        ([(b":status", b"200"), (b":status", b"200")], "not allowed here"),
+    ],
+)
+def test_malformed_responses(block, rule):
+    with pytest.raises(MalformedHeaders, match=rule):
+        check_response(block)
+
+
+def test_trailers_may_not_carry_pseudo_headers():
+    with pytest.raises(MalformedHeaders):
+        check_trailers([(b":status", b"200")])
