@@ -1,0 +1,5 @@
+import sys
+
+from bench.grpc_bench import main
+
+sys.exit(main())

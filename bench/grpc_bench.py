@@ -1,0 +1,403 @@
+"""gRPC unary benchmark, one invocation: direct, nginx two-hop grpc_pass chain, two interlink gateways.
+
+    provider   nginx (h2c) answering /com.example.EchoService/echo with a canned EchoReply
+    direct     h2load -> provider
+    nginx      h2load -> hop1 (h2c in, grpc_pass grpcs:// + client cert) -> hop2 (ssl, verify client) -> provider
+    interlink  h2load -> GW-B (triple listener) -> GW-A (peer listener, mTLS) -> provider
+
+For every payload × concurrency the paths are measured one after the other (interleaved, so that drift of
+the machine hits all of them alike): a warm-up run, then a measured run of fixed duration, with CPU
+(utime + stime of each proxy's process tree) and peak RSS (VmHWM) read from /proc around it.
+
+Usage: python -m bench [--quick] [options]   (or python bench/grpc_bench.py; bench/run.sh installs nginx
+and h2load first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (`python bench/grpc_bench.py`): make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import certs, nginx, report  # noqa: E402  (after the path fix above)
+from bench.interlink_path import DOMAIN_A_GIVES_B, DOMAIN_B_GIVES_A, InterlinkUnavailable, start_gateways  # noqa: E402
+from bench.loadgen import echo_message, h2load_version, run_h2load  # noqa: E402
+from bench.processes import Child, Children, MachineSample, TreeSample, free_ports, tree_memory  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+ALL_PATHS = ("direct", "nginx", "interlink")
+IDLE_CPU_WARN_PCT = 3.0  # a proxy not under test using more than this during a cell is reported
+OTHER_CPU_WARN_PCT = 25.0  # CPU of processes outside the benchmark, % of one core, that marks a cell disturbed
+
+
+@dataclass
+class BenchPath:
+    """One way from the load generator to the provider."""
+
+    name: str
+    entry_port: int
+    proxies: dict[str, Child] = field(default_factory=dict)  # role -> process (B side first)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short runs (1 s warm-up, 2 s measured): < 2 min")
+    p.add_argument("--duration", type=float, help="measured seconds per cell (default 10, quick 2)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per cell (default 2, quick 1)")
+    p.add_argument("--sizes", default="100,16384", help="payload sizes in bytes (EchoRequest.message)")
+    p.add_argument("--concurrency", default="1,16,64", help="calls in flight")
+    p.add_argument(
+        "--connections", type=int, default=1,
+        help="HTTP/2 connections from the load generator (calls are spread over them); default 1, "
+        "like one gRPC channel",
+    )  # fmt: skip
+    p.add_argument("--paths", default=",".join(ALL_PATHS), help="subset of direct,nginx,interlink")
+    p.add_argument("--interlink-workers", type=int, help="pass --workers N to `interlink run` (default: not passed)")
+    p.add_argument("--startup-timeout", type=float, default=20.0, help="seconds to wait for a gateway to listen")
+    p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, certs, logs)")
+    args = p.parse_args(argv)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.warmup = args.warmup or (1.0 if args.quick else 2.0)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.paths = [s.strip() for s in args.paths.split(",") if s.strip()]
+    unknown = set(args.paths) - set(ALL_PATHS)
+    if unknown:
+        p.error(f"unknown path(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it may arrive ignored
+        signal.signal(sig, _raise_interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
+    children = Children()
+    keep_tmp = args.keep_tmp
+    try:
+        status = run(args, tmp, children)
+        if status != 0:
+            keep_tmp = True  # something failed: the logs say why
+        return status
+    except KeyboardInterrupt:
+        print("\nbench: interrupted, stopping everything")
+        return 130
+    except Exception as exc:
+        keep_tmp = True
+        print(f"\nbench: FAILED: {exc}")
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        children.stop_all()
+        if keep_tmp:
+            print(f"bench: configs, certificates and logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
+    started = dt.datetime.now(dt.timezone.utc)
+    print(f"bench: temp dir {tmp}")
+    ports = dict(zip(["provider", "hop1", "hop2", "triple_b", "peer_a", "peer_b"], free_ports(6)))
+    for size in args.sizes:
+        (tmp / f"request-{size}.bin").write_bytes(echo_message(size))
+
+    # Certificates: site A's gateway answers for the access domain A gave B, and vice versa.
+    site_a = certs.make_site("site-a", tmp / "A", (DOMAIN_A_GIVES_B, "localhost"))
+    site_b = certs.make_site("site-b", tmp / "B", (DOMAIN_B_GIVES_A, "localhost"))
+    print(f"bench: certificates made by {site_a.made_by}" + (f" ({site_a.note})" if site_a.note else ""))
+
+    provider = start_provider(children, tmp, ports["provider"], args.sizes)
+    paths: list[BenchPath] = []
+    skipped: dict[str, str] = {}
+    if "direct" in args.paths:
+        paths.append(BenchPath("direct", ports["provider"]))
+    if "nginx" in args.paths:
+        paths.append(start_nginx_chain(children, tmp, ports, site_a, site_b))
+    if "interlink" in args.paths:
+        try:
+            gws = start_gateways(
+                children, tmp, site_a, site_b, ports, args.interlink_workers, args.startup_timeout
+            )
+            paths.append(BenchPath("interlink", gws.entry_port, {"GW-B": gws.gw_b, "GW-A": gws.gw_a}))
+        except InterlinkUnavailable as exc:
+            skipped["interlink"] = str(exc)
+
+    # Sanity: a grpcio client through every path, every payload, before anything is measured.
+    for path in list(paths):
+        problem = sanity_check(path.entry_port, args.sizes)
+        if problem:
+            paths.remove(path)
+            skipped[path.name] = f"sanity check (grpcio client) failed: {problem}"
+        else:
+            print(f"bench: sanity ok on {path.name}: grpcio echo {args.sizes} -> OK, grpc-status 0")
+    for name, why in skipped.items():
+        print(f"bench: SKIPPING the {name} path: {why}")
+
+    cells = measure_all(args, tmp, paths, provider)
+    ratio_rows = report.ratios(cells)
+    finished = dt.datetime.now(dt.timezone.utc)
+
+    print()
+    print(report.cell_table(cells))
+    print(
+        "\nµs/call = CPU (user+sys) of that proxy's processes per successful call; RSS = peak (VmHWM) of its"
+        "\nlargest process; client/provider = CPU of h2load / the provider nginx in % of one core; other ="
+        "\nCPU used by anything else on the machine (other users, unattributed kernel work), in % of one core:"
+        "\nwhen it is large, the cell was disturbed."
+    )
+    if ratio_rows:
+        print("\ninterlink / nginx (same run; rps > 1 and CPU < 1 favour interlink)")
+        print(report.ratio_table(ratio_rows))
+    checks = report.target_checks(cells, ratio_rows)
+    if "interlink" in args.paths:
+        print("\nissue 2 targets for the interlink path:")
+        print(report.target_table(checks))
+    for name, why in skipped.items():
+        print(f"\nbench: the {name} path was SKIPPED: {why}")
+
+    results = {
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "machine": machine_info(),
+        "tools": {"nginx": nginx.nginx_version(), "h2load": h2load_version(), "python": platform.python_version()},
+        "git_rev": git_rev(),
+        "settings": {
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "sizes": args.sizes,
+            "concurrency": args.concurrency,
+            "connections": args.connections,
+            "paths": args.paths,
+            "interlink_workers": args.interlink_workers,
+            "certificates_made_by": site_a.made_by,
+            "cpu_pinning": "none",
+            "nginx_worker_processes": 1,
+        },
+        "skipped": skipped,
+        "cells": cells,
+        "ratios_interlink_over_nginx": ratio_rows,
+        "interlink_targets": [{"target": w, "met": ok, "measured": v} for w, ok, v in checks],
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nbench: results written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    measured = {c["path"] for c in cells if "error" not in c}
+    return 0 if {"direct", "nginx"} & set(args.paths) <= measured else 1
+
+
+# --- the servers ---------------------------------------------------------------------------------
+
+
+def start_provider(children: Children, tmp: Path, port: int, sizes: list[int]) -> Child:
+    prefix = tmp / "nginx-provider"
+    (prefix / "replies").mkdir(parents=True)
+    stub = prefix / "stub" / "com.example.EchoService" / "echo"  # must exist: see provider.conf.in
+    stub.parent.mkdir(parents=True)
+    stub.touch()
+    for size in sizes:
+        (prefix / "replies" / f"reply-{size}.bin").write_bytes(echo_message(size))
+    reply_map = "\n".join(f"        {size} /reply-{size}.bin;" for size in sizes)
+    return nginx.start(children, "provider nginx", "provider.conf.in", prefix, {"PORT": port, "REPLY_MAP": reply_map})
+
+
+def start_nginx_chain(
+    children: Children, tmp: Path, ports: dict[str, int], site_a: certs.SiteCerts, site_b: certs.SiteCerts
+) -> BenchPath:
+    hop2 = nginx.start(
+        children, "nginx hop2", "hop2.conf.in", tmp / "nginx-hop2",
+        {
+            "PORT": ports["hop2"], "UPSTREAM_PORT": ports["provider"], "ACCESS_DOMAIN": DOMAIN_A_GIVES_B,
+            "SERVER_CERT": site_a.cert, "SERVER_KEY": site_a.key, "PEER_CA": site_b.ca,
+        },
+    )  # fmt: skip
+    hop1 = nginx.start(
+        children, "nginx hop1", "hop1.conf.in", tmp / "nginx-hop1",
+        {
+            "PORT": ports["hop1"], "UPSTREAM_PORT": ports["hop2"], "ACCESS_DOMAIN": DOMAIN_A_GIVES_B,
+            "CLIENT_CERT": site_b.cert, "CLIENT_KEY": site_b.key, "PEER_CA": site_a.ca,
+        },
+    )  # fmt: skip
+    return BenchPath("nginx", ports["hop1"], {"hop1": hop1, "hop2": hop2})
+
+
+def sanity_check(port: int, sizes: list[int]) -> str | None:
+    """None if a grpcio client gets the right echo reply and grpc-status 0 for every size, else why not."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.sanity", str(port), *map(str, sizes)],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "no answer within 60 s"
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return f"sanity client crashed: {proc.stderr.strip()[-800:]}"
+    if result["ok"]:
+        return None
+    bad = [c for c in result["calls"] if not c["ok"]]
+    return "; ".join(
+        f"{c['size']} B -> {c.get('code')} {c.get('details', '')}".strip()
+        + ("" if c.get("request_framing_ok", True) else " (request framing wrong)")
+        for c in bad
+    )
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+
+def measure_all(args: argparse.Namespace, tmp: Path, paths: list[BenchPath], provider: Child) -> list[dict]:
+    cells = []
+    total = len(args.sizes) * len(args.concurrency) * len(paths)
+    n = 0
+    all_proxies = {f"{p.name}:{role}": child for p in paths for role, child in p.proxies.items()}
+    reported_dead: set[str] = set()
+    for size in args.sizes:
+        for conc in args.concurrency:
+            for path in paths:
+                n += 1
+                label = f"[{n}/{total}] {path.name:<9} {report.size_label(size):>6} c={conc:<3}"
+                print(f"bench: {label} ...", end="", flush=True)
+                dead = {role: child for role, child in path.proxies.items() if not child.alive()}
+                if dead:
+                    why = ", ".join(f"{role} exited with status {c.proc.returncode}" for role, c in dead.items())
+                    cell = {"path": path.name, "size": size, "concurrency": conc, "error": why,
+                            "logs": {role: c.log_tail() for role, c in dead.items()}}  # fmt: skip
+                    if path.name not in reported_dead:
+                        reported_dead.add(path.name)
+                        for role, c in dead.items():
+                            print(f"\nbench: {role} ({c.name}) exited; last lines of {c.log}:\n{c.log_tail()}")
+                else:
+                    cell = measure_cell(args, tmp, path, size, conc, provider, all_proxies)
+                cells.append(cell)
+                if "error" in cell:
+                    print(f" FAILED: {cell['error']}")
+                else:
+                    print(f" {cell['rps']:>8.0f} rps  p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms"
+                          + (f"  {cell['errors']} errors" if cell["errors"] else "")
+                          + (f"  (disturbed: other load {cell['other_cpu_pct']:.0f}% of a core)"
+                             if cell["other_cpu_pct"] > OTHER_CPU_WARN_PCT else ""))  # fmt: skip
+    return cells
+
+
+def measure_cell(
+    args: argparse.Namespace,
+    tmp: Path,
+    path: BenchPath,
+    size: int,
+    conc: int,
+    provider: Child,
+    all_proxies: dict[str, Child],
+) -> dict:
+    cell: dict = {"path": path.name, "size": size, "concurrency": conc, "connections": min(args.connections, conc)}
+    load = dict(
+        size=size,
+        concurrency=conc,
+        connections=args.connections,
+        request_file=tmp / f"request-{size}.bin",
+        log_file=tmp / "h2load.log",
+    )
+    try:
+        run_h2load(path.entry_port, duration_s=args.warmup, **load)
+        watched = {"provider": provider, **all_proxies}
+        before = {name: TreeSample.take(c.pid) for name, c in watched.items()}
+        machine_before, t0 = MachineSample.take(), time.monotonic()
+        result = run_h2load(path.entry_port, duration_s=args.duration, **load)
+        machine_after, bracket_s = MachineSample.take(), time.monotonic() - t0
+        after = {name: TreeSample.take(c.pid) for name, c in watched.items()}
+    except RuntimeError as exc:
+        return {**cell, "error": str(exc)}
+    if result.ok == 0:
+        return {**cell, "error": f"no successful call ({result.done} done, {result.errors} errors)"}
+
+    cpu = {name: after[name].cpu_since(before[name]) for name in watched}
+    # The /proc samples bracket h2load's whole run (start-up and exit too): `bracket_s`, a little more
+    # than the measured `result.seconds`.
+    machine_busy, machine_steal = machine_after.busy_cores_since(machine_before, bracket_s)
+    known_cores = (sum(cpu.values()) + result.client_cpu_s) / bracket_s
+    cell.update(
+        seconds=round(result.seconds, 3),
+        calls=result.ok,
+        errors=result.errors,
+        rps=round(result.rps, 1),
+        p50_ms=result.percentile_ms(50),
+        p90_ms=result.percentile_ms(90),
+        p99_ms=result.percentile_ms(99),
+        max_ms=result.latencies_us[-1] / 1000 if result.latencies_us else None,
+        client_cpu_pct=round(100 * result.client_cpu_s / bracket_s, 1),
+        provider_cpu_pct=round(100 * cpu["provider"] / bracket_s, 1),
+        machine_busy_pct=round(100 * machine_busy, 1),  # all cores: 200% = both cores of 2 busy
+        # CPU of everything else on the machine (other users' work, unattributed kernel work): noise
+        # (/proc/stat is sampled per tick and the per-process times are not: ±10% is noise, < 0 happens)
+        other_cpu_pct=round(100 * (machine_busy - known_cores), 1),
+        machine_steal_pct=round(100 * machine_steal, 1),
+        proxies={},
+    )
+    for role, child in path.proxies.items():
+        seconds = cpu[f"{path.name}:{role}"]
+        memory = tree_memory(child.pid)
+        cell["proxies"][role] = {
+            "cpu_us_per_call": round(seconds * 1e6 / result.ok, 1),
+            "cpu_pct": round(100 * seconds / bracket_s, 1),
+            "rss_peak_mb": round(max(m["VmHWM"] for m in memory) / 1024, 1),
+            "rss_now_mb": round(max(m["VmRSS"] for m in memory) / 1024, 1),
+            "processes": memory,
+        }
+    # Proxies of the other paths should be idle; say so if one was not (it would steal CPU from this cell).
+    busy = {
+        name: round(100 * cpu[name] / bracket_s, 1)
+        for name in all_proxies
+        if not name.startswith(f"{path.name}:") and 100 * cpu[name] / bracket_s > IDLE_CPU_WARN_PCT
+    }
+    if busy:
+        cell["other_proxies_busy_pct"] = busy
+        print(f" (warning: idle proxies used CPU: {busy})", end="")
+    return cell
+
+
+# --- context -------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(), "loadavg_start": os.getloadavg()}
+
+
+def git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

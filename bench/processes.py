@@ -1,0 +1,241 @@
+"""The processes the benchmark starts, and what /proc says about them.
+
+Every server (nginx masters, interlink gateways) is started through `Children`, which
+
+- puts it in its own process group (so Ctrl-C in the terminal reaches only us, and we stop the servers
+  in order), and
+- asks the kernel to send it SIGTERM if the benchmark itself dies (PR_SET_PDEATHSIG), so that even a
+  `kill -9` of the harness leaves no nginx behind.
+
+`Children.stop_all()` sends SIGTERM to each process group, waits, then SIGKILLs what is left.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class Children:
+    def __init__(self) -> None:
+        self._children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], *, cwd: Path, log: Path) -> Child:
+        out = open(log, "ab")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            out.close()
+        child = Child(name, proc, log)
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Child, timeout: float = 5.0) -> None:
+        if child.alive():
+            _signal_group(child.pid, signal.SIGTERM)
+            try:
+                child.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        # The leader may be gone while its workers are not: clear the whole group either way.
+        _signal_group(child.pid, signal.SIGKILL)
+        if child.alive():
+            child.proc.wait(timeout)
+        if child in self._children:
+            self._children.remove(child)
+
+    def stop_all(self) -> None:
+        groups = {c.pid for c in self._children}
+        for child in reversed(list(self._children)):
+            try:
+                self.stop(child)
+            except Exception as exc:  # keep going: the others must still be stopped
+                print(f"bench: could not stop {child.name} (pid {child.pid}): {exc}")
+        leftovers = [pid for pid in _all_pids() if _pgid(pid) in groups and not _is_zombie(pid)]
+        if leftovers:
+            print(f"bench: WARNING: processes still alive after cleanup: {leftovers}")
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so that they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for_port(port: int, child: Child | None = None, timeout: float = 15.0) -> bool:
+    """True once 127.0.0.1:port accepts a TCP connection; False on timeout or if `child` exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and not child.alive():
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+# --- /proc ---------------------------------------------------------------------------------------
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm (field 2) may contain spaces: split after its closing parenthesis.
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _pgid(pid: int) -> int | None:
+    f = _stat_fields(pid)
+    return int(f[2]) if f else None
+
+
+def _is_zombie(pid: int) -> bool:
+    f = _stat_fields(pid)
+    return f is None or f[0] in ("Z", "X")
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants (nginx master + workers, a gateway + its workers)."""
+    parent_of = {}
+    for pid in _all_pids():
+        f = _stat_fields(pid)
+        if f:
+            parent_of[pid] = int(f[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent_of.items() if ppid in frontier]
+        tree.extend(frontier)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds (0 if it is gone)."""
+    f = _stat_fields(pid)
+    if not f:
+        return 0.0
+    # after the comm split: index 11 = utime (field 14), 12 = stime (field 15)
+    return (int(f[11]) + int(f[12])) / _CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak RSS) and VmRSS of one process, in KiB."""
+    out = {"VmHWM": 0, "VmRSS": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+@dataclass
+class TreeSample:
+    """CPU of every process of one server tree at one instant."""
+
+    cpu: dict[int, float]
+
+    @classmethod
+    def take(cls, root: int) -> TreeSample:
+        return cls({pid: cpu_seconds(pid) for pid in process_tree(root)})
+
+    def cpu_since(self, before: TreeSample) -> float:
+        """CPU seconds used since `before` by the processes alive now (new processes count in full)."""
+        return sum(now - before.cpu.get(pid, 0.0) for pid, now in self.cpu.items())
+
+
+def tree_memory(root: int) -> list[dict[str, int]]:
+    return [{"pid": pid, **memory_kib(pid)} for pid in process_tree(root)]
+
+
+@dataclass
+class MachineSample:
+    """Whole-machine CPU time from /proc/stat (all cores), in clock ticks."""
+
+    busy: int
+    steal: int
+    total: int
+
+    @classmethod
+    def take(cls) -> MachineSample:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user)
+        idle = fields[3] + fields[4]
+        steal = fields[7] if len(fields) > 7 else 0
+        total = sum(fields[:8])
+        return cls(busy=total - idle - steal, steal=steal, total=total)
+
+    def busy_cores_since(self, before: MachineSample, seconds: float) -> tuple[float, float]:
+        """(busy, steal) in cores (1.0 = one core fully busy) between `before` and now."""
+        ticks = _CLK_TCK * seconds
+        return (self.busy - before.busy) / ticks, (self.steal - before.steal) / ticks

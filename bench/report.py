@@ -1,0 +1,132 @@
+"""Tables for the terminal and the ratios interlink / nginx, from the list of measured cells."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+# Which proxy process of each path stands on which side (B = caller's site, A = provider's site).
+SIDES = {"nginx": ("hop1", "hop2"), "interlink": ("GW-B", "GW-A")}
+
+# Targets of issue 2 for the interlink path (one worker per gateway).
+TARGET_RPS_RATIO_C64_100B = 0.3
+TARGET_CPU_US_PER_GATEWAY = 300
+TARGET_P50_MS_C1 = 1.2
+TARGET_RSS_MB = 80
+
+
+def size_label(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def cell_table(cells: list[dict]) -> str:
+    head = (
+        f"{'path':<10} {'payload':>8} {'conc':>4} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+        f" | {'B-side':<6} {'µs/call':>7} {'RSS MB':>6} | {'A-side':<6} {'µs/call':>7} {'RSS MB':>6}"
+        f" | {'client':>6} {'provider':>8} {'other':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    previous_group = None
+    for c in cells:
+        group = (c["size"], c["concurrency"])
+        if previous_group is not None and group != previous_group:
+            lines.append("")
+        previous_group = group
+        if "error" in c:
+            lines.append(f"{c['path']:<10} {size_label(c['size']):>8} {c['concurrency']:>4}   FAILED: {c['error']}")
+            continue
+        row = (
+            f"{c['path']:<10} {size_label(c['size']):>8} {c['concurrency']:>4} {c['rps']:>8.0f}"
+            f" {_num(c['p50_ms'], '.3f'):>7} {_num(c['p99_ms'], '.3f'):>7} {c['errors']:>6}"
+        )
+        for role in SIDES.get(c["path"], (None, None)):
+            proxy = c["proxies"].get(role) if role else None
+            if proxy:
+                row += f" | {role:<6} {proxy['cpu_us_per_call']:>7.0f} {proxy['rss_peak_mb']:>6.1f}"
+            else:
+                row += f" | {'-':<6} {'-':>7} {'-':>6}"
+        row += f" | {c['client_cpu_pct']:>5.0f}% {c['provider_cpu_pct']:>7.0f}% {max(0.0, c['other_cpu_pct']):>5.0f}%"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def ratios(cells: list[dict]) -> list[dict]:
+    """interlink / nginx for every (payload, concurrency) measured on both paths."""
+    by_key = {(c["path"], c["size"], c["concurrency"]): c for c in cells if "error" not in c}
+    out = []
+    for (path, size, conc), il in by_key.items():
+        ng = by_key.get(("nginx", size, conc))
+        if path != "interlink" or ng is None:
+            continue
+        il_cpu = [il["proxies"][r]["cpu_us_per_call"] for r in SIDES["interlink"]]
+        ng_cpu = [ng["proxies"][r]["cpu_us_per_call"] for r in SIDES["nginx"]]
+        out.append(
+            {
+                "size": size,
+                "concurrency": conc,
+                "rps": _ratio(il["rps"], ng["rps"]),
+                "p50": _ratio(il["p50_ms"], ng["p50_ms"]),
+                "p99": _ratio(il["p99_ms"], ng["p99_ms"]),
+                "cpu_per_call_b_side": _ratio(il_cpu[0], ng_cpu[0]),
+                "cpu_per_call_a_side": _ratio(il_cpu[1], ng_cpu[1]),
+                "cpu_per_call_both": _ratio(sum(il_cpu), sum(ng_cpu)),
+            }
+        )
+    return out
+
+
+def ratio_table(rows: list[dict]) -> str:
+    head = (
+        f"{'payload':>8} {'conc':>4} {'rps ×':>7} {'p50 ×':>7} {'p99 ×':>7}"
+        f" {'CPU/call GW-B/hop1 ×':>21} {'GW-A/hop2 ×':>12} {'both ×':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{size_label(r['size']):>8} {r['concurrency']:>4} {_num(r['rps'], '.2f'):>7}"
+            f" {_num(r['p50'], '.2f'):>7} {_num(r['p99'], '.2f'):>7}"
+            f" {_num(r['cpu_per_call_b_side'], '.2f'):>21} {_num(r['cpu_per_call_a_side'], '.2f'):>12}"
+            f" {_num(r['cpu_per_call_both'], '.2f'):>7}"
+        )
+    return "\n".join(lines)
+
+
+def target_checks(cells: list[dict], ratio_rows: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """Issue 2's targets for the interlink path, judged on the 100 B calls: (what, met? (None = not
+    measured), measured value)."""
+    il = {c["concurrency"]: c for c in cells if c["path"] == "interlink" and c["size"] == 100 and "error" not in c}
+    checks: list[tuple[str, bool | None, str]] = []
+
+    def check(what: str, value: float | None, limit: float, fmt: str, at_most: bool = True) -> None:
+        met = None if value is None else (value <= limit if at_most else value >= limit)
+        checks.append((what, met, _num(value, fmt)))
+
+    r64 = next((r for r in ratio_rows if r["size"] == 100 and r["concurrency"] == 64), None)
+    check(f"rps >= {TARGET_RPS_RATIO_C64_100B}x nginx (100 B, c=64)", r64 and r64["rps"], TARGET_RPS_RATIO_C64_100B,
+          ".2f", at_most=False)  # fmt: skip
+    c64 = il.get(64)
+    worst = max(p["cpu_us_per_call"] for p in c64["proxies"].values()) if c64 else None
+    others = ", ".join(
+        f"c={conc}: {max(p['cpu_us_per_call'] for p in c['proxies'].values()):.0f}" for conc, c in sorted(il.items())
+    )
+    check(f"CPU <= {TARGET_CPU_US_PER_GATEWAY} µs/call, busier gateway (100 B, c=64)", worst,
+          TARGET_CPU_US_PER_GATEWAY, ".0f")  # fmt: skip
+    if others:
+        checks[-1] = (checks[-1][0], checks[-1][1], checks[-1][2] + f"   ({others})")
+    c1 = il.get(1)
+    check(f"p50 <= {TARGET_P50_MS_C1} ms (100 B, c=1)", c1 and c1["p50_ms"], TARGET_P50_MS_C1, ".3f")
+    rss = [p["rss_peak_mb"] for c in cells if c["path"] == "interlink" and "error" not in c for p in c["proxies"].values()]
+    check(f"peak RSS <= {TARGET_RSS_MB} MB per gateway (whole run)", max(rss) if rss else None, TARGET_RSS_MB, ".1f")
+    return checks
+
+
+def target_table(checks: Iterable[tuple[str, bool | None, str]]) -> str:
+    mark = {True: "met", False: "MISSED", None: "not measured"}
+    return "\n".join(f"  {mark[ok]:<12} {what:<50} {value}" for what, ok, value in checks)
