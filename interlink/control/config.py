@@ -50,6 +50,8 @@ class PeerConfig:
     domain: str  # the access domain this peer gave *us*: we use it when we call them
     connections: int = 2  # long-lived mTLS connections per endpoint
     max_concurrent_streams: int = 256  # per connection, on our side of the link
+    keepalive_interval_ms: int = 10_000  # PING a connection that has been quiet this long
+    keepalive_timeout_ms: int = 5_000  # ... and close it (failing its calls) if no ACK comes back in time
 
 
 @dataclass(frozen=True, slots=True)

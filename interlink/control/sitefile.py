@@ -67,7 +67,9 @@ SITE_KEYS = (
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
 TLS_KEYS = ("ca", "cert", "key")
-PEER_KEYS = ("endpoints", "ca", "domain", "connections", "max_concurrent_streams")
+PEER_KEYS = (
+    "endpoints", "ca", "domain", "connections", "max_concurrent_streams", "keepalive_interval_ms", "keepalive_timeout_ms"
+)
 EXPORT_KEYS = ("service", "version", "protocol", "flavour", "providers", "allow", "timeout_ms")
 IMPORT_KEYS = ("service", "from", "protocol", "version")
 ACL_KEYS = ("apps", "methods")
@@ -414,6 +416,9 @@ def _read_peer(r: _SiteFileReader, name: str, node: Node) -> PeerConfig | None:
         optional["max_concurrent_streams"] = r.integer(
             fields["max_concurrent_streams"], f"{where}.max_concurrent_streams", 1, MAX_CONCURRENT_STREAMS, 256
         )
+    for key, example in (("keepalive_interval_ms", 10_000), ("keepalive_timeout_ms", 5_000)):
+        if key in fields:
+            optional[key] = r.integer(fields[key], f"{where}.{key}", 100, 3_600_000, example)
     if endpoints is None or ca is None or domain is None or None in optional.values():
         return None
     return PeerConfig(name=name, endpoints=tuple(endpoints), ca=ca, domain=domain, **optional)  # type: ignore[arg-type]

@@ -226,7 +226,13 @@ class Gateway:
                 name=f"peer-out:{site}@{address}",
             )
 
-        return ConnectionPool(f"site {peer.name} at {address}", connect, size=peer.connections)
+        return ConnectionPool(
+            f"site {peer.name} at {address}",
+            connect,
+            size=peer.connections,
+            keepalive_interval=peer.keepalive_interval_ms / 1000,
+            keepalive_timeout=peer.keepalive_timeout_ms / 1000,
+        )
 
     def _provider_pool(self, address: HostPort) -> ConnectionPool:
         async def connect() -> H2Endpoint:

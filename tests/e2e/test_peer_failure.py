@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -83,5 +84,38 @@ def test_sigterm_drains_in_flight_calls(certs, tmp_path, py_provider):
             assert sites.b.stop() == 0  # SIGTERM: GOAWAY, wait for the call, exit 0
             assert slow.result(timeout=5)[0] == 800
         sites.b.wait_for_event(lambda e: e.get("event") == "gateway.stopped" and e.get("abandoned_calls") == 0)
+    finally:
+        sites.stop()
+
+
+def test_frozen_peer_is_detected_by_keepalive(certs, tmp_path, py_provider):
+    """A peer that keeps its TCP connection but stops answering (SIGSTOP: a hung host, a black-holed link)."""
+    sites = two_sites(
+        certs, tmp_path, py_provider.target, name="frozen",
+        peer_options={"keepalive_interval_ms": 300, "keepalive_timeout_ms": 300},
+    )
+    try:
+        with EchoClient(sites.triple_target) as client, ThreadPoolExecutor(2) as pool:
+            client.add(1, 1, metadata=APP)
+            stuck = pool.submit(client.sleep, 1000, metadata=APP, timeout=30)
+            time.sleep(0.2)  # the call is inside GW-A now
+            sites.a.process.send_signal(signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as info:
+                    stuck.result(timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "PING" in info.value.details()
+                assert time.monotonic() - started < 3.0
+            finally:
+                sites.a.process.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 15
+            while True:  # the link is rebuilt once the peer answers again
+                try:
+                    assert client.add(3, 4, metadata=APP, timeout=2) == 7
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, "traffic did not resume after SIGCONT"
+                    time.sleep(0.1)
     finally:
         sites.stop()
