@@ -24,6 +24,7 @@ from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
 from interlink.wire import grpc
 
 access_log = structlog.get_logger("interlink.access")
+log = structlog.get_logger("interlink.gateway")
 
 _RESET_STATUS = {
     h2.errors.ErrorCodes.REFUSED_STREAM: Status.UNAVAILABLE,
@@ -125,8 +126,11 @@ class DeadlineTimers:
                 _, _, relay = heapq.heappop(self._heap)
                 if relay is None:
                     self._cancelled -= 1
-                else:
+                    continue
+                try:
                     relay.deadline_passed()
+                except Exception:  # one broken call must not stop every other call's deadline
+                    log.exception("call.deadline_failed", **relay.log_fields)
             await self._flush_queue.flush()
 
 
