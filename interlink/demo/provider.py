@@ -50,6 +50,9 @@ _NO_DEADLINE_S = 10 * 365 * 24 * 3600.0
 SERVER_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # grpcio enables SO_REUSEPORT by default: a second provider on a busy port would then
+    # "succeed" and silently share the port. Fail loudly instead.
+    ("grpc.so_reuseport", 0),
 )
 
 

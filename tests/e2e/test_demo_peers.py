@@ -265,3 +265,11 @@ def test_python_provider_sleep_frees_worker_on_deadline():
             assert time.monotonic() - started < 2.0
     finally:
         server.stop(grace=None)
+
+
+def test_python_provider_refuses_busy_port(py_provider):
+    # grpcio would share the port (SO_REUSEPORT) unless the provider turns that off
+    from interlink.demo.provider import start
+
+    with pytest.raises(OSError):
+        start(py_provider.target, name="second")
