@@ -15,7 +15,10 @@ fi
 # Node peers for the e2e tests (Node 20 + npm are on the machines).
 if [ "${1:-}" = "--test" ] && [ -f tests/peers/package.json ]; then
   if command -v npm >/dev/null 2>&1; then
-    (cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+    # npm ci installs exactly the lockfile; skipped when node_modules is already newer than it.
+    if [ ! tests/peers/node_modules/.package-lock.json -nt tests/peers/package-lock.json ]; then
+      (cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+    fi
   else
     echo "setup: npm not found; the Node e2e peers cannot be installed" >&2
     [ "${CI:-}" = "true" ] && exit 1
