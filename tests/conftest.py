@@ -211,3 +211,93 @@ def run_node_client(node_peers: str):
         return _run_node_client(node_peers, target, case, **kwargs)
 
     return run
+
+
+# ---- SOFA Bolt peers (sofa-rpc-node 2.10.0): tests/peers/bolt_server.js, bolt_client.js -----
+
+BOLT_SERVER_JS = PEERS_DIR / "bolt_server.js"
+BOLT_CLIENT_JS = PEERS_DIR / "bolt_client.js"
+
+
+def bolt_server_argv(node: str, listen: str = "127.0.0.1:0", name: str = "bolt-provider",
+                     app: str | None = None) -> list[str]:
+    """argv for ``start_process_peer`` / ``spawn_peer``: a sofa-rpc-node provider of
+    ``com.example.EchoService:1.0`` (port 0 works: it prints the bound port)."""
+    argv = [node, str(BOLT_SERVER_JS), "--listen", listen, "--name", name]
+    if app is not None:
+        argv += ["--app", app]
+    return argv
+
+
+@pytest.fixture(scope="session")
+def bolt_peers(node_peers: str) -> str:
+    """Path of node, once sofa-rpc-node is installed in tests/peers/node_modules."""
+    if not (PEERS_DIR / "node_modules" / "sofa-rpc-node").is_dir():
+        _missing(f"sofa-rpc-node is not installed in {PEERS_DIR / 'node_modules'}")
+    return node_peers
+
+
+@pytest.fixture(scope="session")
+def bolt_server(bolt_peers: str) -> Iterator[Peer]:
+    """The sofa-rpc-node Bolt provider (tests/peers/bolt_server.js), named ``bolt-provider``."""
+    peer = start_process_peer(bolt_server_argv(bolt_peers, name="bolt-provider"), "bolt-provider")
+    yield peer
+    assert peer.process is not None
+    stop_process(peer.process)
+
+
+def _run_bolt_client(
+    node: str,
+    target: str,
+    case: str,
+    *,
+    app: str | None = None,
+    timeout_ms: int | None = None,
+    args: Sequence[Any] = (),
+    count: int | None = None,
+    concurrency: int | None = None,
+    target_app: str | None = None,
+    props: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+    extra_args: Sequence[str] = (),
+    process_timeout: float = 60.0,
+) -> dict[str, Any]:
+    argv = [node, str(BOLT_CLIENT_JS), "--target", target, "--case", case]
+    for flag, value in (
+        ("--app", app),
+        ("--timeout-ms", timeout_ms),
+        ("--count", count),
+        ("--concurrency", concurrency),
+        ("--target-app", target_app),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for arg in args:
+        argv += ["--arg", str(arg)]
+    pairs = props.items() if isinstance(props, Mapping) else props
+    for key, value in pairs:
+        argv += ["--prop", f"{key}={value}"]
+    argv += list(extra_args)
+    done = subprocess.run(
+        argv, capture_output=True, text=True, encoding="utf-8", timeout=process_timeout
+    )
+    if done.returncode != 0:
+        raise AssertionError(
+            f"bolt_client exited {done.returncode}\nargv: {argv}\n"
+            f"stdout: {done.stdout}\nstderr: {done.stderr}"
+        )
+    out = done.stdout.strip().splitlines()
+    if len(out) != 1:
+        raise AssertionError(f"bolt_client printed {len(out)} lines, expected 1: {done.stdout!r}")
+    return json.loads(out[0])
+
+
+@pytest.fixture
+def run_bolt_client(bolt_peers: str):
+    """``run_bolt_client(target, case, *, app=..., timeout_ms=..., args=[...], count=...,
+    concurrency=..., target_app=..., props={...}, extra_args=...) -> dict`` (the JSON line of
+    tests/peers/bolt_client.js; ``case`` in echo|add|fail|slow|whoami|unknown)."""
+
+    def run(target: str, case: str, **kwargs: Any) -> dict[str, Any]:
+        return _run_bolt_client(bolt_peers, target, case, **kwargs)
+
+    return run
