@@ -43,13 +43,16 @@ class ExportRoute:
 @dataclass(frozen=True)
 class Snapshot:
     config: SiteConfig
-    imports: Mapping[str, ImportRoute]  # service -> route
-    exports: Mapping[str, ExportRoute]  # service -> route
+    imports: Mapping[str, ImportRoute]  # Triple: service -> route
+    exports: Mapping[str, ExportRoute]  # Triple providers: service -> route
+    bolt_imports: Mapping[str, ImportRoute]  # Bolt: unique name (interface:version[:uniqueId]) -> route
+    bolt_exports: Mapping[str, ExportRoute]  # Bolt providers: unique name -> route
     peer_of_domain: Mapping[bytes, str]  # access domain we gave -> the only site that may use it
     domain_of_peer: Mapping[str, bytes]
     peer_cas: Mapping[str, x509.Certificate]
     server_tls: tls.PeerServerTLS | None
-    client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it
+    client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN h2)
+    client_tls_bolt: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN bolt)
     default_timeout: float
 
     @property
@@ -61,13 +64,19 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
     peer_cas = {name: _load_ca(peer) for name, peer in config.peers.items()}
     server_tls = None
     client_tls: dict[str, ssl.SSLContext] = {}
+    client_tls_bolt: dict[str, ssl.SSLContext] = {}
     try:
         if config.listen.peer is not None:
             server_tls = tls.peer_server_tls(
-                config.tls.cert, config.tls.key, [peer.ca for peer in config.peers.values()], config.domains.values()
+                config.tls.cert,
+                config.tls.key,
+                [peer.ca for peer in config.peers.values()],
+                config.domains.values(),
+                alpn=(tls.ALPN_H2, tls.ALPN_BOLT),
             )
         for name, peer in config.peers.items():
             client_tls[name] = tls.peer_client_tls(config.tls.cert, config.tls.key, peer.ca)
+            client_tls_bolt[name] = tls.peer_client_tls(config.tls.cert, config.tls.key, peer.ca, alpn=(tls.ALPN_BOLT,))
     except (OSError, ssl.SSLError) as exc:
         raise SnapshotError(
             f"{config.path}: cannot load TLS files (tls.cert {config.tls.cert}, tls.key {config.tls.key}): {exc}; "
@@ -75,15 +84,36 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
         ) from exc
     return Snapshot(
         config=config,
-        imports={item.service: _import_route(item, config.peers[item.from_site]) for item in config.imports},
-        exports={item.service: _export_route(item, config) for item in config.exports},
+        imports={
+            item.service: _import_route(item, config.peers[item.from_site])
+            for item in config.imports
+            if item.protocol == "triple"
+        },
+        exports={item.service: _export_route(item, config) for item in config.exports if item.protocol == "triple"},
+        bolt_imports={
+            bolt_unique_name(item.service, item.version): _import_route(item, config.peers[item.from_site])
+            for item in config.imports
+            if item.protocol == "bolt"
+        },
+        bolt_exports={
+            bolt_unique_name(item.service, item.version): _export_route(item, config)
+            for item in config.exports
+            if item.protocol == "bolt"
+        },
         peer_of_domain={domain.lower().encode(): peer for peer, domain in config.domains.items()},
         domain_of_peer={peer: domain.lower().encode() for peer, domain in config.domains.items()},
         peer_cas=peer_cas,
         server_tls=server_tls,
         client_tls=client_tls,
+        client_tls_bolt=client_tls_bolt,
         default_timeout=config.default_timeout_ms / 1000,
     )
+
+
+def bolt_unique_name(service: str, version: str | None) -> str:
+    """SOFARPC's service unique name as Bolt callers send it in the `service` header: `interface:version`
+    (version defaults to 1.0, as in SOFARPC; a uniqueId, when used, is part of the configured version)."""
+    return f"{service}:{version or '1.0'}"
 
 
 def _load_ca(peer: PeerConfig) -> x509.Certificate:

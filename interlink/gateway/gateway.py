@@ -2,25 +2,29 @@
 
     Gateway.run
       ├─ DeadlineTimers.run                      every call's deadline, one heap
-      ├─ ConnectionPool.run  (per peer endpoint)  long-lived mTLS HTTP/2 to peer gateways
-      ├─ ConnectionPool.run  (per provider)       h2c to our providers
+      ├─ ConnectionPool.run  (per peer endpoint)  long-lived mTLS to peer gateways: HTTP/2 and Bolt
+      ├─ ConnectionPool.run  (per provider)       h2c or Bolt to our providers
       ├─ local triple listener                    h2c from our site's callers
-      └─ peer listener                            mTLS from peer gateways: identity, then HTTP/2
+      ├─ local bolt listener                      Bolt from our site's callers
+      └─ peer listener                            mTLS from peer gateways: identity, then HTTP/2 or
+                                                  Bolt as negotiated by ALPN
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 import trio
 
 from interlink.control.config import HostPort, PeerConfig, SiteConfig
-from interlink.control.snapshot import Snapshot, build_snapshot
+from interlink.control.snapshot import Snapshot, bolt_unique_name, build_snapshot
+from interlink.gateway.bolt import BoltForwarder
 from interlink.gateway.relay import DeadlineTimers
 from interlink.gateway.triple import TripleForwarder
 from interlink.net import tls
+from interlink.net.boltlink import BoltEndpoint
 from interlink.net.h2link import FlushQueue, H2Endpoint
 from interlink.net.pool import ConnectionPool, PoolGroup
 
@@ -37,8 +41,8 @@ class BoundAddresses:
     """Where the listeners actually listen (ports chosen by the OS when the site file says :0)."""
 
     triple: HostPort | None = None
+    bolt: HostPort | None = None
     peer: HostPort | None = None
-    extra: dict[str, HostPort] = field(default_factory=dict)
 
 
 class Gateway:
@@ -48,31 +52,41 @@ class Gateway:
         self.flush_queue = FlushQueue()
         self.timers = DeadlineTimers(self.flush_queue)
         self.bound = BoundAddresses()
-        # We dial only the peers we import from; the others only call us.
-        dialed = {item.from_site for item in config.imports}
-        self.peer_groups: dict[str, PoolGroup] = {
-            name: PoolGroup(f"site {name}", [self._peer_pool(peer, address) for address in peer.endpoints])
-            for name, peer in config.peers.items()
-            if name in dialed
-        }
-        provider_pools = {
-            address: self._provider_pool(address) for export in config.exports for address in export.providers
-        }
-        self.provider_groups: dict[str, PoolGroup] = {
-            export.service: PoolGroup(
-                f"providers of {export.service}", [provider_pools[address] for address in export.providers]
-            )
-            for export in config.exports
-            if export.providers
-        }
-        self._all_pools = [pool for group in self.peer_groups.values() for pool in group.pools] + list(
-            provider_pools.values()
-        )
+        # We dial only the peers we import from (per protocol); the others only call us.
+        self.peer_groups = self._peer_groups("triple")
+        self.bolt_peer_groups = self._peer_groups("bolt")
+        self.provider_groups = self._provider_groups("triple", self._provider_pool)
+        self.bolt_provider_groups = self._provider_groups("bolt", self._bolt_provider_pool)
+        self._all_pools = [
+            pool
+            for groups in (self.peer_groups, self.bolt_peer_groups, self.provider_groups, self.bolt_provider_groups)
+            for group in groups.values()
+            for pool in group.pools
+        ]
         self.reuse_port = False  # set for --workers N: several processes share the listening ports
         self._nursery: trio.Nursery | None = None
         self._forwarder: TripleForwarder | None = None
+        self._bolt: BoltForwarder | None = None
         self._listener_scopes: list[trio.CancelScope] = []
-        self._ingress: set[H2Endpoint] = set()
+        self._ingress: set[H2Endpoint | BoltEndpoint] = set()
+
+    def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
+        dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
+        dial = self._peer_pool if protocol == "triple" else self._bolt_peer_pool
+        return {
+            name: PoolGroup(f"site {name}", [dial(peer, address) for address in peer.endpoints])
+            for name, peer in self.config.peers.items()
+            if name in dialed
+        }
+
+    def _provider_groups(self, protocol: str, dial) -> dict[str, PoolGroup]:
+        exports = [export for export in self.config.exports if export.protocol == protocol and export.providers]
+        pools = {address: dial(address) for export in exports for address in export.providers}
+        key = (lambda e: e.service) if protocol == "triple" else (lambda e: bolt_unique_name(e.service, e.version))
+        return {
+            key(export): PoolGroup(f"providers of {key(export)}", [pools[address] for address in export.providers])
+            for export in exports
+        }
 
     @property
     def snapshot(self) -> Snapshot:
@@ -89,22 +103,31 @@ class Gateway:
                 flush_queue=self.flush_queue,
                 nursery=nursery,
             )
+            self._bolt = BoltForwarder(
+                snapshot=lambda: self._snapshot,
+                peer_groups=self.bolt_peer_groups.get,
+                provider_group=self.bolt_provider_groups.get,
+                timers=self.timers,
+            )
             nursery.start_soon(self.timers.run)
             for pool in self._all_pools:
                 nursery.start_soon(pool.run)
             listen = self.config.listen
             if listen.triple is not None:
                 self.bound.triple = await nursery.start(self._listen, listen.triple, self._serve_local_connection)
+            if listen.bolt is not None:
+                self.bound.bolt = await nursery.start(self._listen, listen.bolt, self._serve_local_bolt_connection)
             if listen.peer is not None:
                 self.bound.peer = await nursery.start(self._listen, listen.peer, self._serve_peer_connection)
             log.info(
                 "gateway.started",
                 site=self.config.site,
                 triple=str(self.bound.triple) if self.bound.triple else None,
+                bolt=str(self.bound.bolt) if self.bound.bolt else None,
                 peer=str(self.bound.peer) if self.bound.peer else None,
                 peers=sorted(self.peer_groups),
-                exports=sorted(self.provider_groups),
-                imports=sorted(self._snapshot.imports),
+                exports=sorted([*self.provider_groups, *self.bolt_provider_groups]),
+                imports=sorted([*self._snapshot.imports, *self._snapshot.bolt_imports]),
             )
             task_status.started(self)
 
@@ -114,7 +137,7 @@ class Gateway:
 
     @property
     def calls_in_flight(self) -> int:
-        return sum(len(endpoint.streams) for endpoint in self._ingress)
+        return sum(endpoint.in_flight for endpoint in self._ingress)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, tell every caller and peer (GOAWAY) to go elsewhere, let in-flight calls finish
@@ -155,7 +178,14 @@ class Gateway:
         )
         await self._serve_ingress(endpoint)
 
-    async def _serve_ingress(self, endpoint: H2Endpoint) -> None:
+    async def _serve_local_bolt_connection(self, stream: trio.SocketStream) -> None:
+        assert self._bolt is not None
+        endpoint = BoltEndpoint(
+            stream, flush_queue=self.flush_queue, on_request=self._bolt.on_local_request, name=f"local-bolt:{_remote(stream)}"
+        )
+        await self._serve_ingress(endpoint)
+
+    async def _serve_ingress(self, endpoint: H2Endpoint | BoltEndpoint) -> None:
         self._ingress.add(endpoint)
         try:
             await endpoint.run()
@@ -171,8 +201,9 @@ class Gateway:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await stream.do_handshake()
-            if stream.selected_alpn_protocol() != tls.ALPN_H2:
-                raise tls.PeerIdentityError(f"ALPN {stream.selected_alpn_protocol()!r} offered, h2 required")
+            alpn = stream.selected_alpn_protocol()
+            if alpn not in (tls.ALPN_H2, tls.ALPN_BOLT):
+                raise tls.PeerIdentityError(f"ALPN {alpn!r} offered; the peer link speaks h2 or bolt")
             site = tls.verify_peer_site(
                 stream.getpeercert(binary_form=True), snapshot.config.trust_domain, snapshot.peer_cas
             )
@@ -183,17 +214,24 @@ class Gateway:
             await trio.aclose_forcefully(stream)
             return
         sni = snapshot.server_tls.domain_of(stream.context)
-        endpoint = H2Endpoint(
-            stream,
-            client_side=False,
-            flush_queue=self.flush_queue,
-            max_concurrent_streams=max((p.max_concurrent_streams for p in self.config.peers.values()), default=256),
-            on_request=self._forwarder.on_peer_request,
-            name=f"peer-in:{site}@{remote}",
-        )
+        endpoint: H2Endpoint | BoltEndpoint
+        if alpn == tls.ALPN_BOLT:
+            assert self._bolt is not None
+            endpoint = BoltEndpoint(
+                stream, flush_queue=self.flush_queue, on_request=self._bolt.on_peer_request, name=f"peer-in-bolt:{site}@{remote}"
+            )
+        else:
+            endpoint = H2Endpoint(
+                stream,
+                client_side=False,
+                flush_queue=self.flush_queue,
+                max_concurrent_streams=max((p.max_concurrent_streams for p in self.config.peers.values()), default=256),
+                on_request=self._forwarder.on_peer_request,
+                name=f"peer-in:{site}@{remote}",
+            )
         endpoint.attributes["site"] = site
         endpoint.attributes["sni"] = sni
-        log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=stream.version())
+        log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=stream.version(), alpn=alpn)
         await self._serve_ingress(endpoint)
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
 
@@ -201,23 +239,7 @@ class Gateway:
 
     def _peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
         async def connect() -> H2Endpoint:
-            snapshot = self._snapshot
-            tcp = await trio.open_tcp_stream(address.host, address.port)
-            stream = trio.SSLStream(tcp, snapshot.client_tls[peer.name], server_hostname=peer.domain)
-            try:
-                await stream.do_handshake()
-                if stream.selected_alpn_protocol() != tls.ALPN_H2:
-                    raise tls.PeerIdentityError(f"peer did not select ALPN h2 ({stream.selected_alpn_protocol()!r})")
-                site = tls.verify_peer_site(
-                    stream.getpeercert(binary_form=True),
-                    snapshot.config.trust_domain,
-                    {peer.name: snapshot.peer_cas[peer.name]},
-                )
-            except BaseException as exc:
-                await trio.aclose_forcefully(stream)
-                if isinstance(exc, trio.BrokenResourceError):
-                    raise ConnectionError(_handshake_error(exc)) from exc
-                raise
+            stream, site = await self._dial_peer(peer, address, tls.ALPN_H2)
             return H2Endpoint(
                 stream,
                 client_side=True,
@@ -226,6 +248,21 @@ class Gateway:
                 name=f"peer-out:{site}@{address}",
             )
 
+        return self._peer_connection_pool(peer, address, connect)
+
+    def _bolt_peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
+        async def connect() -> BoltEndpoint:
+            stream, site = await self._dial_peer(peer, address, tls.ALPN_BOLT)
+            return BoltEndpoint(
+                stream,
+                flush_queue=self.flush_queue,
+                max_pending=peer.max_concurrent_streams,
+                name=f"peer-out-bolt:{site}@{address}",
+            )
+
+        return self._peer_connection_pool(peer, address, connect)
+
+    def _peer_connection_pool(self, peer: PeerConfig, address: HostPort, connect) -> ConnectionPool:
         return ConnectionPool(
             f"site {peer.name} at {address}",
             connect,
@@ -233,6 +270,29 @@ class Gateway:
             keepalive_interval=peer.keepalive_interval_ms / 1000,
             keepalive_timeout=peer.keepalive_timeout_ms / 1000,
         )
+
+    async def _dial_peer(self, peer: PeerConfig, address: HostPort, alpn: str) -> tuple[trio.SSLStream, str]:
+        """TCP + mTLS to one gateway of `peer`, SNI = the access domain it gave us; the server must select
+        `alpn` and prove, by a certificate from that site's CA, that it is that site."""
+        snapshot = self._snapshot
+        contexts = snapshot.client_tls if alpn == tls.ALPN_H2 else snapshot.client_tls_bolt
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+        stream = trio.SSLStream(tcp, contexts[peer.name], server_hostname=peer.domain)
+        try:
+            await stream.do_handshake()
+            if stream.selected_alpn_protocol() != alpn:
+                raise tls.PeerIdentityError(f"peer did not select ALPN {alpn} ({stream.selected_alpn_protocol()!r})")
+            site = tls.verify_peer_site(
+                stream.getpeercert(binary_form=True),
+                snapshot.config.trust_domain,
+                {peer.name: snapshot.peer_cas[peer.name]},
+            )
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, trio.BrokenResourceError):
+                raise ConnectionError(_handshake_error(exc)) from exc
+            raise
+        return stream, site
 
     def _provider_pool(self, address: HostPort) -> ConnectionPool:
         async def connect() -> H2Endpoint:
@@ -242,6 +302,16 @@ class Gateway:
             )
 
         return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS)
+
+    def _bolt_provider_pool(self, address: HostPort) -> ConnectionPool:
+        async def connect() -> BoltEndpoint:
+            stream = await trio.open_tcp_stream(address.host, address.port)
+            return BoltEndpoint(stream, flush_queue=self.flush_queue, name=f"bolt-provider:{address}")
+
+        # Heartbeat idle provider connections every 15 s, as Java Bolt clients do (servers close at 90 s).
+        return ConnectionPool(
+            f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0
+        )
 
 
 async def _tcp_listener(address: HostPort, *, reuse_port: bool) -> trio.SocketListener:

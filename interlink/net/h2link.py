@@ -149,6 +149,10 @@ class H2Endpoint:
     def usable(self) -> bool:
         return not self.closed and not self.draining
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.streams)
+
     def has_capacity(self) -> bool:
         remote_limit = self.conn.remote_settings.max_concurrent_streams
         return self.usable and len(self.streams) < min(self.max_concurrent_streams, remote_limit)

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import random
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import structlog
 import trio
 
-from interlink.net.h2link import H2Endpoint
-
 log = structlog.get_logger("interlink.net.pool")
 
-Connector = Callable[[], Awaitable[H2Endpoint]]
+
+class PooledConnection(Protocol):
+    """What a pool needs of a connection (an H2Endpoint or a BoltEndpoint)."""
+
+    name: str
+    streams: dict
+    close_reason: str
+
+    @property
+    def usable(self) -> bool: ...
+    def has_capacity(self) -> bool: ...
+    async def run(self) -> None: ...
+    async def keepalive(self, interval: float, timeout: float) -> None: ...
+
+
+Connector = Callable[[], Awaitable[PooledConnection]]
 
 
 class ConnectionPool:
@@ -34,7 +47,7 @@ class ConnectionPool:
     ) -> None:
         self.name = name
         self.size = size
-        self.endpoints: list[H2Endpoint] = []
+        self.endpoints: list[PooledConnection] = []
         self.last_error = "not connected yet"
         self._logged_error = ""
         self.ever_connected = False
@@ -45,9 +58,9 @@ class ConnectionPool:
         self._backoff = (backoff_initial, backoff_max)
         self._ready = trio.Event()
 
-    def pick(self) -> H2Endpoint | None:
+    def pick(self) -> PooledConnection | None:
         """The least-loaded connection with room for one more stream, or None."""
-        best: H2Endpoint | None = None
+        best: PooledConnection | None = None
         for endpoint in self.endpoints:
             if endpoint.has_capacity() and (best is None or len(endpoint.streams) < len(best.streams)):
                 best = endpoint
@@ -82,7 +95,7 @@ class ConnectionPool:
                 log.exception("pool.connection_crashed", pool=self.name, slot=slot)
             log.info("pool.connection_closed", pool=self.name, slot=slot, reason=endpoint.close_reason)
 
-    async def _connect_once(self, slot: int) -> H2Endpoint | None:
+    async def _connect_once(self, slot: int) -> PooledConnection | None:
         self.connecting += 1
         try:
             with trio.fail_after(self._connect_timeout):
@@ -101,7 +114,7 @@ class ConnectionPool:
             log.warning("pool.connect_failed", pool=self.name, slot=slot, error=self.last_error)
         return None
 
-    async def _serve(self, endpoint: H2Endpoint) -> None:
+    async def _serve(self, endpoint: PooledConnection) -> None:
         self.endpoints.append(endpoint)
         self.ever_connected = True
         self._logged_error = ""
@@ -127,7 +140,7 @@ class PoolGroup:
         self.pools = pools
         self._next = 0
 
-    def pick(self) -> H2Endpoint | None:
+    def pick(self) -> PooledConnection | None:
         count = len(self.pools)
         for offset in range(count):
             pool = self.pools[(self._next + offset) % count]

@@ -23,6 +23,7 @@ from interlink.model import SiteIdentity
 log = structlog.get_logger("interlink.net.tls")
 
 ALPN_H2 = "h2"
+ALPN_BOLT = "bolt"  # SOFA Bolt over the peer link (interlink's own ALPN id)
 
 
 class PeerIdentityError(Exception):

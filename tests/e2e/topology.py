@@ -161,11 +161,13 @@ def consumer_site(
     provider: str = "site-a",
     services: tuple[str, ...] = (SERVICE,),
     peer_options: dict[str, Any] | None = None,
+    protocol: str = "triple",
 ) -> dict[str, Any]:
     own = certs.site(site)
+    local = {"triple": f"127.0.0.1:{triple_port}"} if protocol == "triple" else {"bolt": f"127.0.0.1:{triple_port}"}
     return {
         "site": site,
-        "listen": {"triple": f"127.0.0.1:{triple_port}", "peer": f"127.0.0.1:{peer_port}"},
+        "listen": {**local, "peer": f"127.0.0.1:{peer_port}"},
         "tls": {"ca": str(own.ca), "cert": str(own.cert), "key": str(own.key)},
         "peers": {
             provider: {
@@ -176,21 +178,23 @@ def consumer_site(
             }
         },
         "domains": {provider: access_domain(provider, site)},
-        "imports": [{"service": service, "from": provider, "protocol": "triple"} for service in services],
+        "imports": [{"service": service, "from": provider, "protocol": protocol} for service in services],
     }
 
 
-def echo_export(provider_target: str, allow: dict[str, Any], service: str = SERVICE) -> dict[str, Any]:
-    return {"service": service, "protocol": "triple", "providers": [provider_target], "allow": allow}
+def echo_export(
+    provider_target: str, allow: dict[str, Any], service: str = SERVICE, protocol: str = "triple"
+) -> dict[str, Any]:
+    return {"service": service, "protocol": protocol, "providers": [provider_target], "allow": allow}
 
 
 @dataclass
 class TwoSites:
-    """GW-B (consumer, local triple port) -> GW-A (provider site) -> provider."""
+    """GW-B (consumer, local triple or bolt port) -> GW-A (provider site) -> provider."""
 
     a: Gateway
     b: Gateway
-    triple_target: str
+    triple_target: str  # GW-B's local ingress (Bolt or Triple, as the topology's protocol)
     a_peer_port: int
 
     def stop(self) -> None:
@@ -206,23 +210,31 @@ def two_sites(
     name: str,
     extra_consumers: dict[str, int] | None = None,
     peer_options: dict[str, Any] | None = None,
+    protocol: str = "triple",
+    methods: list[str] | None = None,
 ) -> TwoSites:
     folder.mkdir(parents=True, exist_ok=True)
-    a_peer, b_peer, b_triple = free_port(), free_port(), free_port()
+    a_peer, b_peer, b_local = free_port(), free_port(), free_port()
     consumers = {"site-b": b_peer, **(extra_consumers or {})}
-    allow = {"site-b": {"apps": [ALLOWED_APP], "methods": METHODS}}
+    allow = {"site-b": {"apps": [ALLOWED_APP], "methods": methods or METHODS}}
+    export = echo_export(provider_target, allow, protocol=protocol)
+    if protocol == "bolt":
+        export["version"] = "1.0"
     a = Gateway(
-        f"{name}-site-a",
-        provider_site(certs, peer_port=a_peer, consumers=consumers, exports=[echo_export(provider_target, allow)]),
-        folder,
+        f"{name}-site-a", provider_site(certs, peer_port=a_peer, consumers=consumers, exports=[export]), folder
     )
     b = Gateway(
         f"{name}-site-b",
         consumer_site(
-            certs, triple_port=b_triple, peer_port=b_peer, provider_peer_port=a_peer, peer_options=peer_options
+            certs,
+            triple_port=b_local,
+            peer_port=b_peer,
+            provider_peer_port=a_peer,
+            peer_options=peer_options,
+            protocol=protocol,
         ),
         folder,
     )
     a.start()
     b.start()
-    return TwoSites(a=a, b=b, triple_target=f"127.0.0.1:{b_triple}", a_peer_port=a_peer)
+    return TwoSites(a=a, b=b, triple_target=f"127.0.0.1:{b_local}", a_peer_port=a_peer)

@@ -1,0 +1,336 @@
+"""The SOFA Bolt request path, read top to bottom:
+
+    local caller --Bolt--> on_local_request:  service header -> find import -> caller app and method
+                                              (header, else a partial read of the SofaRequest head)
+                                              -> strip x-interlink-* -> stamp app + method
+                                              -> pooled mTLS Bolt connection to the peer (ALPN bolt,
+                                                 SNI = access domain), fresh request id
+    peer gateway --mTLS Bolt--> on_peer_request: SNI is the access domain we gave the cert's site
+                                              -> find export -> ACL (site, app, method) -> audit
+                                              -> pooled Bolt connection to a provider
+
+A Bolt call stays Bolt across the link and the body is never deserialized (only the SofaRequest head is
+read, when the header lacks the method or app). Upstream, calls always travel as Bolt V1 (what SOFARPC
+speaks, and what a Java provider pins per connection); the response goes back to each caller in the
+protocol version, switch and CRC setting of its own request.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable
+
+import structlog
+import trio
+
+from interlink.control.snapshot import Snapshot
+from interlink.gateway.relay import DeadlineTimers
+from interlink.model import Status
+from interlink.net.boltlink import BoltEndpoint
+from interlink.net.pool import PoolGroup
+from interlink.wire import bolt, sofarpc
+from interlink.wire.hessian2 import HessianError
+
+access_log = structlog.get_logger("interlink.access")
+audit_log = structlog.get_logger("interlink.audit")
+log = structlog.get_logger("interlink.gateway")
+
+# Header-map keys the gateways assert on the link; whatever a local caller sends under the prefix is dropped.
+GATEWAY_KEY_PREFIX = b"x-interlink-"
+CALLER_APP = b"x-interlink-caller-app"
+CALLER_SITE = b"x-interlink-caller-site"
+METHOD = b"x-interlink-method"
+
+SERVICE_KEYS = (b"service", b"sofa_head_target_service")
+METHOD_KEY = b"sofa_head_method_name"
+APP_KEY = b"app"
+
+# Gateway-made errors for callers whose body is not hessian2 (a SofaResponse cannot be written for them).
+_BOLT_STATUS = {
+    Status.UNIMPLEMENTED: bolt.ResponseStatus.NO_PROCESSOR,
+    Status.RESOURCE_EXHAUSTED: bolt.ResponseStatus.SERVER_THREADPOOL_BUSY,
+    Status.DEADLINE_EXCEEDED: bolt.ResponseStatus.TIMEOUT,
+    Status.INTERNAL: bolt.ResponseStatus.CODEC_EXCEPTION,
+}
+
+
+def error_response(request: bolt.BoltFrame, status: Status, message: str) -> bytes:
+    """What SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a SUCCESS frame
+    carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise a Bolt status."""
+    text = f"interlink {status.name}: {message}"
+    if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
+        response = bolt.response_for(
+            request,
+            bolt.ResponseStatus.SUCCESS,
+            class_name=bolt.SOFA_RESPONSE_CLASS,
+            content=sofarpc.sofa_error_response(text),
+        )
+    else:
+        response = bolt.response_for(request, _BOLT_STATUS.get(status, bolt.ResponseStatus.SERVER_EXCEPTION))
+    return bolt.encode(response)
+
+
+class BoltCallRelay:
+    """One forwarded Bolt call, waiting on its upstream connection for the response."""
+
+    __slots__ = ("down", "request", "log_fields", "started", "deadline", "up", "up_id", "done", "_timers", "_timer")
+
+    def __init__(
+        self, down: BoltEndpoint, request: bolt.BoltFrame, log_fields: dict[str, object], timers: DeadlineTimers,
+        deadline: float,
+    ) -> None:
+        self.down = down
+        self.request = request
+        self.log_fields = log_fields
+        self.started = time.perf_counter()
+        self.deadline = deadline
+        self.up: BoltEndpoint | None = None
+        self.up_id = 0
+        self.done = False
+        self._timers = timers
+        self._timer = timers.add(deadline, self) if deadline != math.inf else None
+        down.in_flight += 1
+
+    def on_response(self, frame: bolt.BoltFrame) -> None:
+        if self.done:
+            return
+        self.down.write(_answer_as_request(frame, self.request))
+        status = "OK" if frame.status == bolt.ResponseStatus.SUCCESS else bolt.ResponseStatus(frame.status).name
+        self._finish(status, "")
+
+    def on_connection_lost(self, reason: str) -> None:
+        where = self.log_fields.get("upstream", "upstream")
+        self.fail(Status.UNAVAILABLE, f"connection to {where} lost: {reason}")
+
+    def deadline_passed(self) -> None:
+        if not self.done:
+            if self.up is not None:
+                self.up.forget(self.up_id)
+            self.fail(Status.DEADLINE_EXCEEDED, "deadline exceeded at the gateway")
+
+    def sent_oneway(self) -> None:
+        """A oneway call is complete once forwarded: nothing comes back, and nothing is kept for it."""
+        self._finish("OK", "")
+
+    def fail(self, status: Status, message: str) -> None:
+        if self.done:
+            return
+        if not self.request.is_oneway:
+            self.down.write(error_response(self.request, status, message))
+        self._finish(status.name, message)
+
+    def _finish(self, status: str, message: str) -> None:
+        self.done = True
+        self.down.in_flight -= 1
+        if self._timer is not None:
+            self._timers.cancel(self._timer)
+            self._timer = None
+        elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        if message:
+            access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
+        else:
+            access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
+
+
+class BoltForwarder:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        peer_groups: Callable[[str], PoolGroup | None],
+        provider_group: Callable[[str], PoolGroup | None],
+        timers: DeadlineTimers,
+    ) -> None:
+        self._snapshot = snapshot
+        self._peer_group = peer_groups
+        self._provider_group = provider_group
+        self._timers = timers
+
+    # --- site B: a local caller calls an imported service ----------------------------------------------
+
+    def on_local_request(self, down: BoltEndpoint, request: bolt.BoltFrame) -> None:
+        snapshot = self._snapshot()
+        fields: dict[str, object] = {"site": snapshot.site, "ingress": "local-bolt"}
+        call = self._admit(down, request, fields, snapshot)
+        if call is not None:
+            self._answer_malformed(call, self._route_local, call, snapshot)
+
+    def _route_local(self, call: BoltCallRelay, snapshot: Snapshot) -> None:
+        request, fields = call.request, call.log_fields
+        service = str(fields["service"])
+        route = snapshot.bolt_imports.get(service)
+        if route is None:
+            call.fail(
+                Status.UNIMPLEMENTED,
+                f"service {service} is not imported by site {snapshot.site}; add it under imports: with protocol: bolt",
+            )
+            return
+        method, app = _method_and_app(request)
+        fields.update(method=method, caller_app=app, peer=route.peer, upstream=f"site {route.peer}")
+        stamps = {CALLER_APP: app.encode() if app else None, METHOD: method.encode() if method else None}
+        self._forward(call, self._peer_group(route.peer), stamps)
+
+    # --- site A: a peer gateway calls one of our exports -----------------------------------------------
+
+    def on_peer_request(self, down: BoltEndpoint, request: bolt.BoltFrame) -> None:
+        snapshot = self._snapshot()
+        peer: str = down.attributes["site"]  # type: ignore[assignment]
+        fields: dict[str, object] = {"site": snapshot.site, "ingress": "peer-bolt", "peer": peer}
+        call = self._admit(down, request, fields, snapshot)
+        if call is not None:
+            self._answer_malformed(call, self._route_peer, call, snapshot, peer, down.attributes.get("sni"))
+
+    def _route_peer(self, call: BoltCallRelay, snapshot: Snapshot, peer: str, sni: object) -> None:
+        request, fields = call.request, call.log_fields
+        service = str(fields["service"])
+        app = _text(bolt.header_get(request.header, CALLER_APP))
+        method = _text(bolt.header_get(request.header, METHOD))
+        if method is None:  # not stamped (a peer gateway that did not read it): read it ourselves
+            method, _ = _method_and_app(request)
+        fields.update(method=method, caller_app=app)
+        denial = _check_binding(snapshot, peer, sni)
+        route = snapshot.bolt_exports.get(service)
+        if denial is None and route is None:
+            self._audit("deny", fields, f"not exported: {service}")
+            call.fail(Status.UNIMPLEMENTED, f"service {service} is not exported by site {snapshot.site} over Bolt")
+            return
+        if denial is None:
+            rule = route.allow.get(peer)
+            if rule is None:
+                denial = f"service {service} is not exported to site {peer}"
+            elif not rule.permits(app, method or ""):
+                denial = f"app {app or '(none)'} of site {peer} may not call {service}/{method}"
+        if denial is not None:
+            self._audit("deny", fields, denial)
+            call.fail(Status.PERMISSION_DENIED, denial)
+            return
+        self._audit("allow", fields, "")
+        fields["upstream"] = f"providers of {service}"
+        stamps = {CALLER_SITE: peer.encode(), CALLER_APP: app.encode() if app else None, METHOD: None}
+        self._forward(call, self._provider_group(service), stamps)
+
+    # --- shared steps ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _answer_malformed(call: BoltCallRelay, route: Callable[..., None], *args: object) -> None:
+        """A request whose header map or SofaRequest head cannot be read gets a codec error, alone: the
+        frame itself was well formed, so the connection and the other calls on it carry on."""
+        try:
+            route(*args)
+        except (bolt.BoltProtocolError, HessianError) as exc:
+            call.fail(Status.INTERNAL, f"malformed request: {exc}")
+
+    def _admit(
+        self, down: BoltEndpoint, request: bolt.BoltFrame, fields: dict[str, object], snapshot: Snapshot
+    ) -> BoltCallRelay | None:
+        if request.cmdcode != bolt.CMD_RPC_REQUEST or not request.is_request:
+            log.debug("bolt.unexpected_frame", endpoint=down.name, cmdcode=request.cmdcode, type=request.type)
+            return None
+        timeout = request.timeout / 1000 if request.timeout > 0 else snapshot.default_timeout
+        call = BoltCallRelay(down, request, fields, self._timers, trio.current_time() + timeout)
+        try:
+            service = _service_of(request)
+        except bolt.BoltProtocolError as exc:
+            call.fail(Status.INTERNAL, f"malformed header map: {exc}")
+            return None
+        fields["service"] = service
+        if service is None:
+            call.fail(Status.UNIMPLEMENTED, "the request has no service header (interface:version)")
+            return None
+        if down.draining:
+            call.fail(Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")
+            return None
+        return call
+
+    def _forward(self, call: BoltCallRelay, group: PoolGroup | None, stamps: dict[bytes, bytes | None]) -> None:
+        upstream = group.pick() if group is not None else None
+        if upstream is None:
+            if group is not None and group.up:
+                call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are full; retry later")
+            else:
+                reason = group.last_error if group is not None else "no upstream configured"
+                call.fail(Status.UNAVAILABLE, f"{call.log_fields.get('upstream')} is unreachable: {reason}")
+            return
+        request = call.request
+        outgoing = _upstream_frame(request, stamps, _remaining_ms(call.deadline))
+        if request.is_oneway:
+            upstream.send_request(outgoing, bolt.encode(outgoing), None)
+            call.sent_oneway()
+            return
+        call.up = upstream
+        call.up_id = upstream.send_request(outgoing, bolt.encode(outgoing), call)
+
+    @staticmethod
+    def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
+        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+
+
+def _check_binding(snapshot: Snapshot, peer: str, sni: object) -> str | None:
+    """Over Bolt the access domain is the TLS SNI: it must be the one we gave the certificate's site."""
+    ours = snapshot.domain_of_peer.get(peer)
+    if ours is None:
+        return f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)"
+    if sni is None or sni.encode() != ours:  # type: ignore[union-attr]
+        owner = snapshot.peer_of_domain.get(sni.encode()) if isinstance(sni, str) else None
+        whose = f"it belongs to site {owner}" if owner else "it is not its access domain"
+        return f"site {peer} may not use access domain {sni!r}: {whose}"
+    return None
+
+
+def _service_of(request: bolt.BoltFrame) -> str | None:
+    for key in SERVICE_KEYS:
+        value = bolt.header_get(request.header, key)
+        if value:
+            return _text(value)
+    return None
+
+
+def _method_and_app(request: bolt.BoltFrame) -> tuple[str | None, str | None]:
+    """Method and caller app from the header (Java SOFARPC sends them), else from the SofaRequest head in
+    the body (sofa-rpc-node with hessian2 sends only `service`) — never the arguments."""
+    method = _text(bolt.header_get(request.header, METHOD_KEY))
+    app = _text(bolt.header_get(request.header, APP_KEY))
+    if (method is None or app is None) and request.codec == bolt.CODEC_HESSIAN2:
+        head = sofarpc.read_request_head(request.content)
+        method = method or head.method_name
+        app = app or sofarpc.caller_app(head)
+    return method, app
+
+
+def _upstream_frame(request: bolt.BoltFrame, stamps: dict[bytes, bytes | None], timeout_ms: int) -> bolt.BoltFrame:
+    """The request as it travels upstream: V1, identity keys replaced by ours, timeout reduced."""
+    outgoing = copy.copy(request)
+    outgoing.proto, outgoing.ver1, outgoing.switch, outgoing.has_crc = bolt.PROTO_V1, 0, 0, False
+    outgoing.raw = None
+    updates = dict(stamps)
+    if GATEWAY_KEY_PREFIX in request.header:  # rare: somebody sent keys under our prefix; drop them all
+        for key in bolt.decode_header_map(request.header):
+            encoded = key.encode()
+            if encoded.startswith(GATEWAY_KEY_PREFIX) and encoded not in updates:
+                updates[encoded] = None
+    outgoing.header = bolt.header_set(request.header, updates)
+    outgoing.timeout = timeout_ms
+    return outgoing
+
+
+def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> bytes:
+    """The upstream response, under the caller's request id and in the caller's protocol version."""
+    if request.proto == response.proto == bolt.PROTO_V1 and response.raw is not None:
+        return bolt.patch_request_id(response.raw, request.request_id)
+    answer = copy.copy(response)
+    answer.proto, answer.ver1, answer.switch = request.proto, request.ver1, request.switch
+    answer.has_crc = request.has_crc
+    answer.request_id = request.request_id
+    answer.raw = None
+    return bolt.encode(answer)
+
+
+def _remaining_ms(deadline: float) -> int:
+    if deadline == math.inf:
+        return -1
+    return max(1, int((deadline - trio.current_time()) * 1000))
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value else None

@@ -1,0 +1,165 @@
+"""sofa-rpc-node client in site B -> GW-B (Bolt) -> mTLS, ALPN bolt -> GW-A -> sofa-rpc-node server in site A."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from interlink.wire import bolt
+from tests.e2e import rawgrpc
+from tests.e2e.topology import ALLOWED_APP, TwoSites, access_domain, two_sites
+
+VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "bolt"
+BOLT_METHODS = ["echo", "add", "fail", "slow", "whoami"]
+
+
+def vector(name: str) -> bytes:
+    return bytes.fromhex("".join((VECTORS / f"{name}.hex").read_text().split()))
+
+
+@pytest.fixture(scope="module")
+def bolt_sites(certs, tmp_path_factory, bolt_server, site_c_port) -> Iterator[TwoSites]:
+    sites = two_sites(
+        certs,
+        tmp_path_factory.mktemp("bolt-sites"),
+        bolt_server.target,
+        name="bolt",
+        protocol="bolt",
+        methods=BOLT_METHODS,
+        extra_consumers={"site-c": site_c_port},
+    )
+    yield sites
+    sites.stop()
+
+
+def test_echo_add_and_identity(bolt_sites, run_bolt_client):
+    target = bolt_sites.triple_target
+    echoed = run_bolt_client(target, "echo", app=ALLOWED_APP, args=["héllo ✓"])
+    assert (echoed["ok"], echoed["result"]) == (True, "héllo ✓"), echoed
+    assert run_bolt_client(target, "add", app=ALLOWED_APP, args=[40, 2])["result"] == 42
+    seen = json.loads(run_bolt_client(target, "whoami", app=ALLOWED_APP)["result"])
+    assert seen["app"] == ALLOWED_APP
+    # The gateways stamped who is calling from where; nothing a local caller sent under our prefix survives.
+    assert seen["headers"]["x-interlink-caller-site"] == "site-b"
+    assert seen["headers"]["x-interlink-caller-app"] == ALLOWED_APP
+    assert "x-interlink-method" not in seen["headers"]
+    assert seen["bolt"]["proto"] == 1, seen["bolt"]  # upstream calls always travel as Bolt V1
+
+
+def test_provider_error_reaches_the_caller_as_an_error(bolt_sites, run_bolt_client):
+    result = run_bolt_client(bolt_sites.triple_target, "fail", app=ALLOWED_APP, args=["boom"])
+    assert result["ok"] is False
+    assert "boom" in result["error"]["message"]
+
+
+def test_slow_call_times_out_at_the_caller_and_the_gateway_logs_it(bolt_sites, run_bolt_client):
+    result = run_bolt_client(bolt_sites.triple_target, "slow", app=ALLOWED_APP, args=[1500], timeout_ms=300)
+    assert result["ok"] is False
+    assert result["error"]["name"] in {"RpcResponseTimeoutError", "Error"}, result
+    bolt_sites.b.wait_for_event(
+        lambda e: e.get("event") == "call" and e.get("method") == "slow" and e.get("status") == "DEADLINE_EXCEEDED",
+        timeout=5,
+    )
+
+
+def test_two_thousand_calls_at_concurrency_16(bolt_sites, run_bolt_client):
+    result = run_bolt_client(
+        bolt_sites.triple_target, "echo", app=ALLOWED_APP, count=2000, concurrency=16, process_timeout=120
+    )
+    assert (result["calls"], result["errors"]) == (2000, 0), result
+
+
+def test_unknown_service_and_denied_app_are_errors(bolt_sites, run_bolt_client):
+    unknown = run_bolt_client(bolt_sites.triple_target, "unknown", app=ALLOWED_APP)
+    assert unknown["ok"] is False and "not imported" in unknown["error"]["message"], unknown
+    denied = run_bolt_client(bolt_sites.triple_target, "echo", app="intruder-app")
+    assert denied["ok"] is False and "PERMISSION_DENIED" in denied["error"]["message"], denied
+    bolt_sites.a.wait_for_event(
+        lambda e: e.get("event") == "audit" and e.get("decision") == "deny" and e.get("caller_app") == "intruder-app"
+    )
+
+
+# --- raw frames ---------------------------------------------------------------------------------------------
+
+
+def _exchange(sites: TwoSites, frame: bytes, expect_response: bool = True, timeout: float = 5.0) -> bytes:
+    host, port = sites.triple_target.split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(frame)
+        if not expect_response:
+            sock.settimeout(1.0)
+            try:
+                return sock.recv(65536)
+            except TimeoutError:
+                return b""
+        decoder = bolt.BoltDecoder()
+        while True:
+            chunk = sock.recv(65536)
+            assert chunk, "the gateway closed the connection"
+            frames = decoder.feed(chunk)
+            if frames:
+                return frames[0].raw
+
+
+def test_heartbeat_is_answered_by_the_gateway(bolt_sites):
+    ack = _exchange(bolt_sites, vector("bolt_v1_heartbeat"))
+    assert ack == vector("bolt_v1_heartbeat_ack")
+
+
+def test_v2_with_crc_is_answered_in_v2_with_a_valid_crc(bolt_sites):
+    request = bolt.BoltDecoder().feed(vector("bolt_v2_crc_req_echo"))[0]
+    request.header = bolt.encode_header_map({"service": "com.example.EchoService:1.0", "app": ALLOWED_APP})
+    request.raw = None
+    raw = _exchange(bolt_sites, bolt.encode(request))
+    response = bolt.BoltDecoder().feed(raw)[0]  # the decoder checks the CRC
+    assert (response.proto, response.ver1, response.has_crc) == (2, 2, True)
+    assert response.request_id == request.request_id
+    assert response.status == bolt.ResponseStatus.SUCCESS
+    body = raw[:-4]
+    assert struct.unpack(">I", raw[-4:])[0] == zlib.crc32(body)
+
+
+def test_oneway_gets_no_response_but_reaches_the_provider(bolt_sites):
+    request = bolt.BoltDecoder().feed(vector("bolt_v1_oneway_echo"))[0]
+    request.header = bolt.encode_header_map({"service": "com.example.EchoService:1.0", "app": ALLOWED_APP})
+    request.raw = None
+    assert _exchange(bolt_sites, bolt.encode(request), expect_response=False) == b""
+    bolt_sites.a.wait_for_event(
+        lambda e: e.get("event") == "call" and e.get("ingress") == "peer-bolt" and e.get("method") == "echo"
+        and e.get("status") == "OK"
+    )
+
+
+def test_garbage_closes_only_that_connection(bolt_sites, run_bolt_client):
+    host, port = bolt_sites.triple_target.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"\x07garbage that is not bolt")
+        assert sock.recv(100) == b""  # closed
+    assert run_bolt_client(bolt_sites.triple_target, "echo", app=ALLOWED_APP)["ok"]
+
+
+def test_site_c_cannot_use_site_b_domain_over_bolt(bolt_sites, certs):
+    paths = certs.site("site-c")
+    context = rawgrpc.mtls_context(certs.site("site-a").ca, paths.cert, paths.key)
+    context.set_alpn_protocols(["bolt"])
+    request = bolt.BoltDecoder().feed(vector("bolt_v1_req_echo"))[0]
+    sock = rawgrpc.open_socket("127.0.0.1", bolt_sites.a_peer_port, context, access_domain("site-b", "site-a"), 5)
+    with sock:
+        assert sock.selected_alpn_protocol() == "bolt"
+        sock.sendall(bolt.encode(request))
+        decoder = bolt.BoltDecoder()
+        frames = []
+        while not frames:
+            chunk = sock.recv(65536)
+            assert chunk
+            frames = decoder.feed(chunk)
+    from interlink.wire import sofarpc
+
+    is_error, message = sofarpc.read_response_summary(frames[0].content)
+    assert is_error and "PERMISSION_DENIED" in message and "belongs to site site-b" in message
