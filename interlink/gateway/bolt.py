@@ -42,6 +42,8 @@ GATEWAY_KEY_PREFIX = b"x-interlink-"
 CALLER_APP = b"x-interlink-caller-app"
 CALLER_SITE = b"x-interlink-caller-site"
 METHOD = b"x-interlink-method"
+STATUS = b"x-interlink-status"  # on responses the gateway made itself: the status, for the next hop's log
+RESPONSE_ERROR = b"sofa_head_response_error"  # Java SOFARPC marks error responses with it
 
 SERVICE_KEYS = (b"service", b"sofa_head_target_service")
 METHOD_KEY = b"sofa_head_method_name"
@@ -60,16 +62,33 @@ def error_response(request: bolt.BoltFrame, status: Status, message: str) -> byt
     """What SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a SUCCESS frame
     carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise a Bolt status."""
     text = f"interlink {status.name}: {message}"
+    header = bolt.encode_header_map({STATUS.decode(): status.name, RESPONSE_ERROR.decode(): "true"})
     if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
         response = bolt.response_for(
             request,
             bolt.ResponseStatus.SUCCESS,
             class_name=bolt.SOFA_RESPONSE_CLASS,
+            header=header,
             content=sofarpc.sofa_error_response(text),
         )
     else:
-        response = bolt.response_for(request, _BOLT_STATUS.get(status, bolt.ResponseStatus.SERVER_EXCEPTION))
+        response = bolt.response_for(
+            request, _BOLT_STATUS.get(status, bolt.ResponseStatus.SERVER_EXCEPTION), header=header
+        )
     return bolt.encode(response)
+
+
+def response_status(response: bolt.BoltFrame) -> str:
+    """For the access log, without reading the body: a status a gateway stamped, else the Bolt status, else
+    Java's error mark in the header."""
+    stamped = bolt.header_get(response.header, STATUS) if response.header else None
+    if stamped:
+        return stamped.decode("ascii", "replace")
+    if response.status != bolt.ResponseStatus.SUCCESS:
+        return bolt.ResponseStatus(response.status).name
+    if response.header and bolt.header_get(response.header, RESPONSE_ERROR) == b"true":
+        return "APPLICATION_ERROR"
+    return "OK"
 
 
 class BoltCallRelay:
@@ -97,7 +116,10 @@ class BoltCallRelay:
         if self.done:
             return
         self.down.write(_answer_as_request(frame, self.request))
-        status = "OK" if frame.status == bolt.ResponseStatus.SUCCESS else bolt.ResponseStatus(frame.status).name
+        try:
+            status = response_status(frame)
+        except bolt.BoltProtocolError:
+            status = "MALFORMED_RESPONSE_HEADER"
         self._finish(status, "")
 
     def on_connection_lost(self, reason: str) -> None:

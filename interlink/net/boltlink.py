@@ -158,7 +158,8 @@ class BoltEndpoint:
             if frame.is_response:
                 call = self.streams.pop(frame.request_id, None)
                 if call is None:
-                    log.debug("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
+                    # Late (the caller gave up) or an answer to a oneway call (sofa-rpc-node answers those).
+                    log.info("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
                     return
                 call.on_response(frame)
             elif self._on_request is not None:
