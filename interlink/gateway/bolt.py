@@ -308,13 +308,16 @@ def _service_of(request: bolt.BoltFrame) -> str | None:
     return None
 
 
+_HEADS = sofarpc.RequestHeadCache()
+
+
 def _method_and_app(request: bolt.BoltFrame) -> tuple[str | None, str | None]:
     """Method and caller app from the header (Java SOFARPC sends them), else from the SofaRequest head in
     the body (sofa-rpc-node with hessian2 sends only `service`) — never the arguments."""
     method = _text(bolt.header_get(request.header, METHOD_KEY))
     app = _text(bolt.header_get(request.header, APP_KEY))
     if (method is None or app is None) and request.codec == bolt.CODEC_HESSIAN2:
-        head = sofarpc.read_request_head(request.content)
+        head = _HEADS.read(request.content)
         method = method or head.method_name
         app = app or sofarpc.caller_app(head)
     return method, app

@@ -64,7 +64,11 @@ def read_request_head(content: bytes | bytearray | memoryview) -> SofaRequestHea
     arguments after it are neither decoded nor validated. Fields are read in the order of the stream's
     class definition (sofa-rpc-node and Java order them differently). HessianError if the body does not
     start with a well-formed `SofaRequest`."""
-    value = SofaHessianReader(content).read_value()
+    return _read_request_head(SofaHessianReader(content))
+
+
+def _read_request_head(reader: SofaHessianReader) -> SofaRequestHead:
+    value = reader.read_value()
     if not isinstance(value, HessianObject) or value.class_name != SOFA_REQUEST_CLASS:
         raise HessianError(f"the body starts with {_describe(value)}, not a {SOFA_REQUEST_CLASS}")
     fields = value.fields
@@ -88,6 +92,40 @@ def read_request_head(content: bytes | bytearray | memoryview) -> SofaRequestHea
         target_app=_optional_str(fields, "targetAppName"),
         request_props=props,
     )
+
+
+class RequestHeadCache:
+    """Remembers the heads already read, keyed by their exact bytes.
+
+    Sound because the head is the stream's first value: its parse depends only on its own bytes, so a
+    body that starts with bytes that once parsed as a complete head of length L has that very head.
+    Callers of one service send the same few heads over and over (trace ids, when present, go in the
+    header for Java and in `requestProps` for node, so those heads vary and simply miss); a hit costs
+    one slice and one dict lookup per known length instead of a Hessian parse.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._heads: dict[bytes, SofaRequestHead] = {}
+        self._lengths: dict[int, None] = {}  # distinct head lengths seen, most recent last
+        self._max_entries = max_entries
+
+    def read(self, content: bytes) -> SofaRequestHead:
+        heads = self._heads
+        for length in reversed(self._lengths):
+            head = heads.get(content[:length])
+            if head is not None:
+                return head
+        reader = SofaHessianReader(content)
+        head = _read_request_head(reader)
+        if len(heads) >= self._max_entries:
+            heads.clear()
+            self._lengths.clear()
+        heads[bytes(content[: reader.offset])] = head
+        self._lengths.pop(reader.offset, None)
+        self._lengths[reader.offset] = None
+        if len(self._lengths) > 8:  # keep the probe short; rarely used lengths fall out
+            del self._lengths[next(iter(self._lengths))]
+        return head
 
 
 def caller_app(head: SofaRequestHead) -> str | None:

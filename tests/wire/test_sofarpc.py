@@ -319,3 +319,17 @@ def test_only_hessian_errors_escape(garbage, name, cut):
                 parse(data)
             except HessianError as exc:
                 assert type(exc) is HessianError
+
+
+def test_request_head_cache_agrees_with_a_fresh_read():
+    from interlink.wire.sofarpc import RequestHeadCache
+
+    cache = RequestHeadCache(max_entries=4)
+    bodies = [body(name) for name in ("bolt_v1_req_echo", "bolt_v1_req_add", "bolt_v1_req_echo_traceprops")]
+    for _ in range(3):
+        for content in bodies:
+            assert cache.read(content) == sofarpc.read_request_head(content)
+            # Different arguments after the same head: still the same head, read from the cache.
+            assert cache.read(content + b"\x91") == sofarpc.read_request_head(content)
+    with pytest.raises(HessianError):
+        cache.read(b"\x4f\x00")
