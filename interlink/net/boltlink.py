@@ -130,6 +130,7 @@ class BoltEndpoint:
                         self._dispatch(frame)
                     reason = f"Bolt protocol error from the remote side: {exc}"
                     log.warning("bolt.protocol_error", endpoint=self.name, error=str(exc))
+                    await self._flush_queue.flush()  # while this connection still counts as open
                     break
                 for frame in frames:
                     self._dispatch(frame)

@@ -165,3 +165,51 @@ def test_site_c_cannot_use_site_b_domain_over_bolt(bolt_sites, certs):
 
     is_error, message = sofarpc.read_response_summary(frames[0].content)
     assert is_error and "PERMISSION_DENIED" in message and "belongs to site site-b" in message
+
+
+def _whoami_request(header: dict[str, str]) -> bytes:
+    """A sofa-rpc-node style SofaRequest for whoami() with the given header map."""
+    from interlink.wire.hessian2 import HessianObject, SofaHessianWriter
+
+    writer = SofaHessianWriter()
+    writer.write_object(
+        HessianObject(
+            bolt.SOFA_REQUEST_CLASS.decode(),
+            {
+                "methodName": "whoami",
+                "methodArgSigs": [],
+                "targetServiceUniqueName": "com.example.EchoService:1.0",
+                "targetAppName": None,
+                "requestProps": {"service": "com.example.EchoService:1.0"},
+            },
+        )
+    )
+    frame = bolt.BoltFrame(
+        proto=1, type=bolt.TYPE_REQUEST, cmdcode=bolt.CMD_RPC_REQUEST, request_id=77, timeout=3000,
+        class_name=bolt.SOFA_REQUEST_CLASS, header=bolt.encode_header_map(header), content=writer.getvalue(),
+    )
+    return bolt.encode(frame)
+
+
+def test_identity_keys_from_local_callers_are_replaced(bolt_sites):
+    from interlink.wire.hessian2 import SofaHessianReader
+
+    raw = _exchange(
+        bolt_sites,
+        _whoami_request(
+            {
+                "service": "com.example.EchoService:1.0",
+                "app": ALLOWED_APP,
+                "x-interlink-caller-app": "forged-app",
+                "x-interlink-caller-site": "site-a",
+                "x-interlink-anything": "forged",
+            }
+        ),
+    )
+    response = bolt.BoltDecoder().feed(raw)[0]
+    assert response.request_id == 77 and response.status == bolt.ResponseStatus.SUCCESS
+    seen = json.loads(SofaHessianReader(response.content).read_value().fields["appResponse"])
+    headers = seen["headers"]
+    assert headers["x-interlink-caller-app"] == ALLOWED_APP
+    assert headers["x-interlink-caller-site"] == "site-b"
+    assert "x-interlink-anything" not in headers
