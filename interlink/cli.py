@@ -59,15 +59,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from interlink.control.runner import run_gateway
+    from interlink.control.runner import StartupError, run_gateway
 
-    return run_gateway(
-        args.config,
-        workers=args.workers,
-        log_level=args.log_level,
-        log_format=args.log_format,
-        drain_seconds=args.drain_seconds,
-    )
+    try:
+        return run_gateway(
+            args.config,
+            workers=args.workers,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            drain_seconds=args.drain_seconds,
+        )
+    except StartupError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

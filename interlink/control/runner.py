@@ -18,6 +18,10 @@ log = structlog.get_logger("interlink.run")
 WORKER_ENV = "INTERLINK_WORKER"  # set in worker processes started by --workers N
 
 
+class StartupError(Exception):
+    """The gateway cannot start; the message says why and what to do (the CLI prints it, exit 1)."""
+
+
 def run_gateway(
     config_path: Path, *, workers: int = 1, log_level: str = "info", log_format: str = "json", drain_seconds: float = 10.0
 ) -> int:
@@ -30,16 +34,14 @@ def run_gateway(
         config = load_site(config_path)
         gateway = Gateway(config)
     except (SiteFileError, SnapshotError) as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        raise StartupError(str(exc)) from exc
     if workers > 1:
         return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
     try:
         trio.run(_serve_until_signalled, gateway, drain_seconds)
     except OSError as exc:  # listening failed: port in use, address not local ...
-        print(f"interlink run: {exc}", file=sys.stderr)
-        return 1
+        raise StartupError(f"interlink run: {exc}") from exc
     return 0
 
 
