@@ -29,7 +29,8 @@ from interlink.control.snapshot import Snapshot
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
-from interlink.net.pool import PoolGroup
+from interlink.net.h2link import FlushQueue
+from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.wire import bolt, sofarpc
 from interlink.wire.hessian2 import HessianError
 
@@ -163,11 +164,15 @@ class BoltForwarder:
         peer_groups: Callable[[str], PoolGroup | None],
         provider_group: Callable[[str], PoolGroup | None],
         timers: DeadlineTimers,
+        flush_queue: FlushQueue,
+        nursery: trio.Nursery,
     ) -> None:
         self._snapshot = snapshot
         self._peer_group = peer_groups
         self._provider_group = provider_group
         self._timers = timers
+        self._flush_queue = flush_queue
+        self._nursery = nursery
 
     # --- site B: a local caller calls an imported service ----------------------------------------------
 
@@ -270,10 +275,27 @@ class BoltForwarder:
         if upstream is None:
             if group is not None and group.up:
                 call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are full; retry later")
+            elif group is not None and group.first_connect_pending:
+                self._nursery.start_soon(self._forward_when_ready, call, group, stamps)
             else:
                 reason = group.last_error if group is not None else "no upstream configured"
                 call.fail(Status.UNAVAILABLE, f"{call.log_fields.get('upstream')} is unreachable: {reason}")
             return
+        self._send(call, upstream, stamps)
+
+    async def _forward_when_ready(self, call: BoltCallRelay, group: PoolGroup, stamps: dict[bytes, bytes | None]) -> None:
+        """Startup only: the upstream has never been connected yet and a connection is being made."""
+        with trio.move_on_at(min(call.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+            await group.wait_ready()
+        if not call.done:
+            upstream = group.pick()
+            if upstream is None:
+                call.fail(Status.UNAVAILABLE, f"{call.log_fields.get('upstream')} is unreachable: {group.last_error}")
+            else:
+                self._send(call, upstream, stamps)
+        await self._flush_queue.flush()
+
+    def _send(self, call: BoltCallRelay, upstream: BoltEndpoint, stamps: dict[bytes, bytes | None]) -> None:
         request = call.request
         outgoing = _upstream_frame(request, stamps, _remaining_ms(call.deadline))
         if request.is_oneway:

@@ -108,6 +108,8 @@ class Gateway:
                 peer_groups=self.bolt_peer_groups.get,
                 provider_group=self.bolt_provider_groups.get,
                 timers=self.timers,
+                flush_queue=self.flush_queue,
+                nursery=nursery,
             )
             nursery.start_soon(self.timers.run)
             for pool in self._all_pools:

@@ -22,14 +22,12 @@ from interlink.control.snapshot import Snapshot
 from interlink.gateway.relay import DeadlineTimers, Relay
 from interlink.model import Status
 from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
-from interlink.net.pool import PoolGroup
+from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.wire import grpc
 
 audit_log = structlog.get_logger("interlink.audit")
 log = structlog.get_logger("interlink.gateway")
 
-# How long a call may wait for the very first connection of an upstream (startup only).
-FIRST_CONNECT_WAIT = 5.0
 
 
 class TripleForwarder:

@@ -10,6 +10,9 @@ import trio
 
 log = structlog.get_logger("interlink.net.pool")
 
+# How long a call may wait for the very first connection of an upstream (a gateway that just started).
+FIRST_CONNECT_WAIT = 5.0
+
 
 class PooledConnection(Protocol):
     """What a pool needs of a connection (an H2Endpoint or a BoltEndpoint)."""
