@@ -29,7 +29,7 @@ from interlink.control.snapshot import Snapshot
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
-from interlink.net.h2link import FlushQueue
+from interlink.net.connection import FlushQueue
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.wire import bolt, sofarpc
 from interlink.wire.hessian2 import HessianError

@@ -25,7 +25,8 @@ from interlink.gateway.relay import DeadlineTimers
 from interlink.gateway.triple import TripleForwarder
 from interlink.net import tls
 from interlink.net.boltlink import BoltEndpoint
-from interlink.net.h2link import FlushQueue, H2Endpoint
+from interlink.net.connection import FlushQueue
+from interlink.net.h2link import H2Endpoint
 from interlink.net.pool import ConnectionPool, PoolGroup
 
 log = structlog.get_logger("interlink.gateway")

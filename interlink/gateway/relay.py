@@ -20,7 +20,8 @@ import structlog
 import trio
 
 from interlink.model import Status
-from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
+from interlink.net.connection import FlushQueue
+from interlink.net.h2link import H2Endpoint, Headers
 from interlink.wire import grpc
 
 access_log = structlog.get_logger("interlink.access")

@@ -21,7 +21,8 @@ import trio
 from interlink.control.snapshot import Snapshot
 from interlink.gateway.relay import DeadlineTimers, Relay
 from interlink.model import Status
-from interlink.net.h2link import FlushQueue, H2Endpoint, Headers
+from interlink.net.connection import FlushQueue
+from interlink.net.h2link import H2Endpoint, Headers
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.wire import grpc
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import structlog
 import trio
 
-from interlink.net.h2link import FlushQueue, describe_io_error
+from interlink.net.connection import IO_ERRORS, Connection, FlushQueue, describe_io_error
 from interlink.wire import bolt
 
 log = structlog.get_logger("interlink.net.bolt")
@@ -36,8 +36,10 @@ class BoltCall(Protocol):
 RequestCallback = Callable[["BoltEndpoint", bolt.BoltFrame], None]
 
 
-class BoltEndpoint:
+class BoltEndpoint(Connection):
     """One Bolt connection. `run()` is its reader; the owner runs it in a nursery."""
+
+    probe_name = "heartbeat"
 
     def __init__(
         self,
@@ -49,29 +51,16 @@ class BoltEndpoint:
         max_frame_size: int = 16 * 1024 * 1024,
         name: str = "",
     ) -> None:
-        self.name = name
+        super().__init__(stream, flush_queue, name)
         self.streams: dict[int, BoltCall] = {}  # request id -> call (client side); the name matches H2Endpoint
         self.in_flight = 0  # server side: requests taken and not answered yet (kept by the owner)
         self.max_pending = max_pending
-        self.closed = False
-        self.draining = False
-        self.close_reason = ""
-        self.last_receive = trio.current_time()
-        self.attributes: dict[str, object] = {}
-        self._stream = stream
-        self._flush_queue = flush_queue
         self._on_request = on_request
         self._decoder = bolt.BoltDecoder(max_frame_size=max_frame_size)
         self._out: list[bytes] = []
-        self._sending = False
         self._next_id = 0
-        self._heartbeat_outstanding = False
 
     # --- state for pools ---------------------------------------------------------------------------------
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and not self.draining
 
     def has_capacity(self) -> bool:
         return self.usable and len(self.streams) < self.max_pending
@@ -81,35 +70,31 @@ class BoltEndpoint:
     def write(self, data: bytes) -> None:
         if not self.closed:
             self._out.append(data)
-            self._flush_queue.add(self)
+            self._mark()
 
     def send_request(self, frame: bolt.BoltFrame, raw: bytes, call: BoltCall | None) -> int:
         """Send a request under a fresh id of this connection; `call` waits for the response (None for a
         oneway request: nothing waits, whatever comes back is an orphan)."""
-        self._next_id = self._next_id + 1 if self._next_id < MAX_REQUEST_ID else 1
-        request_id = self._next_id
+        request_id = self._fresh_id()
         self.write(bolt.patch_request_id(raw, request_id) if frame.request_id != request_id else raw)
         if call is not None:
             self.streams[request_id] = call
         return request_id
 
+    def _fresh_id(self) -> int:
+        self._next_id = self._next_id + 1 if self._next_id < MAX_REQUEST_ID else 1
+        return self._next_id
+
     def forget(self, request_id: int) -> None:
         """The caller gave up (deadline, its connection ended): a late response will be dropped."""
         self.streams.pop(request_id, None)
 
-    async def flush(self) -> None:
-        if self._sending or self.closed:
-            return
-        self._sending = True
-        try:
-            while self._out:
-                data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
-                self._out.clear()
-                await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._lost(f"send failed: {describe_io_error(exc)}")
-        finally:
-            self._sending = False
+    def _pending_output(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+        self._out.clear()
+        return data
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -135,25 +120,17 @@ class BoltEndpoint:
                 for frame in frames:
                     self._dispatch(frame)
                 await self._flush_queue.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except IO_ERRORS as exc:
             reason = f"connection lost: {describe_io_error(exc)}"
         finally:
-            self._lost(self.close_reason or reason)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(1):
-                    await self._flush_queue.flush()
-                with trio.move_on_after(1):
-                    try:
-                        await self._stream.aclose()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
+            await self._end(reason)
 
     def _dispatch(self, frame: bolt.BoltFrame) -> None:
         if frame.is_heartbeat:
             if frame.is_request:
                 self.write(bolt.encode(bolt.heartbeat_ack(frame)))
             else:
-                self._heartbeat_outstanding = False
+                self._probe_outstanding = False
             return
         try:
             if frame.is_response:
@@ -168,51 +145,19 @@ class BoltEndpoint:
         except Exception:  # a bug in one call must not take the connection (and every other call) down
             log.exception("bolt.handler_failed", endpoint=self.name, request_id=frame.request_id)
 
-    # --- liveness ------------------------------------------------------------------------------------------
+    # --- liveness and ending ------------------------------------------------------------------------------
 
-    async def keepalive(self, interval: float, timeout: float) -> None:
-        """Heartbeat when quiet for `interval`; close the connection if no ack arrives within `timeout`."""
-        while not self.closed:
-            idle = trio.current_time() - self.last_receive
-            if idle < interval:
-                await trio.sleep(interval - idle)
-                continue
-            self._heartbeat_outstanding = True
-            self._next_id = self._next_id + 1 if self._next_id < MAX_REQUEST_ID else 1
-            self.write(bolt.encode(bolt.heartbeat(self._next_id)))
-            await self._flush_queue.flush()
-            with trio.move_on_after(timeout):
-                while self._heartbeat_outstanding and not self.closed:
-                    await trio.sleep(min(0.05, timeout))
-            if self._heartbeat_outstanding and not self.closed:
-                self.close(f"no heartbeat acknowledgement within {timeout:g}s")
-                await self._flush_queue.flush()
-                return
-
-    def close(self, reason: str) -> None:
-        if not self.closed:
-            self.close_reason = reason
-            self._lost(reason)
-            transport = getattr(self._stream, "transport_stream", self._stream)
-            sock = getattr(transport, "socket", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(2)
-                except OSError:
-                    pass
+    def _send_probe(self) -> None:
+        self.write(bolt.encode(bolt.heartbeat(self._fresh_id())))
 
     def goaway(self) -> None:
-        """Bolt has no GOAWAY: stop taking new requests and close once the last call is answered."""
+        """Bolt has no GOAWAY: stop taking new requests (they get an error) and let the open calls finish."""
         self.draining = True
 
-    def _lost(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = self.close_reason or reason
+    def _fail_open_calls(self, reason: str) -> None:
         calls, self.streams = self.streams, {}
         for call in calls.values():
             try:
-                call.on_connection_lost(self.close_reason)
+                call.on_connection_lost(reason)
             except Exception:
                 log.exception("bolt.handler_failed", endpoint=self.name)

@@ -26,6 +26,7 @@ import hyperframe.frame
 import structlog
 import trio
 
+from interlink.net.connection import IO_ERRORS, Connection, FlushQueue, describe_io_error
 from interlink.wire import h2headers
 from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder
 
@@ -64,25 +65,6 @@ class StreamHandler(Protocol):
 RequestCallback = Callable[["H2Endpoint", int, Headers, bool], None]
 
 
-class FlushQueue:
-    """Endpoints written to since the last flush. Shared by all endpoints of one gateway so that the reader
-    that caused a write flushes it."""
-
-    __slots__ = ("_dirty",)
-
-    def __init__(self) -> None:
-        self._dirty: dict[H2Endpoint, None] = {}
-
-    def add(self, endpoint: H2Endpoint) -> None:
-        self._dirty[endpoint] = None
-
-    async def flush(self) -> None:
-        while self._dirty:
-            endpoint = next(iter(self._dirty))
-            del self._dirty[endpoint]
-            await endpoint.flush()
-
-
 def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connection.H2Connection:
     config = h2.config.H2Configuration(
         client_side=client_side,
@@ -113,8 +95,10 @@ def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connect
     return conn
 
 
-class H2Endpoint:
+class H2Endpoint(Connection):
     """One HTTP/2 connection. `run()` is its reader; the owner runs it in a nursery."""
+
+    probe_name = "PING"
 
     def __init__(
         self,
@@ -126,28 +110,15 @@ class H2Endpoint:
         on_request: RequestCallback | None = None,
         name: str = "",
     ) -> None:
-        self.name = name
+        super().__init__(stream, flush_queue, name)
         self.client_side = client_side
         self.conn = _h2_connection(client_side, max_concurrent_streams)
         self.streams: dict[int, StreamHandler] = {}
         self.max_concurrent_streams = max_concurrent_streams
-        self.draining = False  # GOAWAY received or sent: no new streams
-        self.closed = False
-        self.close_reason = ""
-        self.last_receive = trio.current_time()
-        self.attributes: dict[str, object] = {}  # owner's per-connection facts (peer site, SNI domain ...)
-        self._stream = stream
-        self._flush_queue = flush_queue
         self._on_request = on_request
-        self._sending = False
-        self._ping_outstanding = False
         self._close_when_flushed = False
 
     # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and not self.draining
 
     @property
     def in_flight(self) -> int:
@@ -231,24 +202,23 @@ class H2Endpoint:
             self._close_when_flushed = True
         self._mark()
 
-    def _mark(self) -> None:
-        self._flush_queue.add(self)
-
     # --- I/O -------------------------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        if self._sending or self.closed:
-            return
-        self._sending = True
-        try:
-            while data := self.conn.data_to_send():
-                await self._stream.send_all(data)
-            if self._close_when_flushed and not self.streams:
-                self.close(self.close_reason or "drained")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._lost(f"send failed: {describe_io_error(exc)}")
-        finally:
-            self._sending = False
+    def _pending_output(self) -> bytes:
+        return self.conn.data_to_send()
+
+    def _after_flush(self) -> None:
+        if self._close_when_flushed and not self.streams:
+            self.close(self.close_reason or "drained")
+
+    def _send_probe(self) -> None:
+        self.conn.ping(b"ilkalive")
+        self._mark()
+
+    def _fail_open_calls(self, reason: str) -> None:
+        streams, self.streams = self.streams, {}
+        for handler in streams.values():
+            self._call(handler.on_connection_lost, reason)
 
     async def run(self) -> None:
         """Read until the connection ends; then every stream still open learns that it was lost."""
@@ -274,65 +244,10 @@ class H2Endpoint:
                     break
                 self._dispatch(events)
                 await self._flush_queue.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except IO_ERRORS as exc:
             reason = f"connection lost: {describe_io_error(exc)}"
         finally:
-            self._lost(self.close_reason or reason)
-            with trio.CancelScope(shield=True):
-                # The streams that were open have been answered (errors for their callers): send that.
-                with trio.move_on_after(1):
-                    await self._flush_queue.flush()
-                with trio.move_on_after(1):
-                    try:
-                        await self._stream.aclose()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass  # already broken or closed: nothing left to release gracefully
-
-    async def keepalive(self, interval: float, timeout: float) -> None:
-        """PING when the connection has been quiet for `interval`; close it if no ACK within `timeout`."""
-        while not self.closed:
-            idle = trio.current_time() - self.last_receive
-            if idle < interval:
-                await trio.sleep(interval - idle)
-                continue
-            self._ping_outstanding = True
-            self.conn.ping(b"ilkalive")
-            self._mark()
-            await self._flush_queue.flush()
-            with trio.move_on_after(timeout):
-                while self._ping_outstanding and not self.closed:
-                    await trio.sleep(min(0.05, timeout))
-            if self._ping_outstanding and not self.closed:
-                self.close(f"no PING acknowledgement within {timeout:g}s")
-                await self._flush_queue.flush()
-                return
-
-    def close(self, reason: str) -> None:
-        """Close now (the reader ends and fails the open streams)."""
-        if not self.closed:
-            self.close_reason = reason
-            self._lost(reason)
-            self._stream_close_nowait()
-
-    def _stream_close_nowait(self) -> None:
-        # Closing a trio stream is async; forcing the socket shut wakes the reader immediately.
-        stream = self._stream
-        transport = getattr(stream, "transport_stream", stream)
-        socket = getattr(transport, "socket", None)
-        if socket is not None:
-            try:
-                socket.shutdown(2)  # SHUT_RDWR
-            except OSError:
-                pass
-
-    def _lost(self, reason: str) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = self.close_reason or reason
-        streams, self.streams = self.streams, {}
-        for handler in streams.values():
-            self._call(handler.on_connection_lost, self.close_reason)
+            await self._end(reason)
 
     # --- events ----------------------------------------------------------------------------------------
 
@@ -390,7 +305,7 @@ class H2Endpoint:
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._all_writable()
             elif kind is h2.events.PingAckReceived:
-                self._ping_outstanding = False
+                self._probe_outstanding = False
             elif kind is h2.events.ConnectionTerminated:
                 self._on_goaway(event)
             # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
@@ -440,11 +355,3 @@ class H2Endpoint:
             if stream_id:
                 self.reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
-
-def describe_io_error(exc: BaseException) -> str:
-    """trio wraps the OS or TLS error that broke a stream; name that one."""
-    cause = exc.__cause__ or exc.__context__
-    for candidate in (exc, cause):
-        if candidate is not None and str(candidate):
-            return str(candidate)
-    return type(cause or exc).__name__

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from interlink.net.boltlink import BoltEndpoint
-from interlink.net.h2link import FlushQueue
+from interlink.net.connection import FlushQueue
 from interlink.wire import bolt
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "bolt"
