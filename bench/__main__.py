@@ -1,5 +1,5 @@
 import sys
 
-from bench.grpc_bench import main
+from bench.suite import main
 
 sys.exit(main())

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# gRPC unary benchmark in one invocation: installs what it needs, then runs `python -m bench`.
-#   bash bench/run.sh            full run (~5 min on 2 cores)
-#   bash bench/run.sh --quick    short run (< 2 min)
+# gRPC unary + SOFA Bolt benchmark in one invocation: installs what it needs, then runs `python -m bench`
+# (the gRPC part first, then the Bolt part; one results JSON).
+#   bash bench/run.sh                full run (~6 min on 2 cores)
+#   bash bench/run.sh --quick        short run (< 1.5 min)
+#   bash bench/run.sh --only bolt    one part only (grpc | bolt)
 # Any other option goes to `python -m bench` (see `bash bench/run.sh --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,5 +34,17 @@ if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1; then
   echo "bench: installing grpcio into .venv"
   .venv/bin/python -m pip install -q --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
 fi
+
+# The Bolt part runs its load generator and provider on Node (bench/bolt_*.js, no npm packages) and checks
+# its frames with the sofa-rpc-node peers of the tests (tests/peers, installed by scripts/setup.sh). Missing
+# pieces are reported here and make the Bolt part fail (exit 1), not the gRPC part.
+case " $* " in
+  *" --only grpc "*|*" --only=grpc "*) ;;
+  *)
+    command -v node >/dev/null 2>&1 || echo "bench: WARNING: node not found; the Bolt part needs Node 20" >&2
+    [ -d tests/peers/node_modules/sofa-rpc-node ] \
+      || echo "bench: WARNING: tests/peers/node_modules/sofa-rpc-node missing (run scripts/setup.sh); the Bolt sanity pass needs it" >&2
+    ;;
+esac
 
 exec .venv/bin/python -m bench "$@"

@@ -1,0 +1,189 @@
+"""One benchmark invocation: the gRPC part (bench/grpc_bench.py), then the Bolt part (bench/bolt_bench.py),
+both written into one results JSON.
+
+    python -m bench [--quick] [--only grpc|bolt] [gRPC options] [Bolt options]
+
+The gRPC part runs exactly as `grpc_bench.run` does alone (its servers are stopped before the Bolt part
+starts, so that the two parts do not share the machine); its JSON is the top level of the results file,
+and the Bolt part's goes under the key "bolt". --quick, --duration, --warmup, --startup-timeout,
+--interlink-workers, --results-dir and --keep-tmp apply to both parts.
+
+Exit status: 0 when every requested path of both parts was measured, 1 when one was not (a sanity check
+failed, a gateway did not come up or died), 2 on a harness error, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from bench import bolt_bench, grpc_bench
+from bench.processes import Children
+
+REPO = Path(__file__).resolve().parent.parent
+PARTS = ("grpc", "bolt")
+
+
+def _own_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        add_help=False,
+        allow_abbrev=False,
+        description="gRPC and Bolt benchmarks in one invocation (gRPC first, then Bolt).",
+    )
+    p.add_argument("-h", "--help", action="store_true", help="this help, then the gRPC part's options")
+    p.add_argument("--only", choices=PARTS, help="run one part only")
+    p.add_argument("--bolt-sizes", default="100,16384", help="Bolt payload sizes (echo's String argument, chars)")
+    p.add_argument("--bolt-concurrency", default="1,16", help="Bolt calls in flight")
+    p.add_argument(
+        "--bolt-connections", type=int, default=1,
+        help="Bolt connections from the load generator (calls spread over them); default 1",
+    )  # fmt: skip
+    p.add_argument("--bolt-paths", default=",".join(bolt_bench.ALL_PATHS), help="subset of bolt-direct,bolt-interlink")
+    return p
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace, bolt_bench.BoltOptions]:
+    parser = _own_parser()
+    own, rest = parser.parse_known_args(argv)
+    if own.help:
+        parser.print_help()
+        print("\ngRPC part (and shared) options:\n")
+        grpc_bench.parse_args(["--help"])  # prints and exits
+    grpc_args = grpc_bench.parse_args(rest)
+    paths = [s.strip() for s in own.bolt_paths.split(",") if s.strip()]
+    unknown = set(paths) - set(bolt_bench.ALL_PATHS)
+    if unknown:
+        parser.error(f"unknown Bolt path(s): {', '.join(sorted(unknown))}")
+    bolt = bolt_bench.BoltOptions(
+        sizes=[int(s) for s in own.bolt_sizes.split(",")],
+        concurrency=[int(c) for c in own.bolt_concurrency.split(",")],
+        connections=own.bolt_connections,
+        paths=paths,
+        duration=grpc_args.duration,
+        warmup=grpc_args.warmup,
+        startup_timeout=grpc_args.startup_timeout,
+        interlink_workers=grpc_args.interlink_workers,
+    )
+    return own, grpc_args, bolt
+
+
+class _HideLine:
+    """stdout that drops the gRPC part's own "results written to <temp file>" line (the suite writes the
+    combined file and says where)."""
+
+    def __init__(self, target, marker: str) -> None:
+        self._target = target
+        self._marker = marker
+        self._skip_newline = False
+
+    def write(self, text: str) -> int:
+        if self._marker in text:
+            self._skip_newline = True
+            return len(text)
+        if self._skip_newline and text == "\n":
+            self._skip_newline = False
+            return len(text)
+        self._skip_newline = False
+        return self._target.write(text)
+
+    def flush(self) -> None:
+        self._target.flush()
+
+
+def _raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, grpc_args, bolt_opts = parse_args(sys.argv[1:] if argv is None else argv)
+    parts = [own.only] if own.only else list(PARTS)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
+    children = Children()
+    keep_tmp = grpc_args.keep_tmp
+    try:
+        status = run(parts, grpc_args, bolt_opts, tmp, children)
+        if status != 0:
+            keep_tmp = True
+        return status
+    except KeyboardInterrupt:
+        print("\nbench: interrupted, stopping everything")
+        return 130
+    except Exception as exc:
+        keep_tmp = True
+        print(f"\nbench: FAILED: {type(exc).__name__}: {exc}")
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        children.stop_all()
+        if keep_tmp:
+            print(f"bench: configs, certificates and logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(parts: list[str], grpc_args, bolt_opts: bolt_bench.BoltOptions, tmp: Path, children: Children) -> int:
+    started = dt.datetime.now(dt.timezone.utc)
+    results_dir = grpc_args.results_dir  # the gRPC part writes its own file into the temp dir instead
+    statuses: dict[str, int] = {}
+    results: dict = {}
+    if "grpc" in parts:
+        print("bench: ===== gRPC unary: direct, nginx two-hop chain, interlink =====")
+        grpc_tmp = tmp / "grpc"
+        grpc_tmp.mkdir()
+        grpc_args.results_dir = tmp / "grpc-results"
+        try:
+            with contextlib.redirect_stdout(_HideLine(sys.stdout, "bench: results written to")):
+                statuses["grpc"] = grpc_bench.run(grpc_args, grpc_tmp, children)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the Bolt part still runs; the status says 2
+            print(f"\nbench: gRPC part FAILED: {type(exc).__name__}: {exc}")
+            statuses["grpc"] = 2
+        finally:
+            children.stop_all()  # the Bolt part gets the machine to itself
+        written = sorted(grpc_args.results_dir.glob("*.json"))
+        if written:
+            results = json.loads(written[-1].read_text())
+    if "bolt" in parts:
+        try:
+            results["bolt"], statuses["bolt"] = bolt_bench.run(bolt_opts, tmp / "bolt", children, results.get("cells"))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            print(f"\nbench: Bolt part FAILED: {type(exc).__name__}: {exc}")
+            results["bolt"] = {"error": f"{type(exc).__name__}: {exc}"}
+            statuses["bolt"] = 2
+        finally:
+            children.stop_all()
+
+    finished = dt.datetime.now(dt.timezone.utc)
+    results.setdefault("started", started.isoformat())
+    results["finished"] = finished.isoformat()
+    results.setdefault("machine", grpc_bench.machine_info())
+    results.setdefault("tools", {"python": platform.python_version()})
+    if "bolt" in results and isinstance(results["bolt"].get("tools"), dict):
+        results["tools"].update({k: v for k, v in results["bolt"]["tools"].items() if v})
+    results.setdefault("git_rev", grpc_bench.git_rev())
+    results["parts"] = {part: {0: "ok", 1: "path(s) not measured", 2: "harness error"}[s] for part, s in statuses.items()}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out = results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
+    print(f"\nbench: results ({' + '.join(parts)}) written to {shown}")
+    summary = ", ".join(f"{part}: {results['parts'][part]}" for part in statuses)
+    print(f"bench: {summary}")
+    if any(s == 2 for s in statuses.values()):
+        return 2
+    return 1 if any(statuses.values()) else 0
