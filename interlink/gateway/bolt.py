@@ -26,16 +26,14 @@ import structlog
 import trio
 
 from interlink.control.snapshot import Snapshot
+from interlink.gateway.forwarding import Forwarder, access_domain_denial, audit, log_call
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
-from interlink.net.connection import FlushQueue
-from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
+from interlink.net.pool import PoolGroup
 from interlink.wire import bolt, sofarpc
 from interlink.wire.hessian2 import HessianError
 
-access_log = structlog.get_logger("interlink.access")
-audit_log = structlog.get_logger("interlink.audit")
 log = structlog.get_logger("interlink.gateway")
 
 # Header-map keys the gateways assert on the link; whatever a local caller sends under the prefix is dropped.
@@ -150,30 +148,10 @@ class BoltCallRelay:
         if self._timer is not None:
             self._timers.cancel(self._timer)
             self._timer = None
-        elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        if message:
-            access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
-        else:
-            access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
+        log_call(status, self.started, message, self.log_fields)
 
 
-class BoltForwarder:
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        peer_groups: Callable[[str], PoolGroup | None],
-        provider_group: Callable[[str], PoolGroup | None],
-        timers: DeadlineTimers,
-        flush_queue: FlushQueue,
-        nursery: trio.Nursery,
-    ) -> None:
-        self._snapshot = snapshot
-        self._peer_group = peer_groups
-        self._provider_group = provider_group
-        self._timers = timers
-        self._flush_queue = flush_queue
-        self._nursery = nursery
-
+class BoltForwarder(Forwarder):
     # --- site B: a local caller calls an imported service ----------------------------------------------
 
     def on_local_request(self, down: BoltEndpoint, request: bolt.BoltFrame) -> None:
@@ -216,10 +194,10 @@ class BoltForwarder:
         if method is None:  # not stamped (a peer gateway that did not read it): read it ourselves
             method, _ = _method_and_app(request)
         fields.update(method=method, caller_app=app)
-        denial = _check_binding(snapshot, peer, sni)
+        denial = access_domain_denial(snapshot, peer, sni)
         route = snapshot.bolt_exports.get(service)
         if denial is None and route is None:
-            self._audit("deny", fields, f"not exported: {service}")
+            audit("deny", fields, f"not exported: {service}")
             call.fail(Status.UNIMPLEMENTED, f"service {service} is not exported by site {snapshot.site} over Bolt")
             return
         if denial is None:
@@ -229,10 +207,10 @@ class BoltForwarder:
             elif not rule.permits(app, method or ""):
                 denial = f"app {app or '(none)'} of site {peer} may not call {service}/{method}"
         if denial is not None:
-            self._audit("deny", fields, denial)
+            audit("deny", fields, denial)
             call.fail(Status.PERMISSION_DENIED, denial)
             return
-        self._audit("allow", fields, "")
+        audit("allow", fields, "")
         fields["upstream"] = f"providers of {service}"
         stamps = {CALLER_SITE: peer.encode(), CALLER_APP: app.encode() if app else None, METHOD: None}
         self._forward(call, self._provider_group(service), stamps)
@@ -271,29 +249,13 @@ class BoltForwarder:
         return call
 
     def _forward(self, call: BoltCallRelay, group: PoolGroup | None, stamps: dict[bytes, bytes | None]) -> None:
-        upstream = group.pick() if group is not None else None
-        if upstream is None:
-            if group is not None and group.up:
-                call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are full; retry later")
-            elif group is not None and group.first_connect_pending:
-                self._nursery.start_soon(self._forward_when_ready, call, group, stamps)
-            else:
-                reason = group.last_error if group is not None else "no upstream configured"
-                call.fail(Status.UNAVAILABLE, f"{call.log_fields.get('upstream')} is unreachable: {reason}")
-            return
-        self._send(call, upstream, stamps)
-
-    async def _forward_when_ready(self, call: BoltCallRelay, group: PoolGroup, stamps: dict[bytes, bytes | None]) -> None:
-        """Startup only: the upstream has never been connected yet and a connection is being made."""
-        with trio.move_on_at(min(call.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
-            await group.wait_ready()
-        if not call.done:
-            upstream = group.pick()
-            if upstream is None:
-                call.fail(Status.UNAVAILABLE, f"{call.log_fields.get('upstream')} is unreachable: {group.last_error}")
-            else:
-                self._send(call, upstream, stamps)
-        await self._flush_queue.flush()
+        self._upstream(
+            group,
+            call.deadline,
+            send=lambda upstream: self._send(call, upstream, stamps),  # type: ignore[arg-type]
+            fail=call.fail,
+            is_done=lambda: call.done,
+        )
 
     def _send(self, call: BoltCallRelay, upstream: BoltEndpoint, stamps: dict[bytes, bytes | None]) -> None:
         request = call.request
@@ -304,23 +266,6 @@ class BoltForwarder:
             return
         call.up = upstream
         call.up_id = upstream.send_request(outgoing, bolt.encode(outgoing), call)
-
-    @staticmethod
-    def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
-        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
-
-
-def _check_binding(snapshot: Snapshot, peer: str, sni: object) -> str | None:
-    """Over Bolt the access domain is the TLS SNI: it must be the one we gave the certificate's site."""
-    ours = snapshot.domain_of_peer.get(peer)
-    if ours is None:
-        return f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)"
-    if sni is None or sni.encode() != ours:  # type: ignore[union-attr]
-        owner = snapshot.peer_of_domain.get(sni.encode()) if isinstance(sni, str) else None
-        whose = f"it belongs to site {owner}" if owner else "it is not its access domain"
-        return f"site {peer} may not use access domain {sni!r}: {whose}"
-    return None
-
 
 def _service_of(request: bolt.BoltFrame) -> str | None:
     for key in SERVICE_KEYS:

@@ -19,12 +19,12 @@ import h2.errors
 import structlog
 import trio
 
+from interlink.gateway.forwarding import log_call
 from interlink.model import Status
 from interlink.net.connection import FlushQueue
 from interlink.net.h2link import H2Endpoint, Headers
 from interlink.wire import grpc
 
-access_log = structlog.get_logger("interlink.access")
 log = structlog.get_logger("interlink.gateway")
 
 _RESET_STATUS = {
@@ -327,11 +327,7 @@ class Relay:
             # The response is complete; tell the caller to stop sending (RFC 9113 8.1).
             self.down.reset(self.down_sid, h2.errors.ErrorCodes.NO_ERROR)
         self._discard(self._to_up, self.down, self.down_sid)
-        elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
-        if message:
-            access_log.info("call", status=status.name, ms=elapsed_ms, error=message, **self.log_fields)
-        else:
-            access_log.info("call", status=status.name, ms=elapsed_ms, **self.log_fields)
+        log_call(status.name, self.started, message, self.log_fields)
         if self._timer_entry is not None:
             self._timers.cancel(self._timer_entry)
             self._timer_entry = None

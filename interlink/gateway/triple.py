@@ -13,41 +13,23 @@ responses with a gRPC status and a message that says what to do.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import structlog
 import trio
 
 from interlink.control.snapshot import Snapshot
-from interlink.gateway.relay import DeadlineTimers, Relay
+from interlink.gateway.forwarding import Forwarder, access_domain_denial, audit
+from interlink.gateway.relay import Relay
 from interlink.model import Status
-from interlink.net.connection import FlushQueue
 from interlink.net.h2link import H2Endpoint, Headers
-from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
+from interlink.net.pool import PoolGroup
 from interlink.wire import grpc
 
-audit_log = structlog.get_logger("interlink.audit")
 log = structlog.get_logger("interlink.gateway")
 
 
 
-class TripleForwarder:
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        peer_groups: Callable[[str], PoolGroup | None],
-        provider_group: Callable[[str], PoolGroup | None],
-        timers: DeadlineTimers,
-        flush_queue: FlushQueue,
-        nursery: trio.Nursery,
-    ) -> None:
-        self._snapshot = snapshot
-        self._peer_group = peer_groups
-        self._provider_group = provider_group
-        self._timers = timers
-        self._flush_queue = flush_queue
-        self._nursery = nursery
-
+class TripleForwarder(Forwarder):
     # --- site B: a local caller calls an imported service ---------------------------------------------
 
     def on_local_request(self, down: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
@@ -81,10 +63,10 @@ class TripleForwarder:
         if head is None:
             return
         fields["caller_app"] = head.caller_app
-        denial = self._check_binding(snapshot, peer, head.authority, down.attributes.get("sni"))
+        denial = access_domain_denial(snapshot, peer, down.attributes.get("sni"), head.authority)
         route = snapshot.exports.get(head.service)
         if denial is None and route is None:
-            self._audit("deny", fields, f"not exported: {head.service}")
+            audit("deny", fields, f"not exported: {head.service}")
             relay.fail(Status.UNIMPLEMENTED, f"service {head.service} is not exported by site {snapshot.site}")
             return
         if denial is None:
@@ -94,10 +76,10 @@ class TripleForwarder:
             elif not rule.permits(head.caller_app, head.method):
                 denial = f"app {head.caller_app or '(none)'} of site {peer} may not call {head.service}/{head.method}"
         if denial is not None:
-            self._audit("deny", fields, denial)
+            audit("deny", fields, denial)
             relay.fail(Status.PERMISSION_DENIED, denial)
             return
-        self._audit("allow", fields, "")
+        audit("allow", fields, "")
         fields["upstream"] = f"providers of {head.service}"
         stamps = [(grpc.CALLER_SITE, peer.encode())]
         if head.caller_app:
@@ -106,20 +88,6 @@ class TripleForwarder:
             head, scheme=b"http", authority=head.authority, timeout=_remaining(relay.deadline), stamps=stamps
         )
         self._connect(relay, self._provider_group(head.service), outgoing, end_stream)
-
-    @staticmethod
-    def _check_binding(snapshot: Snapshot, peer: str, authority: bytes, sni: object) -> str | None:
-        """A peer may only use the access domain we gave *it*, in :authority and in SNI."""
-        ours = snapshot.domain_of_peer.get(peer)
-        if ours is None:
-            return f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)"
-        if authority != ours:
-            owner = snapshot.peer_of_domain.get(authority)
-            whose = f"it belongs to site {owner}" if owner else "it is not an access domain of ours"
-            return f"site {peer} may not use access domain {authority.decode(errors='replace')}: {whose}"
-        if sni is None or sni.encode() != ours:  # type: ignore[union-attr]
-            return f"site {peer} connected with TLS SNI {sni!r}, not its access domain {ours.decode()}"
-        return None
 
     # --- shared steps ------------------------------------------------------------------------------------
 
@@ -147,37 +115,13 @@ class TripleForwarder:
         return head, Relay(down, stream_id, fields, self._timers, deadline, end_stream)
 
     def _connect(self, relay: Relay, group: PoolGroup | None, headers: Headers, end_stream: bool) -> None:
-        if group is None:
-            relay.fail(Status.UNAVAILABLE, f"no upstream is configured for {relay.log_fields.get('upstream')}")
-            return
-        upstream = group.pick()
-        if upstream is not None:
-            relay.connect(upstream, headers, end_stream)
-        elif group.up:
-            relay.fail(
-                Status.RESOURCE_EXHAUSTED,
-                f"all connections to {group.name} are at their concurrent stream limit; retry later",
-            )
-        elif group.first_connect_pending:
-            self._nursery.start_soon(self._connect_when_ready, relay, group, headers, end_stream)
-        else:
-            relay.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
-
-    async def _connect_when_ready(self, relay: Relay, group: PoolGroup, headers: Headers, end_stream: bool) -> None:
-        with trio.move_on_at(min(relay.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
-            await group.wait_ready()
-        if relay.done:
-            return
-        upstream = group.pick()
-        if upstream is None:
-            relay.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
-        else:
-            relay.connect(upstream, headers, end_stream)
-        await self._flush_queue.flush()
-
-    @staticmethod
-    def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
-        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+        self._upstream(
+            group,
+            relay.deadline,
+            send=lambda upstream: relay.connect(upstream, headers, end_stream),  # type: ignore[arg-type]
+            fail=relay.fail,
+            is_done=lambda: relay.done,
+        )
 
 
 def _remaining(deadline: float) -> float | None:

@@ -66,7 +66,7 @@ def test_full_stream_pool_gives_resource_exhausted(certs, tmp_path, py_provider)
             with pytest.raises(grpc.RpcError) as info:
                 client.add(1, 1, metadata=APP)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "concurrent stream limit" in info.value.details()
+            assert "concurrent call limit" in info.value.details()
             for future in busy:
                 future.result(timeout=10)
             assert client.add(1, 1, metadata=APP) == 2  # capacity is back

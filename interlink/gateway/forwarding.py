@@ -1,0 +1,113 @@
+"""What the Triple and Bolt request paths share: the access-domain rule, choosing an upstream connection
+(or waiting for the very first one), the audit line and the access line."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Callable
+
+import structlog
+import trio
+
+from interlink.control.snapshot import Snapshot
+from interlink.model import Status
+from interlink.net.connection import FlushQueue
+from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup, PooledConnection
+
+if TYPE_CHECKING:
+    from interlink.gateway.relay import DeadlineTimers
+
+access_log = structlog.get_logger("interlink.access")
+audit_log = structlog.get_logger("interlink.audit")
+
+
+def access_domain_denial(snapshot: Snapshot, peer: str, sni: object, authority: bytes | None = None) -> str | None:
+    """A peer may only use the access domain we gave *it*: in TLS SNI, and in :authority where the protocol
+    has one (HTTP/2). None when the call may go on, else why not."""
+    ours = snapshot.domain_of_peer.get(peer)
+    if ours is None:
+        return f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)"
+    used_sni = sni.encode() if isinstance(sni, str) else None
+    checks = ([("access domain", authority)] if authority is not None else []) + [("TLS SNI", used_sni)]
+    for what, used in checks:
+        if used != ours:
+            owner = snapshot.peer_of_domain.get(used) if used else None
+            whose = f"it belongs to site {owner}" if owner else f"it is not the access domain of site {peer}"
+            shown = used.decode(errors="replace") if used else "(none)"
+            return f"site {peer} may not use {what} {shown}: {whose}"
+    return None
+
+
+def audit(decision: str, fields: dict[str, object], reason: str) -> None:
+    audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+
+
+def log_call(status: str, started: float, message: str, fields: dict[str, object]) -> None:
+    """The one access line of a call."""
+    elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
+    if message:
+        access_log.info("call", status=status, ms=elapsed_ms, error=message, **fields)
+    else:
+        access_log.info("call", status=status, ms=elapsed_ms, **fields)
+
+
+class Forwarder:
+    """Base of the per-protocol request paths: the snapshot, the upstream pools, timers and flushing."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        peer_groups: Callable[[str], PoolGroup | None],
+        provider_group: Callable[[str], PoolGroup | None],
+        timers: DeadlineTimers,
+        flush_queue: FlushQueue,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._snapshot = snapshot
+        self._peer_group = peer_groups
+        self._provider_group = provider_group
+        self._timers = timers
+        self._flush_queue = flush_queue
+        self._nursery = nursery
+
+    def _upstream(
+        self,
+        group: PoolGroup | None,
+        deadline: float,
+        send: Callable[[PooledConnection], None],
+        fail: Callable[[Status, str], None],
+        is_done: Callable[[], bool],
+    ) -> None:
+        """Hand the call to the least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED;
+        down -> UNAVAILABLE at once; never connected yet but connecting (a gateway that just started) ->
+        wait for that first connection, within the call's deadline."""
+        if group is None:
+            fail(Status.UNAVAILABLE, "no upstream is configured for it")
+            return
+        upstream = group.pick()
+        if upstream is not None:
+            send(upstream)
+        elif group.up:
+            fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are at their concurrent call limit; retry later")
+        elif group.first_connect_pending:
+            self._nursery.start_soon(self._upstream_when_ready, group, deadline, send, fail, is_done)
+        else:
+            fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+
+    async def _upstream_when_ready(
+        self,
+        group: PoolGroup,
+        deadline: float,
+        send: Callable[[PooledConnection], None],
+        fail: Callable[[Status, str], None],
+        is_done: Callable[[], bool],
+    ) -> None:
+        with trio.move_on_at(min(deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+            await group.wait_ready()
+        if not is_done():
+            upstream = group.pick()
+            if upstream is None:
+                fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+            else:
+                send(upstream)
+        await self._flush_queue.flush()
