@@ -79,7 +79,7 @@ site: site-b
 listen: {{bolt: 127.0.0.1:{bolt_b}, peer: 127.0.0.1:{peer_b}}}
 tls: {{ca: {b}/ca.pem, cert: {b}/gateway.pem, key: {b}/gateway.key}}
 peers:
-  site-a: {{endpoints: [127.0.0.1:{peer_a}], ca: {a}/ca.pem, domain: {domain_a_gives_b}}}
+  site-a: {{endpoints: [127.0.0.1:{peer_a}], ca: {a}/ca.pem, domain: {domain_a_gives_b}, connections: 1}}
 domains: {{site-a: {domain_b_gives_a}}}
 imports:
   - {{service: {service}, version: "{version}", from: site-a, protocol: bolt}}
