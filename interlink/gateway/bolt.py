@@ -246,6 +246,9 @@ class BoltForwarder(Forwarder):
         if down.draining:
             call.fail(Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")
             return None
+        if down.in_flight > down.max_pending:  # this call is counted already
+            call.fail(Status.RESOURCE_EXHAUSTED, f"more than {down.max_pending} calls in flight on this connection")
+            return None
         return call
 
     def _forward(self, call: BoltCallRelay, group: PoolGroup | None, stamps: dict[bytes, bytes | None]) -> None:

@@ -213,3 +213,47 @@ def test_identity_keys_from_local_callers_are_replaced(bolt_sites):
     assert headers["x-interlink-caller-app"] == ALLOWED_APP
     assert headers["x-interlink-caller-site"] == "site-b"
     assert "x-interlink-anything" not in headers
+
+
+def test_calls_in_flight_are_bounded_and_the_excess_fails_fast(bolt_sites):
+    """Callers cannot queue unbounded work in a gateway: GW-B's link to GW-A carries at most
+    max_concurrent_streams (256) x connections (2) calls; the excess is refused at once with
+    RESOURCE_EXHAUSTED (a SofaResponse error for these hessian2 callers) instead of waiting."""
+    from interlink.wire import sofarpc
+
+    slow = _slow_request(request_id=1, ms=1500)
+    host, port = bolt_sites.triple_target.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"".join(bolt.patch_request_id(slow, i) for i in range(1, 601)))
+        decoder, refused = bolt.BoltDecoder(), []
+        while len(refused) < 88:
+            for frame in decoder.feed(sock.recv(65536)):
+                is_error, message = sofarpc.read_response_summary(frame.content)
+                assert is_error and "RESOURCE_EXHAUSTED" in message, message
+                refused.append(frame.request_id)
+    assert sorted(refused) == list(range(513, 601))
+
+
+def _slow_request(request_id: int, ms: int) -> bytes:
+    from interlink.wire.hessian2 import HessianObject, SofaHessianWriter
+
+    writer = SofaHessianWriter()
+    writer.write_object(
+        HessianObject(
+            bolt.SOFA_REQUEST_CLASS.decode(),
+            {
+                "methodName": "slow",
+                "methodArgSigs": ["int"],
+                "targetServiceUniqueName": "com.example.EchoService:1.0",
+                "targetAppName": None,
+                "requestProps": {"service": "com.example.EchoService:1.0", "app": ALLOWED_APP},
+            },
+        )
+    )
+    writer.write_int(ms)
+    frame = bolt.BoltFrame(
+        proto=1, type=bolt.TYPE_REQUEST, cmdcode=bolt.CMD_RPC_REQUEST, request_id=request_id, timeout=5000,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        header=bolt.encode_header_map({"service": "com.example.EchoService:1.0"}), content=writer.getvalue(),
+    )
+    return bolt.encode(frame)
