@@ -51,11 +51,23 @@ async def _serve_until_signalled(gateway, drain_seconds: float) -> None:
             await nursery.start(gateway.run)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    log.warning("config.reload_unsupported", detail="hot reload is not implemented yet; restart to apply changes")
+                    reload(gateway)
                     continue
                 log.info("gateway.signal", signal=signal.Signals(signum).name)
                 nursery.start_soon(gateway.drain, drain_seconds)
                 break
+
+
+def reload(gateway) -> None:
+    """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving."""
+    from interlink.control.sitefile import SiteFileError, load_site
+    from interlink.control.snapshot import SnapshotError
+    from interlink.gateway.gateway import ReloadError
+
+    try:
+        gateway.reload(load_site(gateway.config.path))
+    except (SiteFileError, SnapshotError, ReloadError) as exc:
+        log.error("config.reload_failed", path=str(gateway.config.path), error=str(exc))
 
 
 def _supervise_workers(config_path: Path, workers: int, log_level: str, log_format: str, drain_seconds: float) -> int:

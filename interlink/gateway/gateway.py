@@ -93,6 +93,21 @@ class Gateway:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    def reload(self, config: SiteConfig) -> None:
+        """Swap in a new snapshot (routes, ACLs, access domains, certificates and trust anchors): calls in
+        flight finish on the snapshot they started with, new calls and new connections use the new one.
+        Changes to what the gateway listens on or dials (listen addresses, peer endpoints and connection
+        counts, providers) need a restart; such a reload is refused and the old snapshot keeps serving."""
+        changed = _wiring_changes(self.config, config)
+        if changed:
+            raise ReloadError(
+                f"{config.path}: {', '.join(changed)} changed; restart the gateway to apply that "
+                "(nothing was changed, the running configuration keeps serving)"
+            )
+        self._snapshot = build_snapshot(config)
+        self.config = config
+        log.info("config.reloaded", site=config.site, path=str(config.path))
+
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -315,6 +330,36 @@ class Gateway:
         return ConnectionPool(
             f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0
         )
+
+
+class ReloadError(Exception):
+    """A new site file that cannot be applied without a restart."""
+
+
+def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
+    """What a reload cannot change in place: the sockets the gateway owns and the pools it keeps."""
+    def dialled(config: SiteConfig) -> dict[str, tuple]:
+        imported = {item.from_site for item in config.imports}
+        return {
+            name: (peer.endpoints, peer.connections, peer.max_concurrent_streams, peer.domain)
+            for name, peer in config.peers.items()
+            if name in imported
+        }
+
+    def providers(config: SiteConfig) -> dict[tuple[str, str | None, str], tuple]:
+        return {(e.service, e.version, e.protocol): e.providers for e in config.exports}
+
+    def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
+        return {(i.service, i.from_site, i.protocol) for i in config.imports}
+
+    checks = [
+        ("site", old.site != new.site),
+        ("listen addresses", old.listen != new.listen),
+        ("dialled peers (endpoints, connections, streams, domain)", dialled(old) != dialled(new)),
+        ("exports' providers", providers(old) != providers(new)),
+        ("imports", imports(old) != imports(new)),
+    ]
+    return [what for what, differs in checks if differs]
 
 
 async def _tcp_listener(address: HostPort, *, reuse_port: bool) -> trio.SocketListener:
