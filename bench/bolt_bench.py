@@ -578,5 +578,6 @@ def run(opts: BoltOptions, tmp: Path, children: Children, grpc_cells: list[dict]
     if unmeasured:
         print(f"bench: Bolt paths not measured: {', '.join(sorted(unmeasured))}")
     if failed_cells:
-        print(f"bench: {len(failed_cells)} Bolt cell(s) FAILED")
-    return out, 1 if unmeasured or failed_cells else 0
+        print(f"bench: {len(failed_cells)} Bolt cell(s) FAILED (reported, not fatal: a path is broken only when "
+              "its sanity check fails or none of its cells was measured, as in the gRPC part)")
+    return out, 1 if unmeasured else 0
