@@ -299,8 +299,11 @@ def _upstream_frame(request: bolt.BoltFrame, stamps: dict[bytes, bytes | None], 
     outgoing.proto, outgoing.ver1, outgoing.switch, outgoing.has_crc = bolt.PROTO_V1, 0, 0, False
     outgoing.raw = None
     updates = dict(stamps)
-    if GATEWAY_KEY_PREFIX in request.header:  # rare: somebody sent keys under our prefix; drop them all
-        for key in bolt.decode_header_map(request.header):
+    header = request.header
+    if GATEWAY_KEY_PREFIX in header and header.count(GATEWAY_KEY_PREFIX) > sum(
+        1 for key in updates if bolt.header_get(header, key) is not None
+    ):  # keys under our prefix that we do not set ourselves (a caller's, or unknown): drop them all
+        for key in bolt.decode_header_map(header):
             encoded = key.encode()
             if encoded.startswith(GATEWAY_KEY_PREFIX) and encoded not in updates:
                 updates[encoded] = None
