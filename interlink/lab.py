@@ -75,6 +75,7 @@ def run_lab(keep: bool = False, configs: Path | None = None) -> int:
                     keep = True
                     return 1
         outcomes = _scenarios(str(site_b.listen.triple))
+        outcomes.append(_registry_scenario(site_b))
     finally:
         for process in processes:
             process.terminate()
@@ -107,7 +108,12 @@ def _prepare(source: Path, work: Path) -> list[Path] | None:
 
 
 def _addresses(*configs):
+    from interlink.control.registry_sync import embedded_dns
+
     for config in configs:
+        dns = embedded_dns(config)
+        if dns is not None:
+            yield dns.listen
         for address in (config.listen.triple, config.listen.peer):
             if address is not None:
                 yield address
@@ -187,6 +193,30 @@ def _scenarios(target: str) -> list[Outcome]:
                                                    ("x-interlink-caller-app", CONSUMER_APP))) and "OK")
         attempt("service not imported", "UNIMPLEMENTED", lambda: _call_unknown_service(target))
     return outcomes
+
+
+def _registry_scenario(site_b) -> Outcome:
+    """Seamless access: site B's gateway published the import into site B's own registry (embedded DNS-SD)
+    with its own address, so a site-B caller discovers it like any local provider."""
+    import trio
+
+    from interlink.control.registry_sync import embedded_dns
+    from registry_adapters.dnssd import browse
+    from registry_adapters.model import ServiceKey
+
+    dns = embedded_dns(site_b)
+    item = site_b.imports[0]
+    started = time.perf_counter()
+    key = ServiceKey(interface=item.service, protocol="tri", version=item.version or "1.0")
+    found = trio.run(browse, (dns.listen.host, dns.listen.port), key, dns.zone)
+    got = ", ".join(sorted(f"{i.host}:{i.port}" for i in found)) or "nothing"
+    expected = str(site_b.listen.triple)
+    return Outcome(
+        f"DNS-SD lookup of {item.service} in {dns.zone.rstrip('.')}",
+        expected,
+        got,
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 def _wait_for_link(client, app, timeout: float = 10.0) -> None:

@@ -29,31 +29,46 @@ def run_gateway(
     from interlink.control.snapshot import SnapshotError
     from interlink.gateway.gateway import Gateway
 
+    from interlink.control.registry_sync import RegistryConfigError, embedded_dns
+
     logs.configure(log_level, json=log_format == "json")
     try:
         config = load_site(config_path)
         gateway = Gateway(config)
-    except (SiteFileError, SnapshotError) as exc:
+        dns = embedded_dns(config)
+    except (SiteFileError, SnapshotError, RegistryConfigError) as exc:
         raise StartupError(str(exc)) from exc
     if workers > 1:
         return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
     try:
-        trio.run(_serve_until_signalled, gateway, drain_seconds)
+        trio.run(_serve_until_signalled, gateway, dns, drain_seconds)
     except OSError as exc:  # listening failed: port in use, address not local ...
         raise StartupError(f"interlink run: {exc}") from exc
     return 0
 
 
-async def _serve_until_signalled(gateway, drain_seconds: float) -> None:
+async def _serve_until_signalled(gateway, dns, drain_seconds: float) -> None:
+    from interlink.control.registry_sync import publish_imports
+
+    registry = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
+            if dns is not None:
+                ports = {"bolt": gateway.bound.bolt, "triple": gateway.bound.triple}
+
+                async def publish(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                    with registry:
+                        await publish_imports(gateway.config, dns, ports, task_status=task_status)
+
+                await nursery.start(publish)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload(gateway)
                     continue
                 log.info("gateway.signal", signal=signal.Signals(signum).name)
+                registry.cancel()  # withdraw first, so callers stop choosing this gateway; then drain
                 nursery.start_soon(gateway.drain, drain_seconds)
                 break
 
