@@ -27,6 +27,7 @@ STATIC_COUNT = len(STATIC_TABLE)  # 61
 ENTRY_OVERHEAD = 32  # RFC 7541 4.1
 DEFAULT_TABLE_SIZE = 4096
 _CACHE_LIMIT = 4096
+_MAX_CACHED_BLOCK = 2048  # bytes: long blocks (big custom metadata) are rare and not worth keeping
 _MAX_INTEGER_BYTES = 5  # enough for 2**28; anything longer is an attack or garbage
 
 _STATIC_FIELD_INDEX = {field: index for index, field in enumerate(STATIC_TABLE, start=1)}
@@ -110,22 +111,49 @@ class HeaderBlockEncoder:
 
 
 class HeaderBlockDecoder:
-    """RFC 7541 decoder with a dynamic table; Huffman-coded strings are decoded once and cached."""
+    """RFC 7541 decoder with a dynamic table; Huffman-coded strings are decoded once and cached, and so are
+    whole *stateless* blocks — blocks that neither read nor change the dynamic table, whose decoding is
+    therefore a pure function of their bytes. With the header table of size 0 that we advertise, and peers
+    that honour it (our own encoder, nghttp2, grpc), every block after the first is stateless; repeated
+    blocks (response headers, trailers, requests differing in no value) cost one dict lookup."""
 
     def __init__(self, max_header_list_size: int = 64 * 1024) -> None:
-        self.max_header_list_size = max_header_list_size
+        self._max_header_list_size = max_header_list_size
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE  # our SETTINGS_HEADER_TABLE_SIZE (h2 sets it)
         self._table: deque[tuple[bytes, bytes]] = deque()  # newest first
         self._table_size = 0
         self._table_limit = DEFAULT_TABLE_SIZE  # current maximum, changed by size updates
         self._huffman: dict[bytes, bytes] = {}
+        self._blocks: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
+        self._table_touches = 0  # reads and writes of the dynamic table, to tell stateless blocks
 
     @property
     def header_table_size(self) -> int:
         return self._table_limit
 
+    @property
+    def max_header_list_size(self) -> int:
+        return self._max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._max_header_list_size = value
+        self._blocks.clear()  # cached blocks were checked against the old limit
+
     def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:  # noqa: ARG002
         data = bytes(data)
+        cached = self._blocks.get(data)
+        if cached is not None:
+            return list(cached)
+        touches = self._table_touches
+        headers = self._decode(data)
+        if self._table_touches == touches and len(data) <= _MAX_CACHED_BLOCK:
+            if len(self._blocks) >= _CACHE_LIMIT:
+                self._blocks.clear()
+            self._blocks[data] = tuple(headers)
+        return headers
+
+    def _decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
         list_size = 0
         offset, end = 0, len(data)
@@ -146,19 +174,21 @@ class HeaderBlockDecoder:
                         f"table size update to {size} exceeds the allowed {self.max_allowed_table_size}"
                     )
                 self._table_limit = size
+                self._table_touches += 1
                 self._evict()
                 continue
             else:  # literal without indexing (0000) or never indexed (0001)
                 field, offset = self._literal(data, offset, 4)
             list_size += len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
-            if list_size > self.max_header_list_size:
-                raise OversizedHeaderListError(f"header list exceeds {self.max_header_list_size} bytes")
+            if list_size > self._max_header_list_size:
+                raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
             headers.append(field)
         return headers
 
     def _lookup(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= STATIC_COUNT:
             return STATIC_TABLE[index - 1]
+        self._table_touches += 1
         position = index - STATIC_COUNT - 1
         if index == 0 or position >= len(self._table):
             raise InvalidTableIndex(f"header table index {index} does not exist")
@@ -193,6 +223,7 @@ class HeaderBlockDecoder:
         return decoded, end
 
     def _insert(self, field: tuple[bytes, bytes]) -> None:
+        self._table_touches += 1
         size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
         if size > self._table_limit:  # RFC 7541 4.4: an oversized entry empties the table
             self._table.clear()

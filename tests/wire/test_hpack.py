@@ -119,3 +119,28 @@ def test_random_bytes_raise_only_hpack_errors(data):
         HeaderBlockDecoder().decode(data)
     except hpack.exceptions.HPACKError:
         pass
+
+
+def test_stateless_blocks_are_cached_and_stateful_ones_are_not():
+    decoder = HeaderBlockDecoder()
+    stateless = HeaderBlockEncoder().encode([(b":status", b"200"), (b"grpc-status", b"0")])
+    assert decoder.decode(stateless) == decoder.decode(stateless) == [(b":status", b"200"), (b"grpc-status", b"0")]
+    assert stateless in decoder._blocks
+    # A block that inserts into the dynamic table, then one that refers to the entry: never cached,
+    # since the second decodes differently after the table changes.
+    inserting = hpack.Encoder().encode([(b"x-a", b"1")])
+    assert decoder.decode(inserting) == [(b"x-a", b"1")]
+    referring = bytes([0x80 | 62])
+    assert decoder.decode(referring) == [(b"x-a", b"1")]
+    assert inserting not in decoder._blocks and referring not in decoder._blocks
+    decoder.decode(hpack.Encoder().encode([(b"x-b", b"2")]))  # x-b is now index 62
+    assert decoder.decode(referring) == [(b"x-b", b"2")]
+
+
+def test_lowering_the_list_size_limit_drops_cached_blocks():
+    decoder = HeaderBlockDecoder()
+    block = HeaderBlockEncoder().encode([(b"x-big", b"v" * 80)])
+    decoder.decode(block)
+    decoder.max_header_list_size = 100
+    with pytest.raises(hpack.exceptions.OversizedHeaderListError):
+        decoder.decode(block)
