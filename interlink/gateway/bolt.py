@@ -26,7 +26,7 @@ import structlog
 import trio
 
 from interlink.control.snapshot import Snapshot
-from interlink.gateway.forwarding import Forwarder, access_domain_denial, audit, log_call
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
@@ -194,23 +194,10 @@ class BoltForwarder(Forwarder):
         if method is None:  # not stamped (a peer gateway that did not read it): read it ourselves
             method, _ = _method_and_app(request)
         fields.update(method=method, caller_app=app)
-        denial = access_domain_denial(snapshot, peer, sni)
-        route = snapshot.bolt_exports.get(service)
-        if denial is None and route is None:
-            audit("deny", fields, f"not exported: {service}")
-            call.fail(Status.UNIMPLEMENTED, f"service {service} is not exported by site {snapshot.site} over Bolt")
+        refusal = authorize_peer_call(snapshot, snapshot.bolt_exports, peer, service, app, method or "", fields, sni)
+        if refusal is not None:
+            call.fail(*refusal)
             return
-        if denial is None:
-            rule = route.allow.get(peer)
-            if rule is None:
-                denial = f"service {service} is not exported to site {peer}"
-            elif not rule.permits(app, method or ""):
-                denial = f"app {app or '(none)'} of site {peer} may not call {service}/{method}"
-        if denial is not None:
-            audit("deny", fields, denial)
-            call.fail(Status.PERMISSION_DENIED, denial)
-            return
-        audit("allow", fields, "")
         fields["upstream"] = f"providers of {service}"
         stamps = {CALLER_SITE: peer.encode(), CALLER_APP: app.encode() if app else None, METHOD: None}
         self._forward(call, self._provider_group(service), stamps)

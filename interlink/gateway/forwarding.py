@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import structlog
 import trio
 
-from interlink.control.snapshot import Snapshot
+from interlink.control.snapshot import ExportRoute, Snapshot
 from interlink.model import Status
 from interlink.net.connection import FlushQueue
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup, PooledConnection
@@ -35,6 +35,37 @@ def access_domain_denial(snapshot: Snapshot, peer: str, sni: object, authority: 
             whose = f"it belongs to site {owner}" if owner else f"it is not the access domain of site {peer}"
             shown = used.decode(errors="replace") if used else "(none)"
             return f"site {peer} may not use {what} {shown}: {whose}"
+    return None
+
+
+def authorize_peer_call(
+    snapshot: Snapshot,
+    exports: Mapping[str, ExportRoute],
+    peer: str,
+    service: str,
+    app: str | None,
+    method: str,
+    fields: dict[str, object],
+    sni: object,
+    authority: bytes | None = None,
+) -> tuple[Status, str] | None:
+    """The peer ingress decision, the same for every protocol: access domain, then export, then ACL.
+    Audited either way; None when the call may go on, else the status and reason to answer with."""
+    denial = access_domain_denial(snapshot, peer, sni, authority)
+    if denial is None:
+        route = exports.get(service)
+        if route is None:
+            audit("deny", fields, f"not exported: {service}")
+            return Status.UNIMPLEMENTED, f"service {service} is not exported by site {snapshot.site}"
+        rule = route.allow.get(peer)
+        if rule is None:
+            denial = f"service {service} is not exported to site {peer}"
+        elif not rule.permits(app, method):
+            denial = f"app {app or '(none)'} of site {peer} may not call {service}/{method}"
+    if denial is not None:
+        audit("deny", fields, denial)
+        return Status.PERMISSION_DENIED, denial
+    audit("allow", fields, "")
     return None
 
 

@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from interlink.control.snapshot import Snapshot
-from interlink.gateway.forwarding import Forwarder, access_domain_denial, audit
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call
 from interlink.gateway.relay import Relay
 from interlink.model import Status
 from interlink.net.h2link import H2Endpoint, Headers
@@ -63,23 +63,13 @@ class TripleForwarder(Forwarder):
         if head is None:
             return
         fields["caller_app"] = head.caller_app
-        denial = access_domain_denial(snapshot, peer, down.attributes.get("sni"), head.authority)
-        route = snapshot.exports.get(head.service)
-        if denial is None and route is None:
-            audit("deny", fields, f"not exported: {head.service}")
-            relay.fail(Status.UNIMPLEMENTED, f"service {head.service} is not exported by site {snapshot.site}")
+        refusal = authorize_peer_call(
+            snapshot, snapshot.exports, peer, head.service, head.caller_app, head.method, fields,
+            down.attributes.get("sni"), head.authority,
+        )
+        if refusal is not None:
+            relay.fail(*refusal)
             return
-        if denial is None:
-            rule = route.allow.get(peer)
-            if rule is None:
-                denial = f"service {head.service} is not exported to site {peer}"
-            elif not rule.permits(head.caller_app, head.method):
-                denial = f"app {head.caller_app or '(none)'} of site {peer} may not call {head.service}/{head.method}"
-        if denial is not None:
-            audit("deny", fields, denial)
-            relay.fail(Status.PERMISSION_DENIED, denial)
-            return
-        audit("allow", fields, "")
         fields["upstream"] = f"providers of {head.service}"
         stamps = [(grpc.CALLER_SITE, peer.encode())]
         if head.caller_app:
