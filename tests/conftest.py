@@ -188,17 +188,19 @@ def _run_node_client(
     for message in messages:
         argv += ["--message", message]
     argv += list(extra_args)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, encoding="utf-8", timeout=process_timeout
-    )
+    return _json_line_of(argv, "grpcjs_client", process_timeout)
+
+
+def _json_line_of(argv: list[str], name: str, process_timeout: float) -> dict[str, Any]:
+    """Run a one-shot peer program that prints exactly one JSON line; its exit code must be 0."""
+    done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8", timeout=process_timeout)
     if done.returncode != 0:
         raise AssertionError(
-            f"grpcjs_client exited {done.returncode}\nargv: {argv}\n"
-            f"stdout: {done.stdout}\nstderr: {done.stderr}"
+            f"{name} exited {done.returncode}\nargv: {argv}\nstdout: {done.stdout}\nstderr: {done.stderr}"
         )
     out = done.stdout.strip().splitlines()
     if len(out) != 1:
-        raise AssertionError(f"grpcjs_client printed {len(out)} lines, expected 1: {done.stdout!r}")
+        raise AssertionError(f"{name} printed {len(out)} lines, expected 1: {done.stdout!r}")
     return json.loads(out[0])
 
 
@@ -277,18 +279,7 @@ def _run_bolt_client(
     for key, value in pairs:
         argv += ["--prop", f"{key}={value}"]
     argv += list(extra_args)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, encoding="utf-8", timeout=process_timeout
-    )
-    if done.returncode != 0:
-        raise AssertionError(
-            f"bolt_client exited {done.returncode}\nargv: {argv}\n"
-            f"stdout: {done.stdout}\nstderr: {done.stderr}"
-        )
-    out = done.stdout.strip().splitlines()
-    if len(out) != 1:
-        raise AssertionError(f"bolt_client printed {len(out)} lines, expected 1: {done.stdout!r}")
-    return json.loads(out[0])
+    return _json_line_of(argv, "bolt_client", process_timeout)
 
 
 @pytest.fixture
