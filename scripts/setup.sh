@@ -12,6 +12,26 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
+# Real servers the registry tests start themselves (ZooKeeper, BIND9) and the netns lab's tools.
+if [ "${1:-}" = "--test" ]; then
+  missing=()
+  [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
+  command -v named >/dev/null 2>&1 || missing+=(bind9)
+  command -v tsig-keygen >/dev/null 2>&1 || missing+=(bind9utils)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing ${missing[*]} (Debian packages)" >&2
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      echo "setup: missing Debian packages ${missing[*]}; install them (as root: apt-get install ${missing[*]})" >&2
+      [ "${CI:-}" = "true" ] && exit 1
+    fi
+  fi
+fi
+
 # Node peers for the e2e tests (Node 20 + npm are on the machines).
 if [ "${1:-}" = "--test" ] && [ -f tests/peers/package.json ]; then
   if command -v npm >/dev/null 2>&1; then
