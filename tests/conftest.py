@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["tests.servers.zookeeper", "tests.servers.bind9"]
+
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 NODE_SERVER_JS = PEERS_DIR / "grpcjs_server.js"
 NODE_CLIENT_JS = PEERS_DIR / "grpcjs_client.js"

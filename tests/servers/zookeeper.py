@@ -1,0 +1,1 @@
+"""Fixtures that run a real zookeeper server on loopback (filled in by the zookeeper registry work)."""
