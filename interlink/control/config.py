@@ -72,7 +72,10 @@ class ExportConfig:
     service: str
     protocol: str = "triple"  # how our providers speak: triple | bolt
     version: str | None = None
-    flavour: str = "grpc"  # triple only: grpc | sofa | dubbo
+    flavour: str = "grpc"  # triple only: grpc (IDL protobuf) | sofa (SOFARPC Triple) | dubbo (Dubbo 3 Triple)
+    codec: str = "hessian2"  # bolt only: the body codec its providers take from translated Triple calls
+    unique_id: str | None = None  # SOFA uniqueId (bolt, or triple flavour sofa: sent as tri-service-version)
+    group: str | None = None  # Dubbo group (triple flavour dubbo: tri-service-group)
     providers: tuple[HostPort, ...] = ()
     allow: Mapping[str, AclRule] = field(default_factory=dict)  # peer site -> rule
     timeout_ms: int | None = None  # default deadline when the caller sets none

@@ -51,6 +51,7 @@ __all__ = [
 
 PROTOCOLS = ("triple", "bolt")
 FLAVOURS = ("grpc", "sofa", "dubbo")
+CODECS = ("hessian2", "protobuf")
 REGISTRY_KINDS = ("static", "dns", "zookeeper")
 
 SITE_KEYS = (
@@ -70,7 +71,9 @@ TLS_KEYS = ("ca", "cert", "key")
 PEER_KEYS = (
     "endpoints", "ca", "domain", "connections", "max_concurrent_streams", "keepalive_interval_ms", "keepalive_timeout_ms"
 )
-EXPORT_KEYS = ("service", "version", "protocol", "flavour", "providers", "allow", "timeout_ms")
+EXPORT_KEYS = (
+    "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms"
+)
 IMPORT_KEYS = ("service", "from", "protocol", "version")
 ACL_KEYS = ("apps", "methods")
 
@@ -489,6 +492,14 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
                 f"{where}.flavour",
                 "applies only to protocol: triple (Bolt providers have no flavour); remove it",
             )
+    for key, applies, hint in _FLAVOUR_KEYS:
+        if key not in fields:
+            continue
+        values[key] = r.name_text(fields[key], f"{where}.{key}", hint) if key != "codec" else r.choice(
+            fields[key], f"{where}.codec", CODECS
+        )
+        if not applies(protocol, values.get("flavour", "grpc")):
+            r.report(r.lines.get(f"{where}.{key}"), f"{where}.{key}", _FLAVOUR_KEY_HELP[key])
     if "providers" in fields:
         providers = r.host_port_list(fields["providers"], f"{where}.providers", required=False)
         values["providers"] = tuple(providers) if providers is not None else None
@@ -499,6 +510,20 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     if service is None or None in values.values():
         return None
     return ExportConfig(service=service, **values)  # type: ignore[arg-type]
+
+
+# Keys that describe how the providers of an export are addressed, and for which protocol/flavour they mean
+# something (PROTOCOLS.md 2.2: tri-service-version is the uniqueId for SOFA and the version for Dubbo).
+_FLAVOUR_KEYS: tuple[tuple[str, Callable[[str, str], bool], str], ...] = (
+    ("codec", lambda protocol, flavour: protocol == "bolt", "protobuf"),
+    ("unique_id", lambda protocol, flavour: protocol == "bolt" or flavour == "sofa", "blue"),
+    ("group", lambda protocol, flavour: protocol == "triple" and flavour == "dubbo", "default"),
+)
+_FLAVOUR_KEY_HELP = {
+    "codec": "applies only to protocol: bolt (the body codec the Bolt providers accept); remove it",
+    "unique_id": "applies to protocol: bolt or flavour: sofa (the SOFA uniqueId); remove it",
+    "group": "applies only to flavour: dubbo (the Dubbo service group); remove it",
+}
 
 
 def _read_allow(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> dict[str, AclRule] | None:

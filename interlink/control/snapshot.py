@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 from cryptography import x509
 
@@ -32,21 +32,39 @@ class ImportRoute:
 
 @dataclass(frozen=True, slots=True)
 class ExportRoute:
-    """One of our services, exposed to named peer sites."""
+    """One of our services, exposed to named peer sites. A call reaches it in its caller's protocol; when
+    that is not `protocol` (how our providers speak), the gateway translates (gateway/translation.py)."""
 
     service: str
     providers: tuple[HostPort, ...]
     allow: Mapping[str, AclRule]  # peer site -> rule
     timeout: float | None  # default deadline (s) when the caller sets none
+    protocol: str = "triple"  # triple | bolt
+    flavour: str = "grpc"  # triple: grpc | sofa | dubbo
+    codec: str = "hessian2"  # bolt: hessian2 | protobuf
+    version: str | None = None
+    unique_id: str | None = None
+    group: str | None = None
+
+    @property
+    def bolt_name(self) -> str:
+        """The unique name Bolt callers address it by (and SOFA Triple's sofa_head_target_service)."""
+        return bolt_unique_name(self.service, self.version, self.unique_id)
+
+    @property
+    def pool_key(self) -> str:
+        """Which provider pool group serves it (one per export)."""
+        return f"{self.protocol}:{self.bolt_name if self.protocol == 'bolt' else self.service}"
 
 
 @dataclass(frozen=True)
 class Snapshot:
     config: SiteConfig
     imports: Mapping[str, ImportRoute]  # Triple: service -> route
-    exports: Mapping[str, ExportRoute]  # Triple providers: service -> route
+    exports: Mapping[str, ExportRoute]  # as Triple callers address them: service -> route (any provider protocol)
     bolt_imports: Mapping[str, ImportRoute]  # Bolt: unique name (interface:version[:uniqueId]) -> route
-    bolt_exports: Mapping[str, ExportRoute]  # Bolt providers: unique name -> route
+    bolt_exports: Mapping[str, ExportRoute]  # as Bolt callers address them: unique name -> route
+    export_routes: tuple[ExportRoute, ...]  # every export once, in site-file order
     peer_of_domain: Mapping[bytes, str]  # access domain we gave -> the only site that may use it
     domain_of_peer: Mapping[str, bytes]
     peer_cas: Mapping[str, x509.Certificate]
@@ -82,6 +100,7 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
             f"{config.path}: cannot load TLS files (tls.cert {config.tls.cert}, tls.key {config.tls.key}): {exc}; "
             "run `interlink check` on the site file, or create them with `interlink certs init-site`"
         ) from exc
+    export_routes = [_export_route(item, config) for item in config.exports]
     return Snapshot(
         config=config,
         imports={
@@ -89,17 +108,14 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
             for item in config.imports
             if item.protocol == "triple"
         },
-        exports={item.service: _export_route(item, config) for item in config.exports if item.protocol == "triple"},
+        exports=_by_caller_protocol(export_routes, "triple", lambda route: route.service),
         bolt_imports={
             bolt_unique_name(item.service, item.version): _import_route(item, config.peers[item.from_site])
             for item in config.imports
             if item.protocol == "bolt"
         },
-        bolt_exports={
-            bolt_unique_name(item.service, item.version): _export_route(item, config)
-            for item in config.exports
-            if item.protocol == "bolt"
-        },
+        bolt_exports=_by_caller_protocol(export_routes, "bolt", lambda route: route.bolt_name),
+        export_routes=tuple(export_routes),
         peer_of_domain={domain.lower().encode(): peer for peer, domain in config.domains.items()},
         domain_of_peer={peer: domain.lower().encode() for peer, domain in config.domains.items()},
         peer_cas=peer_cas,
@@ -110,10 +126,22 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
     )
 
 
-def bolt_unique_name(service: str, version: str | None) -> str:
-    """SOFARPC's service unique name as Bolt callers send it in the `service` header: `interface:version`
-    (version defaults to 1.0, as in SOFARPC; a uniqueId, when used, is part of the configured version)."""
-    return f"{service}:{version or '1.0'}"
+def bolt_unique_name(service: str, version: str | None, unique_id: str | None = None) -> str:
+    """SOFARPC's service unique name as Bolt callers send it in the `service` header:
+    `interface:version[:uniqueId]` (version defaults to 1.0, as in SOFARPC)."""
+    name = f"{service}:{version or '1.0'}"
+    return f"{name}:{unique_id}" if unique_id else name
+
+
+def _by_caller_protocol(
+    routes: list[ExportRoute], protocol: str, key: Callable[[ExportRoute], str]
+) -> dict[str, ExportRoute]:
+    """Exports as callers of `protocol` address them: every export is reachable in both protocols (the
+    other one translated); where two exports share a key, the one whose providers speak it natively wins."""
+    table: dict[str, ExportRoute] = {}
+    for route in sorted(routes, key=lambda route: route.protocol == protocol):
+        table[key(route)] = route
+    return table
 
 
 def _load_ca(peer: PeerConfig) -> x509.Certificate:
@@ -134,4 +162,10 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         providers=item.providers,
         allow=dict(item.allow),
         timeout=timeout_ms / 1000,
+        protocol=item.protocol,
+        flavour=item.flavour,
+        codec=item.codec,
+        version=item.version,
+        unique_id=item.unique_id,
+        group=item.group,
     )

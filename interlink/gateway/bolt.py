@@ -194,13 +194,13 @@ class BoltForwarder(Forwarder):
         if method is None:  # not stamped (a peer gateway that did not read it): read it ourselves
             method, _ = _method_and_app(request)
         fields.update(method=method, caller_app=app)
-        refusal = authorize_peer_call(snapshot, snapshot.bolt_exports, peer, service, app, method or "", fields, sni)
-        if refusal is not None:
-            call.fail(*refusal)
+        route = authorize_peer_call(snapshot, snapshot.bolt_exports, peer, service, app, method or "", fields, sni)
+        if isinstance(route, tuple):
+            call.fail(*route)
             return
         fields["upstream"] = f"providers of {service}"
         stamps = {CALLER_SITE: peer.encode(), CALLER_APP: app.encode() if app else None, METHOD: None}
-        self._forward(call, self._provider_group(service), stamps)
+        self._forward(call, self._provider_group(route.pool_key), stamps)
 
     # --- shared steps ------------------------------------------------------------------------------------
 

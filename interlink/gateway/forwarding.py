@@ -48,10 +48,11 @@ def authorize_peer_call(
     fields: dict[str, object],
     sni: object,
     authority: bytes | None = None,
-) -> tuple[Status, str] | None:
+) -> ExportRoute | tuple[Status, str]:
     """The peer ingress decision, the same for every protocol: access domain, then export, then ACL.
-    Audited either way; None when the call may go on, else the status and reason to answer with."""
+    Audited either way; the export when the call may go on, else the status and reason to answer with."""
     denial = access_domain_denial(snapshot, peer, sni, authority)
+    route = None
     if denial is None:
         route = exports.get(service)
         if route is None:
@@ -62,11 +63,11 @@ def authorize_peer_call(
             denial = f"service {service} is not exported to site {peer}"
         elif not rule.permits(app, method):
             denial = f"app {app or '(none)'} of site {peer} may not call {service}/{method}"
-    if denial is not None:
+    if denial is not None or route is None:
         audit("deny", fields, denial)
-        return Status.PERMISSION_DENIED, denial
+        return Status.PERMISSION_DENIED, denial or ""
     audit("allow", fields, "")
-    return None
+    return route
 
 
 def audit(decision: str, fields: dict[str, object], reason: str) -> None:
@@ -112,8 +113,9 @@ class Forwarder:
         """Hand the call to the least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED;
         down -> UNAVAILABLE at once; never connected yet but connecting (a gateway that just started) ->
         wait for that first connection, within the call's deadline."""
-        if group is None:
-            fail(Status.UNAVAILABLE, "no upstream is configured for it")
+        if group is None or not group.pools:
+            fail(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
+                 else f"{group.name}: none is known (none configured, or the registry lists none)")
             return
         upstream = group.pick()
         if upstream is not None:

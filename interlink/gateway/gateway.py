@@ -19,8 +19,9 @@ import structlog
 import trio
 
 from interlink.control.config import HostPort, PeerConfig, SiteConfig
-from interlink.control.snapshot import Snapshot, bolt_unique_name, build_snapshot
+from interlink.control.snapshot import Snapshot, build_snapshot
 from interlink.gateway.bolt import BoltForwarder
+from interlink.gateway.providers import ProviderDirectory
 from interlink.gateway.relay import DeadlineTimers
 from interlink.gateway.triple import TripleForwarder
 from interlink.net import tls
@@ -56,13 +57,10 @@ class Gateway:
         # We dial only the peers we import from (per protocol); the others only call us.
         self.peer_groups = self._peer_groups("triple")
         self.bolt_peer_groups = self._peer_groups("bolt")
-        self.provider_groups = self._provider_groups("triple", self._provider_pool)
-        self.bolt_provider_groups = self._provider_groups("bolt", self._bolt_provider_pool)
+        self.providers = ProviderDirectory(self._provider_pool)
+        self._set_static_providers(self._snapshot)
         self._all_pools = [
-            pool
-            for groups in (self.peer_groups, self.bolt_peer_groups, self.provider_groups, self.bolt_provider_groups)
-            for group in groups.values()
-            for pool in group.pools
+            pool for groups in (self.peer_groups, self.bolt_peer_groups) for group in groups.values() for pool in group.pools
         ]
         self.reuse_port = False  # set for --workers N: several processes share the listening ports
         self._nursery: trio.Nursery | None = None
@@ -80,14 +78,12 @@ class Gateway:
             if name in dialed
         }
 
-    def _provider_groups(self, protocol: str, dial) -> dict[str, PoolGroup]:
-        exports = [export for export in self.config.exports if export.protocol == protocol and export.providers]
-        pools = {address: dial(address) for export in exports for address in export.providers}
-        key = (lambda e: e.service) if protocol == "triple" else (lambda e: bolt_unique_name(e.service, e.version))
-        return {
-            key(export): PoolGroup(f"providers of {key(export)}", [pools[address] for address in export.providers])
-            for export in exports
-        }
+    def _set_static_providers(self, snapshot: Snapshot) -> None:
+        """Exports that list their providers in the site file; the others follow the registry
+        (control/registry_sync.py calls `providers.set_providers`)."""
+        for route in snapshot.export_routes:
+            if route.providers:
+                self.providers.set_providers(route.pool_key, route.protocol, route.providers)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -96,15 +92,21 @@ class Gateway:
     def reload(self, config: SiteConfig) -> None:
         """Swap in a new snapshot (routes, ACLs, access domains, certificates and trust anchors): calls in
         flight finish on the snapshot they started with, new calls and new connections use the new one.
+        Providers listed in the site file change in place (a removed provider's calls in flight finish).
         Changes to what the gateway listens on or dials (listen addresses, peer endpoints and connection
-        counts, providers) need a restart; such a reload is refused and the old snapshot keeps serving."""
+        counts) need a restart; such a reload is refused and the old snapshot keeps serving."""
         changed = _wiring_changes(self.config, config)
         if changed:
             raise ReloadError(
                 f"{config.path}: {', '.join(changed)} changed; restart the gateway to apply that "
                 "(nothing was changed, the running configuration keeps serving)"
             )
-        self._snapshot = build_snapshot(config)
+        snapshot = build_snapshot(config)
+        gone = {route.pool_key for route in self._snapshot.export_routes} - {r.pool_key for r in snapshot.export_routes}
+        for pool_key in gone:
+            self.providers.set_providers(pool_key, pool_key.partition(":")[0], ())
+        self._set_static_providers(snapshot)
+        self._snapshot = snapshot
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
 
@@ -114,7 +116,7 @@ class Gateway:
             self._forwarder = TripleForwarder(
                 snapshot=lambda: self._snapshot,
                 peer_groups=self.peer_groups.get,
-                provider_group=self.provider_groups.get,
+                provider_group=self.providers.group,
                 timers=self.timers,
                 flush_queue=self.flush_queue,
                 nursery=nursery,
@@ -122,12 +124,13 @@ class Gateway:
             self._bolt = BoltForwarder(
                 snapshot=lambda: self._snapshot,
                 peer_groups=self.bolt_peer_groups.get,
-                provider_group=self.bolt_provider_groups.get,
+                provider_group=self.providers.group,
                 timers=self.timers,
                 flush_queue=self.flush_queue,
                 nursery=nursery,
             )
             nursery.start_soon(self.timers.run)
+            await nursery.start(self.providers.run)
             for pool in self._all_pools:
                 nursery.start_soon(pool.run)
             listen = self.config.listen
@@ -144,7 +147,7 @@ class Gateway:
                 bolt=str(self.bound.bolt) if self.bound.bolt else None,
                 peer=str(self.bound.peer) if self.bound.peer else None,
                 peers=sorted(self.peer_groups),
-                exports=sorted([*self.provider_groups, *self.bolt_provider_groups]),
+                exports=self.providers.exports,
                 imports=sorted([*self._snapshot.imports, *self._snapshot.bolt_imports]),
             )
             task_status.started(self)
@@ -312,7 +315,10 @@ class Gateway:
             raise
         return stream, site
 
-    def _provider_pool(self, address: HostPort) -> ConnectionPool:
+    def _provider_pool(self, protocol: str, address: HostPort) -> ConnectionPool:
+        if protocol == "bolt":
+            return self._bolt_provider_pool(address)
+
         async def connect() -> H2Endpoint:
             stream = await trio.open_tcp_stream(address.host, address.port)
             return H2Endpoint(
@@ -346,9 +352,6 @@ def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
             if name in imported
         }
 
-    def providers(config: SiteConfig) -> dict[tuple[str, str | None, str], tuple]:
-        return {(e.service, e.version, e.protocol): e.providers for e in config.exports}
-
     def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
         return {(i.service, i.from_site, i.protocol) for i in config.imports}
 
@@ -356,7 +359,6 @@ def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
         ("site", old.site != new.site),
         ("listen addresses", old.listen != new.listen),
         ("dialled peers (endpoints, connections, streams, domain)", dialled(old) != dialled(new)),
-        ("exports' providers", providers(old) != providers(new)),
         ("imports", imports(old) != imports(new)),
     ]
     return [what for what, differs in checks if differs]

@@ -63,12 +63,12 @@ class TripleForwarder(Forwarder):
         if head is None:
             return
         fields["caller_app"] = head.caller_app
-        refusal = authorize_peer_call(
+        route = authorize_peer_call(
             snapshot, snapshot.exports, peer, head.service, head.caller_app, head.method, fields,
             down.attributes.get("sni"), head.authority,
         )
-        if refusal is not None:
-            relay.fail(*refusal)
+        if isinstance(route, tuple):
+            relay.fail(*route)
             return
         fields["upstream"] = f"providers of {head.service}"
         stamps = [(grpc.CALLER_SITE, peer.encode())]
@@ -77,7 +77,7 @@ class TripleForwarder(Forwarder):
         outgoing = grpc.request_headers(
             head, scheme=b"http", authority=head.authority, timeout=_remaining(relay.deadline), stamps=stamps
         )
-        self._connect(relay, self._provider_group(head.service), outgoing, end_stream)
+        self._connect(relay, self._provider_group(route.pool_key), outgoing, end_stream)
 
     # --- shared steps ------------------------------------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""Our own providers, as the provider-side gateway sees them: one pool group per export, fed by the registry.
+
+    registry subscription (or the site file's providers:) --set_providers(export, addresses)--> ProviderDirectory
+        ├─ one ConnectionPool per (protocol, address), shared by the exports that list it
+        └─ one PoolGroup per export (ExportRoute.pool_key): what the request path picks from
+
+A new address gets a pool at once (its first connection is awaited by the first call, within its deadline);
+an address that left every export stops taking new calls at once and is closed when its calls in flight
+have finished (or after RETIRE_GRACE), so a provider set that changes never fails a call already sent. An
+export whose set is empty fails its calls at once with UNAVAILABLE ("no providers"), never hangs them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import structlog
+import trio
+
+from interlink.control.config import HostPort
+from interlink.net.pool import ConnectionPool, PoolGroup
+
+log = structlog.get_logger("interlink.gateway")
+
+RETIRE_GRACE = 60.0  # longest a removed provider's calls in flight are waited for
+
+PoolFactory = Callable[[str, HostPort], ConnectionPool]  # (protocol, address) -> pool
+
+
+class ProviderDirectory:
+    def __init__(self, make_pool: PoolFactory) -> None:
+        self._make_pool = make_pool
+        self._groups: dict[str, PoolGroup] = {}
+        self._pools: dict[tuple[str, HostPort], ConnectionPool] = {}
+        self._scopes: dict[tuple[str, HostPort], trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    def group(self, pool_key: str) -> PoolGroup | None:
+        return self._groups.get(pool_key)
+
+    @property
+    def exports(self) -> list[str]:
+        return sorted(self._groups)
+
+    def addresses(self, pool_key: str) -> list[str]:
+        group = self._groups.get(pool_key)
+        return [pool.name for pool in group.pools] if group else []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for key in list(self._pools):
+                self._start(key)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def set_providers(self, pool_key: str, protocol: str, addresses: Iterable[HostPort]) -> None:
+        """Make `addresses` the providers of one export (a whole set, as registries deliver it)."""
+        wanted = list(dict.fromkeys(addresses))
+        pools = []
+        for address in wanted:
+            key = (protocol, address)
+            if key not in self._pools:
+                self._pools[key] = self._make_pool(protocol, address)
+                if self._nursery is not None:
+                    self._start(key)
+            pools.append(self._pools[key])
+        group = self._groups.get(pool_key)
+        if group is None:
+            self._groups[pool_key] = PoolGroup(f"providers of {pool_key.partition(':')[2]}", pools)
+        else:
+            before = {pool.name for pool in group.pools}
+            group.pools = pools
+            if before != {pool.name for pool in pools}:
+                log.info("providers.changed", export=pool_key, providers=[str(a) for a in wanted])
+        self._retire_unused()
+
+    def _start(self, key: tuple[str, HostPort]) -> None:
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._scopes[key] = scope
+        self._nursery.start_soon(self._run_pool, self._pools[key], scope)
+
+    @staticmethod
+    async def _run_pool(pool: ConnectionPool, scope: trio.CancelScope) -> None:
+        with scope:
+            await pool.run()
+
+    def _retire_unused(self) -> None:
+        used = {id(pool) for group in self._groups.values() for pool in group.pools}
+        for key, pool in list(self._pools.items()):
+            if id(pool) in used:
+                continue
+            del self._pools[key]
+            scope = self._scopes.pop(key, None)
+            if scope is not None and self._nursery is not None:
+                self._nursery.start_soon(self._retire, pool, scope)
+
+    @staticmethod
+    async def _retire(pool: ConnectionPool, scope: trio.CancelScope) -> None:
+        """Close a provider nobody routes to any more, once its calls in flight are done."""
+        with trio.move_on_after(RETIRE_GRACE):
+            while any(endpoint.streams for endpoint in pool.endpoints):
+                await trio.sleep(0.05)
+        log.info("providers.retired", pool=pool.name)
+        scope.cancel()
