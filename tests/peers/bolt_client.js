@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// One-shot SOFARPC (Bolt) consumer on sofa-rpc-node 2.10.0, fixed address, no registry.
+// One-shot SOFARPC (Bolt) consumer on sofa-rpc-node 2.10.0: a fixed address (--target), or
+// the providers found in ZooKeeper (--zk).
 //
-//   node tests/peers/bolt_client.js --target HOST:PORT --case CASE [--app APP]
-//        [--timeout-ms N] [--arg X ...] [--count N --concurrency C]
+//   node tests/peers/bolt_client.js (--target HOST:PORT | --zk HOST:PORT[/ROOT]) --case CASE
+//        [--app APP] [--timeout-ms N] [--arg X ...] [--count N --concurrency C]
 //        [--target-app NAME] [--prop KEY=VALUE ...]
 //
 // Calls com.example.EchoService:1.0 with the default hessian2 codec (Bolt V1, as
@@ -26,6 +27,11 @@
 //   {"ok":true,"case":"echo","calls":N,"errors":E,"first_error":{...}|null,"rps":R,
 //    "p50_ms":..,"p99_ms":..,"max_ms":..,"elapsed_ms":N}
 // --timeout-ms is the per-call response timeout (Bolt timeout field; default 3000, > 0).
+// --zk (instead of --target): sofa-rpc-node's own ZookeeperRegistry (unmodified) watches
+// /sofa-rpc/<interface>/providers (/ROOT/<interface>/providers with a /ROOT) and keeps the
+// providers that match interface, version 1.0 and group SOFA (the library's rules); the JSON
+// line then also has "providers": ["HOST:PORT", ...], the address list the consumer used.
+// No matching provider gives {"ok":false,...,"code":"04"} (RpcNoProviderError).
 // Exit 0 whenever the scenario ran (the JSON says how it went), 2 on usage errors, 1 on an
 // internal error.
 'use strict';
@@ -44,7 +50,7 @@ const INT32_MAX = 2 ** 31 - 1;
 function usage(message) {
   process.stderr.write(
     `${message ? `error: ${message}\n` : ''}` +
-      `usage: node bolt_client.js --target HOST:PORT --case ${CASES.join('|')} [--app APP]\n` +
+      `usage: node bolt_client.js (--target HOST:PORT | --zk HOST:PORT[/ROOT]) --case ${CASES.join('|')} [--app APP]\n` +
       '       [--timeout-ms N] [--arg X ...] [--count N [--concurrency C]]\n' +
       '       [--target-app NAME] [--prop KEY=VALUE ...]\n',
   );
@@ -60,11 +66,11 @@ function parseIntArg(flag, text, min, max) {
 
 function parseArgs(argv) {
   const args = {
-    target: null, case: null, app: 'order-app', timeoutMs: 3000, args: [], count: null,
+    target: null, zk: null, case: null, app: 'order-app', timeoutMs: 3000, args: [], count: null,
     concurrency: 1, targetApp: null, props: {},
   };
   const flags = [
-    '--target', '--case', '--app', '--timeout-ms', '--arg', '--count', '--concurrency',
+    '--target', '--zk', '--case', '--app', '--timeout-ms', '--arg', '--count', '--concurrency',
     '--target-app', '--prop',
   ];
   for (let i = 0; i < argv.length; i++) {
@@ -75,6 +81,7 @@ function parseArgs(argv) {
     const value = argv[++i];
     switch (flag) {
       case '--target': args.target = value; break;
+      case '--zk': args.zk = value; break;
       case '--case': args.case = value; break;
       case '--app': args.app = value; break;
       case '--timeout-ms': args.timeoutMs = parseIntArg(flag, value, 1, INT32_MAX); break;
@@ -91,8 +98,15 @@ function parseArgs(argv) {
       default: usage(`unknown argument ${flag}`);
     }
   }
-  if (!args.target) usage('--target is required');
-  if (!/^[^:]+:\d+$/.test(args.target)) usage(`--target needs HOST:PORT, got ${JSON.stringify(args.target)}`);
+  if (args.zk !== null) {
+    if (args.target) usage('--target and --zk exclude each other');
+    if (!/^[^/:]+:\d+(,[^/:]+:\d+)*(\/.*)?$/.test(args.zk)) {
+      usage(`--zk needs HOST:PORT[/ROOT], got ${JSON.stringify(args.zk)}`);
+    }
+  } else {
+    if (!args.target) usage('--target is required');
+    if (!/^[^:]+:\d+$/.test(args.target)) usage(`--target needs HOST:PORT, got ${JSON.stringify(args.target)}`);
+  }
   if (!args.case) usage('--case is required');
   if (!CASES.includes(args.case)) usage(`unknown case ${args.case}`);
   if (args.args.length === 0) args.args = DEFAULT_ARGS[args.case].slice();
@@ -127,6 +141,17 @@ function makeLogger() {
   return { debug: noop, info: noop, warn: out('WARN'), error: out('ERROR') };
 }
 
+// cluster-client (under sofa-rpc-node's ZookeeperRegistry) logs "... is closed." at INFO to
+// stdout through its own console logger; hand it ours through the registry's `cluster` option
+// (passed on to cluster-client for the registry and its ZooKeeper client) so stdout keeps
+// carrying only this program's output.
+function quietCluster(logger) {
+  const path = require('path');
+  const base = path.dirname(require.resolve('sofa-rpc-node/package.json'));
+  const cluster = require(require.resolve('cluster-client', { paths: [ base ] }));
+  return (clientClass, options) => cluster(clientClass, Object.assign({}, options, { logger }));
+}
+
 function methodAndArgs(args) {
   switch (args.case) {
     case 'echo': return [ 'echo', [ String(args.args[0]) ] ];
@@ -157,10 +182,19 @@ function percentile(sorted, p) {
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const logger = makeLogger();
-  const client = new RpcClient({ logger, responseTimeout: args.timeoutMs });
+  let registry = null;
+  if (args.zk !== null) {
+    const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+    registry = new ZookeeperRegistry({ logger, address: args.zk, cluster: quietCluster(logger) });
+    registry.on('error', err => logger.warn('registry error: %s', err && err.message));
+  }
+  const clientOpts = { logger, responseTimeout: args.timeoutMs };
+  if (registry !== null) clientOpts.registry = registry;
+  const client = new RpcClient(clientOpts);
   client.on('error', err => logger.warn('client error: %s', err && err.message));
   const target = args.case === 'unknown' ? MISSING : SERVICE;
-  const consumerOpts = Object.assign({ serverHost: args.target, responseTimeout: args.timeoutMs }, target);
+  const consumerOpts = Object.assign({ responseTimeout: args.timeoutMs }, target);
+  if (registry === null) consumerOpts.serverHost = args.target;
   if (args.targetApp !== null) consumerOpts.targetAppName = args.targetApp;
   const consumer = client.createConsumer(consumerOpts);
   const serviceId = `${target.interfaceName}:${target.version}`;
@@ -224,10 +258,16 @@ async function main() {
       max_ms: percentile(latencies, 100),
     };
   }
+  if (registry !== null) {
+    const group = consumer._addressGroup;
+    const seen = (group && group.allAddressList) || [];
+    result.providers = seen.map(address => address.host);
+  }
   result.elapsed_ms = Date.now() - started;
   const line = `${JSON.stringify(result)}\n`;
   try {
-    await Promise.race([ client.close(), new Promise(resolve => setTimeout(resolve, 1000)) ]);
+    const closing = Promise.resolve(client.close()).then(() => registry && registry.close());
+    await Promise.race([ closing, new Promise(resolve => setTimeout(resolve, 1000)) ]);
   } catch (_) {
     // closing errors do not change the result
   }

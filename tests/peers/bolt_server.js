@@ -1,7 +1,9 @@
 #!/usr/bin/env node
-// SOFARPC (Bolt) demo provider on sofa-rpc-node 2.10.0 / sofa-bolt-node 2.0.1, no registry.
+// SOFARPC (Bolt) demo provider on sofa-rpc-node 2.10.0 / sofa-bolt-node 2.0.1; no registry
+// unless --zk is given.
 //
 //   node tests/peers/bolt_server.js --listen 127.0.0.1:PORT [--name NAME] [--app APP]
+//        [--zk HOST:PORT[/ROOT]]
 //
 // Serves com.example.EchoService version 1.0 (hessian2, the library default codec):
 //   echo(String) -> String          the argument
@@ -23,7 +25,15 @@
 // Binds only the given host (sofa-rpc-node itself listens on all interfaces; _startServer is
 // overridden). Port 0 works: prints "listening on HOST:PORT" with the bound port, and nothing
 // else on stdout. Library logs go to stderr (warn/error only). Exits 0 on SIGTERM / SIGINT,
-// 2 on usage errors, 1 when it cannot listen.
+// 2 on usage errors, 1 when it cannot listen (or, with --zk, cannot publish within 15 s).
+//
+// --zk HOST:PORT[/ROOT]: also register in ZooKeeper with sofa-rpc-node's own ZookeeperRegistry
+// (unmodified): an EPHEMERAL node /sofa-rpc/com.example.EchoService/providers/<urlencoded
+// bolt://HOST:PORT?...> (with /ROOT the library uses /ROOT/<interface>/providers instead),
+// published with publishAddress = the --listen host (unless that is a wildcard address), so
+// a loopback server publishes 127.0.0.1. "listening on" is printed only once the library's
+// publish() has seen the node in its own subscription. SIGTERM unpublishes (deletes the node),
+// then closes the ZooKeeper session.
 'use strict';
 
 const net = require('net');
@@ -36,17 +46,17 @@ const VERSION = '1.0';
 function usage(message) {
   process.stderr.write(
     `${message ? `error: ${message}\n` : ''}` +
-      'usage: node bolt_server.js --listen HOST:PORT [--name NAME] [--app APP]\n',
+      'usage: node bolt_server.js --listen HOST:PORT [--name NAME] [--app APP] [--zk HOST:PORT[/ROOT]]\n',
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const args = { listen: null, name: 'bolt-provider', app: 'echo-server' };
+  const args = { listen: null, name: 'bolt-provider', app: 'echo-server', zk: null };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '-h' || flag === '--help') usage();
-    const key = { '--listen': 'listen', '--name': 'name', '--app': 'app' }[flag];
+    const key = { '--listen': 'listen', '--name': 'name', '--app': 'app', '--zk': 'zk' }[flag];
     if (!key) usage(`unknown argument ${flag}`);
     if (i + 1 >= argv.length) usage(`${flag} needs a value`);
     args[key] = argv[++i];
@@ -57,6 +67,9 @@ function parseArgs(argv) {
   args.host = m[1].replace(/^\[(.*)\]$/, '$1');
   args.port = Number(m[2]);
   if (args.port > 65535) usage(`bad port ${m[2]}`);
+  if (args.zk !== null && !/^[^/:]+:\d+(,[^/:]+:\d+)*(\/.*)?$/.test(args.zk)) {
+    usage(`--zk needs HOST:PORT[/ROOT], got ${JSON.stringify(args.zk)}`);
+  }
   return args;
 }
 
@@ -233,17 +246,48 @@ function makeService(name) {
   };
 }
 
+// cluster-client (under sofa-rpc-node's ZookeeperRegistry) logs "... is closed." at INFO to
+// stdout through its own console logger; hand it ours through the registry's `cluster` option
+// (passed on to cluster-client for the registry and its ZooKeeper client) so stdout keeps
+// carrying only this program's output.
+function quietCluster(logger) {
+  const path = require('path');
+  const base = path.dirname(require.resolve('sofa-rpc-node/package.json'));
+  const cluster = require(require.resolve('cluster-client', { paths: [ base ] }));
+  return (clientClass, options) => cluster(clientClass, Object.assign({}, options, { logger }));
+}
+
+const WILDCARD_HOSTS = new Set([ '0.0.0.0', '::', '' ]);
+const PUBLISH_TIMEOUT_MS = 15000;
+
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} took longer than ${ms} ms`)), ms);
+  });
+  return Promise.race([ promise, timeout ]).finally(() => clearTimeout(timer));
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const logger = makeLogger(args.name);
-  const server = new LocalRpcServer({
+  const options = {
     appName: args.app,
     host: args.host,
     port: args.port,
     logger,
     protocol,
-    // no registry: nothing is published, clients use a fixed address
-  });
+    // no registry (default): nothing is published, clients use a fixed address
+  };
+  let registry = null;
+  if (args.zk !== null) {
+    const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
+    registry = new ZookeeperRegistry({ logger, address: args.zk, cluster: quietCluster(logger) });
+    registry.on('error', err => logger.warn('registry error: %s', err && err.message));
+    options.registry = registry;
+    if (!WILDCARD_HOSTS.has(args.host)) options.publishAddress = args.host;
+  }
+  const server = new LocalRpcServer(options);
   // Business errors and unknown services are emitted as 'error' events; having a listener
   // also keeps sdk-base's default handler from dumping them to stderr.
   server.on('error', err => {
@@ -256,7 +300,10 @@ async function main() {
     if (stopping) return;
     stopping = true;
     setTimeout(() => process.exit(0), 2000).unref();
-    server.close().then(() => process.exit(0), () => process.exit(0));
+    // server.close() unpublishes first (deletes the ZooKeeper node when --zk is given)
+    server.close()
+      .then(() => registry && registry.close())
+      .then(() => process.exit(0), () => process.exit(0));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
@@ -266,6 +313,15 @@ async function main() {
   } catch (err) {
     process.stderr.write(`[${args.name}] cannot listen on ${args.listen}: ${err.message}\n`);
     process.exit(1);
+  }
+  if (registry !== null) {
+    try {
+      await withTimeout(registry.ready().then(() => server.publish()), PUBLISH_TIMEOUT_MS,
+        `publishing to ZooKeeper ${args.zk}`);
+    } catch (err) {
+      process.stderr.write(`[${args.name}] cannot publish to ZooKeeper ${args.zk}: ${err.message}\n`);
+      process.exit(1);
+    }
   }
   const address = server._servers[0].address();
   const host = address.family === 'IPv6' || address.family === 6 ? `[${address.address}]` : address.address;
