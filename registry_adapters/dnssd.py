@@ -12,8 +12,14 @@ Naming convention (REGISTRIES.md 3.2)::
 DNS is case-insensitive but Java interfaces are not: the TXT ``interface=`` carries the exact
 name and :func:`browse` compares it exactly.
 
+The loop-guard marker (``base.GATEWAY_MARK`` in ``Instance.meta``) is spelled ``gw=<site>`` in TXT
+(plus ``gwid=<gateway id>`` when the publisher names itself, for withdrawing a previous run's records);
+:func:`instance_meta` maps it back.
+
 The naming and record functions are pure; :class:`EmbeddedResponder` (trio) serves an
 in-memory zone for the lab and tests; :func:`browse` is the client (dnspython, trio backend).
+The external registry (``dnsupdate.DnsUpdateRegistry``, RFC 2136 to BIND) writes the same records
+with :func:`records_for` and reads them with the same :func:`browse_with` as :func:`browse`.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import base64
 import hashlib
 import ipaddress
 import struct
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
 import dns.asyncquery
@@ -43,15 +49,24 @@ import dns.rrset
 import structlog
 import trio
 
+from .base import GATEWAY_MARK
 from .model import Instance, ServiceKey
 
 __all__ = [
+    "BadEntry",
     "DnsSdError",
     "EmbeddedResponder",
+    "Lookup",
     "Record",
     "browse",
+    "browse_name",
+    "browse_with",
+    "endpoint_label",
+    "enumeration_name",
     "host_name",
+    "instance_meta",
     "instance_name",
+    "parse_txt",
     "records_for",
     "service_domain",
     "service_type",
@@ -131,6 +146,26 @@ def instance_name(key: ServiceKey, zone: str | dns.name.Name, label: str) -> dns
     return dns.name.Name([raw, *browse_name(key, zone).labels])
 
 
+def enumeration_name(key: ServiceKey, zone: str | dns.name.Name) -> dns.name.Name:
+    """``_services._dns-sd._udp.<service domain>``: owner of the service-type enumeration PTRs."""
+    return ENUMERATION_PREFIX.concatenate(service_domain(key, zone))
+
+
+def endpoint_label(host: str, port: int) -> str:
+    """The instance label of one endpoint: ``<host>:<port>`` (``[v6]:port``); unique per endpoint.
+    A label that would exceed 63 octets becomes ``h-<base32 sha256[:26]>:<port>``."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        text = f"{host}:{port}"
+    else:
+        text = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    if len(text.encode("utf-8")) > MAX_LABEL_OCTETS:
+        digest = base64.b32encode(hashlib.sha256(host.encode("utf-8")).digest())[:HASH_CHARS].lower()
+        text = f"h-{digest.decode()}:{port}"
+    return text
+
+
 def host_name(ip: str, zone: str | dns.name.Name) -> dns.name.Name:
     """``ip-127-0-0-1.hosts.<zone>`` (IPv6: ``ip6-<exploded, ':' -> '-'>.hosts.<zone>``)."""
     address = ipaddress.ip_address(ip)
@@ -166,13 +201,27 @@ def records_for(
     zone: str | dns.name.Name,
     label: str,
     site: str | None = None,
+    *,
+    gateway_id: str | None = None,
+    ttl: int | None = None,
 ) -> list[Record]:
-    """All records one publication consists of: browse PTR, SRV, TXT, target A, enumeration PTR."""
+    """All records one publication consists of: browse PTR, SRV, TXT, target A, enumeration PTR.
+
+    ``site`` adds the loop guard (TXT ``site=`` and ``gw=``; ``meta[GATEWAY_MARK]`` is then implied and not
+    written twice; without ``site`` a ``meta[GATEWAY_MARK]`` is written as ``gw=``). ``gateway_id`` adds
+    ``gwid=``, the publisher's own name. ``ttl`` overrides the instance records' TTL (default 10 s); the
+    host address keeps its own (300 s)."""
     stype = browse_name(key, zone)
     name = instance_name(key, zone, label)
     target, address = _target(instance.host, zone)
+    meta = dict(instance.meta)
+    mark = meta.pop(GATEWAY_MARK, None)
+    if site is None and mark is not None:
+        meta["gw"] = mark
     reserved = KEY_TXT_KEYS | ({"site", "gw"} if site is not None else set())
-    clash = reserved.intersection(instance.meta)
+    if gateway_id is not None:
+        reserved |= {"gwid"}
+    clash = reserved.intersection(meta)
     if clash:
         raise ValueError(f"meta keys clash with reserved TXT keys: {sorted(clash)}")
     txt = [
@@ -182,24 +231,26 @@ def records_for(
         f"version={key.version}",
         f"group={key.group}",
         f"protocol={key.protocol}",
-        *(f"{k}={v}" for k, v in instance.meta.items()),
+        *(f"{k}={v}" for k, v in meta.items()),
     ]
     if site is not None:
         txt += [f"site={site}", f"gw={site}"]
+    if gateway_id is not None:
+        txt.append(f"gwid={gateway_id}")
+    instance_ttl = INSTANCE_TTL if ttl is None else ttl
     records = [
-        Record(stype, RdataType.PTR, INSTANCE_TTL, name.to_text()),
+        Record(stype, RdataType.PTR, instance_ttl, name.to_text()),
         Record(
             name,
             RdataType.SRV,
-            INSTANCE_TTL,
+            instance_ttl,
             f"0 {instance.weight} {instance.port} {target.to_text()}",
         ),
-        Record(name, RdataType.TXT, INSTANCE_TTL, " ".join(_txt_string(t) for t in txt)),
+        Record(name, RdataType.TXT, instance_ttl, " ".join(_txt_string(t) for t in txt)),
     ]
     if address is not None:
         records.append(address)
-    enumeration = ENUMERATION_PREFIX.concatenate(service_domain(key, zone))
-    records.append(Record(enumeration, RdataType.PTR, INSTANCE_TTL, stype.to_text()))
+    records.append(Record(enumeration_name(key, zone), RdataType.PTR, instance_ttl, stype.to_text()))
     return records
 
 
@@ -212,6 +263,15 @@ def parse_txt(strings: list[bytes]) -> dict[str, str]:
         if k and k not in pairs:  # RFC 6763 6.4: the first occurrence wins
             pairs[k] = v
     return pairs
+
+
+def instance_meta(pairs: Mapping[str, str]) -> dict[str, str]:
+    """``Instance.meta`` from parsed TXT pairs: everything but the ServiceKey's own keys, and the TXT
+    ``gw=`` loop guard also as ``meta[GATEWAY_MARK]`` (what ``base.without_gateways`` looks at)."""
+    meta = {k: v for k, v in pairs.items() if k not in KEY_TXT_KEYS}
+    if "gw" in meta:
+        meta.setdefault(GATEWAY_MARK, meta["gw"])
+    return meta
 
 
 # --------------------------------------------------------------------------- responder
@@ -326,10 +386,16 @@ class EmbeddedResponder:
             del self._nodes[name]
 
     def publish(
-        self, key: ServiceKey, instance: Instance, label: str, site: str | None = None
+        self,
+        key: ServiceKey,
+        instance: Instance,
+        label: str,
+        site: str | None = None,
+        *,
+        gateway_id: str | None = None,
     ) -> None:
         """Add (or replace) one instance; idempotent apart from the serial bump."""
-        records = records_for(key, instance, self.origin, label, site)  # validate first
+        records = records_for(key, instance, self.origin, label, site, gateway_id=gateway_id)  # validate first
         self._remove_instance(key, label)
         for record in records:
             if record.rdtype is RdataType.A or record.rdtype is RdataType.AAAA:
@@ -548,6 +614,20 @@ def _address_type(host: str) -> RdataType:
 
 # --------------------------------------------------------------------------- browse
 
+Lookup = Callable[[dns.name.Name, RdataType], Awaitable[dns.message.Message]]
+"""Answers one question (name, type) with the server's whole response; raises on transport errors."""
+
+
+class BadEntry(NamedTuple):
+    """An instance a browse skipped because its records are malformed (logged, never fatal)."""
+
+    name: dns.name.Name
+    reason: str
+
+
+def _log_bad_entry(entry: BadEntry) -> None:
+    log.warning("registry.dns.bad_entry", name=entry.name.to_text(), reason=entry.reason)
+
 
 async def _query(
     server: tuple[str, int], name: dns.name.Name, rdtype: RdataType, timeout: float
@@ -556,6 +636,12 @@ async def _query(
     response, _ = await dns.asyncquery.udp_with_fallback(
         query, server[0], timeout=timeout, port=server[1]
     )
+    return _checked(response, name, rdtype)
+
+
+def _checked(
+    response: dns.message.Message, name: dns.name.Name, rdtype: RdataType
+) -> dns.message.Message:
     rcode = response.rcode()
     if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
         raise DnsSdError(f"{name} {rdtype.name}: {dns.rcode.to_text(rcode)}")
@@ -570,43 +656,98 @@ def _answer(response: dns.message.Message, name: dns.name.Name, rdtype: RdataTyp
 
 
 async def _resolve_instance(
-    server: tuple[str, int], key: ServiceKey, name: dns.name.Name, timeout: float
-) -> Instance | None:
-    srv_response = await _query(server, name, RdataType.SRV, timeout)
-    txt_response = await _query(server, name, RdataType.TXT, timeout)
+    lookup: Lookup, key: ServiceKey, zone: dns.name.Name, name: dns.name.Name
+) -> Instance | BadEntry | None:
+    """The instance at ``name``; None when it is gone (withdrawn meanwhile) or belongs to another
+    service (same DNS name, different case-sensitive interface / uniqueId / protocol)."""
+    responses: dict[RdataType, dns.message.Message] = {}
+
+    async def fetch(rdtype: RdataType) -> None:
+        responses[rdtype] = await lookup(name, rdtype)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fetch, RdataType.SRV)
+        nursery.start_soon(fetch, RdataType.TXT)
+    srv_response = responses[RdataType.SRV]
     srvs: list[dns.rdtypes.IN.SRV.SRV] = sorted(
-        _answer(srv_response, name, RdataType.SRV), key=lambda rd: rd.priority
+        _answer(srv_response, name, RdataType.SRV), key=lambda rd: (rd.priority, -rd.weight)
     )
-    txts: list[dns.rdtypes.ANY.TXT.TXT] = _answer(txt_response, name, RdataType.TXT)
-    if not srvs or not txts:
-        return None  # unpublished meanwhile, or not a complete instance
+    txts: list[dns.rdtypes.ANY.TXT.TXT] = _answer(responses[RdataType.TXT], name, RdataType.TXT)
+    if not srvs and not txts:
+        return None  # unpublished between the PTR and these queries
+    if not txts:
+        return BadEntry(name, "SRV without TXT (no interface=, cannot tell which service it is)")
     pairs = parse_txt(list(txts[0].strings))
+    if "interface" not in pairs:
+        return BadEntry(name, "TXT has no interface=")
     if (
-        pairs.get("interface") != key.interface
+        pairs["interface"] != key.interface
         or pairs.get("uniqueId", "") != key.unique_id
         or pairs.get("protocol", key.protocol) != key.protocol
     ):
         return None  # same DNS name, different (case-sensitive) service
+    if not srvs:
+        return BadEntry(name, "TXT without SRV (no port, no target)")
     srv = srvs[0]
-    host = await _address_of(server, srv.target, srv_response, timeout)
-    meta = {k: v for k, v in pairs.items() if k not in KEY_TXT_KEYS}
-    return Instance(host=host, port=srv.port, weight=srv.weight, meta=meta)
+    if srv.target == dns.name.root:
+        return BadEntry(name, "SRV target is '.' (service decidedly not available here)")
+    if srv.port == 0:
+        return BadEntry(name, "SRV port is 0")
+    host = await _address_of(lookup, zone, srv.target, srv_response)
+    if host is None:
+        return BadEntry(name, f"SRV target {srv.target} has no A/AAAA record in the zone")
+    return Instance(host=host, port=srv.port, weight=srv.weight, meta=instance_meta(pairs))
 
 
 async def _address_of(
-    server: tuple[str, int],
-    target: dns.name.Name,
-    srv_response: dns.message.Message,
-    timeout: float,
-) -> str:
+    lookup: Lookup, zone: dns.name.Name, target: dns.name.Name, srv_response: dns.message.Message
+) -> str | None:
+    """The address of an SRV target: from the SRV answer's additional section, else asked for when
+    the target is inside the zone (None when it has none); a name outside the zone is returned as
+    it is (the authoritative server cannot answer for it; callers resolve it themselves)."""
     for rrset in srv_response.additional:
         if rrset.name == target and rrset.rdtype in (RdataType.A, RdataType.AAAA):
             return str(next(iter(rrset)).address)  # type: ignore[attr-defined]
+    if not target.is_subdomain(zone):
+        return target.to_text(omit_final_dot=True)
     for rdtype in (RdataType.A, RdataType.AAAA):
-        found = _answer(await _query(server, target, rdtype, timeout), target, rdtype)
+        found = _answer(await lookup(target, rdtype), target, rdtype)
         if found:
             return str(found[0].address)
-    return target.to_text(omit_final_dot=True)
+    return None
+
+
+async def browse_with(
+    lookup: Lookup,
+    key: ServiceKey,
+    zone: str | dns.name.Name,
+    *,
+    parallel: int = 16,
+    on_bad_entry: Callable[[BadEntry], None] = _log_bad_entry,
+) -> frozenset[Instance]:
+    """The instances of ``key`` in ``zone``, read through ``lookup`` (a plain query, or a cache).
+
+    One PTR query, then SRV + TXT (+ A when not given as additional data) per instance. An instance
+    whose records are malformed is reported to ``on_bad_entry`` (default: logged as
+    ``registry.dns.bad_entry``) and skipped. Errors of ``lookup`` propagate."""
+    origin = _zone_name(zone)
+    stype = browse_name(key, origin)
+    ptrs = _answer(await lookup(stype, RdataType.PTR), stype, RdataType.PTR)
+    found: list[Instance] = []
+    limiter = trio.CapacityLimiter(parallel)
+
+    async def resolve(name: dns.name.Name) -> None:
+        async with limiter:
+            result = await _resolve_instance(lookup, key, origin, name)
+        if isinstance(result, BadEntry):
+            on_bad_entry(result)
+        elif result is not None:
+            found.append(result)
+
+    async with trio.open_nursery() as nursery:
+        for ptr in {rd.target for rd in ptrs}:
+            nursery.start_soon(resolve, ptr)
+    return frozenset(found)
 
 
 async def browse(
@@ -620,20 +761,11 @@ async def browse(
     """The instances of ``key`` published in ``zone`` on the authoritative ``server``.
 
     One PTR query, then SRV + TXT (+ A when not given as additional data) per instance; UDP
-    answers with TC are retried over TCP. Raises :class:`DnsSdError` on SERVFAIL/REFUSED etc.
+    answers with TC are retried over TCP. Raises :class:`DnsSdError` on SERVFAIL/REFUSED etc.;
+    malformed instances are logged (``registry.dns.bad_entry``) and skipped.
     """
-    stype = browse_name(key, zone)
-    ptrs = _answer(await _query(server, stype, RdataType.PTR, timeout), stype, RdataType.PTR)
-    found: list[Instance] = []
-    limiter = trio.CapacityLimiter(parallel)
 
-    async def resolve(name: dns.name.Name) -> None:
-        async with limiter:
-            instance = await _resolve_instance(server, key, name, timeout)
-        if instance is not None:
-            found.append(instance)
+    async def lookup(name: dns.name.Name, rdtype: RdataType) -> dns.message.Message:
+        return await _query(server, name, rdtype, timeout)
 
-    async with trio.open_nursery() as nursery:
-        for ptr in {rd.target for rd in ptrs}:
-            nursery.start_soon(resolve, ptr)
-    return frozenset(found)
+    return await browse_with(lookup, key, zone, parallel=parallel)
