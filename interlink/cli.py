@@ -51,10 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     issue.set_defaults(handler=_cmd_certs_issue)
     certs.set_defaults(handler=lambda args: certs.print_help() or 2)
 
-    lab = commands.add_parser("lab", help="two sites on loopback with a demo provider; calls across; summary")
+    lab = commands.add_parser("lab", help="two sites with demo providers; calls across; summary (loopback or --netns)")
     lab.add_argument("--keep", action="store_true", help="keep the temporary folder (certs, site files, logs)")
     lab.add_argument("--configs", type=Path, default=None, help="folder with the lab's site files")
+    lab.add_argument("--netns", action="store_true",
+                     help="build site-configs/lab/topology.yaml in Linux network namespaces instead (root)")
     lab.set_defaults(handler=_cmd_lab)
+    lab_commands = lab.add_subparsers(title="lab commands", metavar="COMMAND")
+    call = lab_commands.add_parser("call", help="a site's consumer: find an import in the site's registry, call it")
+    call.add_argument("--registry", metavar="HOST:PORT", help="the site's DNS-SD registry")
+    call.add_argument("--zone", help="the registry's zone, e.g. site-b.lab")
+    call.add_argument("--target", metavar="HOST:PORT", help="call this address instead of looking the service up")
+    call.add_argument("--service", default="com.example.EchoService")
+    call.add_argument("--app", default="order-app", help="caller application (tri-consumer-appname)")
+    call.add_argument("--case", action="append", default=[], choices=["echo", "add", "count", "sum", "chat"],
+                      help="call to make (repeatable; default: all)")
+    call.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the registry and the link")
+    call.add_argument("--timeout", type=float, default=5.0, help="deadline of each call, seconds")
+    call.add_argument("--json", action="store_true", help="one JSON line per call")
+    call.set_defaults(handler=_cmd_lab_call)
     return parser
 
 
@@ -112,9 +127,20 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
+    if args.netns:
+        from interlink.labnet import run_netns_lab
+
+        return run_netns_lab(keep=args.keep)
     from interlink.lab import run_lab
 
     return run_lab(keep=args.keep, configs=args.configs)
+
+
+def _cmd_lab_call(args: argparse.Namespace) -> int:
+    from interlink.lab import run_call
+
+    return run_call(registry=args.registry, zone=args.zone, target=args.target, service=args.service, app=args.app,
+                    cases=args.case, wait=args.wait, timeout=args.timeout, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ It copies the lab's site files (site-configs/lab/) into a temporary folder, gene
 gateway certificates there, checks the files, starts the two gateways as separate `interlink run`
 processes and a grpcio provider, then makes calls through both gateways — allowed ones and ones that must
 be refused — and prints what happened. Exit 0 when every call ended as expected.
+
+`interlink lab call` (`run_call`) is the consumer of the networked labs (docker compose, `interlink lab
+--netns`, see interlink/labnet.py): it finds an import in its site's DNS-SD registry and calls it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import grpc
 
@@ -88,23 +91,36 @@ def run_lab(keep: bool = False, configs: Path | None = None) -> int:
             provider.stop(0)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
-    return _summary(outcomes, work if keep else None)
+    return summary(outcomes, work if keep else None)
 
 
 def _prepare(source: Path, work: Path) -> list[Path] | None:
+    files, problems = prepare_sites(
+        {site: source / f"{site}.yaml" for site in LAB_SITES},
+        work,
+        {site: [f"gw.{site}.lab", "127.0.0.1"] for site in LAB_SITES},
+    )
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return None if problems else list(files.values())
+
+
+def prepare_sites(
+    sources: Mapping[str, Path], work: Path, names: Mapping[str, Sequence[str]]
+) -> tuple[dict[str, Path], list[str]]:
+    """Copy each site's file into `work`, make the site's CA and gateway certificate next to it (SAN DNS/IP
+    `names`), and check the copies together. Returns (site -> copied file, problems)."""
     from interlink.control.certs import init_site
     from interlink.control.check import check_files
 
-    files = []
-    for site in LAB_SITES:
+    files = {}
+    for site, source in sources.items():
         target = work / f"{site}.yaml"
-        shutil.copyfile(source / f"{site}.yaml", target)
-        files.append(target)
-        init_site(site, work / "certs" / site, dns_names=[f"gw.{site}.lab", "127.0.0.1"])
-    problems = check_files(files)
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    return None if problems else files
+        work.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files[site] = target
+        init_site(site, work / "certs" / site, dns_names=list(names.get(site, ())))
+    return files, [str(problem) for problem in check_files(list(files.values()))]
 
 
 def _addresses(*configs):
@@ -239,9 +255,11 @@ def _call_unknown_service(target: str) -> str:
     return "OK"
 
 
-def _summary(outcomes: list[Outcome], kept: Path | None) -> int:
+def summary(outcomes: list[Outcome], kept: Path | None,
+            title: str = "interlink lab: site-b caller -> GW-B -> mTLS -> GW-A -> site-a provider",
+            noun: str = "calls") -> int:
     width = max(len(o.name) for o in outcomes)
-    print("interlink lab: site-b caller -> GW-B -> mTLS -> GW-A -> site-a provider")
+    print(title)
     for o in outcomes:
         mark = "ok  " if o.ok else "FAIL"
         print(f"  {mark} {o.name:<{width}}  expected {o.expected:<18} got {o.got:<18} {o.ms:7.1f} ms")
@@ -249,7 +267,120 @@ def _summary(outcomes: list[Outcome], kept: Path | None) -> int:
             print(f"       {'':<{width}}  \"{o.detail}\"")
     failed = [o for o in outcomes if not o.ok]
     verdict = "all as expected" if not failed else f"{len(failed)} NOT as expected"
-    print(f"interlink lab: {len(outcomes)} calls, {verdict}")
+    print(f"{title.split(':')[0]}: {len(outcomes)} {noun}, {verdict}")
     if kept is not None:
         print(f"certs, site files and gateway logs kept in {kept}")
     return 1 if failed else 0
+
+
+# --- `interlink lab call`: a site's consumer, as the docker and netns labs run it ---------------------------
+
+
+def _call_cases(client, metadata, timeout: float, app: str) -> dict[str, Callable[[], tuple[bool, str]]]:
+    """Each case: make the call, say whether the answer was right and what is worth showing about it."""
+    from interlink.demo.client import md_value, md_values
+
+    def echo() -> tuple[bool, str]:
+        message, initial, trailing = client.echo(f"hello from {app}", metadata=metadata, timeout=timeout)
+        served, stamped = md_value(initial, "x-served-by"), md_values(trailing, "x-caller-app")
+        return message == f"hello from {app}", f"served by {served}, caller app {stamped}"
+
+    return {
+        "echo": echo,
+        "add": lambda: (client.add(2, 3, metadata=metadata, timeout=timeout) == 5, ""),
+        "count": lambda: (client.count(3, metadata=metadata, timeout=timeout) == [1, 2, 3], ""),
+        "sum": lambda: (client.sum([(1, 2), (3, 4)], metadata=metadata, timeout=timeout) == 10, ""),
+        "chat": lambda: (client.chat(["a", "b", "c"], metadata=metadata, timeout=timeout) == ["a", "b", "c"], ""),
+    }
+
+
+CALL_CASES = ("echo", "add", "count", "sum", "chat")
+
+
+def run_call(
+    *,
+    registry: str | None,
+    zone: str | None,
+    target: str | None,
+    service: str = "com.example.EchoService",
+    app: str = CONSUMER_APP,
+    cases: Sequence[str] = (),
+    wait: float = 0.0,
+    timeout: float = 5.0,
+    as_json: bool = False,
+) -> int:
+    """Find `service` in the site's registry (DNS-SD) or take `target`, call it once per case, print what
+    happened (one line per call, JSON with `as_json`); exit 0 when every call succeeded.
+
+    With `wait`, a registry that does not answer yet, an import not yet published and UNAVAILABLE on the
+    first call (the gateways are still linking up) are retried for that many seconds.
+    """
+    import json
+
+    from interlink.demo.client import EchoClient
+
+    deadline = time.monotonic() + wait
+
+    def say(**fields) -> None:
+        if as_json:
+            print(json.dumps(fields), flush=True)
+        elif "discovered" in fields:
+            found = fields["discovered"] or "nothing"
+            print(f"consumer: {service} in {fields['registry']}: {found} ({fields['ms']:.1f} ms)", flush=True)
+        else:
+            detail = f"  {fields['detail']}" if fields.get("detail") else ""
+            print(f"consumer: {fields['case']:<6} -> {fields['status']:<18} {fields['ms']:7.1f} ms{detail}", flush=True)
+
+    if target is None:
+        if not registry or not zone:
+            print("interlink lab call: give --target, or --registry and --zone", file=sys.stderr)
+            return 2
+        target = _discover(registry, zone, service, deadline, say)
+        if target is None:
+            return 1
+    failed = 0
+    with EchoClient(target) as client:
+        calls = _call_cases(client, (("tri-consumer-appname", app),), timeout, app)
+        for index, case in enumerate(cases or CALL_CASES):
+            while True:
+                started = time.perf_counter()
+                try:
+                    right, detail = calls[case]()
+                    status = "OK" if right else "WRONG REPLY"
+                except grpc.RpcError as exc:
+                    status, detail = exc.code().name, exc.details() or ""
+                if index == 0 and status == "UNAVAILABLE" and time.monotonic() < deadline:
+                    time.sleep(0.2)  # the gateways are still linking up
+                    continue
+                break
+            failed += status != "OK"
+            say(case=case, target=target, status=status, ms=(time.perf_counter() - started) * 1000, detail=detail)
+    return 1 if failed else 0
+
+
+def _discover(registry: str, zone: str, service: str, deadline: float, say) -> str | None:
+    """The first instance of the Triple import `service` in the site's DNS-SD registry."""
+    import trio
+
+    from registry_adapters.dnssd import browse
+    from registry_adapters.model import ServiceKey
+
+    host, _, port = registry.rpartition(":")
+    key = ServiceKey(interface=service, protocol="tri", version="1.0")
+    while True:
+        started = time.perf_counter()
+        error = ""
+        try:
+            found = trio.run(browse, (host, int(port)), key, zone)
+        except Exception as exc:  # noqa: BLE001 - a registry not answering (yet) is reported, not raised
+            found, error = frozenset(), f"{type(exc).__name__}: {exc}"
+        if found or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    instance = min(found, key=lambda i: (i.host, i.port), default=None)
+    discovered = f"{instance.host}:{instance.port}" if instance else None
+    ms = (time.perf_counter() - started) * 1000
+    say(discovered=discovered, registry=f"{zone.rstrip('.')} at {registry}", ms=ms, detail=error)
+    if instance is None:
+        print(f"interlink lab call: {service} is not published in {zone} at {registry}. {error}", file=sys.stderr)
+    return discovered

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -62,3 +64,34 @@ def test_certs_init_site_refuses_to_overwrite_a_ca(tmp_path):
     assert interlink("certs", "init-site", "site-x", "--out", str(tmp_path / "x")).returncode == 0
     again = interlink("certs", "init-site", "site-x", "--out", str(tmp_path / "x"))
     assert again.returncode == 1 and "ca" in again.stderr
+
+
+# --- interlink lab call: the consumer of the docker and netns labs --------------------------------------
+
+
+def test_lab_call_makes_each_call_and_prints_one_json_line_per_call(py_provider):
+    done = interlink("lab", "call", "--target", py_provider.target, "--json", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["case"] for line in lines] == ["echo", "add", "count", "sum", "chat"]
+    assert all(line["status"] == "OK" and line["target"] == py_provider.target for line in lines), lines
+    assert "served by py-provider" in lines[0]["detail"]
+
+
+def test_lab_call_prints_readable_lines_and_exits_1_when_nothing_answers(free_port):
+    done = interlink("lab", "call", "--target", f"127.0.0.1:{free_port}", "--case", "add", "--timeout", "2", timeout=60)
+    assert done.returncode == 1
+    assert re.match(r"consumer: add\s+-> UNAVAILABLE", done.stdout), done.stdout
+
+
+def test_lab_call_needs_a_target_or_a_registry():
+    done = interlink("lab", "call", "--zone", "site-b.lab")
+    assert done.returncode == 2 and "--registry" in done.stderr
+
+
+def test_lab_netns_refuses_to_run_without_root(monkeypatch, capsys):
+    from interlink import labnet
+
+    monkeypatch.setattr(labnet.os, "geteuid", lambda: 1000)
+    assert labnet.run_netns_lab() == 1
+    assert "needs root" in capsys.readouterr().err
