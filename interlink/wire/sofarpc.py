@@ -23,6 +23,7 @@ __all__ = [
     "SofaRequestHead",
     "caller_app",
     "read_request_head",
+    "read_request_head_from",
     "read_response_summary",
     "sofa_error_response",
     "sofa_response",
@@ -65,6 +66,13 @@ def read_request_head(content: bytes | bytearray | memoryview) -> SofaRequestHea
     class definition (sofa-rpc-node and Java order them differently). HessianError if the body does not
     start with a well-formed `SofaRequest`."""
     return _read_request_head(SofaHessianReader(content))
+
+
+def read_request_head_from(reader: SofaHessianReader) -> SofaRequestHead:
+    """`read_request_head` for a caller that goes on reading the arguments with the same reader (they
+    may refer to class definitions, types and values of the head): the reader must be at the start of
+    the body and is left just after the `SofaRequest`."""
+    return _read_request_head(reader)
 
 
 def _read_request_head(reader: SofaHessianReader) -> SofaRequestHead:

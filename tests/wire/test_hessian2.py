@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 from interlink.wire.hessian2 import (
     HessianDate,
     HessianError,
+    HessianLong,
     HessianObject,
     SofaHessianReader,
     SofaHessianWriter,
     TypedList,
     TypedMap,
 )
+from tests.wire.test_hessian_final import graphs, shape
 
 VECTORS = pathlib.Path(__file__).resolve().parent.parent / "vectors" / "bolt"
 REQUEST = "com.alipay.sofa.rpc.core.request.SofaRequest"
@@ -357,8 +359,12 @@ def test_writer_class_definition_once_per_class_and_back_references():
     )  # fmt: skip
     (items,) = read_all(data)
     assert items == [foo1, foo2, foo1] and items[2] is items[0] and items[1].fields["m"] is items[0].fields["m"]
-    with pytest.raises(ValueError, match="defined with fields"):
-        written(foo1, HessianObject("Foo", {"other": 1}))
+    # The same class name with other fields (only from a non-Java writer): a second definition, so that
+    # every object reads back with its own fields.
+    other = HessianObject("Foo", {"other": 1})
+    data = written(foo1, other, other)
+    assert data.endswith(b"O\x93Foo\x91\x05other" b"o\x91\x91" b"\x4a\x02")
+    assert read_all(data) == [foo1, other, other]
 
 
 def test_writer_types_like_java():
@@ -592,3 +598,102 @@ def test_mutated_and_truncated_streams(value, at, replacement, cut):
         data[at % len(data)] = replacement
     read_exhaustively(bytes(data))
     read_exhaustively(bytes(data[: cut % (len(data) + 1)]))
+
+
+# --- faithful mode: what the transcoder needs ------------------------------------------------------------
+
+
+def read_faithfully(data: bytes) -> list[object]:
+    reader = SofaHessianReader(data, faithful=True)
+    values = []
+    while not reader.at_end:
+        values.append(reader.read_value())
+    return values
+
+
+def test_faithful_reader_tells_longs_from_ints():
+    data = bytes.fromhex("95" "e5" "77fffbffff" "4c0000000080000000" "49fffbffff")
+    assert [type(v) for v in read_all(data)] == [int] * 5  # plain: a Java long reads as an int
+    values = read_faithfully(data)
+    assert values == [5, 5, -262145, 2**31, -262145]
+    assert [type(v) for v in values] == [int, HessianLong, HessianLong, HessianLong, int]
+    assert repr(values[1]) == "HessianLong(5)" and hash(values[1]) == hash(5)
+    assert written(*values) == data  # a HessianLong is written as a long even when it fits 32 bits
+    assert written(HessianLong(262144)).hex() == "7700040000"
+
+
+def test_faithful_reader_keeps_lone_surrogates():
+    data = b"\x03a\xed\xa0\xbdb"
+    assert read_all(data) == ["a\ufffdb"]
+    assert read_faithfully(data) == ["a\ud83db"]
+    assert written("a\ud83db") == data  # and the writer gives the same bytes back
+
+
+def test_faithful_reader_refuses_what_a_dict_cannot_hold():
+    for entries in ("914ee14e", "914e684e", "914e544e"):  # int 1 and long 1 / double 1.0 / true
+        data = bytes.fromhex(f"4d{entries}7a")
+        assert len(read_all(data)[0]) == 1  # plain: the last one wins
+        with pytest.raises(HessianError, match="equals an earlier key"):
+            read_faithfully(data)
+    repeated = b"O\x91A\x92\x01a\x01ao\x90\x91\x92"
+    assert read_all(repeated)[0].fields == {"a": 2}
+    with pytest.raises(HessianError, match="repeats a field name"):
+        read_faithfully(repeated)
+
+
+def test_faithful_writer_keeps_negative_zero_and_nan_payloads():
+    odd_nan = struct.unpack(">d", bytes.fromhex("7ff0000000000001"))[0]
+    writer = SofaHessianWriter(faithful=True)
+    for value in (-0.0, odd_nan, 0.0, math.nan, 0.5):
+        writer.write_double(value)
+    assert writer.getvalue().hex() == "448000000000000000" "447ff0000000000001" "67" "447ff8000000000000" "6b3f000000"
+
+
+@pytest.mark.parametrize("name", sorted(BODIES))
+def test_faithful_decode_encode_is_byte_exact(name):
+    writer = SofaHessianWriter(faithful=True)
+    for value in read_faithfully(body(name)):
+        writer.write_value(value)
+    assert writer.getvalue() == body(name)
+
+
+def test_write_raw_and_copy():
+    writer = SofaHessianWriter()
+    writer.write_value(request("echo", ["java.lang.String"]))
+    head = writer.getvalue()
+    twin = writer.copy()
+    writer.write_raw(b"\x07hello-0")  # a scalar copied from another stream
+    assert writer.getvalue() == body("bolt_v1_req_echo")
+    # the copy continues from the head's state: the type "[java.lang.String" is type ref #0 there
+    twin.write_value(TypedList(["x"], "[java.lang.String"))
+    assert twin.getvalue() == head + b"v\x90\x91\x01x"
+    assert writer.getvalue() == body("bolt_v1_req_echo")  # and the original is untouched
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(graphs(), min_size=1, max_size=3))
+def test_round_trip_faithful_graphs(stream):
+    """Faithful writer -> faithful reader: every value exact (int vs long, doubles to the bit, lone
+    surrogates), type and class names, and the sharing of lists, maps and objects, cycles included."""
+    writer = SofaHessianWriter(faithful=True)
+    for value in stream:
+        writer.write_value(value)
+    data = writer.getvalue()
+    read = read_faithfully(data)
+    seen_read: dict[int, int] = {}
+    seen_written: dict[int, int] = {}
+    assert [shape(v, seen_read) for v in read] == [shape(v, seen_written) for v in stream]
+    again = SofaHessianWriter(faithful=True)
+    for value in read:
+        again.write_value(value)
+    assert again.getvalue() == data
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 70000), st.sampled_from([b"", b"\x00\xff", bytes(range(256))]))
+def test_round_trip_binary_of_all_sizes(size, pattern):
+    blob = (pattern * (size // max(1, len(pattern)) + 1))[:size] if pattern else bytes(size)
+    data = written([blob, blob[: size // 2]], "after")
+    assert read_all(data) == [[blob, blob[: size // 2]], "after"]
+    if size > 0x8000:
+        assert data[1:4] == b"n\x02b" and data[4:6] == b"\x80\x00"  # 'b' chunks of 32768 bytes
