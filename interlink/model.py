@@ -74,17 +74,44 @@ class SiteIdentity:
         return cls(trust_domain, site)
 
 
+class PayloadKind(enum.Enum):
+    """How the body of a call or reply is encoded; the adapters convert between kinds only when the two
+    sides differ (wire/triple_wrapper.py), so a protobuf body crosses from Bolt to Triple untouched."""
+
+    PROTOBUF = "protobuf"  # one IDL message (Bolt codec 11 content = gRPC message, byte for byte)
+    SOFA_HESSIAN = "sofa-hessian"  # a Bolt codec-1 body: SofaRequest / SofaResponse stream, SOFA dialect
+    WRAPPER = "wrapper"  # a Triple TripleRequestWrapper / TripleResponseWrapper message
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    kind: PayloadKind
+    data: bytes
+    serialize: str | None = None  # WRAPPER: the serializeType ("hessian2" SOFA dialect, "hessian4" final)
+
+
+# Canonical metadata keys: SOFARPC's (case kept), since Bolt header maps are case-sensitive and gRPC metadata
+# is not. The Triple adapter maps them to tri-* headers and back (wire/triple_call.py).
+TRACE_ID = "rpc_trace_context.sofaTraceId"
+RPC_ID = "rpc_trace_context.sofaRpcId"
+BIZ_BAGGAGE = "rpc_trace_context.sofaPenAttrs"
+SYS_BAGGAGE = "rpc_trace_context.sysPenAttrs"
+SAMPLED = "rpc_trace_context.samp"
+
+
 @dataclass(slots=True)
 class Call:
     """One RPC as the gateway sees it. Mutable while the gateway's filters look at it; the wire adapters
     build it and consume it."""
 
-    service: str
+    service: str  # the interface, e.g. com.example.EchoService
     method: str
     protocol: str  # the caller's protocol on the hop where this Call was decoded: "triple" | "bolt"
     caller: Identity | None = None
     deadline: float | None = None  # absolute, in the gateway's monotonic clock
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # canonical keys (see TRACE_ID ...), str values
+    target_app: str | None = None
+    payload: Payload | None = None
 
     @property
     def label(self) -> str:
@@ -95,6 +122,9 @@ class Call:
 class Reply:
     status: Status
     message: str = ""
+    payload: Payload | None = None  # OK (or a business exception, below): the return value
+    metadata: dict[str, str] = field(default_factory=dict)  # response props / trailing metadata
+    exception: bool = False  # the payload is a serialized business exception (Dubbo tri-exception-code)
 
 
 class CallRefused(Exception):

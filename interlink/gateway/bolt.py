@@ -25,14 +25,17 @@ from typing import Callable
 import structlog
 import trio
 
-from interlink.control.snapshot import Snapshot
+from interlink.control.snapshot import ExportRoute, Snapshot
+from interlink.gateway import translation
 from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
+from interlink.net.h2link import H2Endpoint
 from interlink.net.pool import PoolGroup
 from interlink.wire import bolt, sofarpc
 from interlink.wire.hessian2 import HessianError
+from interlink.wire.triple_call import TranslationRefused
 
 log = structlog.get_logger("interlink.gateway")
 
@@ -93,7 +96,7 @@ def response_status(response: bolt.BoltFrame) -> str:
 class BoltCallRelay:
     """One forwarded Bolt call, waiting on its upstream connection for the response."""
 
-    __slots__ = ("down", "request", "log_fields", "started", "deadline", "up", "up_id", "done", "_timers", "_timer")
+    __slots__ = ("down", "request", "log_fields", "started", "deadline", "cancel_up", "done", "_timers", "_timer")
 
     def __init__(
         self, down: BoltEndpoint, request: bolt.BoltFrame, log_fields: dict[str, object], timers: DeadlineTimers,
@@ -104,8 +107,7 @@ class BoltCallRelay:
         self.log_fields = log_fields
         self.started = time.perf_counter()
         self.deadline = deadline
-        self.up: BoltEndpoint | None = None
-        self.up_id = 0
+        self.cancel_up: Callable[[], None] | None = None  # forget/reset the upstream request when giving up
         self.done = False
         self._timers = timers
         self._timer = timers.add(deadline, self) if deadline != math.inf else None
@@ -114,12 +116,17 @@ class BoltCallRelay:
     def on_response(self, frame: bolt.BoltFrame) -> None:
         if self.done:
             return
-        self.down.write(_answer_as_request(frame, self.request))
         try:
             status = response_status(frame)
         except bolt.BoltProtocolError:
             status = "MALFORMED_RESPONSE_HEADER"
-        self._finish(status, "")
+        self.answer(_answer_as_request(frame, self.request), status)
+
+    def answer(self, data: bytes, status: str, message: str = "") -> None:
+        """The response (already under the caller's request id) goes back; the call is complete."""
+        if not self.done:
+            self.down.write(data)
+            self._finish(status, message)
 
     def on_connection_lost(self, reason: str) -> None:
         where = self.log_fields.get("upstream", "upstream")
@@ -127,8 +134,8 @@ class BoltCallRelay:
 
     def deadline_passed(self) -> None:
         if not self.done:
-            if self.up is not None:
-                self.up.forget(self.up_id)
+            if self.cancel_up is not None:
+                self.cancel_up()
             self.fail(Status.DEADLINE_EXCEEDED, "deadline exceeded at the gateway")
 
     def sent_oneway(self) -> None:
@@ -199,8 +206,34 @@ class BoltForwarder(Forwarder):
             call.fail(*route)
             return
         fields["upstream"] = f"providers of {service}"
+        if route.protocol == "triple":
+            self._to_triple(call, route, peer, app)
+            return
         stamps = {CALLER_SITE: peer.encode(), CALLER_APP: app.encode() if app else None, METHOD: None}
         self._forward(call, self._provider_group(route.pool_key), stamps)
+
+    def _to_triple(self, call: BoltCallRelay, route: ExportRoute, peer: str, app: str | None) -> None:
+        """A Bolt call to providers that speak Triple: translated here, once (gateway/translation.py)."""
+        call.log_fields["translated"] = "bolt->triple"
+        try:
+            headers, message, serialize = translation.bolt_to_triple_request(call, route, peer, app)
+        except TranslationRefused as exc:
+            call.fail(exc.status, exc.message)
+            return
+        except translation.TRANSLATION_ERRORS as exc:
+            call.fail(Status.INTERNAL, f"cannot translate the request to Triple: {exc}")
+            return
+        upstream = translation.TripleUpstream(call, serialize)
+
+        def send(connection: H2Endpoint) -> None:
+            upstream.start(connection, headers, message)
+            if call.request.is_oneway:
+                call.sent_oneway()
+
+        self._upstream(
+            self._provider_group(route.pool_key), call.deadline, send=send, fail=call.fail,  # type: ignore[arg-type]
+            is_done=lambda: call.done,
+        )
 
     # --- shared steps ------------------------------------------------------------------------------------
 
@@ -254,8 +287,8 @@ class BoltForwarder(Forwarder):
             upstream.send_request(outgoing, bolt.encode(outgoing), None)
             call.sent_oneway()
             return
-        call.up = upstream
-        call.up_id = upstream.send_request(outgoing, bolt.encode(outgoing), call)
+        up_id = upstream.send_request(outgoing, bolt.encode(outgoing), call)
+        call.cancel_up = lambda: upstream.forget(up_id)
 
 def _service_of(request: bolt.BoltFrame) -> str | None:
     for key in SERVICE_KEYS:

@@ -175,6 +175,13 @@ class Relay:
     def done(self) -> bool:
         return self._done
 
+    def hand_over(self) -> None:
+        """Another handler takes the caller's stream (a translated call): this relay ends silently."""
+        self._done = True
+        if self._timer_entry is not None:
+            self._timers.cancel(self._timer_entry)
+            self._timer_entry = None
+
     def connect(self, up: H2Endpoint, headers: Headers, end_stream: bool) -> None:
         """Open the upstream stream. Request bytes that arrived before (slow path) follow at once."""
         self.up = up

@@ -20,6 +20,7 @@ import trio
 from interlink.control.snapshot import Snapshot
 from interlink.gateway.forwarding import Forwarder, authorize_peer_call
 from interlink.gateway.relay import Relay
+from interlink.gateway.translation import TripleToBolt
 from interlink.model import Status
 from interlink.net.h2link import H2Endpoint, Headers
 from interlink.net.pool import PoolGroup
@@ -71,6 +72,13 @@ class TripleForwarder(Forwarder):
             relay.fail(*route)
             return
         fields["upstream"] = f"providers of {head.service}"
+        if route.protocol == "bolt":
+            relay.hand_over()
+            fields["translated"] = "triple->bolt"
+            TripleToBolt(
+                down, stream_id, head, route, peer, fields, self._timers, relay.deadline, end_stream, self._to_bolt
+            )
+            return
         stamps = [(grpc.CALLER_SITE, peer.encode())]
         if head.caller_app:
             stamps.append((grpc.CALLER_APP, head.caller_app.encode()))
@@ -78,6 +86,18 @@ class TripleForwarder(Forwarder):
             head, scheme=b"http", authority=head.authority, timeout=_remaining(relay.deadline), stamps=stamps
         )
         self._connect(relay, self._provider_group(route.pool_key), outgoing, end_stream)
+
+    def _to_bolt(self, call: TripleToBolt) -> None:
+        """The caller's request is complete: translate it and hand it to a Bolt provider."""
+        frame = call.bolt_request()
+        if frame is not None:
+            self._upstream(
+                self._provider_group(call.route.pool_key),
+                call.deadline,
+                send=lambda upstream: call.send(upstream, frame),  # type: ignore[arg-type]
+                fail=call.fail,
+                is_done=lambda: call.done,
+            )
 
     # --- shared steps ------------------------------------------------------------------------------------
 

@@ -1,0 +1,282 @@
+"""SOFA Bolt to and from the protocol-neutral `Call`/`Reply`, sans-I/O (PROTOCOLS.md 1.9, 1.10, 3).
+
+The Bolt side of translation. Header maps and `requestProps` become canonical metadata (SOFARPC's own key
+names, case kept); bodies become payloads: codec 11 (protobuf) content is an IDL message byte for byte,
+codec 1 (hessian2) content is a SofaRequest/SofaResponse stream, converted to and from Triple wrapper
+messages by wire/triple_wrapper.py only when the other side needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from interlink.model import RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Reply, Status
+from interlink.wire import bolt, sofarpc, triple_wrapper
+from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader
+from interlink.wire.triple_call import TranslationRefused
+
+SERVICE = "service"
+TARGET_SERVICE = "sofa_head_target_service"
+METHOD_NAME = "sofa_head_method_name"
+TARGET_APP = "sofa_head_target_app"
+APP = "app"
+RESPONSE_ERROR = "sofa_head_response_error"
+NEW_TRACE = "new_rpc_trace_context"
+GATEWAY_PREFIX = "x-interlink-"
+# Keys a Call carries in its own fields (or that are rebuilt per hop), never as metadata.
+_NOT_METADATA = frozenset({SERVICE, TARGET_SERVICE, METHOD_NAME, TARGET_APP, APP, RESPONSE_ERROR, "sofa_head_method_argsigs"})
+
+# Bolt response statuses a provider (or a Bolt peer) can answer with, as gRPC statuses (PROTOCOLS.md 3.3).
+_STATUS_OF_BOLT = {
+    bolt.ResponseStatus.SERVER_EXCEPTION: Status.UNKNOWN,
+    bolt.ResponseStatus.UNKNOWN: Status.UNKNOWN,
+    bolt.ResponseStatus.NO_PROCESSOR: Status.UNIMPLEMENTED,
+    bolt.ResponseStatus.SERVER_THREADPOOL_BUSY: Status.RESOURCE_EXHAUSTED,
+    bolt.ResponseStatus.TIMEOUT: Status.DEADLINE_EXCEEDED,
+    bolt.ResponseStatus.CODEC_EXCEPTION: Status.INTERNAL,
+    bolt.ResponseStatus.SERVER_SERIAL_EXCEPTION: Status.INTERNAL,
+    bolt.ResponseStatus.SERVER_DESERIAL_EXCEPTION: Status.INTERNAL,
+}
+
+
+# --- requests --------------------------------------------------------------------------------------------
+
+
+def call_from_bolt(request: bolt.BoltFrame, interface: str, deadline: float | None) -> Call:
+    """A Bolt request as a Call: method, target app, caller app and metadata from the header map, and for
+    hessian2 from the SofaRequest head too (sofa-rpc-node puts them only there). TranslationRefused for a
+    request that names no method or uses a codec other than hessian2/protobuf."""
+    header = bolt.decode_header_map(request.header) if request.header else {}
+    metadata = {key: value for key, value in header.items() if key not in _NOT_METADATA and not key.startswith(GATEWAY_PREFIX)}
+    method = header.get(METHOD_NAME)
+    target_app = header.get(TARGET_APP)
+    app = header.get(APP)
+    if request.codec == bolt.CODEC_HESSIAN2:
+        head = sofarpc.read_request_head(request.content)
+        method = method or head.method_name
+        target_app = target_app or head.target_app
+        app = app or sofarpc.caller_app(head)
+        for key, value in _flatten(head.request_props):
+            if key not in _NOT_METADATA:
+                metadata.setdefault(key, value)
+        payload = Payload(PayloadKind.SOFA_HESSIAN, request.content)
+    elif request.codec == bolt.CODEC_PROTOBUF:
+        payload = Payload(PayloadKind.PROTOBUF, request.content)
+    else:
+        raise TranslationRefused(Status.INTERNAL, f"Bolt codec {request.codec} cannot be translated (hessian2 and protobuf can)")
+    if not method:
+        raise TranslationRefused(Status.INTERNAL, "the request names no method (header sofa_head_method_name)")
+    _trace_from_new_context(metadata)
+    return Call(
+        service=interface,
+        method=method,
+        protocol="bolt",
+        caller=Identity(site="", app=app) if app else None,
+        deadline=deadline,
+        metadata=metadata,
+        target_app=target_app,
+        payload=payload,
+    )
+
+
+def request_frame(
+    call: Call, *, unique_name: str, codec: str, timeout_ms: int, stamps: Mapping[str, str | None]
+) -> bolt.BoltFrame:
+    """A Bolt V1 request for `call` to a provider that takes `codec` bodies. The header map carries what
+    Java SOFARPC sends (service, target service, method, target app, app, flattened props); a hessian2 body
+    carries the same props in SofaRequest.requestProps (sofa-rpc-node reads only those)."""
+    payload = call.payload
+    assert payload is not None
+    app = call.caller.app if call.caller is not None else None
+    header: dict[str, str | None] = {
+        SERVICE: unique_name,
+        TARGET_SERVICE: unique_name,
+        METHOD_NAME: call.method,
+        TARGET_APP: call.target_app,
+        APP: app,
+    }
+    header.update(call.metadata)
+    header.update(stamps)
+    if codec == "protobuf":
+        if payload.kind != PayloadKind.PROTOBUF:
+            raise TranslationRefused(
+                Status.UNIMPLEMENTED,
+                f"the Bolt providers of {unique_name} take protobuf bodies, but the call carries a {payload.kind.value} "
+                "payload; export the service with codec: hessian2 for wrapper-mode (Hessian) callers",
+            )
+        content, codec_id = payload.data, bolt.CODEC_PROTOBUF
+    else:
+        if payload.kind != PayloadKind.WRAPPER:
+            raise TranslationRefused(
+                Status.UNIMPLEMENTED,
+                f"the Bolt providers of {unique_name} take hessian2 bodies, but the call is an IDL (protobuf) call; "
+                "export the service with codec: protobuf for IDL callers",
+            )
+        props: dict[str, object] = _nest({k: v for k, v in call.metadata.items()})
+        if app:
+            props[APP] = app
+        _, content = triple_wrapper.wrapper_to_sofa_request(
+            payload.data, method=call.method, target_service=unique_name, target_app=call.target_app, request_props=props
+        )
+        codec_id = bolt.CODEC_HESSIAN2
+    return bolt.BoltFrame(
+        bolt.PROTO_V1,
+        bolt.TYPE_REQUEST,
+        bolt.CMD_RPC_REQUEST,
+        0,
+        codec_id,
+        timeout=timeout_ms,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        header=bolt.encode_header_map({k: v for k, v in header.items() if v is not None}),
+        content=content,
+    )
+
+
+# --- responses -------------------------------------------------------------------------------------------
+
+
+def reply_from_bolt(response: bolt.BoltFrame, serialize: str | None) -> Reply:
+    """A provider's Bolt response as a Reply; `serialize` is the wrapper serializeType the Triple caller
+    used (None for IDL callers), so that a hessian2 return value is converted once, straight into it."""
+    header = bolt.decode_header_map(response.header) if response.header else {}
+    metadata = {k: v for k, v in header.items() if k != RESPONSE_ERROR and not k.startswith(GATEWAY_PREFIX)}
+    stamped = header.get(GATEWAY_PREFIX + "status")
+    if response.status != bolt.ResponseStatus.SUCCESS:
+        status = _STATUS_OF_BOLT.get(response.status, Status.UNAVAILABLE)  # type: ignore[call-overload]
+        name = bolt.ResponseStatus(response.status).name
+        if response.codec == bolt.CODEC_HESSIAN2:
+            detail = _exception_message(response.content)
+        else:  # sofa-rpc-node sends the bare message with protobuf
+            detail = response.content.decode("utf-8", "replace") or None
+        return Reply(status, f"provider answered Bolt status {name}" + (f": {detail}" if detail else ""), metadata=metadata)
+    if response.codec == bolt.CODEC_PROTOBUF:
+        if header.get(RESPONSE_ERROR) == "true":
+            return Reply(_stamped(stamped), _protobuf_error_text(response.content), metadata=metadata)
+        return Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, response.content), metadata=metadata)
+    if serialize is None:
+        raise TranslationRefused(Status.INTERNAL, "a hessian2 response cannot answer an IDL (protobuf) call")
+    result, wrapper = triple_wrapper.sofa_response_to_wrapper(response.content, serialize)
+    metadata.update({k: str(v) for k, v in (result.response_props or {}).items() if isinstance(k, str)})
+    if result.is_error:
+        return Reply(_stamped(stamped), result.error_msg or "the provider answered isError", metadata=metadata)
+    if result.is_exception and serialize != triple_wrapper.SERIALIZE_DUBBO:
+        # SOFA Triple keeps only the message of a business exception (grpc-status UNKNOWN).
+        return Reply(Status.UNKNOWN, result.exception_message or "business exception", metadata=metadata)
+    return Reply(
+        Status.OK, payload=Payload(PayloadKind.WRAPPER, wrapper, serialize), metadata=metadata, exception=result.is_exception
+    )
+
+
+def response_frame(reply: Reply, request: bolt.BoltFrame) -> bolt.BoltFrame:
+    """The Bolt response to `request` for a Reply: protobuf content unchanged, a wrapper's value as a
+    SofaResponse in the SOFA dialect, errors as SofaResponse{isError} (hessian2) or an error-marked
+    protobuf string (protobuf), as SOFARPC servers answer (PROTOCOLS.md 3.2)."""
+    header: dict[str, str] = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
+    failed = reply.status != Status.OK or reply.payload is None
+    if failed:
+        header[GATEWAY_PREFIX + "status"] = reply.status.name
+    header[RESPONSE_ERROR] = "true" if failed or reply.exception else "false"
+    if request.codec == bolt.CODEC_PROTOBUF:
+        if failed:
+            # As sofa-rpc-node answers a failed protobuf call: SERVER_EXCEPTION, the message as UTF-8.
+            return bolt.response_for(
+                request, bolt.ResponseStatus.SERVER_EXCEPTION, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header),
+                reply.message.encode("utf-8"),
+            )
+        assert reply.payload is not None
+        if reply.payload.kind != PayloadKind.PROTOBUF:
+            raise TranslationRefused(Status.INTERNAL, f"a {reply.payload.kind.value} reply cannot answer a protobuf call")
+        content = reply.payload.data
+        return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header), content)
+    if failed:
+        content = sofarpc.sofa_error_response(reply.message)
+    else:
+        assert reply.payload is not None
+        if reply.payload.kind != PayloadKind.WRAPPER:
+            raise TranslationRefused(Status.INTERNAL, "an IDL (protobuf) reply cannot answer a hessian2 call")
+        props = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
+        content = triple_wrapper.wrapper_response_to_sofa_response(
+            reply.payload.data, exception=reply.exception, response_props=props or None
+        )
+    return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header), content)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _flatten(props: Mapping[object, object], prefix: str = "") -> list[tuple[str, str]]:
+    """requestProps as header-map entries, as Java does: nested maps become `outer.inner` keys."""
+    items: list[tuple[str, str]] = []
+    for key, value in props.items():
+        if not isinstance(key, str) or value is None:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            items.extend(_flatten(value, name + "."))
+        elif isinstance(value, (str, int, float, bool)):
+            items.append((name, str(value).lower() if isinstance(value, bool) else str(value)))
+    return items
+
+
+def _nest(flat: Mapping[str, str]) -> dict[str, object]:
+    """The inverse of `_flatten` for the known nested props (`rpc_trace_context.*`, baggage maps)."""
+    props: dict[str, object] = {}
+    for key, value in flat.items():
+        outer, dot, inner = key.partition(".")
+        if dot and outer in ("rpc_trace_context", "rpc_req_baggage"):
+            nested = props.setdefault(outer, {})
+            if isinstance(nested, dict):
+                nested[inner] = value
+        else:
+            props[key] = value
+    return props
+
+
+def _trace_from_new_context(metadata: dict[str, str]) -> None:
+    """`new_rpc_trace_context` (tcid=...&spid=...): trace and span id for callers that send only it."""
+    context = metadata.get(NEW_TRACE)
+    if not context or TRACE_ID in metadata:
+        return
+    pairs = dict(part.partition("=")[::2] for part in context.split("&") if "=" in part)
+    if pairs.get("tcid"):
+        metadata[TRACE_ID] = pairs["tcid"]
+    if pairs.get("spid"):
+        metadata.setdefault(RPC_ID, pairs["spid"])
+
+
+def _stamped(name: str | None) -> Status:
+    if name and name in Status.__members__:
+        return Status[name]
+    return Status.UNKNOWN
+
+
+def _exception_message(content: bytes) -> str | None:
+    """The message of a serialized Throwable (SERVER_EXCEPTION bodies), best effort."""
+    try:
+        value = SofaHessianReader(content).read_value()
+    except HessianError:
+        return None
+    if isinstance(value, HessianObject):
+        message = value.fields.get("detailMessage")
+        return f"{value.class_name}: {message}" if isinstance(message, str) else value.class_name
+    return None
+
+
+def _protobuf_error_text(content: bytes) -> str:
+    if content[:1] == b"\x0a":
+        length, offset = _read_varint(content, 1)
+        if length is not None and offset + length == len(content):
+            return content[offset:].decode("utf-8", "replace")
+    return content.decode("utf-8", "replace") or "the provider answered with an error"
+
+
+def _read_varint(data: bytes, offset: int) -> tuple[int | None, int]:
+    value = shift = 0
+    while offset < len(data) and shift < 64:
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, offset
+        shift += 7
+    return None, offset

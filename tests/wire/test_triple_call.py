@@ -1,0 +1,130 @@
+"""The Triple adapter of translation: metadata both ways, request heads per flavour, responses."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from interlink.model import BIZ_BAGGAGE, RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Reply, Status
+from interlink.wire import grpc, triple_call
+
+
+def test_trace_keys_go_out_under_tri_and_sofa_names_and_come_back_canonical():
+    metadata = {TRACE_ID: "0a1b2c", RPC_ID: "0.1", BIZ_BAGGAGE: "k=v"}
+    headers = triple_call.metadata_headers(metadata)
+    assert (b"tri-trace-traceid", b"0a1b2c") in headers
+    assert (b"sofa-traceid", b"0a1b2c") in headers
+    assert (b"tri-trace-rpcid", b"0.1") in headers and (b"sofa-rpcid", b"0.1") in headers
+    assert (b"tri-trace-biz-baggage", b"k=v") in headers
+    back, app = triple_call.metadata_from_headers(headers)
+    assert back == metadata and app is None
+
+
+def test_mixed_case_keys_are_restored_from_tri_header_convert():
+    metadata = {"rpc_req_baggage.userTier": "gold", "plain": "x", "rpc_trace_context.sofaCallerApp": "order"}
+    headers = triple_call.metadata_headers(metadata)
+    names = [name for name, _ in headers]
+    assert b"rpc_req_baggage.usertier" in names and b"rpc_trace_context.sofacallerapp" in names
+    convert = dict(headers)[b"tri-header-convert"]
+    # Known keys are restored from the table; only the unknown mixed-case key needs the convert map.
+    assert json.loads(unquote(convert.decode())) == {"rpc_req_baggage.usertier": "rpc_req_baggage.userTier"}
+    back, _ = triple_call.metadata_from_headers(headers)
+    assert back == metadata
+
+
+def test_non_ascii_values_cross_as_bin_and_gateway_and_reserved_keys_never_cross():
+    headers = triple_call.metadata_headers(
+        {"note": "héllo", "x-interlink-caller-site": "forged", "content-type": "text/plain", "Bad Key": "x"}
+    )
+    assert headers == [(b"note-bin", "héllo".encode())]
+    back, _ = triple_call.metadata_from_headers(headers + [(b"x-interlink-caller-app", b"forged"), (b"te", b"trailers")])
+    assert back == {"note-bin": "aMOpbGxv"}  # binary metadata: base64 text on the Bolt side
+
+
+def test_consumer_app_is_read_apart():
+    metadata, app = triple_call.metadata_from_headers([(b"tri-consumer-appname", b"order-app"), (b"k", b"v")])
+    assert (metadata, app) == ({"k": "v"}, "order-app")
+
+
+def _call() -> Call:
+    return Call(
+        service="com.example.EchoService",
+        method="echo",
+        protocol="bolt",
+        caller=Identity("site-b", "order-app"),
+        metadata={TRACE_ID: "t1"},
+        target_app="echo-server",
+        payload=Payload(PayloadKind.PROTOBUF, b"\x0a\x01x"),
+    )
+
+
+def test_sofa_flavour_sends_the_unique_id_as_tri_service_version():
+    headers = triple_call.request_headers(
+        _call(), authority=b"a", timeout=1.5, flavour="sofa", unique_name="com.example.EchoService:1.0:blue",
+        version="1.0", unique_id="blue", group=None,
+    )
+    table = dict(headers)
+    assert table[b":path"] == b"/com.example.EchoService/echo"
+    assert table[b"tri-service-version"] == b"blue"
+    assert table[b"sofa_head_target_service"] == b"com.example.EchoService:1.0:blue"
+    assert table[b"sofa_head_method_name"] == b"echo"
+    assert table[b"sofa_head_target_app"] == b"echo-server"
+    assert table[b"tri-consumer-appname"] == table[b"tri-trace-current-app"] == b"order-app"
+    assert table[b"grpc-timeout"] == grpc.format_timeout(1.5)
+    assert table[b"content-type"] == b"application/grpc"
+
+
+def test_dubbo_flavour_sends_version_and_group():
+    table = dict(
+        triple_call.request_headers(
+            _call(), authority=b"a", timeout=None, flavour="dubbo", unique_name="x:1.0.0", version="1.0.0",
+            unique_id=None, group="g1",
+        )
+    )
+    assert (table[b"tri-service-version"], table[b"tri-service-group"]) == (b"1.0.0", b"g1")
+    assert b"grpc-timeout" not in table and b"sofa_head_target_service" not in table
+    assert table[b"content-type"] == b"application/grpc+proto"
+
+
+def test_replies_from_triple():
+    head = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    ok = triple_call.reply_from_triple(head, [b"m"], [(b"grpc-status", b"0"), (b"x-k", b"v")], None)
+    assert ok == Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, b"m"), metadata={"x-k": "v"})
+    only = head + [(b"grpc-status", b"5"), (b"grpc-message", b"no%20such")]
+    assert triple_call.reply_from_triple(only, [], None, None) == Reply(Status.NOT_FOUND, "no such")
+    assert triple_call.reply_from_triple(head, [], [(b"grpc-status", b"0")], None).status == Status.INTERNAL
+    exc = triple_call.reply_from_triple(head + [(b"tri-exception-code", b"1")], [b"e"], [(b"grpc-status", b"0")], "hessian4")
+    assert exc.exception and exc.payload == Payload(PayloadKind.WRAPPER, b"e", "hessian4")
+
+
+def test_responses_to_triple():
+    head, data, trailers = triple_call.response(Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, b"abc")))
+    assert head == [(b":status", b"200"), (b"content-type", b"application/grpc")]
+    assert data == grpc.encode_message(b"abc") and trailers == [(b"grpc-status", b"0")]
+    head, data, trailers = triple_call.response(Reply(Status.UNAVAILABLE, "gone"))
+    assert head == [] and data is None and (b"grpc-status", b"14") in trailers
+
+
+@given(st.dictionaries(st.from_regex(r"[a-zA-Z][a-zA-Z0-9_.\-]{0,20}", fullmatch=True), st.text(max_size=30), max_size=8))
+def test_metadata_round_trips_whatever_its_case_and_values(metadata):
+    metadata = {k: v for k, v in metadata.items() if not k.lower().endswith("-bin")}
+    lowered: dict[str, str] = {}
+    for key, value in metadata.items():  # keys equal but for case collapse in gRPC: keep one
+        lowered.setdefault(key.lower(), key)
+    metadata = {key: metadata[key] for key in lowered.values()}
+    headers = triple_call.metadata_headers(metadata)
+    back, _ = triple_call.metadata_from_headers(headers)
+    expected = {}
+    for key, value in metadata.items():
+        if key.lower().encode() in triple_call._RESERVED or key.lower().startswith("x-interlink-"):
+            continue
+        if all(0x20 <= ord(c) < 0x7F for c in value):
+            expected[key] = value
+        else:
+            import base64
+
+            expected[key.lower() + "-bin"] = base64.b64encode(value.encode()).decode()
+    assert back == expected
