@@ -42,6 +42,7 @@ def check_files(paths: list[Path]) -> list[Problem]:
             problems.extend(exc.problems)
     for site in sites:
         problems.extend(check_certificates(site))
+        problems.extend(check_registry(site))
     problems.extend(check_between(sites))
     return problems
 
@@ -59,6 +60,17 @@ def _distinct(paths: list[Path]) -> list[Path]:
 
 
 # --- one site and its files -----------------------------------------------------------------------------
+
+
+def check_registry(site: SiteConfig) -> list[Problem]:
+    """The `registry:` block: keys known for its kind, addresses, and exports that need a registry."""
+    from interlink.control.registry_sync import RegistryConfigError, registry_settings
+
+    try:
+        registry_settings(site)
+    except RegistryConfigError as exc:
+        return [Problem(site.path, exc.line, f"{exc.key}: {exc.detail}")]
+    return []
 
 
 class _UnusableFile(Exception):

@@ -1,31 +1,61 @@
-"""Seamless access, consumer side: publish every import into the site's own registry with the gateway's
-address, so local callers discover the gateway as an ordinary provider.
+"""Seamless access: the gateway and its site's registry.
 
-Today's registry: the embedded DNS-SD responder (`registry: {kind: dns, mode: embedded, ...}`), served by
-the gateway itself on a configured port; nothing external to run. Publications are made once the
-listeners are bound and withdrawn when the gateway stops (a killed gateway's records die with it, since
-the responder is the gateway).
+    consumer side  every import is PUBLISHED with the gateway's advertised address once the listeners are
+                   bound, so local callers discover the gateway as an ordinary provider; withdrawn first on
+                   graceful shutdown (before draining)
+    provider side  every export without `providers:` in the site file SUBSCRIBES to the registry; each whole
+                   instance set replaces the export's providers (gateway/providers.py) within a second, calls
+                   in flight finish on the connections they started on; an empty set fails calls at once
+
+Registries (site file `registry: {kind: ...}`; every problem is reported with the file and line):
+
+    static     nothing to run; exports list their providers (the default)
+    dns        mode embedded: the gateway answers DNS-SD for its zone itself (listen, zone, advertise)
+               mode external: RFC 2136 updates signed with TSIG to an authoritative server, read back by
+               SOA polling / NOTIFY (server, zone, tsig_name, tsig_secret | tsig_file, tsig_algorithm, ttl,
+               poll_interval_ms, notify_listen, advertise)
+    zookeeper  SOFARPC tree (Bolt) and Dubbo tree (Triple) in ZooKeeper (address, root, dubbo_root,
+               session_timeout_ms, advertise)
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from interlink.control.config import HostPort, SiteConfig
+from interlink.control.config import ExportConfig, HostPort, ImportConfig, SiteConfig
+from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError, without_gateways
 from registry_adapters.dnssd import EmbeddedResponder
-from registry_adapters.model import Instance, ServiceKey
+from registry_adapters.model import Instance, InstanceSet, ServiceKey
+
+if TYPE_CHECKING:
+    from interlink.gateway.gateway import Gateway
 
 log = structlog.get_logger("interlink.registry")
 
 DNS_KEYS = ("mode", "listen", "zone", "advertise")
+DNS_EXTERNAL_KEYS = (
+    "mode", "server", "zone", "tsig_name", "tsig_secret", "tsig_file", "tsig_algorithm", "ttl", "poll_interval_ms",
+    "notify_listen", "advertise",
+)
+ZOOKEEPER_KEYS = ("address", "root", "dubbo_root", "session_timeout_ms", "advertise")
+STATIC_KEYS = ("advertise",)
 
 
 class RegistryConfigError(Exception):
-    """The site file's `registry:` cannot be served; the message names the key and the fix."""
+    """The site file's `registry:` cannot be served; the message names the key, its line and the fix."""
+
+    def __init__(self, path: Path, line: int | None, key: str, detail: str) -> None:
+        self.path, self.line, self.key, self.detail = path, line, key, detail
+        super().__init__(f"{path}:{line}: {key}: {detail}" if line else f"{path}: {key}: {detail}")
 
 
 @dataclass(frozen=True)
@@ -35,40 +65,196 @@ class EmbeddedDns:
     advertise: str | None  # the address callers should dial; None: the listener's own (if not a wildcard)
 
 
-def embedded_dns(config: SiteConfig) -> EmbeddedDns | None:
-    """The embedded DNS-SD settings of a site file, or None when its registry is not `dns`."""
+@dataclass(frozen=True)
+class RegistrySettings:
+    kind: str  # static | dns-embedded | dns-external | zookeeper
+    advertise: str | None = None
+    embedded: EmbeddedDns | None = None
+    options: dict[str, object] = field(default_factory=dict)  # the adapter's constructor arguments
+
+    @property
+    def subscribes(self) -> bool:
+        """Whether exports may leave out `providers:` and follow the registry instead."""
+        return self.kind in ("dns-external", "zookeeper")
+
+
+# --- reading the site file's registry block ---------------------------------------------------------------
+
+
+def registry_settings(config: SiteConfig) -> RegistrySettings:
+    """The validated `registry:` block of a site file; RegistryConfigError names the key, line and fix."""
     registry = config.registry
-    if registry.kind != "dns":
-        return None
-    where = f"{config.path}: registry"
     options = dict(registry.options)
-    unknown = sorted(set(options) - set(DNS_KEYS))
+    where = _Where(config)
+    if registry.kind == "static":
+        _known(options, STATIC_KEYS, where, "static")
+        settings = RegistrySettings("static", advertise=_advertise(options, where))
+    elif registry.kind == "dns":
+        mode = options.get("mode", "embedded")
+        if mode == "embedded":
+            embedded = _embedded(config, options, where)
+            settings = RegistrySettings("dns-embedded", advertise=embedded.advertise, embedded=embedded)
+        elif mode == "external":
+            settings = _dns_external(config, options, where)
+        else:
+            raise where("mode", f"{mode!r} is not a DNS registry mode; use embedded or external")
+    elif registry.kind == "zookeeper":
+        settings = _zookeeper(options, where)
+    else:  # the site-file reader allows only the kinds above
+        raise where("kind", f"unknown registry kind {registry.kind!r}")
+    _check_wildcards(config, settings, where)
+    if not settings.subscribes:
+        for index, export in enumerate(config.exports):
+            if not export.providers:
+                raise where.export(index, f"export {export.service} lists no providers, and a {registry.kind} registry "
+                    "cannot supply them; list providers: [host:port], or use registry kind zookeeper or dns (mode external)"
+                )
+    return settings
+
+
+def embedded_dns(config: SiteConfig) -> EmbeddedDns | None:
+    """The embedded DNS-SD settings of a site file, or None when its registry is something else."""
+    return registry_settings(config).embedded
+
+
+class _Where:
+    """`file:line: registry.key` prefixes for messages."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+
+    def __call__(self, key: str, detail: str) -> RegistryConfigError:
+        line = self.config.lines.get(f"registry.{key}") or self.config.lines.get("registry")
+        return RegistryConfigError(self.config.path, line, f"registry.{key}", detail)
+
+    def export(self, index: int, detail: str) -> RegistryConfigError:
+        return RegistryConfigError(self.config.path, self.config.lines.get(f"exports[{index}]"), f"exports[{index}]", detail)
+
+
+def _known(options: dict[str, object], keys: tuple[str, ...], where: _Where, kind: str) -> None:
+    unknown = sorted(set(options) - set(keys))
     if unknown:
-        raise RegistryConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(DNS_KEYS)}")
-    mode = options.get("mode", "embedded")
-    if mode != "embedded":
-        raise RegistryConfigError(
-            f"{where}.mode: {mode!r} is not available yet; use mode: embedded (the gateway answers DNS itself)"
-        )
-    listen = _host_port(options.get("listen"), f"{where}.listen", "listen: 127.0.0.1:5353")
+        raise where(unknown[0], f"unknown key(s) {', '.join(unknown)} for a {kind} registry; known: {', '.join(keys)}")
+
+
+def _advertise(options: dict[str, object], where: _Where) -> str | None:
+    advertise = options.get("advertise")
+    if advertise is None:
+        return None
+    try:
+        address = ipaddress.ip_address(str(advertise))
+    except ValueError:
+        raise where("advertise", f"{advertise!r} is not an IP address callers can dial") from None
+    if address.is_unspecified:
+        raise where("advertise", f"{advertise} is a wildcard; write the gateway's own address")
+    return str(address)
+
+
+def _embedded(config: SiteConfig, options: dict[str, object], where: _Where) -> EmbeddedDns:
+    _known(options, DNS_KEYS, where, "dns (mode embedded)")
+    listen = _host_port(options.get("listen"), where, "listen", "listen: 127.0.0.1:5353")
     zone = options.get("zone")
     if not isinstance(zone, str) or not zone.strip("."):
-        raise RegistryConfigError(f"{where}.zone: the DNS zone to answer for is required, e.g. zone: {config.site}.interlink.test")
-    advertise = options.get("advertise")
-    if advertise is not None:
-        try:
-            ipaddress.ip_address(str(advertise))
-        except ValueError:
-            raise RegistryConfigError(f"{where}.advertise: {advertise!r} is not an IP address callers can dial") from None
-    if advertise is None:
-        for item in config.imports:
-            listener = config.listen.bolt if item.protocol == "bolt" else config.listen.triple
-            if listener is not None and _unspecified(listener.host):
-                raise RegistryConfigError(
-                    f"{where}.advertise: required, because the {item.protocol} listener is on {listener.host}, "
-                    "an address callers cannot dial; write the gateway's address, e.g. advertise: 10.0.0.5"
-                )
-    return EmbeddedDns(listen=listen, zone=zone.strip(".") + ".", advertise=str(advertise) if advertise else None)
+        raise where("zone", f"the DNS zone to answer for is required, e.g. zone: {config.site}.interlink.test")
+    return EmbeddedDns(listen=listen, zone=zone.strip(".") + ".", advertise=_advertise(options, where))
+
+
+def _dns_external(config: SiteConfig, options: dict[str, object], where: _Where) -> RegistrySettings:
+    _known(options, DNS_EXTERNAL_KEYS, where, "dns (mode external)")
+    server = _host_port(options.get("server"), where, "server", "server: 10.0.0.53:53")
+    zone = options.get("zone")
+    if not isinstance(zone, str) or not zone.strip("."):
+        raise where("zone", f"the zone the gateway may update is required, e.g. zone: {config.site}.example")
+    name = options.get("tsig_name")
+    if not isinstance(name, str) or not name:
+        raise where("tsig_name", f"the TSIG key name is required (tsig-keygen NAME)")
+    secret = options.get("tsig_secret")
+    if secret is None and options.get("tsig_file") is not None:
+        secret = _secret_from_key_file(config.path.parent / str(options["tsig_file"]), name, where)
+    if not isinstance(secret, str) or not secret:
+        raise where("tsig_secret", f"the TSIG secret (base64) is required, or tsig_file: a BIND key file")
+    notify = options.get("notify_listen")
+    return RegistrySettings(
+        "dns-external",
+        advertise=_advertise(options, where),
+        options={
+            "server": str(server),
+            "zone": zone.strip(".") + ".",
+            "tsig_name": name,
+            "tsig_secret": secret,
+            "tsig_algorithm": str(options.get("tsig_algorithm", "hmac-sha256")),
+            "ttl": _int(options, "ttl", 30, 1, 86400, where),
+            "poll_interval": _int(options, "poll_interval_ms", 1000, 100, 600_000, where) / 1000,
+            "notify_listen": str(_host_port(notify, where, "notify_listen", "notify_listen: 127.0.0.1:5300")) if notify else None,
+            "site": config.site,
+        },
+    )
+
+
+def _zookeeper(options: dict[str, object], where: _Where) -> RegistrySettings:
+    _known(options, ZOOKEEPER_KEYS, where, "zookeeper")
+    address = options.get("address")
+    if not isinstance(address, str) or not address:
+        raise where("address", f"the ZooKeeper connect string is required, e.g. address: 10.0.0.7:2181")
+    for part in address.split(","):
+        _host_port(part, where, "address", "address: 10.0.0.7:2181,10.0.0.8:2181")
+    root = str(options.get("root", "/sofa-rpc"))
+    dubbo_root = str(options.get("dubbo_root", "/dubbo"))
+    for key, value in (("root", root), ("dubbo_root", dubbo_root)):
+        if not value.startswith("/") or value.endswith("/") and value != "/":
+            raise where(key, f"{value!r} must be an absolute ZooKeeper path like /sofa-rpc")
+    return RegistrySettings(
+        "zookeeper",
+        advertise=_advertise(options, where),
+        options={
+            "address": address,
+            "root": root,
+            "dubbo_root": dubbo_root,
+            "session_timeout": _int(options, "session_timeout_ms", 10_000, 4_000, 120_000, where) / 1000,
+        },
+    )
+
+
+def _int(options: dict[str, object], key: str, default: int, low: int, high: int, where: _Where) -> int:
+    value = options.get(key, default)
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise where(key, f"{value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise where(key, f"{number} is out of range; use {low}..{high}")
+    return number
+
+
+def _secret_from_key_file(path: Path, name: str, where: _Where) -> str:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise where("tsig_file", f"cannot read {path}: {exc.strerror}") from None
+    match = re.search(r'secret\s+"([^"]+)"', text)
+    if match is None:
+        raise where("tsig_file", f"{path} has no secret \"...\"; make it with tsig-keygen {name}")
+    return match.group(1)
+
+
+def _host_port(value: object, where: _Where, key: str, example: str) -> HostPort:
+    text = str(value or "")
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise where(key, f"{value!r} is not host:port; write e.g. {example}")
+    return HostPort(host.strip("[]"), int(port))
+
+
+def _check_wildcards(config: SiteConfig, settings: RegistrySettings, where: _Where) -> None:
+    """Publishing needs an address callers can dial: a wildcard listener needs `advertise`."""
+    if settings.kind == "static" or settings.advertise is not None:
+        return
+    for item in config.imports:
+        listener = config.listen.bolt if item.protocol == "bolt" else config.listen.triple
+        if listener is not None and _unspecified(listener.host):
+            raise where("advertise", f"required, because the {item.protocol} listener is on {listener.host}, "
+                "an address callers cannot dial; write the gateway's address, e.g. advertise: 10.0.0.5"
+            )
 
 
 def _unspecified(host: str) -> bool:
@@ -78,50 +264,148 @@ def _unspecified(host: str) -> bool:
         return False  # a host name: callers resolve it
 
 
-def _host_port(value: object, where: str, example: str) -> HostPort:
-    text = str(value or "")
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise RegistryConfigError(f"{where}: {value!r} is not host:port; write e.g. {example}")
-    return HostPort(host.strip("[]"), int(port))
+# --- keys -------------------------------------------------------------------------------------------------
 
 
-async def publish_imports(
-    config: SiteConfig,
-    dns: EmbeddedDns,
-    ports: dict[str, HostPort | None],
-    *,
-    task_status: trio.TaskStatus[HostPort] = trio.TASK_STATUS_IGNORED,
+def import_key(item: ImportConfig) -> ServiceKey:
+    return ServiceKey(interface=item.service, protocol="bolt" if item.protocol == "bolt" else "tri", version=item.version or "1.0")
+
+
+def export_key(item: ExportConfig) -> ServiceKey:
+    if item.protocol == "bolt":
+        return ServiceKey(item.service, "bolt", unique_id=item.unique_id or "", version=item.version or "1.0")
+    if item.flavour == "dubbo":
+        return ServiceKey(item.service, "tri", version=item.version or "", group=item.group or "")
+    return ServiceKey(item.service, "tri", unique_id=item.unique_id or "", version=item.version or "1.0")
+
+
+# --- running --------------------------------------------------------------------------------------------
+
+
+class EmbeddedDnsRegistry:
+    """The embedded DNS-SD responder behind the Registry interface: it holds only this gateway's own
+    publications (a killed gateway's records die with it), so there is nothing to subscribe to."""
+
+    name = "dns-embedded"
+
+    def __init__(self, settings: EmbeddedDns, site: str) -> None:
+        self.settings = settings
+        self.site = site
+        self.responder = EmbeddedResponder(settings.zone, listen_host=settings.listen.host, port=settings.listen.port)
+        self.bound: tuple[str, int] | None = None
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> EmbeddedDnsRegistry:
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._stack.callback(nursery.cancel_scope.cancel)
+        self.bound = await nursery.start(self.responder.run)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def publish(self, key: ServiceKey, instance: Instance) -> Publication:
+        label = f"{self.site}-gateway"
+        self.responder.publish(key, instance, label, site=self.site)
+        return Publication(key, instance, liveness="responder", handle=label)
+
+    async def unpublish(self, publication: Publication) -> None:
+        self.responder.unpublish(publication.key, str(publication.handle))
+
+    def subscribe(self, key: ServiceKey):  # noqa: ANN201 - see class docstring
+        raise RegistryError("the embedded DNS registry holds only this gateway's publications; list providers: in the export")
+
+    def health(self):  # noqa: ANN201
+        from registry_adapters.base import RegistryHealth
+
+        return RegistryHealth(connected=True)
+
+
+def open_registry(settings: RegistrySettings, site: str) -> Registry | None:
+    """The adapter for a site's registry (not yet entered), or None for `static`."""
+    if settings.kind == "static":
+        return None
+    if settings.kind == "dns-embedded":
+        assert settings.embedded is not None
+        return EmbeddedDnsRegistry(settings.embedded, site)  # type: ignore[return-value]
+    if settings.kind == "dns-external":
+        from registry_adapters.dnsupdate import DnsUpdateRegistry
+
+        return DnsUpdateRegistry(**settings.options)  # type: ignore[return-value]
+    from registry_adapters.zookeeper import ZooKeeperRegistry
+
+    return ZooKeeperRegistry(**settings.options, site=site)  # type: ignore[return-value]
+
+
+@asynccontextmanager
+async def _entered(registry: Registry) -> AsyncIterator[Registry]:
+    async with registry:
+        yield registry
+
+
+async def run_registry(
+    gateway: Gateway, settings: RegistrySettings, *, task_status: trio.TaskStatus[Registry | None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve the embedded responder and publish each import under the gateway's address for the protocol
-    its callers speak (`ports`: "bolt"/"triple" -> the bound local listener). Runs until cancelled; the
-    publications are withdrawn on the way out."""
-    responder = EmbeddedResponder(dns.zone, listen_host=dns.listen.host, port=dns.listen.port)
-    async with trio.open_nursery() as nursery:
-        host, port = await nursery.start(responder.run)
-        published = []
-        try:
-            for item in config.imports:
-                listener = ports.get(item.protocol)
-                if listener is None:
-                    log.warning("registry.import_not_published", service=item.service, protocol=item.protocol,
-                                reason=f"no local {item.protocol} listener")
-                    continue
-                address = dns.advertise or listener.host  # embedded_dns() refused wildcard listeners
-                key = ServiceKey(
-                    interface=item.service,
-                    protocol="bolt" if item.protocol == "bolt" else "tri",
-                    version=item.version or "1.0",
-                )
-                instance = Instance(host=address, port=listener.port, meta={"from": item.from_site})
-                label = f"{config.site}-gateway"
-                responder.publish(key, instance, label, site=config.site)
-                published.append((key, label))
-                log.info("registry.published", service=item.service, protocol=item.protocol,
-                         address=f"{address}:{listener.port}", dns=f"{host}:{port}", zone=dns.zone)
-            task_status.started(HostPort(host, port))
-            await trio.sleep_forever()
-        finally:
-            for key, label in published:
-                responder.unpublish(key, label)
-            nursery.cancel_scope.cancel()
+    """Publish the imports and follow the exports' providers until cancelled; the publications are
+    withdrawn on the way out (the adapter's exit). Reports the entered adapter once everything is
+    published and every subscription has delivered its first set."""
+    config = gateway.config
+    registry = open_registry(settings, config.site)
+    if registry is None:
+        task_status.started(None)
+        await trio.sleep_forever()
+    async with _entered(registry) as entered, trio.open_nursery() as nursery:
+        for item in config.exports:
+            if not item.providers:
+                await nursery.start(_follow_export, entered, gateway, item)
+        for item in config.imports:
+            await _publish_import(entered, gateway, settings, item)
+        task_status.started(entered)
+        await trio.sleep_forever()
+
+
+async def _publish_import(registry: Registry, gateway: Gateway, settings: RegistrySettings, item: ImportConfig) -> None:
+    listener = gateway.bound.bolt if item.protocol == "bolt" else gateway.bound.triple
+    if listener is None:
+        log.warning("registry.import_not_published", service=item.service, protocol=item.protocol,
+                    reason=f"no local {item.protocol} listener")
+        return
+    host = settings.advertise or listener.host
+    instance = Instance(
+        host=host,
+        port=listener.port,
+        meta={GATEWAY_MARK: gateway.config.site, "from": item.from_site, "appName": f"interlink-{gateway.config.site}"},
+    )
+    try:
+        publication = await registry.publish(import_key(item), instance)
+    except RegistryError as exc:
+        log.error("registry.publish_failed", service=item.service, error=str(exc))
+        return
+    log.info("registry.published", service=item.service, protocol=item.protocol, address=f"{host}:{listener.port}",
+             registry=registry.name, liveness=publication.liveness)
+
+
+async def _follow_export(
+    registry: Registry, gateway: Gateway, item: ExportConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """One export's providers, from the registry, for as long as the gateway runs."""
+    route = next(r for r in gateway.snapshot.export_routes if (r.service, r.version, r.protocol) == (item.service, item.version, item.protocol))
+    key = export_key(item)
+    started = False
+    async with registry.subscribe(key) as sets:
+        async for instance_set in sets:
+            _apply(gateway, route, instance_set)
+            if not started:
+                started = True
+                task_status.started()
+
+
+def _apply(gateway: Gateway, route, instance_set: InstanceSet) -> None:  # noqa: ANN001
+    if instance_set.stale:
+        log.warning("registry.stale", export=route.pool_key, revision=instance_set.revision,
+                    keeping=len(instance_set.instances))
+        return  # stale beats empty: keep routing to the last known set
+    instances = sorted(without_gateways(instance_set.instances), key=lambda inst: (inst.host, inst.port))
+    gateway.providers.set_providers(route.pool_key, route.protocol, [HostPort(i.host, i.port) for i in instances])
+    log.info("registry.providers", export=route.pool_key, revision=instance_set.revision,
+             providers=[f"{i.host}:{i.port}" for i in instances])

@@ -29,40 +29,42 @@ def run_gateway(
     from interlink.control.snapshot import SnapshotError
     from interlink.gateway.gateway import Gateway
 
-    from interlink.control.registry_sync import RegistryConfigError, embedded_dns
+    from interlink.control.registry_sync import RegistryConfigError, registry_settings
 
     logs.configure(log_level, json=log_format == "json")
     try:
         config = load_site(config_path)
         gateway = Gateway(config)
-        dns = embedded_dns(config)
+        registry = registry_settings(config)
     except (SiteFileError, SnapshotError, RegistryConfigError) as exc:
         raise StartupError(str(exc)) from exc
     if workers > 1:
         return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
     try:
-        trio.run(_serve_until_signalled, gateway, dns, drain_seconds)
+        trio.run(_serve_until_signalled, gateway, registry, drain_seconds)
     except OSError as exc:  # listening failed: port in use, address not local ...
         raise StartupError(f"interlink run: {exc}") from exc
     return 0
 
 
-async def _serve_until_signalled(gateway, dns, drain_seconds: float) -> None:
-    from interlink.control.registry_sync import publish_imports
+async def _serve_until_signalled(gateway, registry_settings, drain_seconds: float) -> None:
+    from interlink.control.registry_sync import run_registry
 
     registry = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
-            if dns is not None:
-                ports = {"bolt": gateway.bound.bolt, "triple": gateway.bound.triple}
 
-                async def publish(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                    with registry:
-                        await publish_imports(gateway.config, dns, ports, task_status=task_status)
+            async def follow_registry(task_status=trio.TASK_STATUS_IGNORED) -> None:
+                with registry:
+                    await run_registry(gateway, registry_settings, task_status=task_status)
 
-                await nursery.start(publish)
+            # With --workers N, worker 0 alone talks to the registry: one publication per gateway, and a
+            # worker that exits cannot withdraw what the others still serve.
+            if os.environ.get(WORKER_ENV, "0") == "0":
+                await nursery.start(follow_registry)
+            log.info("gateway.ready", site=gateway.config.site, registry=registry_settings.kind)
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     reload(gateway)

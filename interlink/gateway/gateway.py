@@ -355,11 +355,16 @@ def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
     def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
         return {(i.service, i.from_site, i.protocol) for i in config.imports}
 
+    def followed(config: SiteConfig) -> set[tuple[str, str | None, str]]:  # exports whose providers the registry gives
+        return {(e.service, e.version, e.protocol) for e in config.exports if not e.providers}
+
     checks = [
         ("site", old.site != new.site),
         ("listen addresses", old.listen != new.listen),
         ("dialled peers (endpoints, connections, streams, domain)", dialled(old) != dialled(new)),
         ("imports", imports(old) != imports(new)),
+        ("registry", old.registry != new.registry),
+        ("exports that follow the registry (no providers: list)", followed(old) != followed(new)),
     ]
     return [what for what, differs in checks if differs]
 

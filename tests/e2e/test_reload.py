@@ -62,3 +62,38 @@ def test_sighup_applies_a_new_acl_and_refuses_bad_files(certs, tmp_path, py_prov
             assert client.add(2, 2, metadata=APP) == 4
     finally:
         sites.stop()
+
+
+def test_sighup_moves_an_export_to_other_providers_without_failing_calls_in_flight(
+    certs, tmp_path, py_provider, node_server
+):
+    import threading
+
+    from interlink.demo.client import md_value
+
+    sites = two_sites(certs, tmp_path, py_provider.target, name="move")
+    try:
+        with EchoClient(sites.triple_target) as client:
+            _, initial, _ = client.echo("x", APP)
+            assert md_value(initial, "x-served-by") == "py-provider"
+            outcome: dict[str, object] = {}
+
+            def slow_call() -> None:
+                try:
+                    outcome["ms"] = client.sleep(800, timeout=5, metadata=APP)[0]
+                except grpc.RpcError as exc:  # pragma: no cover - reported by the assert below
+                    outcome["error"] = exc
+
+            in_flight = threading.Thread(target=slow_call)
+            in_flight.start()
+            time.sleep(0.2)
+            moved = copy.deepcopy(sites.a.config)
+            moved["exports"][0]["providers"] = [node_server.target]
+            _reload(sites.a, moved)
+            _, initial, _ = client.echo("y", APP)
+            assert md_value(initial, "x-served-by") == "node-provider"
+            in_flight.join(5)
+            assert outcome == {"ms": 800}  # finished on the old provider's connection
+            sites.a.wait_for_event(lambda e: e.get("event") == "providers.retired")
+    finally:
+        sites.stop()

@@ -72,7 +72,7 @@ class Gateway:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway {self.name} exited with {self.process.returncode}:\n{self.log_text()}")
-            if any(e.get("event") == "gateway.started" for e in self.events(offset)):
+            if any(e.get("event") == "gateway.ready" for e in self.events(offset)):  # listening + registry synced
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"gateway {self.name} did not start within {timeout}s:\n{self.log_text()}")
@@ -212,7 +212,12 @@ def two_sites(
     peer_options: dict[str, Any] | None = None,
     protocol: str = "triple",
     methods: list[str] | None = None,
+    export_options: dict[str, Any] | None = None,
+    site_options: dict[str, dict[str, Any]] | None = None,
 ) -> TwoSites:
+    """`protocol` is what site B's callers speak (and the link carries); `export_options` can make site A's
+    providers speak the other one (e.g. {"protocol": "triple", "flavour": "sofa"}): a translated call.
+    `site_options` adds top-level keys to site "a" or "b" (e.g. a registry)."""
     folder.mkdir(parents=True, exist_ok=True)
     a_peer, b_peer, b_local = free_port(), free_port(), free_port()
     consumers = {"site-b": b_peer, **(extra_consumers or {})}
@@ -220,8 +225,12 @@ def two_sites(
     export = echo_export(provider_target, allow, protocol=protocol)
     if protocol == "bolt":
         export["version"] = "1.0"
+    export.update(export_options or {})
+    site_options = site_options or {}
     a = Gateway(
-        f"{name}-site-a", provider_site(certs, peer_port=a_peer, consumers=consumers, exports=[export]), folder
+        f"{name}-site-a",
+        {**provider_site(certs, peer_port=a_peer, consumers=consumers, exports=[export]), **site_options.get("a", {})},
+        folder,
     )
     b = Gateway(
         f"{name}-site-b",
@@ -232,7 +241,8 @@ def two_sites(
             provider_peer_port=a_peer,
             peer_options=peer_options,
             protocol=protocol,
-        ),
+        )
+        | site_options.get("b", {}),
         folder,
     )
     a.start()
