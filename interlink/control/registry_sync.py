@@ -167,12 +167,12 @@ def _dns_external(config: SiteConfig, options: dict[str, object], where: _Where)
         raise where("zone", f"the zone the gateway may update is required, e.g. zone: {config.site}.example")
     name = options.get("tsig_name")
     if not isinstance(name, str) or not name:
-        raise where("tsig_name", f"the TSIG key name is required (tsig-keygen NAME)")
+        raise where("tsig_name", "the TSIG key name is required (tsig-keygen NAME)")
     secret = options.get("tsig_secret")
     if secret is None and options.get("tsig_file") is not None:
         secret = _secret_from_key_file(config.path.parent / str(options["tsig_file"]), name, where)
     if not isinstance(secret, str) or not secret:
-        raise where("tsig_secret", f"the TSIG secret (base64) is required, or tsig_file: a BIND key file")
+        raise where("tsig_secret", "the TSIG secret (base64) is required, or tsig_file: a BIND key file")
     notify = options.get("notify_listen")
     return RegistrySettings(
         "dns-external",
@@ -195,7 +195,7 @@ def _zookeeper(options: dict[str, object], where: _Where) -> RegistrySettings:
     _known(options, ZOOKEEPER_KEYS, where, "zookeeper")
     address = options.get("address")
     if not isinstance(address, str) or not address:
-        raise where("address", f"the ZooKeeper connect string is required, e.g. address: 10.0.0.7:2181")
+        raise where("address", "the ZooKeeper connect string is required, e.g. address: 10.0.0.7:2181")
     for part in address.split(","):
         _host_port(part, where, "address", "address: 10.0.0.7:2181,10.0.0.8:2181")
     root = str(options.get("root", "/sofa-rpc"))

@@ -21,16 +21,15 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 import h2.errors
-import structlog
 import trio
+from google.protobuf.message import DecodeError
 
 from interlink.control.snapshot import ExportRoute
 from interlink.gateway.forwarding import log_call
+from interlink.gateway.relay import status_for_reset
 from interlink.model import Call, Identity, PayloadKind, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
 from interlink.net.h2link import H2Endpoint, Headers
-from google.protobuf.message import DecodeError
-
 from interlink.wire import bolt, bolt_call, grpc, triple_call, triple_wrapper, triple_wrapper_pb2
 from interlink.wire.hessian2 import HessianError
 from interlink.wire.triple_call import TranslationRefused
@@ -38,8 +37,6 @@ from interlink.wire.triple_call import TranslationRefused
 if TYPE_CHECKING:
     from interlink.gateway.bolt import BoltCallRelay
     from interlink.gateway.relay import DeadlineTimers
-
-log = structlog.get_logger("interlink.gateway")
 
 # What a translation can fail with besides a refusal: bodies the codecs cannot read or write.
 TRANSLATION_ERRORS = (HessianError, triple_wrapper.TranslationError, bolt.BoltProtocolError, ValueError)
@@ -153,8 +150,6 @@ class TripleUpstream:
         self._fail(Status.INTERNAL, "the provider ended the response without grpc-status trailers")
 
     def on_reset(self, error_code: int) -> None:
-        from interlink.gateway.relay import status_for_reset
-
         self._fail(status_for_reset(error_code), f"the provider reset the stream ({getattr(error_code, 'name', error_code)})")
 
     def on_connection_lost(self, reason: str) -> None:
@@ -336,7 +331,7 @@ class TripleToBolt:
     def _respond(self, reply: Reply) -> None:
         content_type = b"application/grpc+proto" if self.route.flavour == "dubbo" else grpc.CONTENT_TYPE
         head, data, trailers = triple_call.response(reply, content_type)
-        self._status = reply.status if reply.payload is not None or reply.status != Status.OK else Status.INTERNAL
+        self._status = Status.INTERNAL if reply.status == Status.OK and reply.payload is None else reply.status
         self.done = True
         if not head:  # Trailers-Only
             self.down.send_headers(self.sid, trailers, end_stream=True)

@@ -17,7 +17,6 @@ import math
 import structlog
 import trio
 
-from interlink.control.snapshot import Snapshot
 from interlink.gateway.forwarding import Forwarder, authorize_peer_call
 from interlink.gateway.relay import Relay
 from interlink.gateway.translation import TripleToBolt

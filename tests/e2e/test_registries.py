@@ -9,7 +9,6 @@ site's registry.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ import pytest
 
 from registry_adapters import dnssd
 from registry_adapters.model import Instance, ServiceKey
-from tests.conftest import Peer, bolt_server_argv, pick_free_port, start_process_peer, stop_process
+from tests.conftest import Peer, bolt_server_argv, start_process_peer, stop_process
 from tests.e2e.topology import ALLOWED_APP, TwoSites, two_sites
 from tests.servers.bind9 import start_bind9
 
