@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from interlink.control.config import ExportConfig, HostPort, ImportConfig, SiteConfig
-from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError, without_gateways
+from interlink.control.config import HostPort, ImportConfig, SiteConfig
+from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError
 from registry_adapters.dnssd import EmbeddedResponder
-from registry_adapters.model import Instance, InstanceSet, ServiceKey
+from registry_adapters.model import Instance, ServiceKey
 
 if TYPE_CHECKING:
     from interlink.gateway.gateway import Gateway
@@ -271,14 +271,6 @@ def import_key(item: ImportConfig) -> ServiceKey:
     return ServiceKey(interface=item.service, protocol="bolt" if item.protocol == "bolt" else "tri", version=item.version or "1.0")
 
 
-def export_key(item: ExportConfig) -> ServiceKey:
-    if item.protocol == "bolt":
-        return ServiceKey(item.service, "bolt", unique_id=item.unique_id or "", version=item.version or "1.0")
-    if item.flavour == "dubbo":
-        return ServiceKey(item.service, "tri", version=item.version or "", group=item.group or "")
-    return ServiceKey(item.service, "tri", unique_id=item.unique_id or "", version=item.version or "1.0")
-
-
 # --- running --------------------------------------------------------------------------------------------
 
 
@@ -355,9 +347,9 @@ async def run_registry(
         task_status.started(None)
         await trio.sleep_forever()
     async with _entered(registry) as entered, trio.open_nursery() as nursery:
-        for item in config.exports:
-            if not item.providers:
-                await nursery.start(_follow_export, entered, gateway, item)
+        for route in gateway.snapshot.export_routes:
+            if not route.providers:
+                await nursery.start(gateway.providers.follow, entered, route.pool_key, route.protocol, route.registry_key)
         for item in config.imports:
             await _publish_import(entered, gateway, settings, item)
         task_status.started(entered)
@@ -383,29 +375,3 @@ async def _publish_import(registry: Registry, gateway: Gateway, settings: Regist
         return
     log.info("registry.published", service=item.service, protocol=item.protocol, address=f"{host}:{listener.port}",
              registry=registry.name, liveness=publication.liveness)
-
-
-async def _follow_export(
-    registry: Registry, gateway: Gateway, item: ExportConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """One export's providers, from the registry, for as long as the gateway runs."""
-    route = next(r for r in gateway.snapshot.export_routes if (r.service, r.version, r.protocol) == (item.service, item.version, item.protocol))
-    key = export_key(item)
-    started = False
-    async with registry.subscribe(key) as sets:
-        async for instance_set in sets:
-            _apply(gateway, route, instance_set)
-            if not started:
-                started = True
-                task_status.started()
-
-
-def _apply(gateway: Gateway, route, instance_set: InstanceSet) -> None:  # noqa: ANN001
-    if instance_set.stale:
-        log.warning("registry.stale", export=route.pool_key, revision=instance_set.revision,
-                    keeping=len(instance_set.instances))
-        return  # stale beats empty: keep routing to the last known set
-    instances = sorted(without_gateways(instance_set.instances), key=lambda inst: (inst.host, inst.port))
-    gateway.providers.set_providers(route.pool_key, route.protocol, [HostPort(i.host, i.port) for i in instances])
-    log.info("registry.providers", export=route.pool_key, revision=instance_set.revision,
-             providers=[f"{i.host}:{i.port}" for i in instances])

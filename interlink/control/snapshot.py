@@ -15,6 +15,7 @@ from cryptography import x509
 
 from interlink.control.config import AclRule, ExportConfig, HostPort, ImportConfig, PeerConfig, SiteConfig
 from interlink.net import tls
+from registry_adapters.model import ServiceKey
 
 
 class SnapshotError(Exception):
@@ -50,6 +51,16 @@ class ExportRoute:
     def bolt_name(self) -> str:
         """The unique name Bolt callers address it by (and SOFA Triple's sofa_head_target_service)."""
         return bolt_unique_name(self.service, self.version, self.unique_id)
+
+    @property
+    def registry_key(self) -> ServiceKey:
+        """What the registry knows its providers by (SOFARPC: interface, version, uniqueId; Dubbo: group and
+        version)."""
+        if self.protocol == "bolt":
+            return ServiceKey(self.service, "bolt", unique_id=self.unique_id or "", version=self.version or "1.0")
+        if self.flavour == "dubbo":
+            return ServiceKey(self.service, "tri", version=self.version or "", group=self.group or "")
+        return ServiceKey(self.service, "tri", unique_id=self.unique_id or "", version=self.version or "1.0")
 
     @property
     def pool_key(self) -> str:

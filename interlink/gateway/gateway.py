@@ -29,6 +29,8 @@ from interlink.net.boltlink import BoltEndpoint
 from interlink.net.connection import FlushQueue
 from interlink.net.h2link import H2Endpoint
 from interlink.net.pool import ConnectionPool, PoolGroup
+from registry_adapters.model import Instance, ServiceKey
+from registry_adapters.static import StaticRegistry
 
 log = structlog.get_logger("interlink.gateway")
 audit_log = structlog.get_logger("interlink.audit")
@@ -58,7 +60,9 @@ class Gateway:
         self.peer_groups = self._peer_groups("triple")
         self.bolt_peer_groups = self._peer_groups("bolt")
         self.providers = ProviderDirectory(self._provider_pool)
-        self._set_static_providers(self._snapshot)
+        # Providers listed in the site file come through the `static` registry adapter, like any registry's.
+        self.static_registry = StaticRegistry(_static_sets(self._snapshot))
+        self._followed_static: set[str] = set()
         self._all_pools = [
             pool for groups in (self.peer_groups, self.bolt_peer_groups) for group in groups.values() for pool in group.pools
         ]
@@ -78,12 +82,15 @@ class Gateway:
             if name in dialed
         }
 
-    def _set_static_providers(self, snapshot: Snapshot) -> None:
-        """Exports that list their providers in the site file; the others follow the registry
-        (control/registry_sync.py calls `providers.set_providers`)."""
+    async def _follow_static(self, nursery: trio.Nursery, snapshot: Snapshot) -> None:
+        """Exports that list their providers in the site file follow the static registry (ready when each
+        has its first set); the others follow the site's registry (control/registry_sync.py)."""
         for route in snapshot.export_routes:
-            if route.providers:
-                self.providers.set_providers(route.pool_key, route.protocol, route.providers)
+            if route.providers and route.pool_key not in self._followed_static:
+                self._followed_static.add(route.pool_key)
+                await nursery.start(
+                    self.providers.follow, self.static_registry, route.pool_key, route.protocol, route.registry_key
+                )
 
     @property
     def snapshot(self) -> Snapshot:
@@ -102,10 +109,9 @@ class Gateway:
                 "(nothing was changed, the running configuration keeps serving)"
             )
         snapshot = build_snapshot(config)
-        gone = {route.pool_key for route in self._snapshot.export_routes} - {r.pool_key for r in snapshot.export_routes}
-        for pool_key in gone:
-            self.providers.set_providers(pool_key, pool_key.partition(":")[0], ())
-        self._set_static_providers(snapshot)
+        self.static_registry.replace(_static_sets(snapshot))  # removed exports get an empty set
+        if self._nursery is not None:
+            self._nursery.start_soon(self._follow_static, self._nursery, snapshot)
         self._snapshot = snapshot
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
@@ -131,6 +137,7 @@ class Gateway:
             )
             nursery.start_soon(self.timers.run)
             await nursery.start(self.providers.run)
+            await self._follow_static(nursery, self._snapshot)
             for pool in self._all_pools:
                 nursery.start_soon(pool.run)
             listen = self.config.listen
@@ -336,6 +343,14 @@ class Gateway:
         return ConnectionPool(
             f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0
         )
+
+
+def _static_sets(snapshot: Snapshot) -> dict[ServiceKey, frozenset[Instance]]:
+    return {
+        route.registry_key: frozenset(Instance(address.host, address.port) for address in route.providers)
+        for route in snapshot.export_routes
+        if route.providers
+    }
 
 
 class ReloadError(Exception):

@@ -19,6 +19,8 @@ import trio
 
 from interlink.control.config import HostPort
 from interlink.net.pool import ConnectionPool, PoolGroup
+from registry_adapters.base import Registry, without_gateways
+from registry_adapters.model import ServiceKey
 
 log = structlog.get_logger("interlink.gateway")
 
@@ -74,6 +76,28 @@ class ProviderDirectory:
             if before != {pool.name for pool in pools}:
                 log.info("providers.changed", export=pool_key, providers=[str(a) for a in wanted])
         self._retire_unused()
+
+    async def follow(
+        self, registry: Registry, pool_key: str, protocol: str, key: ServiceKey,
+        *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep one export's providers equal to what `registry` says about `key`, until cancelled. Ready once
+        the first set is applied. A stale set (registry unreachable) keeps the last known providers; what a
+        gateway published (the loop guard) is never a provider."""
+        started = False
+        async with registry.subscribe(key) as sets:
+            async for instance_set in sets:
+                if instance_set.stale:
+                    log.warning("registry.stale", export=pool_key, revision=instance_set.revision,
+                                keeping=self.addresses(pool_key))
+                else:
+                    instances = sorted(without_gateways(instance_set.instances), key=lambda i: (i.host, i.port))
+                    self.set_providers(pool_key, protocol, [HostPort(i.host, i.port) for i in instances])
+                    log.info("registry.providers", export=pool_key, registry=registry.name,
+                             revision=instance_set.revision, providers=[f"{i.host}:{i.port}" for i in instances])
+                if not started:
+                    started = True
+                    task_status.started()
 
     def _start(self, key: tuple[str, HostPort]) -> None:
         assert self._nursery is not None

@@ -148,8 +148,9 @@ def test_grpc_js_client_calls_a_bolt_protobuf_provider(grpc_to_bolt, run_node_cl
 
 
 def _echo_reply_message(data: bytes) -> str:
-    from interlink.demo import echo_pb2
+    from interlink.demo.client import load
 
+    echo_pb2, _ = load()
     return echo_pb2.EchoReply.FromString(data).message
 
 
