@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from interlink.control.check import check_registry
-from interlink.control.registry_sync import RegistryConfigError, export_key, registry_settings
+from interlink.control.registry_sync import RegistryConfigError, registry_settings
 from interlink.control.sitefile import load_site
 from registry_adapters.model import ServiceKey
 
@@ -92,10 +92,12 @@ def test_tsig_secret_from_a_bind_key_file(write_site, tmp_path):
     assert found.options["zone"] == "a.test." and found.options["poll_interval"] == 1.0
 
 
-def test_export_keys_per_flavour():
-    from interlink.control.config import ExportConfig
+def test_export_registry_keys_per_flavour():
+    from interlink.control.snapshot import ExportRoute
 
-    assert export_key(ExportConfig("S", protocol="bolt", version="2.0", unique_id="u")) == ServiceKey("S", "bolt", "u", "2.0")
-    assert export_key(ExportConfig("S", flavour="dubbo", version="1.0.0", group="g")) == ServiceKey(
-        "S", "tri", "", "1.0.0", "g"
-    )
+    def route(**fields):
+        return ExportRoute("S", (), {}, None, **fields)
+
+    assert route(protocol="bolt", version="2.0", unique_id="u").registry_key == ServiceKey("S", "bolt", "u", "2.0")
+    assert route(flavour="dubbo", version="1.0.0", group="g").registry_key == ServiceKey("S", "tri", "", "1.0.0", "g")
+    assert route(flavour="sofa", unique_id="blue").registry_key == ServiceKey("S", "tri", "blue", "1.0")
