@@ -193,6 +193,18 @@ def test_the_wrapper_provider_sees_independent_args_types_and_flavour_headers(bo
     assert 0 < seen["deadline_ms"] <= 3000
 
 
+def test_objects_with_shared_references_cross_into_wrapper_mode(bolt_to_wrapper, run_bolt_client):
+    # One SOFA Hessian stream (SofaRequest, then a Pojo whose two objects share a list) becomes one
+    # independent argument stream in the provider's dialect; the provider's decoder (hessian.js) checks the
+    # class and the shared list, and its answer is wrapped back into a SofaResponse.
+    result = run_bolt_client(bolt_to_wrapper.triple_target, "echoobj", app=ALLOWED_APP)
+    assert result["ok"], result
+    assert result["result"] == {
+        "name": "outer", "tags": ["a", "b"], "nested": {"name": "inner", "tags": ["a", "b"], "nested": None}
+    }
+    assert result["shared_tags"] is True
+
+
 def test_provider_errors_reach_the_bolt_caller(bolt_to_wrapper, run_bolt_client):
     failed = run_bolt_client(bolt_to_wrapper.triple_target, "fail", app=ALLOWED_APP, args=["boom 100%"])
     assert failed["ok"] is False and "boom 100%" in failed["error"]["message"], failed
@@ -224,6 +236,17 @@ def test_wrapper_mode_client_calls_a_bolt_hessian_provider(wrapper_to_bolt, bolt
     assert added["ok"] and added["result"] == -2147483648, added
     failed = _client(bolt_peers, "wrapper_client.js", target, "fail", *args, "--arg", "boom")
     assert failed["ok"] is False and failed["code"] == grpc.StatusCode.UNKNOWN.value[0] and "boom" in failed["details"], failed
+
+
+@pytest.mark.parametrize("serialize", ["hessian2", "hessian4"])
+def test_objects_with_shared_references_cross_into_bolt(wrapper_to_bolt, bolt_peers, serialize):
+    result = _client(
+        bolt_peers, "wrapper_client.js", wrapper_to_bolt.triple_target, "echoobj", "--serialize", serialize,
+        "--app", ALLOWED_APP,
+    )
+    assert result["ok"], result
+    assert result["result_class"] == "com.example.Pojo" and result["shared_tags"] is True, result
+    assert result["result"]["nested"]["name"] == "inner"
 
 
 def test_the_bolt_provider_sees_the_sofa_request_built_from_the_wrapper(wrapper_to_bolt, bolt_peers):

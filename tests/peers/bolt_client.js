@@ -38,11 +38,12 @@
 
 const { RpcClient } = require('sofa-rpc-node').client;
 
-const CASES = [ 'echo', 'add', 'fail', 'slow', 'whoami', 'unknown' ];
+const CASES = [ 'echo', 'add', 'fail', 'slow', 'whoami', 'echoobj', 'unknown' ];
 const SERVICE = { interfaceName: 'com.example.EchoService', version: '1.0' };
+const POJO = 'com.example.Pojo';
 const MISSING = { interfaceName: 'com.example.Missing', version: '1.0' };
 const DEFAULT_ARGS = {
-  echo: [ 'hello' ], add: [ '2', '3' ], fail: [ 'boom' ], slow: [ '100' ], whoami: [], unknown: [ 'hello' ],
+  echo: [ 'hello' ], add: [ '2', '3' ], fail: [ 'boom' ], slow: [ '100' ], whoami: [], echoobj: [], unknown: [ 'hello' ],
 };
 const INT32_MIN = -(2 ** 31);
 const INT32_MAX = 2 ** 31 - 1;
@@ -122,8 +123,8 @@ function parseArgs(argv) {
       if (args.args.length !== 1) usage('case slow takes one --arg (ms)');
       args.args = args.args.map(x => parseIntArg('--arg', x, 0, INT32_MAX));
       break;
-    case 'whoami':
-      if (args.args.length !== 0) usage('case whoami takes no --arg');
+    case 'whoami': case 'echoobj':
+      if (args.args.length !== 0) usage(`case ${args.case} takes no --arg`);
       break;
     default:
       break;
@@ -161,6 +162,12 @@ function methodAndArgs(args) {
     case 'add': return [ 'add', args.args.map(n => ({ $class: 'int', $: n })) ];
     case 'slow': return [ 'slow', [ { $class: 'int', $: args.args[0] } ] ];
     case 'whoami': return [ 'whoami', [] ];
+    // com.example.Pojo echoobj(com.example.Pojo): outer and inner share one tags list (a back-reference)
+    case 'echoobj': {
+      const tags = [ 'a', 'b' ];
+      const inner = { $class: POJO, $: { name: 'inner', tags, nested: null } };
+      return [ 'echoobj', [ { $class: POJO, $: { name: 'outer', tags, nested: inner } } ] ];
+    }
     default: throw new Error(`unknown case ${args.case}`);
   }
 }
@@ -219,6 +226,10 @@ async function main() {
       result = { ok: true, case: args.case, result: value === undefined ? null : value };
       if (args.case === 'whoami' && typeof value === 'string') {
         try { result.whoami = JSON.parse(value); } catch (_) { /* keep the raw string only */ }
+      }
+      if (args.case === 'echoobj' && value && typeof value === 'object') {
+        // the decoded reply keeps object identity: a back-reference decodes to the same list
+        result.shared_tags = value.nested ? value.tags === value.nested.tags : null;
       }
     } catch (err) {
       result = { ok: false, case: args.case, error: errorJson(err) };

@@ -12,6 +12,7 @@
 //                                   SERVER_EXCEPTION and an RpcServerException body)
 //   slow(int ms) -> int             waits ms, returns ms (a response later than the request's
 //                                   Bolt timeout is never sent: sofa-rpc-node drops it)
+//   echoobj(com.example.Pojo) -> com.example.Pojo  the argument {name, tags, nested} as a Pojo again
 //   whoami() -> String              JSON of what this server saw about the caller:
 //     {"app": requestProps.app (else header "app", else null),
 //      "props": requestProps from the Hessian body (SofaRequest.requestProps),
@@ -204,6 +205,17 @@ function jsonSafe(value) {
   }));
 }
 
+function asPojo(value, seen) {
+  if (value === null || value === undefined) return null;
+  if (seen.has(value)) return seen.get(value);
+  const out = { $class: 'com.example.Pojo', $: {} };
+  seen.set(value, out);
+  out.$.name = value.name == null ? null : String(value.name);
+  out.$.tags = value.tags == null ? null : value.tags;
+  out.$.nested = asPojo(value.nested, seen);
+  return out;
+}
+
 function makeService(name) {
   return {
     async echo(text) {
@@ -220,6 +232,11 @@ function makeService(name) {
     async slow(ms) {
       await sleep(Math.max(0, Number(ms) || 0));
       return { $class: 'int', $: ms | 0 };
+    },
+    // com.example.Pojo echoobj(com.example.Pojo): the same value back, as a Pojo again (sofa-rpc-node hands
+    // the argument over as a plain object; shared lists stay shared)
+    async echoobj(pojo) {
+      return asPojo(pojo, new Map());
     },
     async whoami() {
       const req = this && this.req;
