@@ -153,18 +153,22 @@ def _advertise(options: dict[str, object], where: _Where) -> str | None:
 def _embedded(config: SiteConfig, options: dict[str, object], where: _Where) -> EmbeddedDns:
     _known(options, DNS_KEYS, where, "dns (mode embedded)")
     listen = _host_port(options.get("listen"), where, "listen", "listen: 127.0.0.1:5353")
+    zone = _zone(options, where, f"the DNS zone to answer for is required, e.g. zone: {config.site}.interlink.test")
+    return EmbeddedDns(listen=listen, zone=zone, advertise=_advertise(options, where))
+
+
+def _zone(options: dict[str, object], where: _Where, missing: str) -> str:
+    """The zone, as an absolute name (trailing dot)."""
     zone = options.get("zone")
     if not isinstance(zone, str) or not zone.strip("."):
-        raise where("zone", f"the DNS zone to answer for is required, e.g. zone: {config.site}.interlink.test")
-    return EmbeddedDns(listen=listen, zone=zone.strip(".") + ".", advertise=_advertise(options, where))
+        raise where("zone", missing)
+    return zone.strip(".") + "."
 
 
 def _dns_external(config: SiteConfig, options: dict[str, object], where: _Where) -> RegistrySettings:
     _known(options, DNS_EXTERNAL_KEYS, where, "dns (mode external)")
     server = _host_port(options.get("server"), where, "server", "server: 10.0.0.53:53")
-    zone = options.get("zone")
-    if not isinstance(zone, str) or not zone.strip("."):
-        raise where("zone", f"the zone the gateway may update is required, e.g. zone: {config.site}.example")
+    zone = _zone(options, where, f"the zone the gateway may update is required, e.g. zone: {config.site}.example")
     name = options.get("tsig_name")
     if not isinstance(name, str) or not name:
         raise where("tsig_name", "the TSIG key name is required (tsig-keygen NAME)")
@@ -179,7 +183,7 @@ def _dns_external(config: SiteConfig, options: dict[str, object], where: _Where)
         advertise=_advertise(options, where),
         options={
             "server": str(server),
-            "zone": zone.strip(".") + ".",
+            "zone": zone,
             "tsig_name": name,
             "tsig_secret": secret,
             "tsig_algorithm": str(options.get("tsig_algorithm", "hmac-sha256")),
