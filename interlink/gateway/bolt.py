@@ -7,7 +7,9 @@
                                                  SNI = access domain), fresh request id
     peer gateway --mTLS Bolt--> on_peer_request: SNI is the access domain we gave the cert's site
                                               -> find export -> ACL (site, app, method) -> audit
-                                              -> pooled Bolt connection to a provider
+                                              -> pooled Bolt connection to a provider, or, when the
+                                                 export's providers speak Triple, translated once here
+                                                 (_to_triple, gateway/translation.py)
 
 A Bolt call stays Bolt across the link and the body is never deserialized (only the SofaRequest head is
 read, when the header lacks the method or app). Upstream, calls always travel as Bolt V1 (what SOFARPC

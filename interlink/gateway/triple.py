@@ -4,7 +4,9 @@
                                               -> pooled mTLS stream to the peer gateway (access domain)
     peer gateway --mTLS--> on_peer_request:  access-domain binding (cert site owns :authority and SNI)
                                               -> find export -> ACL (caller site, app, method) -> audit
-                                              -> pooled h2c stream to a provider
+                                              -> pooled h2c stream to a provider, or, when the
+                                                 export's providers speak Bolt, TripleToBolt
+                                                 (gateway/translation.py)
 
 Both end in a `Relay` that carries the rest of the call. Errors the gateway makes are Trailers-Only
 responses with a gRPC status and a message that says what to do.
