@@ -261,3 +261,28 @@ def test_the_bolt_provider_sees_the_sofa_request_built_from_the_wrapper(wrapper_
     assert who["app"] == ALLOWED_APP
     assert who["props"]["rpc_trace_context"]["sofaTraceId"] == "0a0b0c"
     assert who["headers"]["x-interlink-caller-site"] == "site-b"
+
+
+# --- what cannot be translated is refused with a reason, never guessed ----------------------------------
+
+
+def test_a_hessian_bolt_call_to_an_idl_grpc_export_is_refused(bolt_to_grpc, run_bolt_client):
+    result = run_bolt_client(bolt_to_grpc.triple_target, "echo", app=ALLOWED_APP, args=["x"])
+    assert result["ok"] is False and "cannot be translated" in result["error"]["message"], result
+    assert "UNIMPLEMENTED" in result["error"]["message"]
+
+
+def test_unknown_serialize_type_and_idl_calls_to_a_hessian_bolt_export_are_refused(wrapper_to_bolt, bolt_peers):
+    result = _client(
+        bolt_peers, "wrapper_client.js", wrapper_to_bolt.triple_target, "echo", "--serialize", "hessian2",
+        "--serialize-type", "fastjson2", "--app", ALLOWED_APP,
+    )
+    assert result["ok"] is False and result["code"] == grpc.StatusCode.INTERNAL.value[0], result
+    assert "fastjson2" in result["details"], result
+    with EchoClient(wrapper_to_bolt.triple_target) as client, pytest.raises(grpc.RpcError) as idl:
+        client.echo("an IDL message, not a wrapper", APP)
+    assert idl.value.code() == grpc.StatusCode.INTERNAL, idl.value
+    # The gateway and its Bolt provider connection carry on.
+    echoed = _client(bolt_peers, "wrapper_client.js", wrapper_to_bolt.triple_target, "echo", "--serialize", "hessian2",
+                     "--app", ALLOWED_APP, "--arg", "still fine")
+    assert echoed["result"] == "still fine", echoed
