@@ -6,7 +6,7 @@ processes and a grpcio provider, then makes calls through both gateways — allo
 be refused — and prints what happened. Exit 0 when every call ended as expected.
 
 `interlink lab call` (`run_call`) is the consumer of the networked labs (docker compose, `interlink lab
---netns`, see interlink/labnet.py): it finds an import in its site's DNS-SD registry and calls it.
+--netns`, see interlink/labnet/): it finds an import in its site's DNS-SD registry and calls it.
 """
 
 from __future__ import annotations

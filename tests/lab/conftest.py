@@ -1,4 +1,4 @@
-"""Fixtures of the netns lab (interlink/labnet.py): site-configs/lab/topology.yaml in network namespaces.
+"""Fixtures of the netns lab (interlink/labnet/): site-configs/lab/topology.yaml in network namespaces.
 
 * ``netns_ready`` -- this machine can build the lab (root, iproute2); fails on CI (``CI=true``, where the
   tests run as root), else skips. Removes namespaces left by lab processes that no longer run, then

@@ -1,7 +1,7 @@
 """The two-site lab in network namespaces (root): site B reaches site A only through the two gateways.
 
 One lab per module (`netns_lab`, about 3 s to start); the checks are the ones `interlink lab --netns`
-prints (interlink/labnet.py), each asserted here with its details. Every namespace, veth and process is
+prints (interlink/labnet/), each asserted here with its details. Every namespace, veth and process is
 created and removed by the lab itself; traffic stays on 198.18.0.0/15 inside the namespaces.
 """
 
