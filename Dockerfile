@@ -27,6 +27,7 @@ WORKDIR /peers
 COPY tests/peers/package.json tests/peers/package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund --loglevel=error
 COPY tests/peers/bolt_server.js tests/peers/bolt_client.js ./
+COPY tests/peers/lib ./lib
 COPY docker/bolt-consumer.sh /usr/local/bin/bolt-consumer
 RUN chmod 0755 /usr/local/bin/bolt-consumer
 USER node

@@ -37,120 +37,27 @@
 'use strict';
 
 const { RpcClient } = require('sofa-rpc-node').client;
+const bolt = require('./lib/bolt');
+const cli = require('./lib/cli');
 
-const CASES = [ 'echo', 'add', 'fail', 'slow', 'whoami', 'echoobj', 'unknown' ];
-const SERVICE = { interfaceName: 'com.example.EchoService', version: '1.0' };
+// case -> what its --arg values are (bolt.checkCaseArgs)
+const CASES = {
+  echo: 'text', add: 'ints', fail: 'text', slow: 'ms', whoami: 'none', echoobj: 'none', unknown: 'text',
+};
 const POJO = 'com.example.Pojo';
 const MISSING = { interfaceName: 'com.example.Missing', version: '1.0' };
 const DEFAULT_ARGS = {
   echo: [ 'hello' ], add: [ '2', '3' ], fail: [ 'boom' ], slow: [ '100' ], whoami: [], echoobj: [], unknown: [ 'hello' ],
 };
-const INT32_MIN = -(2 ** 31);
-const INT32_MAX = 2 ** 31 - 1;
 
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      `usage: node bolt_client.js (--target HOST:PORT | --zk HOST:PORT[/ROOT]) --case ${CASES.join('|')} [--app APP]\n` +
-      '       [--timeout-ms N] [--arg X ...] [--count N [--concurrency C]]\n' +
-      '       [--target-app NAME] [--prop KEY=VALUE ...]\n',
-  );
-  process.exit(2);
-}
-
-function parseIntArg(flag, text, min, max) {
-  if (!/^-?\d+$/.test(String(text))) usage(`${flag} needs an integer, got ${JSON.stringify(text)}`);
-  const n = Number(text);
-  if (n < min || n > max) usage(`${flag} must be in [${min}, ${max}]`);
-  return n;
-}
+const usage = cli.makeUsage(
+  `usage: node bolt_client.js (--target HOST:PORT | --zk HOST:PORT[/ROOT]) --case ${Object.keys(CASES).join('|')} [--app APP]\n` +
+    '       [--timeout-ms N] [--arg X ...] [--count N [--concurrency C]]\n' +
+    '       [--target-app NAME] [--prop KEY=VALUE ...]\n',
+);
 
 function parseArgs(argv) {
-  const args = {
-    target: null, zk: null, case: null, app: 'order-app', timeoutMs: 3000, args: [], count: null,
-    concurrency: 1, targetApp: null, props: {},
-  };
-  const flags = [
-    '--target', '--zk', '--case', '--app', '--timeout-ms', '--arg', '--count', '--concurrency',
-    '--target-app', '--prop',
-  ];
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    if (!flags.includes(flag)) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    const value = argv[++i];
-    switch (flag) {
-      case '--target': args.target = value; break;
-      case '--zk': args.zk = value; break;
-      case '--case': args.case = value; break;
-      case '--app': args.app = value; break;
-      case '--timeout-ms': args.timeoutMs = parseIntArg(flag, value, 1, INT32_MAX); break;
-      case '--arg': args.args.push(value); break;
-      case '--count': args.count = parseIntArg(flag, value, 1, 10000000); break;
-      case '--concurrency': args.concurrency = parseIntArg(flag, value, 1, 10000); break;
-      case '--target-app': args.targetApp = value; break;
-      case '--prop': {
-        const eq = value.indexOf('=');
-        if (eq <= 0) usage(`--prop needs KEY=VALUE, got ${JSON.stringify(value)}`);
-        args.props[value.slice(0, eq)] = value.slice(eq + 1);
-        break;
-      }
-      default: usage(`unknown argument ${flag}`);
-    }
-  }
-  if (args.zk !== null) {
-    if (args.target) usage('--target and --zk exclude each other');
-    if (!/^[^/:]+:\d+(,[^/:]+:\d+)*(\/.*)?$/.test(args.zk)) {
-      usage(`--zk needs HOST:PORT[/ROOT], got ${JSON.stringify(args.zk)}`);
-    }
-  } else {
-    if (!args.target) usage('--target is required');
-    if (!/^[^:]+:\d+$/.test(args.target)) usage(`--target needs HOST:PORT, got ${JSON.stringify(args.target)}`);
-  }
-  if (!args.case) usage('--case is required');
-  if (!CASES.includes(args.case)) usage(`unknown case ${args.case}`);
-  if (args.args.length === 0) args.args = DEFAULT_ARGS[args.case].slice();
-  switch (args.case) {
-    case 'echo': case 'fail': case 'unknown':
-      if (args.args.length !== 1) usage(`case ${args.case} takes one --arg`);
-      break;
-    case 'add':
-      if (args.args.length !== 2) usage('case add takes two --arg (a b)');
-      args.args = args.args.map(x => parseIntArg('--arg', x, INT32_MIN, INT32_MAX));
-      break;
-    case 'slow':
-      if (args.args.length !== 1) usage('case slow takes one --arg (ms)');
-      args.args = args.args.map(x => parseIntArg('--arg', x, 0, INT32_MAX));
-      break;
-    case 'whoami': case 'echoobj':
-      if (args.args.length !== 0) usage(`case ${args.case} takes no --arg`);
-      break;
-    default:
-      break;
-  }
-  return args;
-}
-
-function makeLogger() {
-  // stdout carries only the JSON line; library warnings go to stderr.
-  const out = level => (fmt, ...rest) => {
-    const text = fmt instanceof Error ? fmt.stack : require('util').format(fmt, ...rest);
-    process.stderr.write(`[bolt_client] ${level} ${text}\n`);
-  };
-  const noop = () => {};
-  return { debug: noop, info: noop, warn: out('WARN'), error: out('ERROR') };
-}
-
-// cluster-client (under sofa-rpc-node's ZookeeperRegistry) logs "... is closed." at INFO to
-// stdout through its own console logger; hand it ours through the registry's `cluster` option
-// (passed on to cluster-client for the registry and its ZooKeeper client) so stdout keeps
-// carrying only this program's output.
-function quietCluster(logger) {
-  const path = require('path');
-  const base = path.dirname(require.resolve('sofa-rpc-node/package.json'));
-  const cluster = require(require.resolve('cluster-client', { paths: [ base ] }));
-  return (clientClass, options) => cluster(clientClass, Object.assign({}, options, { logger }));
+  return bolt.parseCallArgs(argv, usage, { cases: CASES, defaultArgs: DEFAULT_ARGS, zk: true });
 }
 
 function methodAndArgs(args) {
@@ -172,34 +79,15 @@ function methodAndArgs(args) {
   }
 }
 
-function errorJson(err) {
-  if (err === null || typeof err !== 'object') return { name: 'Error', message: String(err), code: null };
-  let code = null;
-  if (err.resultCode !== undefined && err.resultCode !== null) code = String(err.resultCode);
-  else if (err.code !== undefined && err.code !== null) code = String(err.code);
-  return { name: err.name || 'Error', message: String(err.message), code };
-}
-
-function percentile(sorted, p) {
-  if (sorted.length === 0) return null;
-  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return Math.round(sorted[idx] * 1000) / 1000;
-}
-
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const logger = makeLogger();
-  let registry = null;
-  if (args.zk !== null) {
-    const { ZookeeperRegistry } = require('sofa-rpc-node').registry;
-    registry = new ZookeeperRegistry({ logger, address: args.zk, cluster: quietCluster(logger) });
-    registry.on('error', err => logger.warn('registry error: %s', err && err.message));
-  }
+  const logger = bolt.makeLogger('bolt_client');
+  const registry = args.zk === null ? null : bolt.zookeeperRegistry(args.zk, logger);
   const clientOpts = { logger, responseTimeout: args.timeoutMs };
   if (registry !== null) clientOpts.registry = registry;
   const client = new RpcClient(clientOpts);
   client.on('error', err => logger.warn('client error: %s', err && err.message));
-  const target = args.case === 'unknown' ? MISSING : SERVICE;
+  const target = args.case === 'unknown' ? MISSING : bolt.SERVICE;
   const consumerOpts = Object.assign({ responseTimeout: args.timeoutMs }, target);
   if (registry === null) consumerOpts.serverHost = args.target;
   if (args.targetApp !== null) consumerOpts.targetAppName = args.targetApp;
@@ -214,78 +102,21 @@ async function main() {
   });
 
   const started = Date.now();
-  let result;
-  try {
-    await consumer.ready();
-  } catch (err) {
-    result = { ok: false, case: args.case, error: errorJson(err) };
-  }
-  if (!result && args.count === null) {
-    try {
-      const value = await invoke();
-      result = { ok: true, case: args.case, result: value === undefined ? null : value };
-      if (args.case === 'whoami' && typeof value === 'string') {
-        try { result.whoami = JSON.parse(value); } catch (_) { /* keep the raw string only */ }
-      }
-      if (args.case === 'echoobj' && value && typeof value === 'object') {
-        // the decoded reply keeps object identity: a back-reference decodes to the same list
-        result.shared_tags = value.nested ? value.tags === value.nested.tags : null;
-      }
-    } catch (err) {
-      result = { ok: false, case: args.case, error: errorJson(err) };
+  const result = await bolt.callOrLoad(args, consumer, invoke, value => {
+    const res = { ok: true, case: args.case, result: value === undefined ? null : value };
+    if (args.case === 'whoami' && typeof value === 'string') cli.addParsed(res, 'whoami', value);
+    if (args.case === 'echoobj' && value && typeof value === 'object') {
+      // the decoded reply keeps object identity: a back-reference decodes to the same list
+      res.shared_tags = value.nested ? value.tags === value.nested.tags : null;
     }
-  } else if (!result) {
-    const latencies = [];
-    let errors = 0;
-    let firstError = null;
-    let next = 0;
-    const worker = async () => {
-      while (next < args.count) {
-        next += 1;
-        const t0 = process.hrtime.bigint();
-        try {
-          await invoke();
-        } catch (err) {
-          errors += 1;
-          if (firstError === null) firstError = errorJson(err);
-        }
-        latencies.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      }
-    };
-    const t0 = process.hrtime.bigint();
-    await Promise.all(Array.from({ length: Math.min(args.concurrency, args.count) }, worker));
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    latencies.sort((a, b) => a - b);
-    result = {
-      ok: true,
-      case: args.case,
-      calls: latencies.length,
-      errors,
-      first_error: firstError,
-      concurrency: args.concurrency,
-      rps: Math.round((latencies.length / Math.max(seconds, 1e-9)) * 10) / 10,
-      p50_ms: percentile(latencies, 50),
-      p99_ms: percentile(latencies, 99),
-      max_ms: percentile(latencies, 100),
-    };
-  }
+    return res;
+  });
   if (registry !== null) {
     const group = consumer._addressGroup;
     const seen = (group && group.allAddressList) || [];
     result.providers = seen.map(address => address.host);
   }
-  result.elapsed_ms = Date.now() - started;
-  const line = `${JSON.stringify(result)}\n`;
-  try {
-    const closing = Promise.resolve(client.close()).then(() => registry && registry.close());
-    await Promise.race([ closing, new Promise(resolve => setTimeout(resolve, 1000)) ]);
-  } catch (_) {
-    // closing errors do not change the result
-  }
-  process.stdout.write(line, () => process.exit(0));
+  await bolt.finish(result, started, () => Promise.resolve(client.close()).then(() => registry && registry.close()));
 }
 
-main().catch(err => {
-  process.stderr.write(`bolt_client: internal error: ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+cli.run(main, 'bolt_client: internal error');

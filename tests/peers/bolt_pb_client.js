@@ -36,114 +36,30 @@
 'use strict';
 
 const path = require('path');
-const util = require('util');
-const protobuf = require('protobufjs');
-const bolt = require('sofa-bolt-node');
 const { RpcClient } = require('sofa-rpc-node').client;
+const sofaBolt = require('sofa-bolt-node');
+const bolt = require('./lib/bolt');
+const cli = require('./lib/cli');
 
-const CASES = [ 'echo', 'add', 'fail', 'sleep', 'whoami' ];
-const SERVICE = { interfaceName: 'com.example.EchoService', version: '1.0' };
+// case -> what its --arg values are (bolt.checkCaseArgs)
+const CASES = { echo: 'text', add: 'ints', fail: 'text', sleep: 'ms', whoami: 'text' };
 const DEFAULT_ARGS = {
   echo: [ 'hello' ], add: [ '2', '3' ], fail: [ 'boom' ], sleep: [ '100' ], whoami: [ '' ],
 };
-const INT32_MIN = -(2 ** 31);
-const INT32_MAX = 2 ** 31 - 1;
 
-// interlink/demo/echo.proto has no whoami: add `rpc whoami (EchoRequest) returns (EchoReply)` to
-// the loaded Root (same message types, so the wire format is the one of echo).
-function loadProto(file, serviceName) {
-  const root = protobuf.loadSync(file);
-  const service = root.lookupService(serviceName);
-  if (!service.get('whoami')) {
-    service.add(new protobuf.Method('whoami', 'rpc', 'EchoRequest', 'EchoReply'));
-  }
-  root.resolveAll();
-  return root;
-}
-
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      `usage: node bolt_pb_client.js --target HOST:PORT --case ${CASES.join('|')} [--app APP]\n` +
-      '       [--timeout-ms N] [--arg X ...] [--count N [--concurrency C]]\n' +
-      '       [--target-app NAME] [--prop KEY=VALUE ...] [--proto PATH]\n',
-  );
-  process.exit(2);
-}
-
-function parseIntArg(flag, text, min, max) {
-  if (!/^-?\d+$/.test(String(text))) usage(`${flag} needs an integer, got ${JSON.stringify(text)}`);
-  const n = Number(text);
-  if (n < min || n > max) usage(`${flag} must be in [${min}, ${max}]`);
-  return n;
-}
+const usage = cli.makeUsage(
+  `usage: node bolt_pb_client.js --target HOST:PORT --case ${Object.keys(CASES).join('|')} [--app APP]\n` +
+    '       [--timeout-ms N] [--arg X ...] [--count N [--concurrency C]]\n' +
+    '       [--target-app NAME] [--prop KEY=VALUE ...] [--proto PATH]\n',
+);
 
 function parseArgs(argv) {
-  const args = {
-    target: null, case: null, app: 'order-app', timeoutMs: 3000, args: [], count: null,
-    concurrency: 1, targetApp: null, props: {},
-    proto: path.resolve(__dirname, '../../interlink/demo/echo.proto'),
-  };
-  const flags = [
-    '--target', '--case', '--app', '--timeout-ms', '--arg', '--count', '--concurrency',
-    '--target-app', '--prop', '--proto',
-  ];
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    if (!flags.includes(flag)) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    const value = argv[++i];
-    switch (flag) {
-      case '--target': args.target = value; break;
-      case '--case': args.case = value; break;
-      case '--app': args.app = value; break;
-      case '--timeout-ms': args.timeoutMs = parseIntArg(flag, value, 1, INT32_MAX); break;
-      case '--arg': args.args.push(value); break;
-      case '--count': args.count = parseIntArg(flag, value, 1, 10000000); break;
-      case '--concurrency': args.concurrency = parseIntArg(flag, value, 1, 10000); break;
-      case '--target-app': args.targetApp = value; break;
-      case '--prop': {
-        const eq = value.indexOf('=');
-        if (eq <= 0) usage(`--prop needs KEY=VALUE, got ${JSON.stringify(value)}`);
-        args.props[value.slice(0, eq)] = value.slice(eq + 1);
-        break;
-      }
-      case '--proto': args.proto = value; break;
-      default: usage(`unknown argument ${flag}`);
-    }
-  }
-  if (!args.target) usage('--target is required');
-  if (!/^[^:]+:\d+$/.test(args.target)) usage(`--target needs HOST:PORT, got ${JSON.stringify(args.target)}`);
-  if (!args.case) usage('--case is required');
-  if (!CASES.includes(args.case)) usage(`unknown case ${args.case}`);
-  if (args.args.length === 0) args.args = DEFAULT_ARGS[args.case].slice();
-  switch (args.case) {
-    case 'echo': case 'fail': case 'whoami':
-      if (args.args.length !== 1) usage(`case ${args.case} takes one --arg`);
-      break;
-    case 'add':
-      if (args.args.length !== 2) usage('case add takes two --arg (a b)');
-      args.args = args.args.map(x => parseIntArg('--arg', x, INT32_MIN, INT32_MAX));
-      break;
-    case 'sleep':
-      if (args.args.length !== 1) usage('case sleep takes one --arg (ms)');
-      args.args = args.args.map(x => parseIntArg('--arg', x, 0, INT32_MAX));
-      break;
-    default:
-      break;
-  }
-  return args;
-}
-
-function makeLogger() {
-  // stdout carries only the JSON line; library warnings go to stderr.
-  const out = level => (fmt, ...rest) => {
-    const text = fmt instanceof Error ? fmt.stack : util.format(fmt, ...rest);
-    process.stderr.write(`[bolt_pb_client] ${level} ${text}\n`);
-  };
-  const noop = () => {};
-  return { debug: noop, info: noop, warn: out('WARN'), error: out('ERROR') };
+  return bolt.parseCallArgs(argv, usage, {
+    cases: CASES,
+    defaultArgs: DEFAULT_ARGS,
+    more: { '--proto': 'proto' },
+    initial: { proto: path.resolve(__dirname, '../../interlink/demo/echo.proto') },
+  });
 }
 
 // The protobuf codec needs the protobufjs Root in the encoder (request types) and the decoder
@@ -151,9 +67,9 @@ function makeLogger() {
 // given connectionOpts, so inject it into the protocol (the README's protocol.setOptions does
 // the same globally).
 function protocolWith(proto) {
-  return Object.assign({}, bolt, {
-    encoder: options => bolt.encoder(Object.assign({}, options, { proto })),
-    decoder: options => bolt.decoder(Object.assign({}, options, { proto })),
+  return Object.assign({}, sofaBolt, {
+    encoder: options => sofaBolt.encoder(Object.assign({}, options, { proto })),
+    decoder: options => sofaBolt.decoder(Object.assign({}, options, { proto })),
   });
 }
 
@@ -173,37 +89,23 @@ function messageObject(msg) {
   return msg;
 }
 
-function errorJson(err) {
-  if (err === null || typeof err !== 'object') return { name: 'Error', message: String(err), code: null };
-  let code = null;
-  if (err.resultCode !== undefined && err.resultCode !== null) code = String(err.resultCode);
-  else if (err.code !== undefined && err.code !== null) code = String(err.code);
-  return { name: err.name || 'Error', message: String(err.message), code };
-}
-
-function percentile(sorted, p) {
-  if (sorted.length === 0) return null;
-  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return Math.round(sorted[idx] * 1000) / 1000;
-}
-
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   let proto;
   try {
-    proto = loadProto(args.proto, SERVICE.interfaceName);
+    proto = bolt.loadEchoProto(args.proto);
   } catch (err) {
     usage(`cannot load ${args.proto}: ${err.message}`);
   }
-  const logger = makeLogger();
+  const logger = bolt.makeLogger('bolt_pb_client');
   const client = new RpcClient({ logger, responseTimeout: args.timeoutMs, protocol: protocolWith(proto) });
   client.on('error', err => logger.warn('client error: %s', err && err.message));
   const consumerOpts = Object.assign({
     serverHost: args.target, responseTimeout: args.timeoutMs, proto,
-  }, SERVICE);
+  }, bolt.SERVICE);
   if (args.targetApp !== null) consumerOpts.targetAppName = args.targetApp;
   const consumer = client.createConsumer(consumerOpts);
-  const serviceId = `${SERVICE.interfaceName}:${SERVICE.version}`;
+  const serviceId = `${bolt.SERVICE.interfaceName}:${bolt.SERVICE.version}`;
   // replaces the library default requestProps {service}: keep "service", add the caller app
   const requestProps = Object.assign({ service: serviceId, app: args.app }, args.props);
   const [ method, callArg ] = methodAndArg(args);
@@ -214,68 +116,13 @@ async function main() {
   });
 
   const started = Date.now();
-  let result;
-  try {
-    await consumer.ready();
-  } catch (err) {
-    result = { ok: false, case: args.case, error: errorJson(err) };
-  }
-  if (!result && args.count === null) {
-    try {
-      const value = messageObject(await invoke());
-      result = { ok: true, case: args.case, result: value };
-      if (args.case === 'whoami' && value && typeof value.message === 'string') {
-        try { result.whoami = JSON.parse(value.message); } catch (_) { /* keep the raw string only */ }
-      }
-    } catch (err) {
-      result = { ok: false, case: args.case, error: errorJson(err) };
-    }
-  } else if (!result) {
-    const latencies = [];
-    let errors = 0;
-    let firstError = null;
-    let next = 0;
-    const worker = async () => {
-      while (next < args.count) {
-        next += 1;
-        const t0 = process.hrtime.bigint();
-        try {
-          await invoke();
-        } catch (err) {
-          errors += 1;
-          if (firstError === null) firstError = errorJson(err);
-        }
-        latencies.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      }
-    };
-    const t0 = process.hrtime.bigint();
-    await Promise.all(Array.from({ length: Math.min(args.concurrency, args.count) }, worker));
-    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-    latencies.sort((a, b) => a - b);
-    result = {
-      ok: true,
-      case: args.case,
-      calls: latencies.length,
-      errors,
-      first_error: firstError,
-      concurrency: args.concurrency,
-      rps: Math.round((latencies.length / Math.max(seconds, 1e-9)) * 10) / 10,
-      p50_ms: percentile(latencies, 50),
-      p99_ms: percentile(latencies, 99),
-      max_ms: percentile(latencies, 100),
-    };
-  }
-  result.elapsed_ms = Date.now() - started;
-  const line = `${JSON.stringify(result)}\n`;
-  try {
-    await Promise.race([ client.close(), new Promise(resolve => setTimeout(resolve, 1000)) ]);
-  } catch (_) {
-    // closing errors do not change the result
-  }
-  process.stdout.write(line, () => process.exit(0));
+  const result = await bolt.callOrLoad(args, consumer, invoke, reply => {
+    const value = messageObject(reply);
+    const res = { ok: true, case: args.case, result: value };
+    if (args.case === 'whoami' && value && typeof value.message === 'string') cli.addParsed(res, 'whoami', value.message);
+    return res;
+  });
+  await bolt.finish(result, started, () => client.close());
 }
 
-main().catch(err => {
-  process.stderr.write(`bolt_pb_client: internal error: ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+cli.run(main, 'bolt_pb_client: internal error');

@@ -15,10 +15,9 @@
 'use strict';
 
 const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { grpc, channelOptions, loadPackage, buildMetadata, mdToJson, settle } = require('./lib/grpc');
+const cli = require('./lib/cli');
 
-const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 const CASES = ['echo', 'add', 'fail', 'sleep', 'count', 'sum', 'chat', 'big'];
 const DEFAULT_MESSAGES = {
   echo: ['hello from grpc-js'],
@@ -30,26 +29,14 @@ const FLAGS = [
   '--sleep-ms', '--proto',
 ];
 
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      `usage: node grpcjs_client.js --target HOST:PORT --case ${CASES.join('|')}\n` +
-      '       [--metadata KEY=VALUE ...] [--timeout-ms N] [--size BYTES]\n' +
-      '       [--message TEXT ...] [--a N] [--b N] [--sleep-ms N] [--proto PATH]\n',
-  );
-  process.exit(2);
-}
-
-function parseIntArg(flag, text, min, max) {
-  if (!/^-?\d+$/.test(text)) usage(`${flag} needs an integer, got ${JSON.stringify(text)}`);
-  const n = Number(text);
-  if (n < min || n > max) usage(`${flag} must be in [${min}, ${max}]`);
-  return n;
-}
+const usage = cli.makeUsage(
+  `usage: node grpcjs_client.js --target HOST:PORT --case ${CASES.join('|')}\n` +
+    '       [--metadata KEY=VALUE ...] [--timeout-ms N] [--size BYTES]\n' +
+    '       [--message TEXT ...] [--a N] [--b N] [--sleep-ms N] [--proto PATH]\n',
+);
 
 function parseArgs(argv) {
-  const INT32_MIN = -(2 ** 31);
-  const INT32_MAX = 2 ** 31 - 1;
+  const int = (flag, value, min, max) => cli.parseIntArg(usage, flag, value, min, max);
   const args = {
     target: null,
     case: null,
@@ -62,31 +49,25 @@ function parseArgs(argv) {
     sleepMs: 2000,
     proto: path.resolve(__dirname, '../../interlink/demo/echo.proto'),
   };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    if (!FLAGS.includes(flag)) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    const value = argv[++i];
+  cli.eachFlag(argv, FLAGS, usage, (flag, value) => {
     switch (flag) {
       case '--target': args.target = value; break;
       case '--case': args.case = value; break;
       case '--metadata': {
-        const eq = value.indexOf('=');
-        if (eq <= 0) usage(`--metadata needs KEY=VALUE, got ${JSON.stringify(value)}`);
-        args.metadata.push([value.slice(0, eq).toLowerCase(), value.slice(eq + 1)]);
+        const [key, text] = cli.keyValue(usage, flag, value);
+        args.metadata.push([key.toLowerCase(), text]);
         break;
       }
-      case '--timeout-ms': args.timeoutMs = parseIntArg(flag, value, 0, Number.MAX_SAFE_INTEGER); break;
-      case '--size': args.size = parseIntArg(flag, value, 0, 64 * 1024 * 1024); break;
+      case '--timeout-ms': args.timeoutMs = int(flag, value, 0, Number.MAX_SAFE_INTEGER); break;
+      case '--size': args.size = int(flag, value, 0, 64 * 1024 * 1024); break;
       case '--message': args.messages.push(value); break;
-      case '--a': args.a = parseIntArg(flag, value, INT32_MIN, INT32_MAX); break;
-      case '--b': args.b = parseIntArg(flag, value, INT32_MIN, INT32_MAX); break;
-      case '--sleep-ms': args.sleepMs = parseIntArg(flag, value, 0, INT32_MAX); break;
+      case '--a': args.a = int(flag, value, cli.INT32_MIN, cli.INT32_MAX); break;
+      case '--b': args.b = int(flag, value, cli.INT32_MIN, cli.INT32_MAX); break;
+      case '--sleep-ms': args.sleepMs = int(flag, value, 0, cli.INT32_MAX); break;
       case '--proto': args.proto = value; break;
       default: usage(`unknown argument ${flag}`);
     }
-  }
+  });
   if (!args.target) usage('--target is required');
   if (!args.case) usage('--case is required');
   if (!CASES.includes(args.case)) usage(`unknown case ${args.case}`);
@@ -94,47 +75,16 @@ function parseArgs(argv) {
   return args;
 }
 
-function buildMetadata(pairs) {
-  const md = new grpc.Metadata();
-  for (const [key, value] of pairs) {
-    try {
-      md.add(key, key.endsWith('-bin') ? Buffer.from(value, 'base64') : value);
-    } catch (err) {
-      usage(`bad metadata ${key}: ${err.message}`);
-    }
-  }
-  return md;
-}
-
-function mdToJson(md) {
-  const out = {};
-  if (!md) return out;
-  for (const [key, values] of Object.entries(md.toJSON())) {
-    out[key] = values.map((v) => (Buffer.isBuffer(v) ? v.toString('base64') : String(v)));
-  }
-  return out;
-}
-
 function callOptions(args) {
   return args.timeoutMs > 0 ? { deadline: Date.now() + args.timeoutMs } : {};
 }
 
-// Settles a unary / client-streaming call once both its callback ran and its 'status' event
-// fired (grpc-js calls the callback first, then emits 'status' carrying the trailers).
-// Resolves with {reply, initial, trailing}; rejects with the grpc error.
+// Resolves with {reply, initial, trailing} of a unary / client-streaming call once it settled;
+// rejects with the grpc error.
 function responseOf(start) {
-  return new Promise((resolve, reject) => {
-    const res = { reply: null, err: null, initial: null, trailing: null };
-    const call = start((err, reply) => {
-      res.err = err;
-      res.reply = reply;
-    });
-    call.on('metadata', (md) => { res.initial = md; });
-    call.on('status', (status) => {
-      res.trailing = status.metadata;
-      if (res.err) reject(res.err);
-      else resolve(res);
-    });
+  return settle(start).then((res) => {
+    if (res.err) throw res.err;
+    return res;
   });
 }
 
@@ -160,7 +110,7 @@ function withMetadata(r, fields) {
 }
 
 async function runCase(client, args) {
-  const md = () => buildMetadata(args.metadata);
+  const md = () => buildMetadata(args.metadata, usage);
   const opts = () => callOptions(args);
   switch (args.case) {
     case 'echo': {
@@ -226,18 +176,8 @@ async function runCase(client, args) {
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const definition = protoLoader.loadSync(args.proto, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  const proto = grpc.loadPackageDefinition(definition);
-  const client = new proto.com.example.EchoService(args.target, grpc.credentials.createInsecure(), {
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  });
+  const proto = loadPackage(args.proto);
+  const client = new proto.com.example.EchoService(args.target, grpc.credentials.createInsecure(), channelOptions());
   const started = Date.now();
   let result;
   try {
@@ -254,10 +194,7 @@ async function main() {
   }
   result.elapsed_ms = Date.now() - started;
   client.close();
-  process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
+  cli.printResult(result);
 }
 
-main().catch((err) => {
-  process.stderr.write(`grpcjs_client: internal error: ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+cli.run(main, 'grpcjs_client: internal error');

@@ -9,38 +9,23 @@
 'use strict';
 
 const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protoLoader = require('@grpc/proto-loader');
+const { grpc, channelOptions, loadPackage, remainingMs, serve } = require('./lib/grpc');
+const cli = require('./lib/cli');
 
-const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 // Request metadata keys that are transport plumbing, left out of x-saw-keys (same list as
 // interlink/demo/provider.py TRANSPORT_KEYS).
 const TRANSPORT_KEYS = new Set([
   'grpc-accept-encoding', 'accept-encoding', 'user-agent', 'content-type', 'te', 'grpc-timeout',
 ]);
 
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      'usage: node grpcjs_server.js --listen HOST:PORT [--name NAME] [--proto PATH]\n',
-  );
-  process.exit(2);
-}
+const usage = cli.makeUsage('usage: node grpcjs_server.js --listen HOST:PORT [--name NAME] [--proto PATH]\n');
 
 function parseArgs(argv) {
-  const args = {
+  const args = cli.assignFlags(argv, { '--listen': 'listen', '--name': 'name', '--proto': 'proto' }, usage, {
     listen: null,
     name: 'grpcjs-provider',
     proto: path.resolve(__dirname, '../../interlink/demo/echo.proto'),
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    const key = { '--listen': 'listen', '--name': 'name', '--proto': 'proto' }[flag];
-    if (!key) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    args[key] = argv[++i];
-  }
+  });
   if (!args.listen) usage('--listen is required');
   return args;
 }
@@ -50,10 +35,8 @@ function int32(n) {
 }
 
 function deadlineMs(call) {
-  const deadline = call.getDeadline();
-  const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
-  if (!Number.isFinite(at)) return 'none';
-  return String(Math.max(0, Math.floor(at - Date.now())));
+  const ms = remainingMs(call);
+  return ms === null ? 'none' : String(ms);
 }
 
 function echoTrailers(metadata) {
@@ -143,45 +126,13 @@ function makeHandlers(name) {
 
 function main() {
   const args = parseArgs(process.argv.slice(2));
-  const definition = protoLoader.loadSync(args.proto, {
-    keepCase: true,
-    longs: String,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-  });
-  const proto = grpc.loadPackageDefinition(definition);
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  });
+  const proto = loadPackage(args.proto);
+  const server = new grpc.Server(channelOptions());
   server.addService(proto.com.example.EchoService.service, makeHandlers(args.name));
 
   const idx = args.listen.lastIndexOf(':');
   if (idx <= 0) usage(`--listen must be HOST:PORT, got ${args.listen}`);
-  const host = args.listen.slice(0, idx);
-
-  let stopping = false;
-  function stop() {
-    if (stopping) return;
-    stopping = true;
-    const force = setTimeout(() => {
-      server.forceShutdown();
-      process.exit(0);
-    }, 2000);
-    force.unref();
-    server.tryShutdown(() => process.exit(0));
-  }
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-
-  server.bindAsync(args.listen, grpc.ServerCredentials.createInsecure(), (err, port) => {
-    if (err) {
-      process.stderr.write(`error: cannot listen on ${args.listen}: ${err.message}\n`);
-      process.exit(1);
-    }
-    process.stdout.write(`listening on ${host}:${port}\n`);
-  });
+  serve(server, args.listen, args.listen.slice(0, idx));
 }
 
 main();

@@ -6,7 +6,7 @@
 //        [--service-version V] [--service-group G] [--serialize-type NAME] [--arg-type T ...]
 //
 // Calls /com.example.EchoService/<method> with ONE TripleRequestWrapper{serializeType, args,
-// argTypes} (protobufjs, triple_wrapper.proto next to this file); each argument is encoded
+// argTypes} (protobufjs, interlink/wire/protos/triple_wrapper.proto); each argument is encoded
 // independently (fresh encoder) in the chosen dialect:
 //   hessian2: SOFA / Caucho 3.x draft grammar (hessian.js-1 EncoderV2, what SOFARPC writes)
 //   hessian4: final Hessian 2.0 grammar (hessian.js EncoderV2, Dubbo hessian-lite)
@@ -45,15 +45,14 @@
 'use strict';
 
 const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protobuf = require('protobufjs');
-const hessianSofa = require('hessian.js-1');
-const hessianFinal = require('hessian.js');
+const {
+  grpc, channelOptions, buildMetadata, mdToJson, settle, POJO, STRING, isDialect, wrapperTypes, encodeValue,
+  decodeValue, hessianJson,
+} = require('./lib/grpc');
+const cli = require('./lib/cli');
 
 const SERVICE = 'com.example.EchoService';
-const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
-const POJO = 'com.example.Pojo';
-const STRING = 'java.lang.String';
+const WRAPPER_PROTO = path.resolve(__dirname, '../../interlink/wire/protos/triple_wrapper.proto');
 const CASES = {
   echo: { argTypes: [ STRING ], defaults: [ 'hello' ] },
   add: { argTypes: [ 'int', 'int' ], defaults: [ '2', '3' ] },
@@ -62,54 +61,34 @@ const CASES = {
   whoami: { argTypes: [], defaults: [] },
   echoobj: { argTypes: [ POJO ], defaults: [ null ] },
 };
-const DIALECTS = { hessian2: hessianSofa, hessian4: hessianFinal };
 const FLAGS = [
   '--target', '--case', '--serialize', '--metadata', '--timeout-ms', '--arg', '--app',
   '--service-version', '--service-group', '--serialize-type', '--arg-type',
 ];
-const INT32_MIN = -(2 ** 31);
-const INT32_MAX = 2 ** 31 - 1;
 
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      `usage: node wrapper_client.js --target HOST:PORT --case ${Object.keys(CASES).join('|')}\n` +
-      '       --serialize hessian2|hessian4 [--metadata K=V ...] [--timeout-ms N] [--arg X ...]\n' +
-      '       [--app APP] [--service-version V] [--service-group G] [--serialize-type NAME]\n' +
-      '       [--arg-type T ...]\n',
-  );
-  process.exit(2);
-}
-
-function parseIntArg(flag, text, min, max) {
-  if (!/^-?\d+$/.test(String(text))) usage(`${flag} needs an integer, got ${JSON.stringify(text)}`);
-  const n = Number(text);
-  if (n < min || n > max) usage(`${flag} must be in [${min}, ${max}]`);
-  return n;
-}
+const usage = cli.makeUsage(
+  `usage: node wrapper_client.js --target HOST:PORT --case ${Object.keys(CASES).join('|')}\n` +
+    '       --serialize hessian2|hessian4 [--metadata K=V ...] [--timeout-ms N] [--arg X ...]\n' +
+    '       [--app APP] [--service-version V] [--service-group G] [--serialize-type NAME]\n' +
+    '       [--arg-type T ...]\n',
+);
 
 function parseArgs(argv) {
   const args = {
     target: null, case: null, serialize: null, metadata: [], timeoutMs: 10000, args: [],
     app: null, serviceVersion: null, serviceGroup: null, serializeType: null, argTypes: null,
   };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    if (!FLAGS.includes(flag)) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    const value = argv[++i];
+  cli.eachFlag(argv, FLAGS, usage, (flag, value) => {
     switch (flag) {
       case '--target': args.target = value; break;
       case '--case': args.case = value; break;
       case '--serialize': args.serialize = value; break;
       case '--metadata': {
-        const eq = value.indexOf('=');
-        if (eq <= 0) usage(`--metadata needs KEY=VALUE, got ${JSON.stringify(value)}`);
-        args.metadata.push([ value.slice(0, eq).toLowerCase(), value.slice(eq + 1) ]);
+        const [ key, text ] = cli.keyValue(usage, flag, value);
+        args.metadata.push([ key.toLowerCase(), text ]);
         break;
       }
-      case '--timeout-ms': args.timeoutMs = parseIntArg(flag, value, 0, Number.MAX_SAFE_INTEGER); break;
+      case '--timeout-ms': args.timeoutMs = cli.parseIntArg(usage, flag, value, 0, Number.MAX_SAFE_INTEGER); break;
       case '--arg': args.args.push(value); break;
       case '--app': args.app = value; break;
       case '--service-version': args.serviceVersion = value; break;
@@ -118,12 +97,12 @@ function parseArgs(argv) {
       case '--arg-type': (args.argTypes = args.argTypes || []).push(value); break;
       default: usage(`unknown argument ${flag}`);
     }
-  }
+  });
   if (!args.target) usage('--target is required');
   if (!args.case) usage('--case is required');
   if (!Object.prototype.hasOwnProperty.call(CASES, args.case)) usage(`unknown case ${args.case}`);
   if (!args.serialize) usage('--serialize is required');
-  if (!Object.prototype.hasOwnProperty.call(DIALECTS, args.serialize)) {
+  if (!isDialect(args.serialize)) {
     usage(`--serialize must be hessian2 or hessian4, got ${args.serialize}`);
   }
   const spec = CASES[args.case];
@@ -157,7 +136,7 @@ function defaultPojo() {
 function argValue(type, text) {
   switch (type) {
     case STRING: return { $class: STRING, $: String(text) };
-    case 'int': return { $class: 'int', $: parseIntArg('--arg', text, INT32_MIN, INT32_MAX) };
+    case 'int': return { $class: 'int', $: cli.parseIntArg(usage, '--arg', text, cli.INT32_MIN, cli.INT32_MAX) };
     case POJO: {
       if (text === null) return defaultPojo();
       let obj;
@@ -172,67 +151,17 @@ function argValue(type, text) {
   }
 }
 
-function buildMetadata(args) {
-  const md = new grpc.Metadata();
+function metadataOf(args) {
   const pairs = args.metadata.slice();
   if (args.app !== null) pairs.push([ 'tri-consumer-appname', args.app ]);
   if (args.serviceVersion !== null) pairs.push([ 'tri-service-version', args.serviceVersion ]);
   if (args.serviceGroup !== null) pairs.push([ 'tri-service-group', args.serviceGroup ]);
-  for (const [ key, value ] of pairs) {
-    try {
-      md.add(key, key.endsWith('-bin') ? Buffer.from(value, 'base64') : value);
-    } catch (err) {
-      usage(`bad metadata ${key}: ${err.message}`);
-    }
-  }
-  return md;
-}
-
-function mdToJson(md) {
-  const out = {};
-  if (!md) return out;
-  for (const [ key, values ] of Object.entries(md.toJSON())) {
-    out[key] = values.map(v => (Buffer.isBuffer(v) ? v.toString('base64') : String(v)));
-  }
-  return out;
-}
-
-function encodeValue(dialect, value) {
-  const encoder = new DIALECTS[dialect].EncoderV2();
-  encoder.write(value);
-  return encoder.get();
-}
-
-function decodeValue(dialect, buf, withType) {
-  if (!buf || buf.length === 0) throw new Error('empty data');
-  const decoder = new DIALECTS[dialect].DecoderV2(buf);
-  const value = decoder.read(withType);
-  const used = decoder.byteBuffer.position();
-  if (used !== buf.length) throw new Error(`${buf.length - used} trailing byte(s) after the value`);
-  return value;
+  return buildMetadata(pairs, usage);
 }
 
 // JSON-safe copy: {$class, $} wrappers are unwrapped, cycles become {"$ref":"cycle"}.
-function plain(value, seen = new Set()) {
-  if (value === null || value === undefined) return null;
-  if (typeof value === 'bigint') return value.toString();
-  if (typeof value !== 'object') return value;
-  if (Buffer.isBuffer(value)) return { $binary: value.toString('base64') };
-  if (value instanceof Date) return { $date: value.getTime() };
-  if (typeof value.toNumber === 'function' && 'low' in value && 'high' in value) return value.toString();
-  if (seen.has(value)) return { $ref: 'cycle' };
-  seen.add(value);
-  let out;
-  if (typeof value.$class === 'string' && '$' in value) out = plain(value.$, seen);
-  else if (Array.isArray(value)) out = value.map(v => plain(v, seen));
-  else if (value instanceof Map) out = Object.fromEntries([ ...value ].map(([ k, v ]) => [ String(k), plain(v, seen) ]));
-  else if (value instanceof Error) out = { name: value.name, message: value.message };
-  else {
-    out = {};
-    for (const key of Object.keys(value)) out[key] = plain(value[key], seen);
-  }
-  seen.delete(value);
-  return out;
+function plain(value) {
+  return hessianJson(value, true);
 }
 
 function exceptionInfo(code, decoded) {
@@ -247,39 +176,23 @@ function exceptionInfo(code, decoded) {
 }
 
 function call(client, method, body, md, options) {
-  return new Promise(resolve => {
-    const res = { err: null, reply: null, initial: null, trailing: null };
-    const identity = b => b;
-    const c = client.makeUnaryRequest(`/${SERVICE}/${method}`, identity, identity, body, md, options, (err, reply) => {
-      res.err = err;
-      res.reply = reply;
-    });
-    c.on('metadata', m => { res.initial = m; });
-    c.on('status', status => {
-      res.trailing = status.metadata;
-      resolve(res);
-    });
-  });
+  const identity = b => b;
+  return settle(cb => client.makeUnaryRequest(`/${SERVICE}/${method}`, identity, identity, body, md, options, cb));
 }
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
-  const root = protobuf.loadSync(path.join(__dirname, 'triple_wrapper.proto'));
-  const RequestWrapper = root.lookupType('org.apache.dubbo.triple.TripleRequestWrapper');
-  const ResponseWrapper = root.lookupType('org.apache.dubbo.triple.TripleResponseWrapper');
+  const { RequestWrapper, ResponseWrapper } = wrapperTypes(WRAPPER_PROTO);
   const body = Buffer.from(RequestWrapper.encode(RequestWrapper.create({
     serializeType: args.serializeType === null ? args.serialize : args.serializeType,
     args: args.values.map(v => encodeValue(args.serialize, v)),
     argTypes: args.argTypes === null ? CASES[args.case].argTypes : args.argTypes,
   })).finish());
 
-  const client = new grpc.Client(args.target, grpc.credentials.createInsecure(), {
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  });
+  const client = new grpc.Client(args.target, grpc.credentials.createInsecure(), channelOptions());
   const options = args.timeoutMs > 0 ? { deadline: Date.now() + args.timeoutMs } : {};
   const started = Date.now();
-  const res = await call(client, args.case, body, buildMetadata(args), options);
+  const res = await call(client, args.case, body, metadataOf(args), options);
   let result;
   const meta = { metadata: mdToJson(res.initial), trailing: mdToJson(res.trailing) };
   if (res.err) {
@@ -306,7 +219,7 @@ async function main() {
       let decoded;
       let decodeError = null;
       try {
-        decoded = decodeValue(args.serialize, data, !isException && args.case === 'echoobj');
+        decoded = decodeValue(args.serialize, data, !isException && args.case === 'echoobj', 'data');
       } catch (err) {
         decodeError = `cannot decode response data as ${args.serialize}: ${err.message}`;
       }
@@ -317,9 +230,7 @@ async function main() {
         result = { ok: false, case: args.case, code: 0, details: exception.message, exception, ...info, ...meta };
       } else {
         result = { ok: true, case: args.case, result: plain(decoded), ...info, ...meta };
-        if (args.case === 'whoami' && typeof decoded === 'string') {
-          try { result.whoami = JSON.parse(decoded); } catch (_) { /* keep the raw string only */ }
-        }
+        if (args.case === 'whoami' && typeof decoded === 'string') cli.addParsed(result, 'whoami', decoded);
         if (args.case === 'echoobj') {
           result.result_class = decoded && typeof decoded === 'object' ? decoded.$class || null : null;
           const outer = decoded && decoded.$;
@@ -331,10 +242,7 @@ async function main() {
   }
   result.elapsed_ms = Date.now() - started;
   client.close();
-  process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0));
+  cli.printResult(result);
 }
 
-main().catch(err => {
-  process.stderr.write(`wrapper_client: internal error: ${err && err.stack ? err.stack : err}\n`);
-  process.exit(1);
-});
+cli.run(main, 'wrapper_client: internal error');

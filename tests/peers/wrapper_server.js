@@ -6,7 +6,7 @@
 //
 // Serves /com.example.EchoService/{echo,add,fail,slow,whoami,echoobj}. Every request message is
 // a protobuf TripleRequestWrapper{serializeType, repeated bytes args, repeated string argTypes}
-// (triple_wrapper.proto next to this file, a copy of shared/protos/triple_wrapper.proto) and
+// (interlink/wire/protos/triple_wrapper.proto, loaded relative to this file) and
 // every reply a TripleResponseWrapper{serializeType, data, type}; the gRPC messages are handled
 // as raw bytes (identity serializers) and (de)coded here with protobufjs.
 //
@@ -70,15 +70,14 @@
 'use strict';
 
 const path = require('path');
-const grpc = require('@grpc/grpc-js');
-const protobuf = require('protobufjs');
-const hessianSofa = require('hessian.js-1');
-const hessianFinal = require('hessian.js');
+const {
+  grpc, channelOptions, mdToJson, remainingMs, serve, POJO, STRING, DIALECTS, isDialect, wrapperTypes,
+  encodeValue, decodeValue, hessianJson,
+} = require('./lib/grpc');
+const cli = require('./lib/cli');
 
 const SERVICE = 'com.example.EchoService';
-const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
-const POJO = 'com.example.Pojo';
-const STRING = 'java.lang.String';
+const WRAPPER_PROTO = path.resolve(__dirname, '../../interlink/wire/protos/triple_wrapper.proto');
 
 const METHODS = {
   echo: { argTypes: [ STRING ], returnType: STRING },
@@ -89,32 +88,15 @@ const METHODS = {
   echoobj: { argTypes: [ POJO ], returnType: POJO },
 };
 
-const DIALECTS = {
-  hessian2: { lib: hessianSofa, grammar: 'SOFA 3.x draft grammar (hessian.js-1)' },
-  hessian4: { lib: hessianFinal, grammar: 'final Hessian 2.0 grammar (hessian.js)' },
-};
-
-function usage(message) {
-  process.stderr.write(
-    `${message ? `error: ${message}\n` : ''}` +
-      'usage: node wrapper_server.js --listen HOST:PORT [--name NAME] [--flavour sofa|dubbo]\n' +
-      '       [--exception-code N]\n',
-  );
-  process.exit(2);
-}
+const usage = cli.makeUsage(
+  'usage: node wrapper_server.js --listen HOST:PORT [--name NAME] [--flavour sofa|dubbo]\n' +
+    '       [--exception-code N]\n',
+);
 
 function parseArgs(argv) {
-  const args = { listen: null, name: 'wrapper-provider', flavour: 'sofa', exceptionCode: 3 };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '-h' || flag === '--help') usage();
-    const key = {
-      '--listen': 'listen', '--name': 'name', '--flavour': 'flavour', '--exception-code': 'exceptionCode',
-    }[flag];
-    if (!key) usage(`unknown argument ${flag}`);
-    if (i + 1 >= argv.length) usage(`${flag} needs a value`);
-    args[key] = argv[++i];
-  }
+  const args = cli.assignFlags(argv, {
+    '--listen': 'listen', '--name': 'name', '--flavour': 'flavour', '--exception-code': 'exceptionCode',
+  }, usage, { listen: null, name: 'wrapper-provider', flavour: 'sofa', exceptionCode: 3 });
   if (!args.listen) usage('--listen is required');
   if (!/^(.+):(\d+)$/.test(args.listen)) usage(`--listen needs HOST:PORT, got ${JSON.stringify(args.listen)}`);
   if (args.flavour !== 'sofa' && args.flavour !== 'dubbo') usage(`--flavour must be sofa or dubbo, got ${args.flavour}`);
@@ -155,35 +137,9 @@ function invalid(details) {
   return new CallError(grpc.status.INVALID_ARGUMENT, details);
 }
 
-// One complete Hessian value from buf, with a fresh decoder; trailing bytes are an error.
-function decodeValue(dialect, buf, withType) {
-  if (!buf || buf.length === 0) throw new Error('empty argument');
-  const decoder = new DIALECTS[dialect].lib.DecoderV2(buf);
-  const value = decoder.read(withType);
-  const used = decoder.byteBuffer.position();
-  if (used !== buf.length) throw new Error(`${buf.length - used} trailing byte(s) after the value`);
-  return value;
-}
-
-// One value, fresh encoder (so the stream is self-contained: own class definitions and refs).
-function encodeValue(dialect, value) {
-  const encoder = new DIALECTS[dialect].lib.EncoderV2();
-  encoder.write(value);
-  return encoder.get();
-}
-
 function isHessianInt(buf) {
   const tag = buf[0];
   return (tag >= 0x80 && tag <= 0xd7) || tag === 0x49; // compact ints, 'I' int32 (both grammars)
-}
-
-function mdToJson(md) {
-  const out = {};
-  if (!md) return out;
-  for (const [key, values] of Object.entries(md.toJSON())) {
-    out[key] = values.map(v => (Buffer.isBuffer(v) ? v.toString('base64') : String(v)));
-  }
-  return out;
 }
 
 function first(md, key) {
@@ -192,42 +148,12 @@ function first(md, key) {
   return Buffer.isBuffer(values[0]) ? values[0].toString('base64') : String(values[0]);
 }
 
-function deadlineMs(call) {
-  const deadline = call.getDeadline();
-  const at = deadline instanceof Date ? deadline.getTime() : Number(deadline);
-  if (!Number.isFinite(at)) return null;
-  return Math.max(0, Math.floor(at - Date.now()));
-}
-
-// JSON-safe copy of a decoded Hessian value: cycles become {"$ref": "cycle"}, Long/Buffer/Date
-// handled, Errors as {name, message}.
-function jsonSafe(value, seen = new Set()) {
-  if (value === null || value === undefined) return null;
-  if (typeof value === 'bigint') return value.toString();
-  if (typeof value !== 'object') return value;
-  if (Buffer.isBuffer(value)) return { $binary: value.toString('base64') };
-  if (value instanceof Date) return { $date: value.getTime() };
-  if (typeof value.toNumber === 'function' && 'low' in value && 'high' in value) return value.toString();
-  if (seen.has(value)) return { $ref: 'cycle' };
-  seen.add(value);
-  let out;
-  if (Array.isArray(value)) out = value.map(v => jsonSafe(v, seen));
-  else if (value instanceof Map) out = Object.fromEntries([ ...value ].map(([ k, v ]) => [ String(k), jsonSafe(v, seen) ]));
-  else if (value instanceof Error) out = { name: value.name, message: value.message };
-  else {
-    out = {};
-    for (const key of Object.keys(value)) out[key] = jsonSafe(value[key], seen);
-  }
-  seen.delete(value);
-  return out;
-}
-
 // A decoded (withType) com.example.Pojo: {$class, $: {name, tags, nested}}; throws on mismatch.
 function checkPojo(value, where, depth = 0) {
   if (depth > 32) throw new Error(`${where}: nested too deep`);
   if (value === null || value === undefined) return;
   if (typeof value !== 'object' || value.$class !== POJO || !value.$ || typeof value.$ !== 'object') {
-    throw new Error(`${where}: expected a ${POJO} object, got ${JSON.stringify(jsonSafe(value)).slice(0, 200)}`);
+    throw new Error(`${where}: expected a ${POJO} object, got ${JSON.stringify(hessianJson(value)).slice(0, 200)}`);
   }
   const fields = value.$;
   for (const key of Object.keys(fields)) {
@@ -266,9 +192,7 @@ function exceptionObject(message) {
 // ---- service --------------------------------------------------------------------------------
 
 function makeService(opts) {
-  const root = protobuf.loadSync(path.join(__dirname, 'triple_wrapper.proto'));
-  const RequestWrapper = root.lookupType('org.apache.dubbo.triple.TripleRequestWrapper');
-  const ResponseWrapper = root.lookupType('org.apache.dubbo.triple.TripleResponseWrapper');
+  const { RequestWrapper, ResponseWrapper } = wrapperTypes(WRAPPER_PROTO);
 
   function parseRequest(method, buf) {
     let wrapper;
@@ -280,7 +204,7 @@ function makeService(opts) {
     const serialize = wrapper.serializeType || '';
     const args = wrapper.args || [];
     const argTypes = wrapper.argTypes || [];
-    if (!Object.prototype.hasOwnProperty.call(DIALECTS, serialize)) {
+    if (!isDialect(serialize)) {
       throw invalid(`unsupported serializeType ${JSON.stringify(serialize)} (expected hessian2 or hessian4)`);
     }
     const want = METHODS[method].argTypes;
@@ -297,7 +221,7 @@ function makeService(opts) {
       }
       let value;
       try {
-        value = decodeValue(serialize, Buffer.from(buf), type === POJO);
+        value = decodeValue(serialize, Buffer.from(buf), type === POJO, 'argument');
       } catch (err) {
         throw invalid(`args[${i}] (${type}) is not a valid ${serialize} value in the ${DIALECTS[serialize].grammar}: ${err.message}`);
       }
@@ -305,7 +229,7 @@ function makeService(opts) {
         throw invalid(`args[${i}] (${type}): decoded ${typeof value}, not a string`);
       }
       if (type === 'int' && !(Number.isInteger(value) && value >= -(2 ** 31) && value < 2 ** 31)) {
-        throw invalid(`args[${i}] (${type}): decoded ${JSON.stringify(jsonSafe(value))}, not an int`);
+        throw invalid(`args[${i}] (${type}): decoded ${JSON.stringify(hessianJson(value))}, not an int`);
       }
       if (type === POJO) {
         try {
@@ -338,11 +262,11 @@ function makeService(opts) {
       path: call.getPath(),
       serialize: req.serialize,
       arg_types: req.argTypes,
-      args: jsonSafe(req.args),
+      args: hessianJson(req.args),
       metadata: mdToJson(md),
       headers: raw,
       grpc_timeout: rawTimeout,
-      deadline_ms: deadlineMs(call),
+      deadline_ms: remainingMs(call),
       service_version: first(md, 'tri-service-version'),
       service_group: first(md, 'tri-service-group'),
       consumer_app: first(md, 'tri-consumer-appname'),
@@ -438,34 +362,9 @@ function makeService(opts) {
 function main() {
   const args = parseArgs(process.argv.slice(2));
   const { definition, handlers } = makeService(args);
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  });
+  const server = new grpc.Server(channelOptions());
   server.addService(definition, handlers);
-  const host = args.listen.slice(0, args.listen.lastIndexOf(':'));
-
-  let stopping = false;
-  function stop() {
-    if (stopping) return;
-    stopping = true;
-    const force = setTimeout(() => {
-      server.forceShutdown();
-      process.exit(0);
-    }, 2000);
-    force.unref();
-    server.tryShutdown(() => process.exit(0));
-  }
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-
-  server.bindAsync(args.listen, grpc.ServerCredentials.createInsecure(), (err, port) => {
-    if (err) {
-      process.stderr.write(`error: cannot listen on ${args.listen}: ${err.message}\n`);
-      process.exit(1);
-    }
-    process.stdout.write(`listening on ${host}:${port}\n`);
-  });
+  serve(server, args.listen, args.listen.slice(0, args.listen.lastIndexOf(':')));
 }
 
 main();
