@@ -165,3 +165,140 @@ def sanity_check(port: int, sizes: list[int], heartbeat: bool = False) -> list[s
         if by_id:
             problems.append(f"{size} B: answers with unexpected request ids {sorted(by_id)}")
     return problems
+
+
+# --- protobuf (Bolt codec 11): the translate part -------------------------------------------------------
+#
+# What sofa-rpc-node 2.10.0 (sofa-bolt-node 2.0.1) sends with codecType 'protobuf' for
+# EchoService.echo(EchoRequest) (captured from tests/peers/bolt_pb_client.js): className SofaRequest, the
+# header map {service, sofa_head_method_name, sofa_head_target_app, sofa_head_target_service, app} (+ the
+# requestProps flattened), content = the raw protobuf EchoRequest. The real sofa-rpc-node protobuf server
+# (tests/peers/bolt_pb_server.js) answers SUCCESS, className SofaResponse, header
+# {sofa_head_response_error: "false"}, content = the raw protobuf EchoReply.
+#
+# The bench adds one header entry, `bench-reply-size: N` (a requestProps entry for sofa-rpc-node): a Bolt
+# header key reaches a gRPC provider as metadata when GW-A translates, and the canned nginx gRPC provider
+# picks its reply by it (see bench/templates/provider.conf.in).
+
+REPLY_SIZE_KEY = "bench-reply-size"
+
+
+def pb_echo_message(size: int) -> bytes:
+    """EchoRequest / EchoReply{message = 'x' * size} (both: field 1, string), protobuf-encoded."""
+    n, length = size, bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x0a" + bytes(length) + payload(size).encode()
+
+
+def pb_echo_request_frame(size: int, request_id: int = 1) -> bolt.BoltFrame:
+    header = {
+        "service": UNIQUE_NAME,
+        "sofa_head_method_name": METHOD,
+        "sofa_head_target_app": "",
+        "sofa_head_target_service": UNIQUE_NAME,
+        "app": CALLER_APP,
+        REPLY_SIZE_KEY: str(size),
+    }
+    return bolt.BoltFrame(
+        bolt.Proto.V1,
+        bolt.CommandType.REQUEST,
+        bolt.CommandCode.RPC_REQUEST,
+        request_id,
+        bolt.Codec.PROTOBUF,
+        timeout=TIMEOUT_MS,
+        class_name=bolt.SOFA_REQUEST_CLASS,
+        header=bolt.encode_header_map(header),
+        content=pb_echo_message(size),
+    )
+
+
+def pb_echo_request(size: int, request_id: int = 1) -> bytes:
+    return bolt.encode(pb_echo_request_frame(size, request_id))
+
+
+def pb_echo_response(size: int) -> bytes:
+    """The canned protobuf reply frame, as the real sofa-rpc-node protobuf server answers (request id 0)."""
+    request = pb_echo_request_frame(size, request_id=0)
+    reply = bolt.response_for(
+        request,
+        bolt.ResponseStatus.SUCCESS,
+        bolt.SOFA_RESPONSE_CLASS,
+        bolt.encode_header_map({"sofa_head_response_error": "false"}),
+        pb_echo_message(size),
+    )
+    return bolt.encode(reply)
+
+
+def decode_pb_echo(data: bytes) -> str | None:
+    """The `message` of an EchoRequest/EchoReply, strictly (field 1 only, lengths exact); None if it is not one."""
+    if not data:
+        return ""  # proto3: every field default
+    if data[0] != 0x0A:
+        return None
+    length, shift, i = 0, 0, 1
+    while True:
+        if i >= len(data) or shift > 28:
+            return None
+        byte = data[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    if i + length != len(data):
+        return None
+    try:
+        return data[i:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def check_pb_echo_reply(frame: bolt.BoltFrame, size: int) -> str | None:
+    """None when `frame` is a successful protobuf (codec 11) echo of 'x' * size, decoded; else why not."""
+    if not frame.is_response or frame.cmdcode != bolt.CommandCode.RPC_RESPONSE:
+        return f"not an RPC response (type {frame.type}, cmdcode {frame.cmdcode})"
+    try:
+        header = bolt.decode_header_map(frame.header) if frame.header else {}
+    except bolt.BoltProtocolError as exc:
+        return f"header map does not decode: {exc}"
+    if frame.status != bolt.ResponseStatus.SUCCESS:
+        return f"status {bolt.ResponseStatus(frame.status).name} ({header}; {frame.content[:200]!r})"
+    if frame.codec != bolt.CODEC_PROTOBUF:
+        return f"codec {frame.codec}, not protobuf (11)"
+    if frame.class_name != bolt.SOFA_RESPONSE_CLASS:
+        return f"class name {frame.class_name!r}"
+    if header.get("sofa_head_response_error") == "true":
+        return f"sofa_head_response_error = true ({header}; {frame.content[:200]!r})"
+    echoed = decode_pb_echo(frame.content)
+    if echoed != payload(size):
+        shown = f"a {len(echoed)}-char message" if isinstance(echoed, str) else f"{frame.content[:60]!r}"
+        return f"EchoReply is {shown}, expected 'x' * {size}"
+    return None
+
+
+def pb_sanity_check(port: int, sizes: list[int]) -> list[str]:
+    """As `sanity_check`, for the protobuf frames: three pipelined calls per size, decoded and matched by id."""
+    problems = []
+    for size in sizes:
+        ids = [201, 202, 203]
+        try:
+            got = exchange(port, [pb_echo_request(size, i) for i in ids], len(ids))
+        except (OSError, bolt.BoltProtocolError) as exc:
+            problems.append(f"{size} B: {type(exc).__name__}: {exc}")
+            continue
+        by_id = {f.request_id: f for f in got}
+        for i in ids:
+            frame = by_id.pop(i, None)
+            if frame is None:
+                problems.append(f"{size} B: no answer for request id {i} ({len(got)} frames received)")
+                continue
+            why = check_pb_echo_reply(frame, size)
+            if why:
+                problems.append(f"{size} B, id {i}: {why}")
+        if by_id:
+            problems.append(f"{size} B: answers with unexpected request ids {sorted(by_id)}")
+    return problems

@@ -2,7 +2,7 @@
 // Raw Bolt V1 load generator for the Bolt benchmark: plain `net`, no libraries, one thread.
 //
 //   node bench/bolt_load.js --port PORT --request FILE [--expect-content FILE] [--concurrency C]
-//        [--connections N] [--warmup S] [--duration S] [--sync] [--host 127.0.0.1]
+//        [--connections N] [--warmup S] [--duration S] [--sync] [--phases] [--host 127.0.0.1]
 //
 // --request FILE is one complete Bolt V1 request frame (built by bench/bolt_frames.py with interlink's
 // codec: a sofa-rpc-node style SofaRequest for echo(String)); every call sends a copy of it with a fresh
@@ -20,6 +20,12 @@
 // responses that arrive before its end count, latency = response arrival - request write (µs precision).
 // Calls still in flight at the end are waited for (≤ 5 s) and not counted.
 //
+// --phases (implies --sync; for the churn part): one continuous closed loop cut into phases by the harness.
+// After "warm", the first line on stdin starts measuring; every further line "mark" prints the JSON of the
+// phase that just ended (same fields; "seconds" = its real length) and starts the next one at once, with
+// no pause in the load; the line "end" prints the last phase and stops (calls in flight are waited for,
+// ≤ 5 s, and not counted). --duration is then only a safety limit for the whole measured run.
+//
 // Prints one JSON line: {"calls", "errors", "unmatched", "seconds", "rps", "p50_ms", "p90_ms", "p99_ms",
 // "max_ms", "client_cpu_s" (this process, measured phase), "warmup_calls", "first_response_ok",
 // "first_response" (a description when it was not ok), "statuses" (error kind -> count),
@@ -36,7 +42,7 @@ function usage(message) {
   process.stderr.write(
     `${message ? `error: ${message}\n` : ''}` +
       'usage: node bolt_load.js --port PORT --request FILE [--expect-content FILE] [--concurrency C]\n' +
-      '       [--connections N] [--warmup S] [--duration S] [--sync] [--host HOST]\n',
+      '       [--connections N] [--warmup S] [--duration S] [--sync] [--phases] [--host HOST]\n',
   );
   process.exit(2);
 }
@@ -44,12 +50,13 @@ function usage(message) {
 function parseArgs(argv) {
   const a = {
     host: '127.0.0.1', port: null, request: null, expect: null, concurrency: 1, connections: 1,
-    warmup: 1, duration: 5, sync: false,
+    warmup: 1, duration: 5, sync: false, phases: false,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '-h' || flag === '--help') usage();
     if (flag === '--sync') { a.sync = true; continue; }
+    if (flag === '--phases') { a.phases = true; a.sync = true; continue; }
     if (i + 1 >= argv.length) usage(`${flag} needs a value`);
     const v = argv[++i];
     switch (flag) {
@@ -86,6 +93,7 @@ const SOFA_RESPONSE_CLASS = Buffer.from('com.alipay.sofa.rpc.core.response.SofaR
 let phase = 'connecting'; // warmup -> draining -> waiting -> measure -> ending
 let measureStart = 0;
 let measureEnd = Infinity;
+let phaseStart = 0; // --phases: start of the current phase
 let calls = 0;
 let errors = 0;
 let unmatched = 0;
@@ -108,20 +116,25 @@ function recordLatency(ms) {
   latencies[nLat++] = ms;
 }
 
-function output(extra, code) {
+// The statistics of the measured calls so far (one phase with --phases), as the JSON object printed.
+function stats(seconds, cpuEnd) {
   const sorted = latencies.subarray(0, nLat).sort();
   const pct = q => (nLat ? Math.round(sorted[Math.min(nLat - 1, Math.floor((q / 100) * nLat))] * 1000) / 1000 : null);
-  const seconds = args.duration;
-  const cpu = cpuAtStart && cpuAtEnd
-    ? (cpuAtEnd.user - cpuAtStart.user + cpuAtEnd.system - cpuAtStart.system) / 1e6 : null;
+  const cpu = cpuAtStart && cpuEnd
+    ? (cpuEnd.user - cpuAtStart.user + cpuEnd.system - cpuAtStart.system) / 1e6 : null;
   const inFlight = conns.reduce((n, c) => n + c.sent.size, 0);
-  const result = Object.assign({
+  return {
     calls, errors, unmatched, seconds, rps: Math.round((calls / seconds) * 10) / 10,
     p50_ms: pct(50), p90_ms: pct(90), p99_ms: pct(99), max_ms: nLat ? Math.round(sorted[nLat - 1] * 1000) / 1000 : null,
     client_cpu_s: cpu, warmup_calls: warmupCalls, first_response_ok: firstOk,
     first_response: firstDescription, statuses, in_flight_at_end: inFlight,
     concurrency: args.concurrency, connections: args.connections, request_bytes: frameLen,
-  }, extra);
+  };
+}
+
+function output(extra, code) {
+  const seconds = args.phases ? (measureEnd - phaseStart) / 1000 : args.duration;
+  const result = Object.assign(stats(Math.round(seconds * 1e6) / 1e6, cpuAtEnd), extra);
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(code));
 }
 
@@ -272,6 +285,17 @@ function onIdle() {
     process.stdout.write('warm\n');
     const rl = readline.createInterface({ input: process.stdin });
     let started = false;
+    if (args.phases) {
+      rl.on('line', line => {
+        if (!started) { started = true; startMeasuring(); return; }
+        if (line.trim() === 'end') { rl.close(); endMeasuring(true); } else { markPhase(); }
+      });
+      rl.once('close', () => {
+        if (!started) fatal('stdin closed before the measured phase');
+        else if (phase === 'measure') endMeasuring(true);
+      });
+      return;
+    }
     rl.once('line', () => { started = true; rl.close(); startMeasuring(); });
     rl.once('close', () => { if (!started) fatal('stdin closed before the measured phase'); });
   } else if (phase === 'ending') {
@@ -283,15 +307,39 @@ function startMeasuring() {
   phase = 'measure';
   cpuAtStart = process.cpuUsage();
   measureStart = performance.now();
-  measureEnd = measureStart + args.duration * 1000;
+  phaseStart = measureStart;
+  measureEnd = args.phases ? Infinity : measureStart + args.duration * 1000;
   for (const c of conns) c.fill();
-  setTimeout(endMeasuring, args.duration * 1000);
+  if (args.phases) {
+    // a safety limit only: the harness ends the run with "end"
+    setTimeout(() => { if (phase === 'measure') fatal(`no "end" on stdin within --duration ${args.duration} s`); },
+      args.duration * 1000);
+  } else {
+    setTimeout(endMeasuring, args.duration * 1000);
+  }
 }
 
-function endMeasuring() {
+// --phases: print the phase that just ended and start the next one; the calls in flight carry on.
+function markPhase() {
   if (phase !== 'measure') return;
-  const late = performance.now() - measureEnd;
-  if (late < 0) return setTimeout(endMeasuring, Math.ceil(-late)); // timers may fire a little early
+  const now = performance.now();
+  const cpuNow = process.cpuUsage();
+  const line = JSON.stringify(stats(Math.round((now - phaseStart)) / 1000, cpuNow));
+  process.stdout.write(`${line}\n`);
+  calls = 0; errors = 0; unmatched = 0; nLat = 0;
+  for (const key of Object.keys(statuses)) delete statuses[key];
+  cpuAtStart = cpuNow;
+  phaseStart = now;
+}
+
+function endMeasuring(now) {
+  if (phase !== 'measure') return;
+  if (now === true) {
+    measureEnd = performance.now();
+  } else {
+    const late = performance.now() - measureEnd;
+    if (late < 0) return setTimeout(endMeasuring, Math.ceil(-late)); // timers may fire a little early
+  }
   phase = 'ending';
   setTimeout(finish, 5000);
   onIdle();

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# gRPC unary + SOFA Bolt benchmark in one invocation: installs what it needs, then runs `python -m bench`
-# (the gRPC part first, then the Bolt part; one results JSON).
-#   bash bench/run.sh                full run (~6 min on 2 cores)
-#   bash bench/run.sh --quick        short run (< 1.5 min)
-#   bash bench/run.sh --only bolt    one part only (grpc | bolt)
+# gRPC unary, SOFA Bolt, Bolt<->gRPC translation and registry churn benchmarks in one invocation: installs
+# what it needs, then runs `python -m bench` (parts in that order; one results JSON).
+#   bash bench/run.sh                      full run (~9 min on 2 cores)
+#   bash bench/run.sh --quick              short run (~2 min)
+#   bash bench/run.sh --only bolt          some parts only (grpc | bolt | translate | churn, comma-separated)
 # Any other option goes to `python -m bench` (see `bash bench/run.sh --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,10 +41,22 @@ fi
 case " $* " in
   *" --only grpc "*|*" --only=grpc "*) ;;
   *)
-    command -v node >/dev/null 2>&1 || echo "bench: WARNING: node not found; the Bolt part needs Node 20" >&2
+    command -v node >/dev/null 2>&1 || echo "bench: WARNING: node not found; the Bolt, translate and churn parts need Node 20" >&2
     [ -d tests/peers/node_modules/sofa-rpc-node ] \
-      || echo "bench: WARNING: tests/peers/node_modules/sofa-rpc-node missing (run scripts/setup.sh); the Bolt sanity pass needs it" >&2
+      || echo "bench: WARNING: tests/peers/node_modules/sofa-rpc-node missing (run scripts/setup.sh --test); the Bolt and translate sanity passes need it" >&2
     ;;
 esac
+# The churn part runs a real ZooKeeper (Debian package `zookeeper`, java) and drives it with kazoo; both come
+# with scripts/setup.sh --test. Missing pieces make the churn part fail (exit 1), not the others.
+case " $* " in
+  *" --only "*|*" --only="*) case " $* " in *churn*) check_zk=1 ;; *) check_zk=0 ;; esac ;;
+  *) check_zk=1 ;;
+esac
+if [ "$check_zk" = 1 ]; then
+  { command -v java >/dev/null 2>&1 && [ -f /usr/share/java/zookeeper.jar ]; } \
+    || echo "bench: WARNING: java or /usr/share/java/zookeeper.jar missing (scripts/setup.sh --test); the churn part needs ZooKeeper" >&2
+  .venv/bin/python -c 'import kazoo' >/dev/null 2>&1 \
+    || echo "bench: WARNING: kazoo missing in .venv (scripts/setup.sh installs the test extras); the churn part needs it" >&2
+fi
 
 exec .venv/bin/python -m bench "$@"

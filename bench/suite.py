@@ -1,12 +1,13 @@
-"""One benchmark invocation: the gRPC part (bench/grpc_bench.py), then the Bolt part (bench/bolt_bench.py),
-both written into one results JSON.
+"""One benchmark invocation: the gRPC part (bench/grpc_bench.py), the Bolt part (bench/bolt_bench.py), the
+translate part (bench/translate_bench.py) and the churn part (bench/churn_bench.py), in that order, all
+written into one results JSON.
 
-    python -m bench [--quick] [--only grpc|bolt] [gRPC options] [Bolt options]
+    python -m bench [--quick] [--only grpc|bolt|translate|churn[,...]] [gRPC options] [other parts' options]
 
-The gRPC part runs exactly as `grpc_bench.run` does alone (its servers are stopped before the Bolt part
-starts, so that the two parts do not share the machine); its JSON is the top level of the results file,
-and the Bolt part's goes under the key "bolt". --quick, --duration, --warmup, --startup-timeout,
---interlink-workers, --results-dir and --keep-tmp apply to both parts.
+The gRPC part runs exactly as `grpc_bench.run` does alone; every part's servers are stopped before the next
+part starts, so that no two parts share the machine. The gRPC part's JSON is the top level of the results
+file, the others' go under the keys "bolt", "translate" and "churn". --quick, --duration, --warmup,
+--startup-timeout, --interlink-workers, --results-dir and --keep-tmp apply to every part.
 
 Exit status: 0 when every requested path of both parts was measured, 1 when one was not (a sanity check
 failed, a gateway did not come up or died), 2 on a harness error, 130 when interrupted.
@@ -25,11 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench import bolt_bench, grpc_bench
+from bench import bolt_bench, churn_bench, grpc_bench, translate_bench
 from bench.processes import Children
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("grpc", "bolt")
+PARTS = ("grpc", "bolt", "translate", "churn")
 
 
 def _own_parser() -> argparse.ArgumentParser:
@@ -37,10 +38,10 @@ def _own_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         add_help=False,
         allow_abbrev=False,
-        description="gRPC and Bolt benchmarks in one invocation (gRPC first, then Bolt).",
+        description="gRPC, Bolt, translate and churn benchmarks in one invocation (in that order).",
     )
     p.add_argument("-h", "--help", action="store_true", help="this help, then the gRPC part's options")
-    p.add_argument("--only", choices=PARTS, help="run one part only")
+    p.add_argument("--only", type=_parts, help=f"run these parts only (comma-separated: {','.join(PARTS)})")
     p.add_argument("--bolt-sizes", default="100,16384", help="Bolt payload sizes (echo's String argument, chars)")
     p.add_argument("--bolt-concurrency", default="1,16", help="Bolt calls in flight")
     p.add_argument(
@@ -48,10 +49,30 @@ def _own_parser() -> argparse.ArgumentParser:
         help="Bolt connections from the load generator (calls spread over them); default 1",
     )  # fmt: skip
     p.add_argument("--bolt-paths", default=",".join(bolt_bench.ALL_PATHS), help="subset of bolt-direct,bolt-interlink")
+    p.add_argument(
+        "--translate-concurrency", help="translate part: calls in flight (default 1,16; with --quick 16)"
+    )
+    p.add_argument(
+        "--translate-paths", default=",".join(translate_bench.ALL_PATHS),
+        help=f"translate part: subset of {','.join(translate_bench.ALL_PATHS)}",
+    )  # fmt: skip
+    p.add_argument("--churn-rounds", type=int, default=3, help="churn part: (steady, two, churn) phase rounds (default 3)")
+    p.add_argument("--churn-phase", type=float, help="churn part: seconds per phase (default 5; with --quick 2)")
+    p.add_argument("--churn-rate", type=float, default=10.0, help="churn part: provider-set changes per second (10)")
     return p
 
 
+def _parts(text: str) -> list[str]:
+    parts = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in parts if s not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"unknown part(s) {', '.join(unknown) or text!r}; choose from {', '.join(PARTS)}")
+    return parts
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace, bolt_bench.BoltOptions]:
+    """(own options, the gRPC part's options, the Bolt part's options); own.translate and own.churn hold
+    the translate and churn parts' options."""
     parser = _own_parser()
     own, rest = parser.parse_known_args(argv)
     if own.help:
@@ -69,6 +90,27 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace,
         connections=own.bolt_connections,
         paths=paths,
         duration=grpc_args.duration,
+        warmup=grpc_args.warmup,
+        startup_timeout=grpc_args.startup_timeout,
+        interlink_workers=grpc_args.interlink_workers,
+    )
+    t_paths = [s.strip() for s in own.translate_paths.split(",") if s.strip()]
+    unknown = set(t_paths) - set(translate_bench.ALL_PATHS)
+    if unknown:
+        parser.error(f"unknown translate path(s): {', '.join(sorted(unknown))}")
+    t_conc = own.translate_concurrency or ("16" if grpc_args.quick else "1,16")
+    own.translate = translate_bench.TranslateOptions(
+        concurrency=[int(c) for c in t_conc.split(",")],
+        paths=t_paths,
+        duration=grpc_args.duration,
+        warmup=grpc_args.warmup,
+        startup_timeout=grpc_args.startup_timeout,
+        interlink_workers=grpc_args.interlink_workers,
+    )
+    own.churn = churn_bench.ChurnOptions(
+        rounds=own.churn_rounds,
+        phase_s=own.churn_phase or (2.0 if grpc_args.quick else 5.0),
+        rate=own.churn_rate,
         warmup=grpc_args.warmup,
         startup_timeout=grpc_args.startup_timeout,
         interlink_workers=grpc_args.interlink_workers,
@@ -105,14 +147,14 @@ def _raise_interrupt(signum, _frame):
 
 def main(argv: list[str] | None = None) -> int:
     own, grpc_args, bolt_opts = parse_args(sys.argv[1:] if argv is None else argv)
-    parts = [own.only] if own.only else list(PARTS)
+    parts = [p for p in PARTS if p in own.only] if own.only else list(PARTS)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
     children = Children()
     keep_tmp = grpc_args.keep_tmp
     try:
-        status = run(parts, grpc_args, bolt_opts, tmp, children)
+        status = run(parts, grpc_args, bolt_opts, tmp, children, own)
         if status != 0:
             keep_tmp = True
         return status
@@ -133,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(parts: list[str], grpc_args, bolt_opts: bolt_bench.BoltOptions, tmp: Path, children: Children) -> int:
+def run(
+    parts: list[str], grpc_args, bolt_opts: bolt_bench.BoltOptions, tmp: Path, children: Children,
+    own: argparse.Namespace | None = None,
+) -> int:  # fmt: skip
     started = dt.datetime.now(dt.timezone.utc)
     results_dir = grpc_args.results_dir  # the gRPC part writes its own file into the temp dir instead
     statuses: dict[str, int] = {}
@@ -165,6 +210,20 @@ def run(parts: list[str], grpc_args, bolt_opts: bolt_bench.BoltOptions, tmp: Pat
             print(f"\nbench: Bolt part FAILED: {type(exc).__name__}: {exc}")
             results["bolt"] = {"error": f"{type(exc).__name__}: {exc}"}
             statuses["bolt"] = 2
+        finally:
+            children.stop_all()
+    for part, module in (("translate", translate_bench), ("churn", churn_bench)):
+        if part not in parts:
+            continue
+        assert own is not None
+        try:
+            results[part], statuses[part] = module.run(getattr(own, part), tmp / part, children)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            print(f"\nbench: {part} part FAILED: {type(exc).__name__}: {exc}")
+            results[part] = {"error": f"{type(exc).__name__}: {exc}"}
+            statuses[part] = 2
         finally:
             children.stop_all()
 

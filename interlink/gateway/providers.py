@@ -126,5 +126,11 @@ class ProviderDirectory:
         with trio.move_on_after(RETIRE_GRACE):
             while any(endpoint.streams for endpoint in pool.endpoints):
                 await trio.sleep(0.05)
+        pool.retired = True
+        for endpoint in list(pool.endpoints):  # closed by their own readers (socket released, nothing cut)
+            endpoint.close("the provider left the export's provider set")
+        with trio.move_on_after(2):
+            while pool.endpoints:
+                await trio.sleep(0.01)
         log.info("providers.retired", pool=pool.name)
         scope.cancel()

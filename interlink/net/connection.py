@@ -1,7 +1,10 @@
 """What every multiplexed connection of the gateway shares, whatever it speaks (HTTP/2, Bolt).
 
 - Writes are queued synchronously and flushed by whoever caused them (`FlushQueue`), once per read batch;
-  a send already in progress picks up what was added meanwhile (no writer task, no extra wake-up).
+  a send already in progress picks up what was added meanwhile (no writer task, no extra wake-up). The task
+  that flushes may be sending for other connections (a provider's reader sends the answers it read to the
+  peer link), so a send is never cut by that task's cancellation: a TLS stream whose send was cancelled
+  halfway is broken for good. Sends are bounded by SEND_TIMEOUT instead (then the connection is closed).
 - Liveness: a probe (PING, Bolt heartbeat) when the connection has been quiet; no answer in time closes it.
 - Ending: `close()` is synchronous (it shuts the socket so the reader wakes at once); the reader's exit
   tells every open call that the connection is gone, sends what those calls answered, then closes.
@@ -10,6 +13,8 @@
 from __future__ import annotations
 
 import trio
+
+SEND_TIMEOUT = 30.0  # a connection that takes no bytes for this long is closed
 
 
 class FlushQueue:
@@ -28,7 +33,8 @@ class FlushQueue:
         while self._dirty:
             connection = next(iter(self._dirty))
             del self._dirty[connection]
-            await connection.flush()
+            with trio.CancelScope(shield=True):  # see the module docstring
+                await connection.flush()
 
 
 def describe_io_error(exc: BaseException) -> str:
@@ -85,7 +91,11 @@ class Connection:
         self._sending = True
         try:
             while data := self._pending_output():
-                await self._stream.send_all(data)
+                with trio.move_on_after(SEND_TIMEOUT) as stalled:
+                    await self._stream.send_all(data)
+                if stalled.cancelled_caught:
+                    self.close(f"the other side took no data for {SEND_TIMEOUT:g}s")
+                    return
             self._after_flush()
         except IO_ERRORS as exc:
             self._lost(f"send failed: {describe_io_error(exc)}")

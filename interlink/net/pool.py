@@ -60,6 +60,7 @@ class ConnectionPool:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._backoff = (backoff_initial, backoff_max)
         self._ready = trio.Event()
+        self.retired = False  # set when nobody routes here any more: slots stop reconnecting
 
     def pick(self) -> PooledConnection | None:
         """The least-loaded connection with room for one more stream, or None."""
@@ -85,7 +86,7 @@ class ConnectionPool:
     async def _keep_slot_connected(self, slot: int) -> None:
         initial, ceiling = self._backoff
         delay = initial
-        while True:
+        while not self.retired:
             endpoint = await self._connect_once(slot)
             if endpoint is None:
                 await trio.sleep(delay * random.uniform(0.8, 1.2))
