@@ -35,7 +35,7 @@ from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
 from interlink.net.h2link import H2Endpoint
 from interlink.net.pool import PoolGroup
-from interlink.wire import bolt, sofarpc
+from interlink.wire import bolt, bolt_call, sofarpc
 from interlink.wire.hessian2 import HessianError
 from interlink.wire.triple_call import TranslationRefused
 
@@ -53,33 +53,9 @@ SERVICE_KEYS = (b"service", b"sofa_head_target_service")
 METHOD_KEY = b"sofa_head_method_name"
 APP_KEY = b"app"
 
-# Gateway-made errors for callers whose body is not hessian2 (a SofaResponse cannot be written for them).
-_BOLT_STATUS = {
-    Status.UNIMPLEMENTED: bolt.ResponseStatus.NO_PROCESSOR,
-    Status.RESOURCE_EXHAUSTED: bolt.ResponseStatus.SERVER_THREADPOOL_BUSY,
-    Status.DEADLINE_EXCEEDED: bolt.ResponseStatus.TIMEOUT,
-    Status.INTERNAL: bolt.ResponseStatus.CODEC_EXCEPTION,
-}
-
-
 def error_response(request: bolt.BoltFrame, status: Status, message: str) -> bytes:
-    """What SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a SUCCESS frame
-    carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise a Bolt status."""
-    text = f"interlink {status.name}: {message}"
-    header = bolt.encode_header_map({STATUS.decode(): status.name, RESPONSE_ERROR.decode(): "true"})
-    if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
-        response = bolt.response_for(
-            request,
-            bolt.ResponseStatus.SUCCESS,
-            class_name=bolt.SOFA_RESPONSE_CLASS,
-            header=header,
-            content=sofarpc.sofa_error_response(text),
-        )
-    else:
-        response = bolt.response_for(
-            request, _BOLT_STATUS.get(status, bolt.ResponseStatus.SERVER_EXCEPTION), header=header
-        )
-    return bolt.encode(response)
+    """A gateway-made error, as SOFARPC clients understand it best (wire/bolt_call.error_frame)."""
+    return bolt.encode(bolt_call.error_frame(request, status, f"interlink {status.name}: {message}"))
 
 
 def response_status(response: bolt.BoltFrame) -> str:

@@ -125,6 +125,7 @@ class TripleUpstream:
         if self._head is None and not end_stream:
             status = next((value for name, value in headers if name == b":status"), b"")
             if status != b"200":
+                self._cancel()
                 self._fail(Status.UNAVAILABLE if status in (b"502", b"503", b"504") else Status.INTERNAL,
                            f"the provider answered HTTP {status.decode(errors='replace')}")
                 return
@@ -141,6 +142,7 @@ class TripleUpstream:
         try:
             self._messages.extend(message.data for message in self._decoder.feed(data))
         except grpc.GrpcFramingError as exc:
+            self._cancel()
             self._fail(Status.INTERNAL, f"malformed response from the provider: {exc}")
             return
         if end_stream:

@@ -167,38 +167,49 @@ def reply_from_bolt(response: bolt.BoltFrame, serialize: str | None) -> Reply:
     )
 
 
+# Errors for callers whose body is not hessian2 (no SofaResponse can be written for them), as Bolt statuses.
+_BOLT_STATUS_OF = {
+    Status.UNIMPLEMENTED: bolt.ResponseStatus.NO_PROCESSOR,
+    Status.RESOURCE_EXHAUSTED: bolt.ResponseStatus.SERVER_THREADPOOL_BUSY,
+    Status.DEADLINE_EXCEEDED: bolt.ResponseStatus.TIMEOUT,
+    Status.INTERNAL: bolt.ResponseStatus.CODEC_EXCEPTION,
+}
+
+
+def error_frame(request: bolt.BoltFrame, status: Status, text: str, header: Mapping[str, str] = {}) -> bolt.BoltFrame:
+    """An error answer SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a
+    SUCCESS frame carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise
+    a Bolt status with the text as UTF-8 content (what sofa-rpc-node sends with protobuf, and shows)."""
+    entries = {**header, GATEWAY_PREFIX + "status": status.name, RESPONSE_ERROR: "true"}
+    encoded = bolt.encode_header_map(entries)
+    if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
+        return bolt.response_for(
+            request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, encoded, sofarpc.sofa_error_response(text)
+        )
+    content = text.encode("utf-8") if request.codec == bolt.CODEC_PROTOBUF else b""
+    bolt_status = _BOLT_STATUS_OF.get(status, bolt.ResponseStatus.SERVER_EXCEPTION)
+    return bolt.response_for(request, bolt_status, bolt.SOFA_RESPONSE_CLASS, encoded, content)
+
+
 def response_frame(reply: Reply, request: bolt.BoltFrame) -> bolt.BoltFrame:
-    """The Bolt response to `request` for a Reply: protobuf content unchanged, a wrapper's value as a
-    SofaResponse in the SOFA dialect, errors as SofaResponse{isError} (hessian2) or an error-marked
-    protobuf string (protobuf), as SOFARPC servers answer (PROTOCOLS.md 3.2)."""
-    header: dict[str, str] = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
-    failed = reply.status != Status.OK or reply.payload is None
-    if failed:
-        header[GATEWAY_PREFIX + "status"] = reply.status.name
-    header[RESPONSE_ERROR] = "true" if failed or reply.exception else "false"
+    """The Bolt response to `request` for a Reply (PROTOCOLS.md 3.2): protobuf content unchanged, a
+    wrapper's value as a SofaResponse in the SOFA dialect (reply metadata as its responseProps and as the
+    header map), errors as `error_frame` makes them."""
+    props = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
+    if reply.status != Status.OK or reply.payload is None:
+        return error_frame(request, reply.status if reply.status != Status.OK else Status.INTERNAL, reply.message, props)
     if request.codec == bolt.CODEC_PROTOBUF:
-        if failed:
-            # As sofa-rpc-node answers a failed protobuf call: SERVER_EXCEPTION, the message as UTF-8.
-            return bolt.response_for(
-                request, bolt.ResponseStatus.SERVER_EXCEPTION, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header),
-                reply.message.encode("utf-8"),
-            )
-        assert reply.payload is not None
         if reply.payload.kind != PayloadKind.PROTOBUF:
             raise TranslationRefused(Status.INTERNAL, f"a {reply.payload.kind.value} reply cannot answer a protobuf call")
         content = reply.payload.data
-        return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header), content)
-    if failed:
-        content = sofarpc.sofa_error_response(reply.message)
     else:
-        assert reply.payload is not None
         if reply.payload.kind != PayloadKind.WRAPPER:
             raise TranslationRefused(Status.INTERNAL, "an IDL (protobuf) reply cannot answer a hessian2 call")
-        props = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
         content = triple_wrapper.wrapper_response_to_sofa_response(
             reply.payload.data, exception=reply.exception, response_props=props or None
         )
-    return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, bolt.encode_header_map(header), content)
+    header = bolt.encode_header_map({**props, RESPONSE_ERROR: "true" if reply.exception else "false"})
+    return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, header, content)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

@@ -107,3 +107,33 @@ def test_broken_responses_become_clear_errors(broken_sites, call, code, words):
         assert info.value.code() == code, info.value.details()
         assert words in info.value.details()
         assert client.add(2, 3, metadata=APP) == 5  # the same gateways and connections keep working
+
+
+@pytest.fixture
+def broken_translated_sites(certs, tmp_path):
+    provider = BrokenProvider()
+    sites = two_sites(
+        certs, tmp_path, provider.target, name="broken-bolt", protocol="bolt",
+        export_options={"protocol": "triple", "flavour": "grpc"},
+    )
+    yield sites
+    sites.stop()
+    provider.sock.close()
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [("echo", "without grpc-status trailers"), ("fail", "REFUSED_STREAM")],
+    ids=["no-trailers", "refused-stream"],
+)
+def test_a_broken_triple_provider_gives_bolt_callers_clear_errors(broken_translated_sites, bolt_peers, case, words):
+    from tests.conftest import PEERS_DIR, _json_line_of
+
+    def call(which: str) -> dict:
+        argv = [bolt_peers, str(PEERS_DIR / "bolt_pb_client.js"), "--target", broken_translated_sites.triple_target,
+                "--case", which, "--app", ALLOWED_APP]
+        return _json_line_of(argv, "bolt_pb_client", 30)
+
+    failed = call(case)
+    assert failed["ok"] is False and words in failed["error"]["message"], failed
+    assert call("add")["result"] == {"sum": 5}  # the gateways and their connections keep working
