@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 
 from interlink.wire import bolt, sofarpc
 from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader, SofaHessianWriter, TypedList
@@ -138,10 +139,18 @@ def sanity_check(port: int, sizes: list[int], heartbeat: bool = False) -> list[s
     """Problems found calling echo on `port` (empty = fine): for every size, three pipelined calls with
     distinct request ids on one connection, each answer matched by id and decoded with the codec; with
     `heartbeat`, a heartbeat first, which must come back as an ack with its id."""
+    return _pipelined_check(port, sizes, [101, 102, 103], echo_request, check_echo_reply, heartbeat)
+
+
+def _pipelined_check(
+    port: int, sizes: list[int], ids: list[int], request: Callable[[int, int], bytes],
+    check_reply: Callable[[bolt.BoltFrame, int], str | None], heartbeat: bool = False,
+) -> list[str]:  # fmt: skip
+    """`request(size, id)` for each id, sent back to back on one connection per size; each answer is
+    matched by id and judged by `check_reply(frame, size)` (None = fine)."""
     problems = []
     for size in sizes:
-        ids = [101, 102, 103]
-        frames = [echo_request(size, i) for i in ids]
+        frames = [request(size, i) for i in ids]
         if heartbeat:
             frames.insert(0, bolt.encode(bolt.heartbeat(100)))
         try:
@@ -159,7 +168,7 @@ def sanity_check(port: int, sizes: list[int], heartbeat: bool = False) -> list[s
             if frame is None:
                 problems.append(f"{size} B: no answer for request id {i} ({len(got)} frames received)")
                 continue
-            why = check_echo_reply(frame, size)
+            why = check_reply(frame, size)
             if why:
                 problems.append(f"{size} B, id {i}: {why}")
         if by_id:
@@ -282,23 +291,4 @@ def check_pb_echo_reply(frame: bolt.BoltFrame, size: int) -> str | None:
 
 def pb_sanity_check(port: int, sizes: list[int]) -> list[str]:
     """As `sanity_check`, for the protobuf frames: three pipelined calls per size, decoded and matched by id."""
-    problems = []
-    for size in sizes:
-        ids = [201, 202, 203]
-        try:
-            got = exchange(port, [pb_echo_request(size, i) for i in ids], len(ids))
-        except (OSError, bolt.BoltProtocolError) as exc:
-            problems.append(f"{size} B: {type(exc).__name__}: {exc}")
-            continue
-        by_id = {f.request_id: f for f in got}
-        for i in ids:
-            frame = by_id.pop(i, None)
-            if frame is None:
-                problems.append(f"{size} B: no answer for request id {i} ({len(got)} frames received)")
-                continue
-            why = check_pb_echo_reply(frame, size)
-            if why:
-                problems.append(f"{size} B, id {i}: {why}")
-        if by_id:
-            problems.append(f"{size} B: answers with unexpected request ids {sorted(by_id)}")
-    return problems
+    return _pipelined_check(port, sizes, [201, 202, 203], pb_echo_request, check_pb_echo_reply)

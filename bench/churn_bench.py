@@ -32,10 +32,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import bolt_bench, bolt_frames, certs, zookeeper
-from bench.gateway_pair import SERVICE, Pair, PairSpec, launch_pairs, log_events, log_size, wait_ready
-from bench.interlink_path import DOMAIN_A_GIVES_B, DOMAIN_B_GIVES_A
-from bench.processes import Child, Children, MachineSample, TreeSample, _die_with_parent, free_ports, wait_for_port
+from bench import bolt_bench, bolt_frames, zookeeper
+from bench.gateway_pair import (
+    SERVICE,
+    Pair,
+    PairSpec,
+    export_of,
+    import_of,
+    launch_pairs,
+    log_events,
+    log_size,
+    make_sites,
+    not_ok_calls,
+    read_log,
+    wait_ready,
+)
+from bench.processes import Child, Children, MachineSample, TreeSample, _die_with_parent, free_ports, reap
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -43,8 +55,6 @@ SIZE = 100
 CONCURRENCY = 16
 KINDS = ("steady", "two", "churn")  # {P1}; {P1, P2} static; alternating between the two, `rate` changes/s
 GW_EVENTS = ("registry.providers", "providers.changed", "providers.retired", "registry.stale", "peer.closed")
-EXPORT = "{service: " + SERVICE + ', version: "1.0", protocol: bolt, allow: {site-b: {}}}'  # no providers:
-IMPORT = "{service: " + SERVICE + ', version: "1.0", from: site-a, protocol: bolt}'
 
 
 @dataclass
@@ -123,45 +133,9 @@ class Churner:
                 self.proc.stdin.flush()
                 self.proc.wait(5)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+                pass  # killed by reap()
+        reap(self.proc)
         self.err.close()
-
-
-def start_provider(children: Children, node: str, tmp: Path, name: str, port: int, replies: dict[int, Path]) -> Child:
-    argv = [node, str(BENCH / "bolt_echo_server.js"), "--listen", f"127.0.0.1:{port}"]
-    for content_len, path in replies.items():
-        argv += ["--reply", f"{content_len}:{path}"]
-    child = children.start(f"bolt provider {name}", argv, cwd=tmp, log=tmp / f"bolt-provider-{name}.log")
-    if not wait_for_port(port, child):
-        raise Failed(f"the canned Bolt provider {name} did not listen on {port}:\n{child.log_tail()}")
-    return child
-
-
-def gateway_not_ok(child: Child, start: int, end: int) -> dict[str, int]:
-    """Calls a gateway logged with a status other than OK between two log offsets."""
-    counts: dict[str, int] = {}
-    try:
-        with open(child.log, "rb") as f:
-            f.seek(start)
-            data = f.read(max(0, end - start))
-    except OSError:
-        return counts
-    for line in data.splitlines():
-        if b'"call"' in line and b'"status": "OK"' not in line:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "call":
-                key = str(event.get("status"))
-                counts[key] = counts.get(key, 0) + 1
-    return counts
 
 
 # --- measuring --------------------------------------------------------------------------------------------
@@ -234,14 +208,7 @@ def measure(
         _print_phase(len(kinds) - 1, len(kinds), phases[-1], pair.gw_a.log)
         load.wait(10)
     finally:
-        if load.poll() is None:
-            load.kill()
-            load.wait()
-        for stream in (load.stdin, load.stdout, load.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        reap(load)
     results = [_phase_result(p, p["start"], p["end"], watched, logs) for p in phases]
     if transitions:
         results[0]["transitions_not_counted"] = [
@@ -257,18 +224,9 @@ def _print_phase(index: int, total: int, phase: dict, gw_a_log: Path) -> None:
         print(f"{head} FAILED: {r.get('fatal') or 'no successful call'} ({r.get('errors')} errors)")
         return
     start, end = phase["start"]["log"]["GW-A"], phase["end"]["log"]["GW-A"]
-    seen = _count_between(gw_a_log, b'"providers.changed"', start, end)
+    seen = read_log(gw_a_log, start, end).count(b'"providers.changed"')
     print(f"{head} {r['seconds']:.2f} s {r['rps']:>8.0f} rps  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
           f"  {r['errors']} errors" + (f"  GW-A saw {seen} provider-set changes" if phase["kind"] == "churn" else ""))
-
-
-def _count_between(log: Path, needle: bytes, start: int, end: int) -> int:
-    try:
-        with open(log, "rb") as f:
-            f.seek(start)
-            return f.read(max(0, end - start)).count(needle)
-    except OSError:
-        return 0
 
 
 def _phase_result(phase: dict, before: dict, after: dict, watched: dict[str, Child], logs: dict[str, Child]) -> dict:
@@ -278,14 +236,11 @@ def _phase_result(phase: dict, before: dict, after: dict, watched: dict[str, Chi
     cpu = {name: after["cpu"][name].cpu_since(before["cpu"][name]) for name in watched}
     busy, steal = after["machine"].busy_cores_since(before["machine"], seconds)
     counts = dict.fromkeys(GW_EVENTS, 0)
-    with open(logs["GW-A"].log, "rb") as f:
-        f.seek(before["log"]["GW-A"])
-        data = f.read(max(0, after["log"]["GW-A"] - before["log"]["GW-A"]))
-    for line in data.splitlines():
+    for line in read_log(logs["GW-A"].log, before["log"]["GW-A"], after["log"]["GW-A"]).splitlines():
         for name in GW_EVENTS:
             if f'"{name}"'.encode() in line:
                 counts[name] += 1
-    not_ok = {role: gateway_not_ok(c, before["log"][role], after["log"][role]) for role, c in logs.items()}
+    not_ok = {role: not_ok_calls(c.log, before["log"][role], after["log"][role]) for role, c in logs.items()}
     out = {
         "kind": phase["kind"],
         "seconds": r.get("seconds"),
@@ -401,17 +356,22 @@ def run(opts: ChurnOptions, tmp: Path, children: Children) -> tuple[dict, int]:
     replies = {len(bolt_frames.echo_request_frame(SIZE).content): tmp / "response.bin"}
     names = ["P1", "P2", "entry", "peer_a", "peer_b"]
     ports = dict(zip(names, free_ports(len(names))))
-    site_a = certs.make_site("site-a", tmp / "A", (DOMAIN_A_GIVES_B, "localhost"))
-    site_b = certs.make_site("site-b", tmp / "B", (DOMAIN_B_GIVES_A, "localhost"))
+    site_a, site_b = make_sites(tmp)
 
     churner: Churner | None = None
     try:
-        providers = {name: start_provider(children, node, tmp, name, ports[name], replies) for name in ("P1", "P2")}
+        providers = {
+            name: bolt_bench.start_provider(children, node, tmp, ports[name], replies, name) for name in ("P1", "P2")
+        }
         zk = zookeeper.start(children, tmp, timeout_s=max(30.0, opts.startup_timeout))
         print(f"bench: ZooKeeper up on {zk.address} in {zk.startup_s:.1f} s")
         out["zookeeper_startup_s"] = zk.startup_s
         registry = f'registry: {{kind: zookeeper, address: "{zk.address}", session_timeout_ms: 4000}}\n'
-        spec = PairSpec("churn", "bolt", EXPORT, IMPORT, {k: ports[k] for k in ("entry", "peer_a", "peer_b")}, registry)
+        # GW-A's Bolt export has no providers: ZooKeeper supplies them
+        spec = PairSpec(
+            "churn", "bolt", export_of("bolt"), import_of("bolt"), {k: ports[k] for k in ("entry", "peer_a", "peer_b")},
+            registry,
+        )  # fmt: skip
         launched = launch_pairs(children, tmp, site_a, site_b, [spec], opts.interlink_workers, opts.startup_timeout)
         churner = Churner(zk.address, ports["P1"], ports["P2"], opts.rate, tmp / "zk_churn.log")
         churner.ready(30)
@@ -440,7 +400,10 @@ def run(opts: ChurnOptions, tmp: Path, children: Children) -> tuple[dict, int]:
               f"ZooKeeper-fed providers ({len(sets)} set(s) applied so far)")  # fmt: skip
 
         phases = measure(opts, node, tmp, pair, providers, zk.child, churner)
-    except (Failed, zookeeper.ZooKeeperUnavailable, bolt_bench.LoadFailed, OSError, subprocess.TimeoutExpired) as exc:
+    except (
+        Failed, zookeeper.ZooKeeperUnavailable, bolt_bench.ProviderFailed, bolt_bench.LoadFailed, OSError,
+        subprocess.TimeoutExpired,
+    ) as exc:  # fmt: skip
         out["error"] = str(exc)
         print(f"\nbench: churn part FAILED: {exc}")
         return out, 1

@@ -20,12 +20,8 @@ import datetime as dt
 import json
 import os
 import platform
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,14 +29,21 @@ if __package__ in (None, ""):  # run as a script (`python bench/grpc_bench.py`):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import certs, nginx, report  # noqa: E402  (after the path fix above)
-from bench.interlink_path import DOMAIN_A_GIVES_B, DOMAIN_B_GIVES_A, InterlinkUnavailable, start_gateways  # noqa: E402
+from bench.cells import Bracket, dead_cell, finish_cell, print_outcome  # noqa: E402
+from bench.gateway_pair import (  # noqa: E402
+    DOMAIN_A_GIVES_B,
+    InterlinkUnavailable,
+    PairSpec,
+    export_of,
+    import_of,
+    make_sites,
+    start_pair,
+)
 from bench.loadgen import echo_message, h2load_version, run_h2load  # noqa: E402
-from bench.processes import Child, Children, MachineSample, TreeSample, free_ports, tree_memory  # noqa: E402
+from bench.processes import Child, Children, free_ports, run_guarded  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_PATHS = ("direct", "nginx", "interlink")
-IDLE_CPU_WARN_PCT = 3.0  # a proxy not under test using more than this during a cell is reported
-OTHER_CPU_WARN_PCT = 25.0  # CPU of processes outside the benchmark, % of one core, that marks a cell disturbed
 
 
 @dataclass
@@ -81,49 +84,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it may arrive ignored
-        signal.signal(sig, _raise_interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
-    children = Children()
-    keep_tmp = args.keep_tmp
-    try:
-        status = run(args, tmp, children)
-        if status != 0:
-            keep_tmp = True  # something failed: the logs say why
-        return status
-    except KeyboardInterrupt:
-        print("\nbench: interrupted, stopping everything")
-        return 130
-    except Exception as exc:
-        keep_tmp = True
-        print(f"\nbench: FAILED: {exc}")
-        return 2
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut cleanup short
-            signal.signal(sig, signal.SIG_IGN)
-        children.stop_all()
-        if keep_tmp:
-            print(f"bench: configs, certificates and logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_guarded(lambda tmp, children: run(args, tmp, children), args.keep_tmp)
 
 
 def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     print(f"bench: temp dir {tmp}")
-    ports = dict(zip(["provider", "hop1", "hop2", "triple_b", "peer_a", "peer_b"], free_ports(6)))
+    ports = dict(zip(["provider", "hop1", "hop2", "entry", "peer_a", "peer_b"], free_ports(6)))
     for size in args.sizes:
         (tmp / f"request-{size}.bin").write_bytes(echo_message(size))
 
     # Certificates: site A's gateway answers for the access domain A gave B, and vice versa.
-    site_a = certs.make_site("site-a", tmp / "A", (DOMAIN_A_GIVES_B, "localhost"))
-    site_b = certs.make_site("site-b", tmp / "B", (DOMAIN_B_GIVES_A, "localhost"))
+    site_a, site_b = make_sites(tmp)
     print(f"bench: certificates made by {site_a.made_by}" + (f" ({site_a.note})" if site_a.note else ""))
 
     provider = start_provider(children, tmp, ports["provider"], args.sizes)
@@ -134,11 +108,15 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
     if "nginx" in args.paths:
         paths.append(start_nginx_chain(children, tmp, ports, site_a, site_b))
     if "interlink" in args.paths:
+        # GW-A exports EchoService (the canned provider) to site B; GW-B serves it on its triple listener,
+        # with interlink's default number of connections to GW-A.
+        spec = PairSpec(
+            "interlink", "triple", export_of("triple", ports["provider"]), import_of("triple"),
+            {k: ports[k] for k in ("entry", "peer_a", "peer_b")}, peer_connections=None,
+        )  # fmt: skip
         try:
-            gws = start_gateways(
-                children, tmp, site_a, site_b, ports, args.interlink_workers, args.startup_timeout
-            )
-            paths.append(BenchPath("interlink", gws.entry_port, {"GW-B": gws.gw_b, "GW-A": gws.gw_a}))
+            pair = start_pair(children, tmp, site_a, site_b, spec, args.interlink_workers, args.startup_timeout)
+            paths.append(BenchPath("interlink", pair.entry_port, pair.proxies))
         except InterlinkUnavailable as exc:
             skipped["interlink"] = str(exc)
 
@@ -286,23 +264,11 @@ def measure_all(args: argparse.Namespace, tmp: Path, paths: list[BenchPath], pro
                 print(f"bench: {label} ...", end="", flush=True)
                 dead = {role: child for role, child in path.proxies.items() if not child.alive()}
                 if dead:
-                    why = ", ".join(f"{role} exited with status {c.proc.returncode}" for role, c in dead.items())
-                    cell = {"path": path.name, "size": size, "concurrency": conc, "error": why,
-                            "logs": {role: c.log_tail() for role, c in dead.items()}}  # fmt: skip
-                    if path.name not in reported_dead:
-                        reported_dead.add(path.name)
-                        for role, c in dead.items():
-                            print(f"\nbench: {role} ({c.name}) exited; last lines of {c.log}:\n{c.log_tail()}")
+                    cell = dead_cell(path.name, size, conc, dead, reported_dead)
                 else:
                     cell = measure_cell(args, tmp, path, size, conc, provider, all_proxies)
                 cells.append(cell)
-                if "error" in cell:
-                    print(f" FAILED: {cell['error']}")
-                else:
-                    print(f" {cell['rps']:>8.0f} rps  p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms"
-                          + (f"  {cell['errors']} errors" if cell["errors"] else "")
-                          + (f"  (disturbed: other load {cell['other_cpu_pct']:.0f}% of a core)"
-                             if cell["other_cpu_pct"] > OTHER_CPU_WARN_PCT else ""))  # fmt: skip
+                print_outcome(cell)
     return cells
 
 
@@ -325,22 +291,16 @@ def measure_cell(
     )
     try:
         run_h2load(path.entry_port, duration_s=args.warmup, **load)
-        watched = {"provider": provider, **all_proxies}
-        before = {name: TreeSample.take(c.pid) for name, c in watched.items()}
-        machine_before, t0 = MachineSample.take(), time.monotonic()
+        # The /proc samples bracket h2load's whole run (start-up and exit too): `bracket.seconds`, a little
+        # more than the measured `result.seconds`.
+        bracket = Bracket({"provider": provider, **all_proxies})
         result = run_h2load(path.entry_port, duration_s=args.duration, **load)
-        machine_after, bracket_s = MachineSample.take(), time.monotonic() - t0
-        after = {name: TreeSample.take(c.pid) for name, c in watched.items()}
+        bracket.close()
     except RuntimeError as exc:
         return {**cell, "error": str(exc)}
     if result.ok == 0:
         return {**cell, "error": f"no successful call ({result.done} done, {result.errors} errors)"}
 
-    cpu = {name: after[name].cpu_since(before[name]) for name in watched}
-    # The /proc samples bracket h2load's whole run (start-up and exit too): `bracket_s`, a little more
-    # than the measured `result.seconds`.
-    machine_busy, machine_steal = machine_after.busy_cores_since(machine_before, bracket_s)
-    known_cores = (sum(cpu.values()) + result.client_cpu_s) / bracket_s
     cell.update(
         seconds=round(result.seconds, 3),
         calls=result.ok,
@@ -350,35 +310,10 @@ def measure_cell(
         p90_ms=result.percentile_ms(90),
         p99_ms=result.percentile_ms(99),
         max_ms=result.latencies_us[-1] / 1000 if result.latencies_us else None,
-        client_cpu_pct=round(100 * result.client_cpu_s / bracket_s, 1),
-        provider_cpu_pct=round(100 * cpu["provider"] / bracket_s, 1),
-        machine_busy_pct=round(100 * machine_busy, 1),  # all cores: 200% = both cores of 2 busy
-        # CPU of everything else on the machine (other users' work, unattributed kernel work): noise
-        # (/proc/stat is sampled per tick and the per-process times are not: ±10% is noise, < 0 happens)
-        other_cpu_pct=round(100 * (machine_busy - known_cores), 1),
-        machine_steal_pct=round(100 * machine_steal, 1),
-        proxies={},
+        client_cpu_pct=round(100 * result.client_cpu_s / bracket.seconds, 1),
+        provider_cpu_pct=bracket.pct("provider"),
     )
-    for role, child in path.proxies.items():
-        seconds = cpu[f"{path.name}:{role}"]
-        memory = tree_memory(child.pid)
-        cell["proxies"][role] = {
-            "cpu_us_per_call": round(seconds * 1e6 / result.ok, 1),
-            "cpu_pct": round(100 * seconds / bracket_s, 1),
-            "rss_peak_mb": round(max(m["VmHWM"] for m in memory) / 1024, 1),
-            "rss_now_mb": round(max(m["VmRSS"] for m in memory) / 1024, 1),
-            "processes": memory,
-        }
-    # Proxies of the other paths should be idle; say so if one was not (it would steal CPU from this cell).
-    busy = {
-        name: round(100 * cpu[name] / bracket_s, 1)
-        for name in all_proxies
-        if not name.startswith(f"{path.name}:") and 100 * cpu[name] / bracket_s > IDLE_CPU_WARN_PCT
-    }
-    if busy:
-        cell["other_proxies_busy_pct"] = busy
-        print(f" (warning: idle proxies used CPU: {busy})", end="")
-    return cell
+    return finish_cell(cell, bracket, result.client_cpu_s, result.ok, path.name, path.proxies, all_proxies)
 
 
 # --- context -------------------------------------------------------------------------------------

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +107,53 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Kills a helper process started with pipes (a load generator) if it still runs, and closes its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
+
+
+def _raise_interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_guarded(body: Callable[[Path, Children], int], keep_tmp: bool) -> int:
+    """`body(tmp, children)` with a fresh temp dir, as the benchmark's main: SIGINT, SIGTERM and SIGHUP
+    interrupt it (status 130), an exception is a harness error (2). Every child is stopped at the end and
+    the temp dir removed, unless `keep_tmp` or something failed (its configs and logs say why)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT too: it may arrive ignored
+        signal.signal(sig, _raise_interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
+    children = Children()
+    try:
+        status = body(tmp, children)
+        if status != 0:
+            keep_tmp = True
+        return status
+    except KeyboardInterrupt:
+        print("\nbench: interrupted, stopping everything")
+        return 130
+    except Exception as exc:
+        keep_tmp = True
+        print(f"\nbench: FAILED: {type(exc).__name__}: {exc}")
+        return 2
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not cut cleanup short
+            signal.signal(sig, signal.SIG_IGN)
+        children.stop_all()
+        if keep_tmp:
+            print(f"bench: configs, certificates and logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- ports ---------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Tables for the terminal and the ratios interlink / nginx, from the list of measured cells."""
+"""Tables for the terminal and the ratios interlink / nginx, from the list of measured cells; and the pieces
+of the Bolt and translate parts' tables that are the same (numbers, the gateways' columns, the targets)."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 # Which proxy process of each path stands on which side (B = caller's site, A = provider's site).
-SIDES = {"nginx": ("hop1", "hop2"), "interlink": ("GW-B", "GW-A")}
+GATEWAYS = ("GW-B", "GW-A")
+SIDES = {"nginx": ("hop1", "hop2"), "interlink": GATEWAYS}
+# The gateways' columns of the Bolt and translate tables: CPU per call and peak RSS of each.
+GATEWAY_HEAD = f" | {'GW-B µs/call RSS MB':>19} | {'GW-A µs/call RSS MB':>19}"
 
 # Targets of issue 2 for the interlink path (one worker per gateway).
 TARGET_RPS_RATIO_C64_100B = 0.3
@@ -18,12 +22,21 @@ def size_label(size: int) -> str:
     return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
 
 
-def _num(value: float | None, fmt: str) -> str:
+def num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
+def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def gateway_columns(cell: dict) -> str:
+    """GW-B's and GW-A's figures of a cell, under GATEWAY_HEAD."""
+    row = ""
+    for role in GATEWAYS:
+        p = cell["proxies"].get(role)
+        row += f" | {p['cpu_us_per_call']:>11.0f} {p['rss_peak_mb']:>7.1f}" if p else f" | {'':>19}"
+    return row
 
 
 def cell_table(cells: list[dict]) -> str:
@@ -44,7 +57,7 @@ def cell_table(cells: list[dict]) -> str:
             continue
         row = (
             f"{c['path']:<10} {size_label(c['size']):>8} {c['concurrency']:>4} {c['rps']:>8.0f}"
-            f" {_num(c['p50_ms'], '.3f'):>7} {_num(c['p99_ms'], '.3f'):>7} {c['errors']:>6}"
+            f" {num(c['p50_ms'], '.3f'):>7} {num(c['p99_ms'], '.3f'):>7} {c['errors']:>6}"
         )
         for role in SIDES.get(c["path"], (None, None)):
             proxy = c["proxies"].get(role) if role else None
@@ -71,12 +84,12 @@ def ratios(cells: list[dict]) -> list[dict]:
             {
                 "size": size,
                 "concurrency": conc,
-                "rps": _ratio(il["rps"], ng["rps"]),
-                "p50": _ratio(il["p50_ms"], ng["p50_ms"]),
-                "p99": _ratio(il["p99_ms"], ng["p99_ms"]),
-                "cpu_per_call_b_side": _ratio(il_cpu[0], ng_cpu[0]),
-                "cpu_per_call_a_side": _ratio(il_cpu[1], ng_cpu[1]),
-                "cpu_per_call_both": _ratio(sum(il_cpu), sum(ng_cpu)),
+                "rps": ratio(il["rps"], ng["rps"]),
+                "p50": ratio(il["p50_ms"], ng["p50_ms"]),
+                "p99": ratio(il["p99_ms"], ng["p99_ms"]),
+                "cpu_per_call_b_side": ratio(il_cpu[0], ng_cpu[0]),
+                "cpu_per_call_a_side": ratio(il_cpu[1], ng_cpu[1]),
+                "cpu_per_call_both": ratio(sum(il_cpu), sum(ng_cpu)),
             }
         )
     return out
@@ -90,10 +103,10 @@ def ratio_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{size_label(r['size']):>8} {r['concurrency']:>4} {_num(r['rps'], '.2f'):>7}"
-            f" {_num(r['p50'], '.2f'):>7} {_num(r['p99'], '.2f'):>7}"
-            f" {_num(r['cpu_per_call_b_side'], '.2f'):>21} {_num(r['cpu_per_call_a_side'], '.2f'):>12}"
-            f" {_num(r['cpu_per_call_both'], '.2f'):>7}"
+            f"{size_label(r['size']):>8} {r['concurrency']:>4} {num(r['rps'], '.2f'):>7}"
+            f" {num(r['p50'], '.2f'):>7} {num(r['p99'], '.2f'):>7}"
+            f" {num(r['cpu_per_call_b_side'], '.2f'):>21} {num(r['cpu_per_call_a_side'], '.2f'):>12}"
+            f" {num(r['cpu_per_call_both'], '.2f'):>7}"
         )
     return "\n".join(lines)
 
@@ -106,7 +119,7 @@ def target_checks(cells: list[dict], ratio_rows: list[dict]) -> list[tuple[str, 
 
     def check(what: str, value: float | None, limit: float, fmt: str, at_most: bool = True) -> None:
         met = None if value is None else (value <= limit if at_most else value >= limit)
-        checks.append((what, met, _num(value, fmt)))
+        checks.append((what, met, num(value, fmt)))
 
     r64 = next((r for r in ratio_rows if r["size"] == 100 and r["concurrency"] == 64), None)
     check(f"rps >= {TARGET_RPS_RATIO_C64_100B}x nginx (100 B, c=64)", r64 and r64["rps"], TARGET_RPS_RATIO_C64_100B,
@@ -127,6 +140,7 @@ def target_checks(cells: list[dict], ratio_rows: list[dict]) -> list[tuple[str, 
     return checks
 
 
-def target_table(checks: Iterable[tuple[str, bool | None, str]]) -> str:
+def target_table(checks: Iterable[tuple[str, bool | None, str]], width: int = 50) -> str:
+    """One line per target: met / MISSED / not measured, what, the value as shown."""
     mark = {True: "met", False: "MISSED", None: "not measured"}
-    return "\n".join(f"  {mark[ok]:<12} {what:<50} {value}" for what, ok, value in checks)
+    return "\n".join(f"  {mark[ok]:<12} {what:<{width}} {value}" for what, ok, value in checks)

@@ -20,14 +20,11 @@ import contextlib
 import datetime as dt
 import json
 import platform
-import shutil
-import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from bench import bolt_bench, churn_bench, grpc_bench, translate_bench
-from bench.processes import Children
+from bench.processes import Children, run_guarded
 
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("grpc", "bolt", "translate", "churn")
@@ -141,38 +138,12 @@ class _HideLine:
         self._target.flush()
 
 
-def _raise_interrupt(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     own, grpc_args, bolt_opts = parse_args(sys.argv[1:] if argv is None else argv)
     parts = [p for p in PARTS if p in own.only] if own.only else list(PARTS)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="interlink-bench-"))
-    children = Children()
-    keep_tmp = grpc_args.keep_tmp
-    try:
-        status = run(parts, grpc_args, bolt_opts, tmp, children, own)
-        if status != 0:
-            keep_tmp = True
-        return status
-    except KeyboardInterrupt:
-        print("\nbench: interrupted, stopping everything")
-        return 130
-    except Exception as exc:
-        keep_tmp = True
-        print(f"\nbench: FAILED: {type(exc).__name__}: {exc}")
-        return 2
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        children.stop_all()
-        if keep_tmp:
-            print(f"bench: configs, certificates and logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return run_guarded(
+        lambda tmp, children: run(parts, grpc_args, bolt_opts, tmp, children, own), grpc_args.keep_tmp
+    )
 
 
 def run(

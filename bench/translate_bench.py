@@ -38,11 +38,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import bolt_bench, bolt_frames, certs, grpc_bench
-from bench.gateway_pair import SERVICE, PairSpec, launch_pairs, log_events, log_size
-from bench.interlink_path import DOMAIN_A_GIVES_B, DOMAIN_B_GIVES_A
+from bench import bolt_bench, bolt_frames, grpc_bench
+from bench.cells import dead_cell, print_outcome
+from bench.gateway_pair import PairSpec, export_of, import_of, launch_pairs, log_events, log_size, make_sites, not_ok_calls
 from bench.loadgen import echo_message
 from bench.processes import Child, Children, _die_with_parent, free_ports, wait_for_port
+from bench.report import GATEWAY_HEAD, GATEWAYS, gateway_columns, num, ratio, target_table
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = REPO / "tests" / "peers"
@@ -52,7 +53,6 @@ TRANSLATED = ("bolt-pb-to-triple", "triple-to-bolt-pb")
 ALL_PATHS = ("bolt-pb-interlink", "bolt-pb-to-triple", "triple-to-bolt-pb", "triple-interlink", "bolt-interlink")
 H2LOAD_PATHS = ("triple-to-bolt-pb", "triple-interlink")
 TARGET_OVERHEAD = 0.30  # issue 4: translation costs at most 30% over the untranslated Bolt -> Bolt pb path
-SIDES = ("GW-B", "GW-A")
 # what GW-A's access log must say about each path's calls
 EXPECT_TRANSLATED = {
     "bolt-pb-interlink": None, "bolt-interlink": None, "triple-interlink": None,
@@ -64,23 +64,11 @@ PROVIDER_OF = {
     "bolt-pb-interlink": "bolt", "bolt-interlink": "bolt", "triple-to-bolt-pb": "bolt",
     "bolt-pb-to-triple": "grpc", "triple-interlink": "grpc",
 }  # fmt: skip
-
-# GW-A's export and GW-B's import, YAML flow mappings ({bolt} / {grpc}: the providers' ports)
-BOLT_EXPORT = (
-    "{{service: " + SERVICE + ', version: "1.0", protocol: bolt, codec: protobuf, providers: [127.0.0.1:{bolt}], '
-    "allow: {{site-b: {{}}}}}}"
-)
-GRPC_EXPORT = (
-    "{{service: " + SERVICE + ", protocol: triple, flavour: grpc, providers: [127.0.0.1:{grpc}], allow: {{site-b: {{}}}}}}"
-)
-BOLT_IMPORT = "{service: " + SERVICE + ', version: "1.0", from: site-a, protocol: bolt}'
-TRIPLE_IMPORT = "{service: " + SERVICE + ", from: site-a, protocol: triple}"
-PAIRS = {  # pair name -> (GW-B listener, export template, import)
-    "bolt-pb-interlink": ("bolt", BOLT_EXPORT, BOLT_IMPORT),
-    "bolt-pb-to-triple": ("bolt", GRPC_EXPORT, BOLT_IMPORT),
-    "triple-to-bolt-pb": ("triple", BOLT_EXPORT, TRIPLE_IMPORT),
-    "triple-interlink": ("triple", GRPC_EXPORT, TRIPLE_IMPORT),
-}
+# pair name -> GW-B's listener (and import protocol); GW-A exports to the pair's provider (PROVIDER_OF): Bolt with
+# the protobuf codec, or triple of flavour grpc
+PAIRS = {
+    "bolt-pb-interlink": "bolt", "bolt-pb-to-triple": "bolt", "triple-to-bolt-pb": "triple", "triple-interlink": "triple",
+}  # fmt: skip
 
 
 @dataclass
@@ -177,26 +165,8 @@ def gateway_errors(path: TPath, offsets: dict[str, int]) -> dict[str, dict[str, 
     """Calls each gateway logged with a status other than OK since `offsets` (role -> {status: count}).
     CANCELLED is among them: h2load resets the calls still in flight when its run ends (up to c per run, and a
     cell is two runs), so those are expected and not counted as errors (see `logged_errors`)."""
-    out = {}
-    for role, child in path.proxies.items():
-        counts: dict[str, int] = {}
-        try:
-            with open(child.log, "rb") as f:
-                f.seek(offsets[role])
-                data = f.read()
-        except OSError:
-            continue
-        for line in data.splitlines():
-            if b'"call"' in line and b'"status": "OK"' not in line:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("event") == "call":
-                    counts[str(event.get("status"))] = counts.get(str(event.get("status")), 0) + 1
-        if counts:
-            out[role] = counts
-    return out
+    counts = {role: not_ok_calls(child.log, offsets[role]) for role, child in path.proxies.items()}
+    return {role: c for role, c in counts.items() if c}
 
 
 def logged_errors(cell: dict) -> int:
@@ -244,39 +214,21 @@ def measure_all(opts: TranslateOptions, node: str, tmp: Path, files, paths: list
             print(f"bench: [{n}/{total}] {path.name:<17} {SIZE} B c={conc:<3} ...", end="", flush=True)
             dead = {role: c for role, c in {**path.proxies, "provider": path.provider}.items() if not c.alive()}
             if dead:
-                why = ", ".join(f"{role} exited with status {c.proc.returncode}" for role, c in dead.items())
-                cell = {"path": path.name, "size": SIZE, "concurrency": conc, "error": why,
-                        "logs": {role: c.log_tail() for role, c in dead.items()}}  # fmt: skip
+                cell = dead_cell(path.name, SIZE, conc, dead)
             else:
                 cell = measure_cell(opts, node, tmp, files, path, conc, all_proxies)
             cells.append(cell)
-            if "error" in cell:
-                print(f" FAILED: {cell['error']}")
-            else:
-                logged = logged_errors(cell)
-                print(f" {cell['rps']:>8.0f} rps  p50 {cell['p50_ms']:.3f} ms  p99 {cell['p99_ms']:.3f} ms"
-                      + (f"  {cell['errors']} errors" if cell["errors"] else "")
-                      + (f"  {logged} calls logged not OK by the gateways" if logged else "")
-                      + (f"  (disturbed: other load {cell['other_cpu_pct']:.0f}% of a core)"
-                         if cell["other_cpu_pct"] > bolt_bench.OTHER_CPU_WARN_PCT else ""))  # fmt: skip
+            print_outcome(cell, logged_errors(cell))
     return cells
 
 
 # --- report ------------------------------------------------------------------------------------------------
 
 
-def _num(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def cell_table(cells: list[dict]) -> str:
     head = (
         f"{'path':<18} {'conc':>4} {'load':<12} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
-        f" | {'GW-B µs/call RSS MB':>19} | {'GW-A µs/call RSS MB':>19} | {'client':>6} {'provider':>8} {'other':>5}"
+        f"{GATEWAY_HEAD} | {'client':>6} {'provider':>8} {'other':>5}"
     )
     lines = [head, "-" * len(head)]
     previous = None
@@ -290,11 +242,9 @@ def cell_table(cells: list[dict]) -> str:
         logged = logged_errors(c)
         row = (
             f"{c['path']:<18} {c['concurrency']:>4} {c['load_generator']:<12} {c['rps']:>8.0f}"
-            f" {_num(c['p50_ms'], '.3f'):>7} {_num(c['p99_ms'], '.3f'):>7} {c['errors'] + logged:>6}"
+            f" {num(c['p50_ms'], '.3f'):>7} {num(c['p99_ms'], '.3f'):>7} {c['errors'] + logged:>6}"
         )
-        for role in SIDES:
-            p = c["proxies"].get(role)
-            row += f" | {p['cpu_us_per_call']:>11.0f} {p['rss_peak_mb']:>7.1f}" if p else f" | {'':>19}"
+        row += gateway_columns(c)
         row += f" | {c['client_cpu_pct']:>5.0f}% {c['provider_cpu_pct']:>7.0f}% {max(0.0, c['other_cpu_pct']):>4.0f}%"
         lines.append(row)
     return "\n".join(lines)
@@ -313,12 +263,12 @@ def ratio_rows(cells: list[dict]) -> list[dict]:
             a, b = ok.get((path, conc)), ok.get((base, conc))
             if a is None or b is None:
                 continue
-            cpu = {r: _ratio(a["proxies"][r]["cpu_us_per_call"], b["proxies"][r]["cpu_us_per_call"]) for r in SIDES}
-            both = _ratio(sum(a["proxies"][r]["cpu_us_per_call"] for r in SIDES),
-                          sum(b["proxies"][r]["cpu_us_per_call"] for r in SIDES))  # fmt: skip
+            cpu = {r: ratio(a["proxies"][r]["cpu_us_per_call"], b["proxies"][r]["cpu_us_per_call"]) for r in GATEWAYS}
+            both = ratio(sum(a["proxies"][r]["cpu_us_per_call"] for r in GATEWAYS),
+                         sum(b["proxies"][r]["cpu_us_per_call"] for r in GATEWAYS))  # fmt: skip
             rows.append({
-                "path": path, "over": base, "concurrency": conc, "rps": _ratio(a["rps"], b["rps"]),
-                "p50": _ratio(a["p50_ms"], b["p50_ms"]), "p99": _ratio(a["p99_ms"], b["p99_ms"]),
+                "path": path, "over": base, "concurrency": conc, "rps": ratio(a["rps"], b["rps"]),
+                "p50": ratio(a["p50_ms"], b["p50_ms"]), "p99": ratio(a["p99_ms"], b["p99_ms"]),
                 "cpu_per_call_gw_b": cpu["GW-B"], "cpu_per_call_gw_a": cpu["GW-A"], "cpu_per_call_both": both,
                 "gw_a_us": (a["proxies"]["GW-A"]["cpu_us_per_call"], b["proxies"]["GW-A"]["cpu_us_per_call"]),
             })  # fmt: skip
@@ -333,9 +283,9 @@ def ratio_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['path']:<18} {r['over']:<18} {r['concurrency']:>4} {_num(r['rps'], '.2f'):>6} {_num(r['p50'], '.2f'):>6}"
-            f" {_num(r['p99'], '.2f'):>6} {_num(r['cpu_per_call_gw_b'], '.2f'):>15} {_num(r['cpu_per_call_gw_a'], '.2f'):>7}"
-            f" {_num(r['cpu_per_call_both'], '.2f'):>7}   {r['gw_a_us'][0]:.0f} vs {r['gw_a_us'][1]:.0f}"
+            f"{r['path']:<18} {r['over']:<18} {r['concurrency']:>4} {num(r['rps'], '.2f'):>6} {num(r['p50'], '.2f'):>6}"
+            f" {num(r['p99'], '.2f'):>6} {num(r['cpu_per_call_gw_b'], '.2f'):>15} {num(r['cpu_per_call_gw_a'], '.2f'):>7}"
+            f" {num(r['cpu_per_call_both'], '.2f'):>7}   {r['gw_a_us'][0]:.0f} vs {r['gw_a_us'][1]:.0f}"
         )
     return "\n".join(lines)
 
@@ -355,14 +305,9 @@ def target_checks(rows: list[dict], concurrency: int = 16) -> list[dict]:
         })  # fmt: skip
         checks.append({
             "target": f"{path}: rps >= {1 / limit:.2f}x {BASELINE} (100 B, c={concurrency})",
-            "met": None if rps is None else rps >= 1 / limit, "measured": rps, "shown": _num(rps, ".2f") + ("x" if rps else ""),
+            "met": None if rps is None else rps >= 1 / limit, "measured": rps, "shown": num(rps, ".2f") + ("x" if rps else ""),
         })  # fmt: skip
     return checks
-
-
-def target_table(checks: list[dict]) -> str:
-    mark = {True: "met", False: "MISSED", None: "not measured"}
-    return "\n".join(f"  {mark[c['met']]:<12} {c['target']:<66} {c['shown']}" for c in checks)
 
 
 # --- the part ------------------------------------------------------------------------------------------------
@@ -406,8 +351,7 @@ def run(opts: TranslateOptions, tmp: Path, children: Children) -> tuple[dict, in
 
     names = ["bolt_provider", "grpc_provider", "check_server"] + [f"{p}:{k}" for p in PAIRS for k in ("entry", "peer_a", "peer_b")]
     ports = dict(zip(names, free_ports(len(names))))
-    site_a = certs.make_site("site-a", tmp / "A", (DOMAIN_A_GIVES_B, "localhost"))
-    site_b = certs.make_site("site-b", tmp / "B", (DOMAIN_B_GIVES_A, "localhost"))
+    site_a, site_b = make_sites(tmp)
 
     # Providers: the canned Bolt one (protobuf + hessian2 replies, chosen by the request's contentLen) and nginx.
     replies = {
@@ -420,13 +364,15 @@ def run(opts: TranslateOptions, tmp: Path, children: Children) -> tuple[dict, in
 
     # Gateways: one pair per path (bolt-interlink rides on the baseline's), all started at once.
     wanted_pairs = list(dict.fromkeys(PAIR_OF[p] for p in opts.paths))
-    specs = []
-    for name in wanted_pairs:
-        listener, export, import_ = PAIRS[name]
-        specs.append(PairSpec(
-            name, listener, export.format(bolt=ports["bolt_provider"], grpc=ports["grpc_provider"]), import_,
-            {k: ports[f"{name}:{k}"] for k in ("entry", "peer_a", "peer_b")},
-        ))  # fmt: skip
+    exports = {
+        "bolt": export_of("bolt", ports["bolt_provider"], codec="protobuf"),
+        "grpc": export_of("triple", ports["grpc_provider"], flavour="grpc"),
+    }
+    specs = [
+        PairSpec(name, PAIRS[name], exports[PROVIDER_OF[name]], import_of(PAIRS[name]),
+                 {k: ports[f"{name}:{k}"] for k in ("entry", "peer_a", "peer_b")})
+        for name in wanted_pairs
+    ]  # fmt: skip
 
     # The gateways take a second or two to import and bind: start them all now, and check the frames and
     # the canned provider against the real sofa-rpc-node protobuf peers (sanity 1 + 2) meanwhile.
@@ -507,7 +453,7 @@ def run(opts: TranslateOptions, tmp: Path, children: Children) -> tuple[dict, in
         print("\nratios (same run; > 1 = more CPU / more rps than the path in 'over'):")
         print(ratio_table(rows))
     print(f"\nissue 4 target: translation overhead <= {TARGET_OVERHEAD:.0%} (judged on GW-A, the translating gateway):")
-    print(target_table(checks))
+    print(target_table(((c["target"], c["met"], c["shown"]) for c in checks), 66))
     for name, why in out["skipped"].items():
         print(f"\nbench: the {name} path was SKIPPED: {why}")
     measured = {c["path"] for c in cells if "error" not in c}
