@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +31,7 @@ import structlog
 import trio
 
 from interlink.control.config import HostPort, ImportConfig, SiteConfig
-from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError
+from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError, RegistryHealth
 from registry_adapters.dnssd import EmbeddedResponder
 from registry_adapters.model import Instance, ServiceKey
 
@@ -311,9 +310,7 @@ class EmbeddedDnsRegistry:
     def subscribe(self, key: ServiceKey):  # noqa: ANN201 - see class docstring
         raise RegistryError("the embedded DNS registry holds only this gateway's publications; list providers: in the export")
 
-    def health(self):  # noqa: ANN201
-        from registry_adapters.base import RegistryHealth
-
+    def health(self) -> RegistryHealth:
         return RegistryHealth(connected=True)
 
 
@@ -333,12 +330,6 @@ def open_registry(settings: RegistrySettings, site: str) -> Registry | None:
     return ZooKeeperRegistry(**settings.options, site=site)  # type: ignore[return-value]
 
 
-@asynccontextmanager
-async def _entered(registry: Registry) -> AsyncIterator[Registry]:
-    async with registry:
-        yield registry
-
-
 async def run_registry(
     gateway: Gateway, settings: RegistrySettings, *, task_status: trio.TaskStatus[Registry | None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -350,7 +341,7 @@ async def run_registry(
     if registry is None:
         task_status.started(None)
         await trio.sleep_forever()
-    async with _entered(registry) as entered, trio.open_nursery() as nursery:
+    async with registry as entered, trio.open_nursery() as nursery:
         for route in gateway.snapshot.export_routes:
             if not route.providers:
                 await nursery.start(gateway.providers.follow, entered, route.pool_key, route.protocol, route.registry_key)

@@ -12,6 +12,7 @@ import structlog
 import trio
 
 from interlink import logs
+from registry_adapters.base import RegistryError
 
 log = structlog.get_logger("interlink.run")
 
@@ -43,8 +44,10 @@ def run_gateway(
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
     try:
         trio.run(_serve_until_signalled, gateway, registry, drain_seconds)
-    except OSError as exc:  # listening failed: port in use, address not local ...
-        raise StartupError(f"interlink run: {exc}") from exc
+    except* OSError as group:  # listening failed: port in use, address not local ...
+        raise StartupError(f"interlink run: {group.exceptions[0]}") from None
+    except* RegistryError as group:  # the registry cannot be reached or refused us at start
+        raise StartupError(f"interlink run: registry: {group.exceptions[0]}") from None
     return 0
 
 

@@ -9,6 +9,8 @@ site's registry.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ import pytest
 
 from registry_adapters import dnssd
 from registry_adapters.model import Instance, ServiceKey
-from tests.conftest import Peer, bolt_server_argv, start_process_peer, stop_process
+from tests.conftest import Peer, bolt_server_argv, pick_free_port, start_process_peer, stop_process
 from tests.e2e.topology import ALLOWED_APP, TwoSites, two_sites
 from tests.servers.bind9 import start_bind9
 
@@ -192,3 +194,23 @@ def test_gateways_publish_and_follow_srv_records_in_bind(dns_sites, run_bolt_cli
     assert sites.b.stop() == 0
     gone = dns.query.udp(query, zone_b.address[0], port=zone_b.address[1], timeout=2)
     assert not gone.answer
+
+
+def test_an_unreachable_registry_stops_the_start_with_the_reason(certs, tmp_path):
+    import yaml
+
+    closed = pick_free_port()
+    own = certs.site("site-a")
+    site = {
+        "site": "site-a",
+        "listen": {"peer": f"127.0.0.1:{pick_free_port()}"},
+        "tls": {"ca": str(own.ca), "cert": str(own.cert), "key": str(own.key)},
+        "registry": {"kind": "zookeeper", "address": f"127.0.0.1:{closed}", "session_timeout_ms": 4000},
+    }
+    path = tmp_path / "site-a.yaml"
+    path.write_text(yaml.safe_dump(site))
+    done = subprocess.run(
+        [sys.executable, "-m", "interlink", "run", "-c", str(path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done
+    assert f"registry: cannot connect to ZooKeeper at 127.0.0.1:{closed}" in done.stderr, done.stderr
