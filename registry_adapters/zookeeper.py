@@ -459,8 +459,9 @@ class ZooKeeperRegistry:
 
     def layout(self, key: ServiceKey) -> tuple[Flavour, str]:
         """(flavour, root) of the tree that holds `key`: the adapter's own, except that with `dubbo_root`
-        Triple keys live in the Dubbo tree there (one session for a SOFA Bolt + Dubbo Triple site)."""
-        if self.dubbo_root is not None and key.protocol == "tri":
+        Dubbo Triple keys (group other than SOFARPC's "SOFA") live in the Dubbo tree there (one session for
+        a SOFA Bolt + Dubbo Triple site); SOFARPC Triple keys stay in the SOFA tree as tri:// URLs."""
+        if self.dubbo_root is not None and key.protocol == "tri" and key.group != "SOFA":
             return "dubbo", self.dubbo_root
         return self.flavour, self.root
 

@@ -312,6 +312,8 @@ async def test_one_session_for_both_trees(zk) -> None:
     tri = ServiceKey("org.demo.Greeter", protocol="tri", version="", group="")
     async with ZooKeeperRegistry(zk.address, dubbo_root="/dubbo", site="site-a") as registry:
         assert registry.layout(ECHO) == ("sofa", "/sofa-rpc") and registry.layout(tri) == ("dubbo", "/dubbo")
+        sofa_tri = ServiceKey("org.demo.Greeter", protocol="tri")  # SOFARPC Triple (group SOFA): SOFA tree
+        assert registry.layout(sofa_tri) == ("sofa", "/sofa-rpc")
         async with following(registry, tri) as seen:
             bolt_pub = await registry.publish(ECHO, Instance("127.0.0.1", 12200))
             tri_pub = await registry.publish(tri, Instance("127.0.0.1", 50051))
