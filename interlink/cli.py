@@ -128,8 +128,10 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
 
 def _cmd_lab(args: argparse.Namespace) -> int:
     if args.netns:
+        from interlink import logs
         from interlink.labnet import run_netns_lab
 
+        logs.configure("info", json=False)  # the lab's own events, readable, on stderr; the table on stdout
         return run_netns_lab(keep=args.keep)
     from interlink.lab import run_lab
 

@@ -89,9 +89,12 @@ def test_lab_call_needs_a_target_or_a_registry():
     assert done.returncode == 2 and "--registry" in done.stderr
 
 
-def test_lab_netns_refuses_to_run_without_root(monkeypatch, capsys):
+def test_lab_netns_refuses_to_run_without_root(monkeypatch):
+    from structlog.testing import capture_logs
+
     from interlink import labnet
 
     monkeypatch.setattr(labnet.os, "geteuid", lambda: 1000)
-    assert labnet.run_netns_lab() == 1
-    assert "needs root" in capsys.readouterr().err
+    with capture_logs() as events:
+        assert labnet.run_netns_lab() == 1
+    assert [e["event"] for e in events] == ["lab.netns_unavailable"] and "needs root" in events[0]["error"]

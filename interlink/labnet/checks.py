@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from interlink.labnet.lab import CONSUMER_APP, NetnsLab
 from interlink.labnet.namespaces import LabError, NetnsUnavailable, namespace_names, remove_stale, require_netns
 from interlink.labnet.probe import classify_reply, describe_reply
 from interlink.labnet.topology import INTERCONNECT, TopologyError, load_topology
+
+log = structlog.get_logger("interlink.lab")
 
 if TYPE_CHECKING:  # interlink.lab imports grpc: only where calls are made, not for a probe or a health check
     from interlink.lab import Outcome
@@ -298,29 +301,29 @@ def run_netns_lab(keep: bool = False) -> int:
         require_netns()
         topology = load_topology()
     except (NetnsUnavailable, TopologyError) as exc:
-        print(f"interlink lab --netns: {exc}", file=sys.stderr)
+        log.error("lab.netns_unavailable", error=str(exc))
         return 1
     for name in remove_stale():
-        print(f"interlink lab --netns: removed {name}, left by a lab that is gone", file=sys.stderr)
+        log.warning("lab.netns_stale_removed", namespace=name, reason="left by a lab that is gone")
     work = Path(tempfile.mkdtemp(prefix="interlink-netns-lab-"))
     outcomes: list = []
     before = namespace_names()
     try:
         with NetnsLab(work, topology) as lab:
-            print(f"interlink lab --netns: namespaces {', '.join(lab.namespaces.names())}")
+            log.info("lab.netns_built", namespaces=lab.namespaces.names())
             for check in NETNS_CHECKS:
                 outcomes += check(lab)
     except LabError as exc:
-        print(f"interlink lab --netns: {exc}", file=sys.stderr)
+        log.error("lab.netns_failed", error=str(exc), kept=str(work))
         keep = True
         return 1
     except KeyboardInterrupt:
-        print("interlink lab --netns: interrupted; everything removed", file=sys.stderr)
+        log.warning("lab.netns_interrupted", removed=True)
         return 130
     finally:
         left = sorted(set(namespace_names()) - set(before))
         if left:
-            print(f"interlink lab --netns: namespaces left behind: {', '.join(left)}", file=sys.stderr)
+            log.error("lab.netns_left_behind", namespaces=left)
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     title = "interlink lab --netns: site-b consumer -> GW-B -> interconnect (mTLS) -> GW-A -> site-a provider"
