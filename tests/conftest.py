@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import re
 import shutil
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.requires import missing
 
 pytest_plugins = ["tests.servers.zookeeper", "tests.servers.bind9"]
 
@@ -61,20 +62,15 @@ def free_port() -> int:
     return pick_free_port()
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required on CI; run: bash scripts/setup.sh --test)")
-    pytest.skip(f"{reason}; run: bash scripts/setup.sh --test")
-
 
 @pytest.fixture(scope="session")
 def node_peers() -> str:
     """Path of the node executable, once the Node peers are known to be installed."""
     node = shutil.which("node")
     if node is None:
-        _missing("node is not installed")
+        missing("node is not installed")
     if not (PEERS_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        _missing(f"Node peers are not installed ({PEERS_DIR / 'node_modules'} is missing)")
+        missing(f"Node peers are not installed ({PEERS_DIR / 'node_modules'} is missing)")
     return node
 
 
@@ -237,7 +233,7 @@ def bolt_server_argv(node: str, listen: str = "127.0.0.1:0", name: str = "bolt-p
 def bolt_peers(node_peers: str) -> str:
     """Path of node, once sofa-rpc-node is installed in tests/peers/node_modules."""
     if not (PEERS_DIR / "node_modules" / "sofa-rpc-node").is_dir():
-        _missing(f"sofa-rpc-node is not installed in {PEERS_DIR / 'node_modules'}")
+        missing(f"sofa-rpc-node is not installed in {PEERS_DIR / 'node_modules'}")
     return node_peers
 
 

@@ -25,6 +25,7 @@ from interlink.control.check import check_files
 from interlink.control.registry_sync import embedded_dns
 from interlink.control.sitefile import load_site
 from interlink.labnet import INTERCONNECT, load_topology
+from tests.requires import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -36,10 +37,10 @@ def compose_schema() -> dict:
     try:
         vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
     except ModuleNotFoundError:
-        message = "check-jsonschema (ships the Compose specification schema) is not installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; it belongs to the test extra (pip install -e '.[test]')")
-        pytest.skip(message)
+        missing(
+            "check-jsonschema (ships the Compose specification schema) is not installed",
+            "it belongs to the test extra: pip install -e '.[test]'",
+        )
     return json.loads((vendor / "compose-spec.json").read_text(encoding="utf-8"))
 
 
@@ -160,7 +161,7 @@ def test_the_dockerfile_has_the_targets_and_files_compose_uses(compose):
 def test_the_certs_service_gives_each_gateway_what_its_site_file_needs(tmp_path, topology):
     """docker/lab-certs.sh as the certs service runs it; then each gateway's view checks out together."""
     if shutil.which("sh") is None:
-        pytest.skip("no sh")
+        missing("sh is not installed", "install a POSIX shell (Debian: dash)")
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 
@@ -18,12 +17,11 @@ import pytest
 
 from interlink.labnet import NetnsLab, NetnsUnavailable, namespace_names, remove_stale, require_netns
 from tests.lab.netns_state import Before, root_links
+from tests.requires import missing
 
 
 def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required on CI; run the tests as root with iproute2 and tcpdump installed)")
-    pytest.skip(reason)
+    missing(reason, "run the tests as root with iproute2 and tcpdump installed")
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import missing
+
 __all__ = ["Bind9Server", "bind9", "start_bind9"]
 
 ZONE = "site-a.interlink.test"
@@ -192,16 +194,11 @@ def _soa_serial(host: str, port: int, zone: str, timeout: float) -> int | None:
     return None
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required on CI; run: bash scripts/setup.sh --test)")
-    pytest.skip(f"{reason}; run: bash scripts/setup.sh --test")
-
 
 def _tool(name: str) -> str:
     found = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
     if found is None:
-        _missing(f"{name} is not installed (Debian package bind9)")
+        missing(f"{name} is not installed (Debian package bind9)")
     return found  # type: ignore[return-value]
 
 

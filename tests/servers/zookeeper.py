@@ -18,7 +18,6 @@ second. Without java or the jar the fixtures skip, or fail when ``CI=true``.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import missing
+
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # its manifest Class-Path names the Debian deps
 MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 JVM_FLAGS = ["-Xms16m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
@@ -38,11 +39,6 @@ STARTUP_TIMEOUT = 30.0
 PROBE_TIMEOUT = 0.5  # the port is bound before the database is loaded: a probe can hang (pitfall 1)
 TREES = ("/sofa-rpc", "/dubbo")
 
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (required on CI; run: bash scripts/setup.sh --test)")
-    pytest.skip(f"{reason}; run: bash scripts/setup.sh --test")
 
 
 def four_letter_word(host: str, port: int, word: str = "ruok", timeout: float = PROBE_TIMEOUT) -> str | None:
@@ -237,13 +233,13 @@ def require_java() -> str:
     """java, once java, the ZooKeeper jar and kazoo are known to be installed (else skip / fail on CI)."""
     java = shutil.which("java")
     if java is None:
-        _missing("java is not installed (needed to run ZooKeeper)")
+        missing("java is not installed (needed to run ZooKeeper)")
     if not ZOOKEEPER_JAR.is_file():
-        _missing(f"ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing; Debian package `zookeeper`)")
+        missing(f"ZooKeeper is not installed ({ZOOKEEPER_JAR} is missing; Debian package `zookeeper`)")
     try:
         import kazoo  # noqa: F401
     except ImportError:
-        _missing("kazoo is not installed")
+        missing("kazoo is not installed")
     assert java is not None
     return java
 
