@@ -1,7 +1,7 @@
 """A real standalone ZooKeeper on loopback for the churn part (Debian package `zookeeper`, run with java).
 
-Started the way tests/servers/zookeeper.py starts it (same zoo.cfg settings and JVM flags: no AdminServer,
-4lw whitelist, session timeouts 4-6 s), but through the benchmark's `Children`, so that it runs in its own
+Started with the tests' zoo.cfg and command line (tests/servers/zookeeper.py: no AdminServer, 4lw whitelist,
+session timeouts 4-6 s), but through the benchmark's `Children`, so that it runs in its own
 process group with PR_SET_PDEATHSIG and is stopped with everything else, even if the harness is killed.
 Ready when `ruok` answers `imok`; a port taken meanwhile is retried on another free port.
 """
@@ -9,19 +9,14 @@ Ready when `ruok` answers `imok`; a port taken meanwhile is retried on another f
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import Child, Children, free_ports
 
-ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # its manifest Class-Path names the Debian deps
-MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
-JVM_FLAGS = ["-Xms16m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
-MIN_SESSION_MS = 4000
-MAX_SESSION_MS = 6000
-PROBE_TIMEOUT = 0.5  # the port is bound before the database is loaded: a probe can hang
+# Built as the tests build it (tests/servers/zookeeper.py): one zoo.cfg, one command line, one probe.
+from tests.servers.zookeeper import ZOOKEEPER_JAR, four_letter_word, server_argv, write_config
 
 
 class ZooKeeperUnavailable(Exception):
@@ -52,45 +47,6 @@ def missing() -> str | None:
     return None
 
 
-def four_letter_word(port: int, word: str = "ruok", timeout: float = PROBE_TIMEOUT) -> str | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(word.encode("ascii"))
-            chunks = []
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    except OSError:
-        return None
-    return b"".join(chunks).decode("ascii", "replace")
-
-
-def _write_config(directory: Path, port: int) -> Path:
-    data = directory / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    config = directory / "zoo.cfg"
-    config.write_text(
-        "\n".join(
-            [
-                "tickTime=2000",
-                f"dataDir={data}",
-                f"clientPort={port}",
-                "clientPortAddress=127.0.0.1",
-                "maxClientCnxns=0",
-                "admin.enableServer=false",
-                "4lw.commands.whitelist=ruok,srvr,mntr,stat,cons",
-                f"minSessionTimeout={MIN_SESSION_MS}",
-                f"maxSessionTimeout={MAX_SESSION_MS}",
-                "",
-            ]
-        )
-    )
-    return config
-
-
 def start(children: Children, directory: Path, timeout_s: float = 30.0, attempts: int = 3) -> ZooKeeper:
     why = missing()
     if why:
@@ -101,14 +57,12 @@ def start(children: Children, directory: Path, timeout_s: float = 30.0, attempts
     for attempt in range(attempts):
         (port,) = free_ports(1)
         run_dir = directory / f"zookeeper-{attempt}"
-        config = _write_config(run_dir, port)
-        argv = [java, *JVM_FLAGS, "-Dznode.container.checkIntervalMs=1000", "-cp", str(ZOOKEEPER_JAR), MAIN_CLASS,
-                str(config)]  # fmt: skip
+        argv = server_argv(java, write_config(run_dir, port))
         started = time.monotonic()
         child = children.start("zookeeper", argv, cwd=run_dir, log=run_dir / "zookeeper.log")
         deadline = started + timeout_s
         while time.monotonic() < deadline and child.alive():
-            if four_letter_word(port) == "imok":
+            if four_letter_word("127.0.0.1", port) == "imok":
                 return ZooKeeper(child, port, round(time.monotonic() - started, 2))
             time.sleep(0.05)
         state = "exited" if not child.alive() else f"gave no imok within {timeout_s:.0f}s"

@@ -159,7 +159,8 @@ class ZooKeeperServer:
                 self.process.wait()
 
 
-def _write_config(directory: Path, port: int) -> Path:
+def write_config(directory: Path, port: int) -> Path:
+    """zoo.cfg for a loopback server on `port` with its data under `directory` (settings: module docstring)."""
     data = directory / "data"
     data.mkdir(parents=True, exist_ok=True)
     config = directory / "zoo.cfg"
@@ -182,17 +183,14 @@ def _write_config(directory: Path, port: int) -> Path:
     return config
 
 
+def server_argv(java: str, config: Path) -> list[str]:
+    """The command line of a standalone server (containers checked every second for the reaping tests)."""
+    return [java, *JVM_FLAGS, "-Dznode.container.checkIntervalMs=1000", "-cp", str(ZOOKEEPER_JAR), MAIN_CLASS, str(config)]
+
+
 def _launch(java: str, run_dir: Path, port: int) -> tuple[subprocess.Popen, float]:
     """Run the server of `run_dir/zoo.cfg`; wait until `ruok` answers `imok` (a probe with a timeout)."""
-    argv = [
-        java,
-        *JVM_FLAGS,
-        "-Dznode.container.checkIntervalMs=1000",
-        "-cp",
-        str(ZOOKEEPER_JAR),
-        MAIN_CLASS,
-        str(run_dir / "zoo.cfg"),
-    ]
+    argv = server_argv(java, run_dir / "zoo.cfg")
     log_path = run_dir / "zookeeper.log"
     started = time.monotonic()
     with open(log_path, "ab") as log_file:
@@ -219,7 +217,7 @@ def start_zookeeper(java: str, directory: Path, attempts: int = 3) -> ZooKeeperS
         if _port_answers(port):  # never health-check someone else's server by mistake
             continue
         run_dir = directory / f"run{attempt}"
-        _write_config(run_dir, port)
+        write_config(run_dir, port)
         try:
             process, seconds = _launch(java, run_dir, port)
         except RuntimeError as exc:
