@@ -29,7 +29,7 @@ import trio
 
 from interlink.control.snapshot import ExportRoute, Snapshot
 from interlink.gateway import translation
-from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call, remaining_ms
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
@@ -208,10 +208,7 @@ class BoltForwarder(Forwarder):
             if call.request.is_oneway:
                 call.sent_oneway()
 
-        self._upstream(
-            self._provider_group(route.pool_key), call.deadline, send=send, fail=call.fail,  # type: ignore[arg-type]
-            is_done=lambda: call.done,
-        )
+        self._upstream(self._provider_group(route.pool_key), call, send)  # type: ignore[arg-type]
 
     # --- shared steps ------------------------------------------------------------------------------------
 
@@ -250,17 +247,11 @@ class BoltForwarder(Forwarder):
         return call
 
     def _forward(self, call: BoltCallRelay, group: PoolGroup | None, stamps: dict[bytes, bytes | None]) -> None:
-        self._upstream(
-            group,
-            call.deadline,
-            send=lambda upstream: self._send(call, upstream, stamps),  # type: ignore[arg-type]
-            fail=call.fail,
-            is_done=lambda: call.done,
-        )
+        self._upstream(group, call, lambda upstream: self._send(call, upstream, stamps))  # type: ignore[arg-type]
 
     def _send(self, call: BoltCallRelay, upstream: BoltEndpoint, stamps: dict[bytes, bytes | None]) -> None:
         request = call.request
-        outgoing = _upstream_frame(request, stamps, _remaining_ms(call.deadline))
+        outgoing = _upstream_frame(request, stamps, remaining_ms(call.deadline))
         if request.is_oneway:
             upstream.send_request(outgoing, bolt.encode(outgoing), None)
             call.sent_oneway()
@@ -320,12 +311,6 @@ def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> byt
     answer.request_id = request.request_id
     answer.raw = None
     return bolt.encode(answer)
-
-
-def _remaining_ms(deadline: float) -> int:
-    if deadline == math.inf:
-        return -1
-    return max(1, int((deadline - trio.current_time()) * 1000))
 
 
 def _text(value: bytes | None) -> str | None:

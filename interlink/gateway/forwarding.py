@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import structlog
 import trio
@@ -70,6 +71,16 @@ def authorize_peer_call(
     return route
 
 
+def remaining(deadline: float) -> float | None:
+    """Seconds left until `deadline` (None: no deadline), for the next hop's timeout."""
+    return None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
+
+
+def remaining_ms(deadline: float) -> int:
+    """The same as a Bolt timeout: whole milliseconds, at least 1; -1 for none."""
+    return -1 if deadline == math.inf else max(1, int((deadline - trio.current_time()) * 1000))
+
+
 def audit(decision: str, fields: dict[str, object], reason: str) -> None:
     audit_log.info("audit", decision=decision, reason=reason or None, **fields)
 
@@ -81,6 +92,17 @@ def log_call(status: str, started: float, message: str, fields: dict[str, object
         access_log.info("call", status=status, ms=elapsed_ms, error=message, **fields)
     else:
         access_log.info("call", status=status, ms=elapsed_ms, **fields)
+
+
+class PendingCall(Protocol):
+    """What choosing an upstream needs of a call, whatever its protocol (Relay, BoltCallRelay, TripleToBolt)."""
+
+    deadline: float
+
+    @property
+    def done(self) -> bool: ...
+
+    def fail(self, status: Status, message: str) -> None: ...
 
 
 class Forwarder:
@@ -102,45 +124,33 @@ class Forwarder:
         self._flush_queue = flush_queue
         self._nursery = nursery
 
-    def _upstream(
-        self,
-        group: PoolGroup | None,
-        deadline: float,
-        send: Callable[[PooledConnection], None],
-        fail: Callable[[Status, str], None],
-        is_done: Callable[[], bool],
-    ) -> None:
+    def _upstream(self, group: PoolGroup | None, call: PendingCall, send: Callable[[PooledConnection], None]) -> None:
         """Hand the call to the least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED;
         down -> UNAVAILABLE at once; never connected yet but connecting (a gateway that just started) ->
         wait for that first connection, within the call's deadline."""
         if group is None or not group.pools:
-            fail(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
-                 else f"{group.name}: none is known (none configured, or the registry lists none)")
+            call.fail(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
+                      else f"{group.name}: none is known (none configured, or the registry lists none)")
             return
         upstream = group.pick()
         if upstream is not None:
             send(upstream)
         elif group.up:
-            fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are at their concurrent call limit; retry later")
+            call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are at their concurrent call limit; retry later")
         elif group.first_connect_pending:
-            self._nursery.start_soon(self._upstream_when_ready, group, deadline, send, fail, is_done)
+            self._nursery.start_soon(self._upstream_when_ready, group, call, send)
         else:
-            fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+            call.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
 
     async def _upstream_when_ready(
-        self,
-        group: PoolGroup,
-        deadline: float,
-        send: Callable[[PooledConnection], None],
-        fail: Callable[[Status, str], None],
-        is_done: Callable[[], bool],
+        self, group: PoolGroup, call: PendingCall, send: Callable[[PooledConnection], None]
     ) -> None:
-        with trio.move_on_at(min(deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+        with trio.move_on_at(min(call.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
             await group.wait_ready()
-        if not is_done():
+        if not call.done:
             upstream = group.pick()
             if upstream is None:
-                fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+                call.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
             else:
                 send(upstream)
         await self._flush_queue.flush()

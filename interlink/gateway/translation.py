@@ -21,11 +21,10 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 import h2.errors
-import trio
 from google.protobuf.message import DecodeError
 
 from interlink.control.snapshot import ExportRoute
-from interlink.gateway.forwarding import log_call
+from interlink.gateway.forwarding import log_call, remaining, remaining_ms
 from interlink.gateway.relay import status_for_reset
 from interlink.model import Call, Identity, PayloadKind, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
@@ -42,10 +41,6 @@ if TYPE_CHECKING:
 TRANSLATION_ERRORS = (HessianError, triple_wrapper.TranslationError, bolt.BoltProtocolError, ValueError)
 
 _SERIALIZE_OF_FLAVOUR = {"sofa": triple_wrapper.SERIALIZE_SOFA, "dubbo": triple_wrapper.SERIALIZE_DUBBO}
-
-
-def remaining(deadline: float) -> float | None:
-    return None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
 
 
 # --- Bolt caller, Triple provider ------------------------------------------------------------------------
@@ -273,7 +268,6 @@ class TripleToBolt:
         kind = PayloadKind.PROTOBUF if route.codec == "protobuf" else PayloadKind.WRAPPER
         call: Call = triple_call.call_from_triple(self.head, message, kind, self.deadline)
         call.caller = Identity(self.peer, self.head.caller_app)
-        remaining_s = remaining(self.deadline)
         stamps = {
             bolt_call.GATEWAY_PREFIX + "caller-site": self.peer,
             bolt_call.GATEWAY_PREFIX + "caller-app": self.head.caller_app,
@@ -283,7 +277,7 @@ class TripleToBolt:
                 self.serialize = _serialize_type(message)
             return bolt_call.request_frame(
                 call, unique_name=route.bolt_name, codec=route.codec,
-                timeout_ms=-1 if remaining_s is None else max(1, int(remaining_s * 1000)), stamps=stamps,
+                timeout_ms=remaining_ms(self.deadline), stamps=stamps,
             )
         except TranslationRefused as exc:
             self.fail(exc.status, exc.message)

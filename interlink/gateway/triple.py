@@ -19,7 +19,7 @@ import math
 import structlog
 import trio
 
-from interlink.gateway.forwarding import Forwarder, authorize_peer_call
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call, remaining
 from interlink.gateway.relay import Relay
 from interlink.gateway.translation import TripleToBolt
 from interlink.model import Status
@@ -51,7 +51,7 @@ class TripleForwarder(Forwarder):
         fields["upstream"] = f"site {route.peer}"
         stamps = [(grpc.CALLER_APP, head.consumer_app.encode())] if head.consumer_app else []
         outgoing = grpc.request_headers(
-            head, scheme=b"https", authority=route.authority, timeout=_remaining(relay.deadline), stamps=stamps
+            head, scheme=b"https", authority=route.authority, timeout=remaining(relay.deadline), stamps=stamps
         )
         self._connect(relay, self._peer_group(route.peer), outgoing, end_stream)
 
@@ -84,7 +84,7 @@ class TripleForwarder(Forwarder):
         if head.caller_app:
             stamps.append((grpc.CALLER_APP, head.caller_app.encode()))
         outgoing = grpc.request_headers(
-            head, scheme=b"http", authority=head.authority, timeout=_remaining(relay.deadline), stamps=stamps
+            head, scheme=b"http", authority=head.authority, timeout=remaining(relay.deadline), stamps=stamps
         )
         self._connect(relay, self._provider_group(route.pool_key), outgoing, end_stream)
 
@@ -93,11 +93,7 @@ class TripleForwarder(Forwarder):
         frame = call.bolt_request()
         if frame is not None:
             self._upstream(
-                self._provider_group(call.route.pool_key),
-                call.deadline,
-                send=lambda upstream: call.send(upstream, frame),  # type: ignore[arg-type]
-                fail=call.fail,
-                is_done=lambda: call.done,
+                self._provider_group(call.route.pool_key), call, lambda upstream: call.send(upstream, frame)  # type: ignore[arg-type]
             )
 
     # --- shared steps ------------------------------------------------------------------------------------
@@ -126,16 +122,5 @@ class TripleForwarder(Forwarder):
         return head, Relay(down, stream_id, fields, self._timers, deadline, end_stream)
 
     def _connect(self, relay: Relay, group: PoolGroup | None, headers: Headers, end_stream: bool) -> None:
-        self._upstream(
-            group,
-            relay.deadline,
-            send=lambda upstream: relay.connect(upstream, headers, end_stream),  # type: ignore[arg-type]
-            fail=relay.fail,
-            is_done=lambda: relay.done,
-        )
+        self._upstream(group, relay, lambda upstream: relay.connect(upstream, headers, end_stream))  # type: ignore[arg-type]
 
-
-def _remaining(deadline: float) -> float | None:
-    if deadline == math.inf:
-        return None
-    return max(deadline - trio.current_time(), 0.0)
