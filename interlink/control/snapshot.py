@@ -8,7 +8,7 @@ wire), so that a call does dictionary lookups, not config interpretation.
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from cryptography import x509
@@ -47,25 +47,25 @@ class ExportRoute:
     unique_id: str | None = None
     group: str | None = None
 
-    @property
-    def bolt_name(self) -> str:
-        """The unique name Bolt callers address it by (and SOFA Triple's sofa_head_target_service)."""
-        return bolt_unique_name(self.service, self.version, self.unique_id)
+    # Derived once here, not per call: the names the request path and the registry use.
+    bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)
+    pool_key: str = field(init=False)  # which provider pool group serves it (one per export)
+    registry_key: ServiceKey = field(init=False)  # what the registry knows its providers by
 
-    @property
-    def registry_key(self) -> ServiceKey:
-        """What the registry knows its providers by (SOFARPC: interface, version, uniqueId; Dubbo: group and
-        version)."""
-        if self.protocol == "bolt":
-            return ServiceKey(self.service, "bolt", unique_id=self.unique_id or "", version=self.version or "1.0")
-        if self.flavour == "dubbo":
-            return ServiceKey(self.service, "tri", version=self.version or "", group=self.group or "")
-        return ServiceKey(self.service, "tri", unique_id=self.unique_id or "", version=self.version or "1.0")
+    def __post_init__(self) -> None:
+        bolt_name = bolt_unique_name(self.service, self.version, self.unique_id)
+        object.__setattr__(self, "bolt_name", bolt_name)
+        object.__setattr__(self, "pool_key", f"{self.protocol}:{bolt_name if self.protocol == 'bolt' else self.service}")
+        object.__setattr__(self, "registry_key", _registry_key(self))
 
-    @property
-    def pool_key(self) -> str:
-        """Which provider pool group serves it (one per export)."""
-        return f"{self.protocol}:{self.bolt_name if self.protocol == 'bolt' else self.service}"
+
+def _registry_key(route: ExportRoute) -> ServiceKey:
+    """SOFARPC keys: interface, version, uniqueId; Dubbo keys: interface, version and group."""
+    if route.protocol == "bolt":
+        return ServiceKey(route.service, "bolt", unique_id=route.unique_id or "", version=route.version or "1.0")
+    if route.flavour == "dubbo":
+        return ServiceKey(route.service, "tri", version=route.version or "", group=route.group or "")
+    return ServiceKey(route.service, "tri", unique_id=route.unique_id or "", version=route.version or "1.0")
 
 
 @dataclass(frozen=True)

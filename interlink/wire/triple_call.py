@@ -77,10 +77,10 @@ class TranslationRefused(Exception):
 def metadata_from_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[dict[str, str], str | None]:
     """Canonical metadata from gRPC request/trailer metadata; also the consumer app if one was named."""
     pairs = list(pairs)
-    restored = dict(KNOWN_KEYS)
+    restored = KNOWN_KEYS
     for name, value in pairs:
         if name == HEADER_CONVERT:
-            restored.update(_header_convert(value))
+            restored = {**KNOWN_KEYS, **_header_convert(value)}
     metadata: dict[str, str] = {}
     app = None
     for name, value in pairs:
