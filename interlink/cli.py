@@ -17,13 +17,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(args.handler(args) or 0)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; run at least 1 worker")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interlink", description="Cross-site interconnect gateway")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", help="run one site's gateway in the foreground")
     run.add_argument("-c", "--config", required=True, type=Path, help="site file (YAML)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes sharing the ports (SO_REUSEPORT)")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="worker processes sharing the ports (SO_REUSEPORT); at least 1")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="json", choices=["json", "console"])
     run.add_argument("--drain-seconds", type=float, default=10.0, help="grace period for in-flight calls on SIGTERM")

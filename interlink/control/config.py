@@ -34,6 +34,7 @@ class TlsFiles:
     ca: Path  # this site's CA certificate
     cert: Path  # this gateway's certificate (SAN spiffe://<trust_domain>/site/<site>)
     key: Path
+    expiry_warning_days: int = 30  # certificates (ours, peers' CAs) that expire sooner are logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,43 @@ class ImportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """What one caller or peer may cost the gateway (site file `limits:`; README "Limits" has the table).
+
+    Time limits are in seconds here (milliseconds in the site file). Listener limits apply to each listener
+    (local h2c, local Bolt, peer); `peer_*` values apply to the peer listener and the peer links instead.
+    """
+
+    # connections, per listener
+    max_connections: int = 10_000  # lowered at start to what the process's file-descriptor limit allows
+    max_connections_per_source: int = 1_000  # per remote IP address
+    # timeouts
+    handshake_timeout: float = 5.0  # TLS handshake on the peer port
+    preface_timeout: float = 5.0  # connect -> HTTP/2 preface + SETTINGS, or a first complete Bolt frame
+    idle_timeout: float = 20.0  # local h2c: no call in flight; local Bolt: no frame (heartbeats count)
+    peer_idle_timeout: float = 300.0  # peer port: no frame at all (peer gateways PING every 10 s)
+    partial_frame_timeout: float = 10.0  # a frame or header block begun and not finished
+    write_timeout: float = 20.0  # bytes queued for a connection that takes none of them
+    # HTTP/2
+    max_concurrent_streams: int = 100  # per local connection (peers: peers.<site>.max_concurrent_streams)
+    initial_window: int = 65_535 + 1  # local connections: receive window per stream (64 KiB)
+    connection_window: int = 1 << 20  # local connections: receive window per connection
+    peer_initial_window: int = 1 << 20  # peer links (long fat pipes)
+    peer_connection_window: int = 16 << 20
+    max_header_list_bytes: int = 64 * 1024
+    premature_reset_streams: int = 500  # streams a connection opens before the reset ratio is judged
+    premature_reset_window: float = 1.0  # a stream the client resets within this, unanswered, is premature
+    control_frame_burst: int = 1_000  # control / empty frames a connection may send at once ...
+    control_frames_per_second: int = 100  # ... and on average (useful frames earn more)
+    # Bolt
+    bolt_max_frame_bytes: int = 8 << 20  # SOFARPC's own default payload limit
+    bolt_max_pending: int = 1_000  # calls in flight per local Bolt connection
+    # buffers
+    connection_output_bytes: int = 1 << 20  # queued for one connection before its producers pause
+    partial_frame_budget_bytes: int = 32 << 20  # process-wide: frames being received, all connections
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     path: Path  # the site file (relative paths inside it were resolved against its folder)
     site: str
@@ -102,5 +140,6 @@ class SiteConfig:
     exports: tuple[ExportConfig, ...] = ()
     imports: tuple[ImportConfig, ...] = ()
     default_timeout_ms: int = 30_000  # deadline for calls that carry none
+    limits: Limits = Limits()
     # YAML location of each key, e.g. lines["peers.site-b.domain"] == 17, for cross-file errors.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

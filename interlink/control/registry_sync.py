@@ -331,22 +331,28 @@ def open_registry(settings: RegistrySettings, site: str) -> Registry | None:
 
 
 async def run_registry(
-    gateway: Gateway, settings: RegistrySettings, *, task_status: trio.TaskStatus[Registry | None] = trio.TASK_STATUS_IGNORED
+    gateway: Gateway, settings: RegistrySettings, *, publish: bool = True,
+    task_status: trio.TaskStatus[Registry | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Publish the imports and follow the exports' providers until cancelled; the publications are
-    withdrawn on the way out (the adapter's exit). Reports the entered adapter once everything is
-    published and every subscription has delivered its first set."""
+    """Follow the exports' providers and (when `publish`) publish the imports, until cancelled; the
+    publications are withdrawn on the way out (the adapter's exit). Reports the entered adapter once
+    everything is published and every subscription has delivered its first set.
+
+    With `--workers N` every worker follows (each serves calls and needs the providers), and only worker 0
+    publishes (one publication per gateway: a worker that exits must not withdraw what the others serve)."""
     config = gateway.config
     registry = open_registry(settings, config.site)
-    if registry is None:
+    follows = [route for route in gateway.snapshot.export_routes if not route.providers]
+    if registry is None or not (publish or follows):
         task_status.started(None)
         await trio.sleep_forever()
+    assert registry is not None
     async with registry as entered, trio.open_nursery() as nursery:
-        for route in gateway.snapshot.export_routes:
-            if not route.providers:
-                await nursery.start(gateway.providers.follow, entered, route.pool_key, route.protocol, route.registry_key)
-        for item in config.imports:
-            await _publish_import(entered, gateway, settings, item)
+        for route in follows:
+            await nursery.start(gateway.providers.follow, entered, route.pool_key, route.protocol, route.registry_key)
+        if publish:
+            for item in config.imports:
+                await _publish_import(entered, gateway, settings, item)
         task_status.started(entered)
         await trio.sleep_forever()
 

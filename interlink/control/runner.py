@@ -33,6 +33,8 @@ def run_gateway(
     from interlink.control.registry_sync import RegistryConfigError, registry_settings
 
     logs.configure(log_level, json=log_format == "json")
+    if workers < 1:
+        raise StartupError(f"--workers {workers}: run at least 1 worker")
     try:
         config = load_site(config_path)
         gateway = Gateway(config)
@@ -59,14 +61,16 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
         async with trio.open_nursery() as nursery:
             await nursery.start(gateway.run)
 
+            # With --workers N every worker follows the registry for its exports; worker 0 alone publishes
+            # the imports (one publication per gateway; a worker that exits cannot withdraw what the
+            # others still serve).
+            publish = os.environ.get(WORKER_ENV, "0") == "0"
+
             async def follow_registry(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with registry:
-                    await run_registry(gateway, registry_settings, task_status=task_status)
+                    await run_registry(gateway, registry_settings, publish=publish, task_status=task_status)
 
-            # With --workers N, worker 0 alone talks to the registry: one publication per gateway, and a
-            # worker that exits cannot withdraw what the others still serve.
-            if os.environ.get(WORKER_ENV, "0") == "0":
-                await nursery.start(follow_registry)
+            await nursery.start(follow_registry)
             log.info("gateway.ready", site=gateway.config.site, registry=registry_settings.kind)
             async for signum in signals:
                 if signum == signal.SIGHUP:

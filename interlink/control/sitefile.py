@@ -28,6 +28,7 @@ from interlink.control.config import (
     ExportConfig,
     HostPort,
     ImportConfig,
+    Limits,
     Listen,
     PeerConfig,
     RegistryConfig,
@@ -65,9 +66,10 @@ SITE_KEYS = (
     "exports",
     "imports",
     "default_timeout_ms",
+    "limits",
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
-TLS_KEYS = ("ca", "cert", "key")
+TLS_KEYS = ("ca", "cert", "key", "expiry_warning_days")
 PEER_KEYS = (
     "endpoints", "ca", "domain", "connections", "max_concurrent_streams", "keepalive_interval_ms", "keepalive_timeout_ms"
 )
@@ -76,6 +78,34 @@ EXPORT_KEYS = (
 )
 IMPORT_KEYS = ("service", "from", "protocol", "version")
 ACL_KEYS = ("apps", "methods")
+
+# limits: site-file key -> (Limits field, scale from the file's unit, lowest, highest). Keys ending in _ms
+# are milliseconds in the file and seconds in Limits.
+_MIB = 1 << 20
+LIMIT_KEYS: dict[str, tuple[str, float, int, int]] = {
+    "max_connections": ("max_connections", 1, 1, 1_000_000),
+    "max_connections_per_source": ("max_connections_per_source", 1, 1, 1_000_000),
+    "handshake_timeout_ms": ("handshake_timeout", 0.001, 100, 600_000),
+    "preface_timeout_ms": ("preface_timeout", 0.001, 100, 600_000),
+    "idle_timeout_ms": ("idle_timeout", 0.001, 1_000, 86_400_000),
+    "peer_idle_timeout_ms": ("peer_idle_timeout", 0.001, 1_000, 86_400_000),
+    "partial_frame_timeout_ms": ("partial_frame_timeout", 0.001, 100, 600_000),
+    "write_timeout_ms": ("write_timeout", 0.001, 100, 600_000),
+    "max_concurrent_streams": ("max_concurrent_streams", 1, 1, 100_000),
+    "initial_window_bytes": ("initial_window", 1, 1_024, (1 << 31) - 1),
+    "connection_window_bytes": ("connection_window", 1, 65_535, (1 << 31) - 1),
+    "peer_initial_window_bytes": ("peer_initial_window", 1, 1_024, (1 << 31) - 1),
+    "peer_connection_window_bytes": ("peer_connection_window", 1, 65_535, (1 << 31) - 1),
+    "max_header_list_bytes": ("max_header_list_bytes", 1, 1_024, 16 * _MIB),
+    "premature_reset_streams": ("premature_reset_streams", 1, 2, 1_000_000),
+    "premature_reset_window_ms": ("premature_reset_window", 0.001, 1, 600_000),
+    "control_frame_burst": ("control_frame_burst", 1, 10, 10_000_000),
+    "control_frames_per_second": ("control_frames_per_second", 1, 1, 10_000_000),
+    "bolt_max_frame_bytes": ("bolt_max_frame_bytes", 1, 1_024, 1 << 30),
+    "bolt_max_pending": ("bolt_max_pending", 1, 1, 1_000_000),
+    "connection_output_bytes": ("connection_output_bytes", 1, 16 * 1_024, 1 << 30),
+    "partial_frame_budget_bytes": ("partial_frame_budget_bytes", 1, _MIB, 1 << 34),
+}
 
 MAX_CONNECTIONS = 64
 MAX_CONCURRENT_STREAMS = 100_000
@@ -209,6 +239,11 @@ def _compose(path: Path, reader: _SiteFileReader) -> Node | None:
     except yaml.YAMLError as exc:
         reader.report(None, "", f"YAML syntax error: {exc}")
         return None
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a few thousand `[` or `{a: ` raised RecursionError
+        # out of load_site (found by tests/fuzz/test_fuzz_sitefile.py).
+        reader.report(None, "", "the YAML is nested too deeply; a site file needs only a few levels")
+        return None
     if root is None or _is_null(root):
         reader.report(None, "", "the file is empty; a site file is a YAML mapping that starts with `site: NAME`")
         return None
@@ -243,8 +278,11 @@ def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
         optional["trust_domain"] = r.trust_domain(fields["trust_domain"], "trust_domain")
     if "default_timeout_ms" in fields:
         optional["default_timeout_ms"] = r.integer(fields["default_timeout_ms"], "default_timeout_ms", 1, None, 30_000)
+    if "limits" in fields:
+        optional["limits"] = _read_limits(r, fields["limits"])
     listen = _read_listen(r, fields["listen"]) if "listen" in fields else None
     tls = _read_tls(r, fields["tls"]) if "tls" in fields else None
+
     registry = _read_registry(r, fields.get("registry"))
     peers = _read_peers(r, fields.get("peers"), site)
     names = _KnownNames(site, frozenset(peers) if peers is not None else None)
@@ -354,10 +392,30 @@ def _read_tls(r: _SiteFileReader, node: Node) -> TlsFiles | None:
     )
     if fields is None:
         return None
-    ca, cert, key = (r.file_path(fields[key], f"tls.{key}") if key in fields else None for key in TLS_KEYS)
-    if ca is None or cert is None or key is None:
+    ca, cert, key = (r.file_path(fields[key], f"tls.{key}") if key in fields else None for key in ("ca", "cert", "key"))
+    days = 30
+    if "expiry_warning_days" in fields:
+        days = r.integer(fields["expiry_warning_days"], "tls.expiry_warning_days", 0, 3650, 30)  # type: ignore[assignment]
+    if ca is None or cert is None or key is None or days is None:
         return None
-    return TlsFiles(ca=ca, cert=cert, key=key)
+    return TlsFiles(ca=ca, cert=cert, key=key, expiry_warning_days=days)
+
+
+def _read_limits(r: _SiteFileReader, node: Node) -> Limits | None:
+    """`limits:` — every key optional; values in the file's units (ms, bytes), ranges checked."""
+    if _is_null(node):
+        return Limits()
+    fields = r.mapping(node, "limits", "limits: {idle_timeout_ms: 20000, max_connections: 10000}", known=LIMIT_KEYS)
+    if fields is None:
+        return None
+    values: dict[str, object] = {}
+    for key, value in fields.items():
+        name, scale, low, high = LIMIT_KEYS[key]
+        number = r.integer(value, f"limits.{key}", low, high, round(getattr(Limits(), name) / scale))
+        values[name] = number * scale if number is not None and scale != 1 else number
+    if None in values.values():
+        return None
+    return Limits(**values)  # type: ignore[arg-type]
 
 
 def _read_registry(r: _SiteFileReader, node: Node | None) -> RegistryConfig | None:
@@ -749,6 +807,9 @@ class _SiteFileReader:
         except ConstructorError as exc:
             self.report(exc.problem_mark.line + 1 if exc.problem_mark else node, where, f"{exc.problem}")
             return node
+        except RecursionError:  # a chain of thousands of anchors, each merging the previous one (fuzzing)
+            self.report(node, where, "merge keys (<<) nested too deeply; merge a mapping that has no merge keys")
+            return node
         return copy
 
     def sequence(self, node: Node, where: str, example: str) -> list[tuple[str, Node]] | None:
@@ -809,7 +870,15 @@ class _SiteFileReader:
 
     def file_path(self, node: Node, where: str) -> Path | None:
         value = self.text(node, where, "certs/ca.pem (relative to this file's folder)")
-        return None if value is None else self.folder / Path(value).expanduser()
+        if value is None:
+            return None
+        try:
+            return self.folder / Path(value).expanduser()
+        except (RuntimeError, ValueError) as exc:
+            # Path.expanduser raises RuntimeError for `~nosuchuser/...` and ValueError for a NUL byte in
+            # `~...` (both escaped load_site before; found by tests/fuzz/test_fuzz_sitefile.py).
+            self.report(node, where, f'cannot expand "~" in "{value}" ({exc}); write the path without "~"')
+            return None
 
     def choice(self, node: Node, where: str, options: Collection[str]) -> str | None:
         def check(value: str) -> str:
@@ -829,10 +898,21 @@ class _SiteFileReader:
                 node, where, f"expected a whole number, got {_describe(node)}; write e.g. {leaf}: {example}{unquoted}"
             )
             return None
-        value = int(self._constructor.construct_object(node))
+        try:
+            value = int(self._constructor.construct_object(node))
+        except (ValueError, IndexError, ConstructorError):
+            # `!!int abc` / `!!int ''` carry the int tag but no number (ValueError, IndexError), a decimal
+            # beyond Python's 4300-digit conversion limit raises ValueError, and a node whose construction
+            # failed before (e.g. as a registry option) raises ConstructorError. All escaped load_site before
+            # (found by tests/fuzz/test_fuzz_sitefile.py). Start the constructor afresh, as in plain_value.
+            self._constructor = SafeConstructor()
+            self.report(node, where, f"expected a whole number, got {_short(node.value)}; write e.g. {leaf}: {example}")
+            return None
         if value < low or (high is not None and value > high):
             allowed = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            self.report(node, where, f"{value} is out of range; use a number {allowed}")
+            # A hex or sexagesimal number can exceed the 4300 digits str() will print (ValueError).
+            shown = value if value.bit_length() <= 64 else _short(node.value)
+            self.report(node, where, f"{shown} is out of range; use a number {allowed}")
             return None
         return value
 
@@ -868,7 +948,15 @@ class _SiteFileReader:
             return self._constructor.construct_object(node, deep=True)
         except ConstructorError as exc:
             self.report(node, where, f"cannot read this value: {exc.problem}")
-            return None
+        except (ValueError, KeyError, AttributeError, IndexError, TypeError, OverflowError, RecursionError) as exc:
+            # What PyYAML's SafeConstructor lets escape for explicitly tagged scalars that do not parse
+            # (`!!bool maybe` KeyError, `!!timestamp soon` AttributeError, `!!float x` / `!!int y` ValueError)
+            # and for alias chains deeper than the recursion limit (found by tests/fuzz/test_fuzz_sitefile.py).
+            self.report(node, where, f"cannot read this value ({type(exc).__name__}: {_short(str(exc))})")
+        # A failed construction leaves the constructor mid-way (nodes marked as being constructed), which
+        # would turn a later alias of the same node into a spurious error: start afresh.
+        self._constructor = SafeConstructor()
+        return None
 
     def require_peer(self, name: str, where: str, names: _KnownNames, role: str) -> bool:
         """True if `name` is one of our peers; otherwise report it (unless the peers section is broken)."""
@@ -889,6 +977,11 @@ class _SiteFileReader:
 
 def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
+
+
+def _short(text: str, limit: int = 40) -> str:
+    """`text` quoted, cut to `limit` characters (a value can be thousands of digits long)."""
+    return f'"{text}"' if len(text) <= limit else f'"{text[:limit]}..." ({len(text)} characters)'
 
 
 def _join(where: str, key: str) -> str:

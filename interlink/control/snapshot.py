@@ -78,7 +78,7 @@ class Snapshot:
     export_routes: tuple[ExportRoute, ...]  # every export once, in site-file order
     peer_of_domain: Mapping[bytes, str]  # access domain we gave -> the only site that may use it
     domain_of_peer: Mapping[str, bytes]
-    peer_cas: Mapping[str, x509.Certificate]
+    peer_cas: Mapping[str, tuple[x509.Certificate, ...]]  # peer site -> its CA bundle
     server_tls: tls.PeerServerTLS | None
     client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN h2)
     client_tls_bolt: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN bolt)
@@ -94,13 +94,21 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
     server_tls = None
     client_tls: dict[str, ssl.SSLContext] = {}
     client_tls_bolt: dict[str, ssl.SSLContext] = {}
+    refusal = tls.certificate_refusal(
+        config.tls.cert, config.tls.key, config.tls.ca, site=config.site, trust_domain=config.trust_domain
+    )
+    if refusal is not None:
+        raise SnapshotError(
+            f"{config.path}: tls.cert {config.tls.cert}: {refusal}; peers would refuse this gateway. Run "
+            "`interlink check` on the site file for the details, or issue a new certificate with `interlink certs issue`"
+        )
     try:
         if config.listen.peer is not None:
             server_tls = tls.peer_server_tls(
                 config.tls.cert,
                 config.tls.key,
-                [peer.ca for peer in config.peers.values()],
-                config.domains.values(),
+                {name: peer.ca for name, peer in config.peers.items()},
+                {domain: peer for peer, domain in config.domains.items()},
                 alpn=(tls.ALPN_H2, tls.ALPN_BOLT),
             )
         for name, peer in config.peers.items():
@@ -155,9 +163,9 @@ def _by_caller_protocol(
     return table
 
 
-def _load_ca(peer: PeerConfig) -> x509.Certificate:
+def _load_ca(peer: PeerConfig) -> tuple[x509.Certificate, ...]:
     try:
-        return tls.load_certificate(peer.ca)
+        return tuple(tls.load_certificates(peer.ca))
     except (OSError, ValueError) as exc:
         raise SnapshotError(f"peers.{peer.name}.ca: cannot read CA certificate {peer.ca}: {exc}") from exc
 

@@ -29,7 +29,7 @@ import trio
 
 from interlink.control.snapshot import ExportRoute, Snapshot
 from interlink.gateway import translation
-from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call, remaining_ms
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call, refuse, remaining_ms
 from interlink.gateway.relay import DeadlineTimers
 from interlink.model import Status
 from interlink.net.boltlink import BoltEndpoint
@@ -74,7 +74,9 @@ def response_status(response: bolt.BoltFrame) -> str:
 class BoltCallRelay:
     """One forwarded Bolt call, waiting on its upstream connection for the response."""
 
-    __slots__ = ("down", "request", "log_fields", "started", "deadline", "cancel_up", "done", "_timers", "_timer")
+    __slots__ = (
+        "down", "request", "log_fields", "started", "deadline", "cancel_up", "done", "upstream_group", "_timers", "_timer",
+    )
 
     def __init__(
         self, down: BoltEndpoint, request: bolt.BoltFrame, log_fields: dict[str, object], timers: DeadlineTimers,
@@ -87,9 +89,16 @@ class BoltCallRelay:
         self.deadline = deadline
         self.cancel_up: Callable[[], None] | None = None  # forget/reset the upstream request when giving up
         self.done = False
+        self.upstream_group: PoolGroup | None = None  # whose fair share this call holds
         self._timers = timers
-        self._timer = timers.add(deadline, self) if deadline != math.inf else None
-        down.in_flight += 1
+        self._timer = timers.add(deadline, self) if deadline != math.inf else None  # type: ignore[arg-type]
+        down.call_started()
+
+    def forwarded(self) -> None:
+        """The request went upstream: keep only what answering needs (ids, versions, codec), not its body."""
+        request = self.request  # this call's own decoded frame: nobody else holds it
+        request.content = request.header = b""
+        request.raw = None
 
     def on_response(self, frame: bolt.BoltFrame) -> None:
         if self.done:
@@ -129,7 +138,10 @@ class BoltCallRelay:
 
     def _finish(self, status: str, message: str) -> None:
         self.done = True
-        self.down.in_flight -= 1
+        self.down.call_ended()
+        if self.upstream_group is not None:
+            self.upstream_group.release(self.down)
+            self.upstream_group = None
         if self._timer is not None:
             self._timers.cancel(self._timer)
             self._timer = None
@@ -151,7 +163,7 @@ class BoltForwarder(Forwarder):
         service = str(fields["service"])
         route = snapshot.bolt_imports.get(service)
         if route is None:
-            call.fail(
+            refuse(call, 
                 Status.UNIMPLEMENTED,
                 f"service {service} is not imported by site {snapshot.site}; add it under imports: with protocol: bolt",
             )
@@ -207,6 +219,8 @@ class BoltForwarder(Forwarder):
             upstream.start(connection, headers, message)
             if call.request.is_oneway:
                 call.sent_oneway()
+            else:
+                call.forwarded()
 
         self._upstream(self._provider_group(route.pool_key), call, send)  # type: ignore[arg-type]
 
@@ -219,7 +233,7 @@ class BoltForwarder(Forwarder):
         try:
             route(*args)
         except (bolt.BoltProtocolError, HessianError) as exc:
-            call.fail(Status.INTERNAL, f"malformed request: {exc}")
+            refuse(call, Status.INTERNAL, f"malformed request: {exc}")
 
     def _admit(
         self, down: BoltEndpoint, request: bolt.BoltFrame, fields: dict[str, object], snapshot: Snapshot
@@ -232,17 +246,17 @@ class BoltForwarder(Forwarder):
         try:
             service = _service_of(request)
         except bolt.BoltProtocolError as exc:
-            call.fail(Status.INTERNAL, f"malformed header map: {exc}")
+            refuse(call, Status.INTERNAL, f"malformed header map: {exc}")
             return None
         fields["service"] = service
         if service is None:
-            call.fail(Status.UNIMPLEMENTED, "the request has no service header (interface:version)")
+            refuse(call, Status.UNIMPLEMENTED, "the request has no service header (interface:version)")
             return None
         if down.draining:
-            call.fail(Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")
+            refuse(call, Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")
             return None
-        if down.in_flight > down.max_pending:  # this call is counted already
-            call.fail(Status.RESOURCE_EXHAUSTED, f"more than {down.max_pending} calls in flight on this connection")
+        if down.calls > down.max_pending:  # this call is counted already
+            refuse(call, Status.RESOURCE_EXHAUSTED, f"more than {down.max_pending} calls in flight on this connection")
             return None
         return call
 
@@ -258,6 +272,7 @@ class BoltForwarder(Forwarder):
             return
         up_id = upstream.send_request(outgoing, bolt.encode(outgoing), call)
         call.cancel_up = lambda: upstream.forget(up_id)
+        call.forwarded()
 
 def _service_of(request: bolt.BoltFrame) -> str | None:
     for key in SERVICE_KEYS:

@@ -1,5 +1,10 @@
 """What the Triple and Bolt request paths share: the access-domain rule, choosing an upstream connection
-(or waiting for the very first one), the audit line and the access line."""
+(or waiting for the very first one), the audit line and the access line.
+
+Choosing an upstream is where the last admission checks sit, the same for every call shape: a call whose
+deadline has passed is never dispatched, and one caller connection may hold only its fair share of an
+upstream's call slots (interlink.net.pool.PoolGroup.share), so that a caller pipelining thousands of
+calls cannot take a peer link or a provider away from everyone else."""
 
 from __future__ import annotations
 
@@ -32,10 +37,9 @@ def access_domain_denial(snapshot: Snapshot, peer: str, sni: object, authority: 
     checks = ([("access domain", authority)] if authority is not None else []) + [("TLS SNI", used_sni)]
     for what, used in checks:
         if used != ours:
-            owner = snapshot.peer_of_domain.get(used) if used else None
-            whose = f"it belongs to site {owner}" if owner else f"it is not the access domain of site {peer}"
+            # Never say whose domain it is: a tenant learns nothing about the others.
             shown = used.decode(errors="replace") if used else "(none)"
-            return f"site {peer} may not use {what} {shown}: {whose}"
+            return f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}"
     return None
 
 
@@ -85,6 +89,14 @@ def audit(decision: str, fields: dict[str, object], reason: str) -> None:
     audit_log.info("audit", decision=decision, reason=reason or None, **fields)
 
 
+def refuse(call: PendingCall, status: Status, message: str) -> None:
+    """Refuse a call before it is authorized; on the peer port every refusal is audited."""
+    fields = call.log_fields
+    if str(fields.get("ingress", "")).startswith("peer"):
+        audit("deny", fields, message)
+    call.fail(status, message)
+
+
 def log_call(status: str, started: float, message: str, fields: dict[str, object]) -> None:
     """The one access line of a call."""
     elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -95,9 +107,13 @@ def log_call(status: str, started: float, message: str, fields: dict[str, object
 
 
 class PendingCall(Protocol):
-    """What choosing an upstream needs of a call, whatever its protocol (Relay, BoltCallRelay, TripleToBolt)."""
+    """What choosing an upstream needs of a call, whatever its protocol (Relay, BoltCallRelay, TripleToBolt).
+    The call releases `upstream_group`'s share (`release(down)`) when it finishes."""
 
     deadline: float
+    down: object  # the caller's connection
+    log_fields: dict[str, object]
+    upstream_group: PoolGroup | None
 
     @property
     def done(self) -> bool: ...
@@ -132,15 +148,29 @@ class Forwarder:
             call.fail(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
                       else f"{group.name}: none is known (none configured, or the registry lists none)")
             return
+        if call.deadline <= trio.current_time():
+            call.fail(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
+            return
         upstream = group.pick()
         if upstream is not None:
-            send(upstream)
+            self._dispatch(group, call, upstream, send)
         elif group.up:
             call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are at their concurrent call limit; retry later")
         elif group.first_connect_pending:
             self._nursery.start_soon(self._upstream_when_ready, group, call, send)
         else:
             call.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+
+    @staticmethod
+    def _dispatch(
+        group: PoolGroup, call: PendingCall, upstream: PooledConnection, send: Callable[[PooledConnection], None]
+    ) -> None:
+        if not group.acquire(call.down):
+            call.fail(Status.RESOURCE_EXHAUSTED, f"this connection already has its share ({group.share()}) of the calls "
+                      f"to {group.name} in flight; retry later or spread calls over more connections")
+            return
+        call.upstream_group = group
+        send(upstream)
 
     async def _upstream_when_ready(
         self, group: PoolGroup, call: PendingCall, send: Callable[[PooledConnection], None]
@@ -149,8 +179,10 @@ class Forwarder:
             await group.wait_ready()
         if not call.done:
             upstream = group.pick()
-            if upstream is None:
+            if call.deadline <= trio.current_time():
+                call.fail(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
+            elif upstream is None:
                 call.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
             else:
-                send(upstream)
-        await self._flush_queue.flush()
+                self._dispatch(group, call, upstream, send)
+        self._flush_queue.flush()

@@ -2,42 +2,48 @@
 
     Gateway.run
       ├─ DeadlineTimers.run                      every call's deadline, one heap
+      ├─ ConnectionTable.run                     every connection's timeouts (preface, idle, partial frame,
+      │                                          write), one watchdog
       ├─ ConnectionPool.run  (per peer endpoint)  long-lived mTLS to peer gateways: HTTP/2 and Bolt
       ├─ ConnectionPool.run  (per provider)       h2c or Bolt to our providers
       ├─ local triple listener                    h2c from our site's callers
       ├─ local bolt listener                      Bolt from our site's callers
       └─ peer listener                            mTLS from peer gateways: identity, then HTTP/2 or
                                                   Bolt as negotiated by ALPN
+
+Every listener caps its connections (interlink.net.listener); every connection gets the limits of the site
+file's `limits:` for its kind (local caller, peer gateway, our own outbound connection).
 """
 
 from __future__ import annotations
 
-import ssl
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 
 import structlog
 import trio
 
-from interlink.control.config import HostPort, PeerConfig, SiteConfig
+from interlink.control.config import HostPort, Limits, PeerConfig, SiteConfig
 from interlink.control.snapshot import Snapshot, build_snapshot
 from interlink.gateway.bolt import BoltForwarder
 from interlink.gateway.providers import ProviderDirectory
 from interlink.gateway.relay import DeadlineTimers
 from interlink.gateway.triple import TripleForwarder
 from interlink.net import tls
-from interlink.net.boltlink import BoltEndpoint
-from interlink.net.connection import FlushQueue
-from interlink.net.h2link import H2Endpoint
+from interlink.net.boltlink import BoltEndpoint, PartialFrameBudget
+from interlink.net.connection import ConnectionPolicy, ConnectionTable, FlushQueue, IdleRule
+from interlink.net.h2link import H2Endpoint, H2Settings
+from interlink.net.listener import FD_RESERVE, Listener, bind, raise_fd_limit
 from interlink.net.pool import ConnectionPool, PoolGroup
+from interlink.net.transport import SocketTransport, TlsHandshakeError, TransportClosed, tls_handshake
 from registry_adapters.model import Instance, ServiceKey
 from registry_adapters.static import StaticRegistry
 
 log = structlog.get_logger("interlink.gateway")
 audit_log = structlog.get_logger("interlink.audit")
 
-HANDSHAKE_TIMEOUT = 10.0
 PROVIDER_CONNECTIONS = 1
-LOCAL_MAX_STREAMS = 1000
+PROVIDER_MAX_STREAMS = 1000
 
 
 @dataclass
@@ -49,12 +55,61 @@ class BoundAddresses:
     peer: HostPort | None = None
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The site file's `limits:` as each kind of connection needs them."""
+
+    local_h2: H2Settings
+    peer_h2: H2Settings
+    local_h2_policy: ConnectionPolicy
+    local_bolt_policy: ConnectionPolicy
+    peer_policy: ConnectionPolicy
+    outbound_policy: ConnectionPolicy
+
+    @classmethod
+    def of(cls, limits: Limits, config: SiteConfig) -> ConnectionLimits:
+        def h2(max_streams: int, window: int, connection_window: int) -> H2Settings:
+            return H2Settings(
+                max_concurrent_streams=max_streams,
+                initial_window=window,
+                connection_window=connection_window,
+                max_header_list_bytes=limits.max_header_list_bytes,
+                premature_reset_streams=limits.premature_reset_streams,
+                premature_reset_window=limits.premature_reset_window,
+                control_frame_burst=limits.control_frame_burst,
+                control_frames_per_second=limits.control_frames_per_second,
+            )
+
+        def inbound(idle: float, rule: IdleRule) -> ConnectionPolicy:
+            return ConnectionPolicy(
+                preface_timeout=limits.preface_timeout, idle_timeout=idle, idle_rule=rule,
+                partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
+                output_limit=limits.connection_output_bytes,
+            )
+
+        peer_streams = max((peer.max_concurrent_streams for peer in config.peers.values()), default=256)
+        return cls(
+            local_h2=h2(limits.max_concurrent_streams, limits.initial_window, limits.connection_window),
+            peer_h2=h2(peer_streams, limits.peer_initial_window, limits.peer_connection_window),
+            local_h2_policy=inbound(limits.idle_timeout, IdleRule.NO_CALLS),
+            local_bolt_policy=inbound(limits.idle_timeout, IdleRule.NO_FRAMES),
+            peer_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES),
+            outbound_policy=ConnectionPolicy(
+                partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
+                output_limit=limits.connection_output_bytes,
+            ),
+        )
+
+
 class Gateway:
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self._snapshot = build_snapshot(config)
+        self.limits = ConnectionLimits.of(config.limits, config)
         self.flush_queue = FlushQueue()
         self.timers = DeadlineTimers(self.flush_queue)
+        self.connections = ConnectionTable()
+        self.partial_frames = PartialFrameBudget(config.limits.partial_frame_budget_bytes)
         self.bound = BoundAddresses()
         # We dial only the peers we import from (per protocol); the others only call us.
         self.peer_groups = self._peer_groups("triple")
@@ -72,6 +127,7 @@ class Gateway:
         self._bolt: BoltForwarder | None = None
         self._listener_scopes: list[trio.CancelScope] = []
         self._ingress: set[H2Endpoint | BoltEndpoint] = set()
+        log_expiring_certificates(self._snapshot)
 
     def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
         dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
@@ -101,7 +157,7 @@ class Gateway:
         flight finish on the snapshot they started with, new calls and new connections use the new one.
         Providers listed in the site file change in place (a removed provider's calls in flight finish).
         Changes to what the gateway listens on or dials (listen addresses, peer endpoints and connection
-        counts) need a restart; such a reload is refused and the old snapshot keeps serving."""
+        counts) and to `limits:` need a restart; such a reload is refused and the old snapshot keeps serving."""
         changed = _wiring_changes(self.config, config)
         if changed:
             raise ReloadError(
@@ -115,8 +171,11 @@ class Gateway:
         self._snapshot = snapshot
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
+        log_expiring_certificates(snapshot)
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
+        fd_limit = raise_fd_limit()
+        self.connections.max_total = max(16, fd_limit - FD_RESERVE)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self._forwarder = TripleForwarder(
@@ -136,17 +195,18 @@ class Gateway:
                 nursery=nursery,
             )
             nursery.start_soon(self.timers.run)
+            nursery.start_soon(self.connections.run)
             await nursery.start(self.providers.run)
             await self._follow_static(nursery, self._snapshot)
             for pool in self._all_pools:
                 nursery.start_soon(pool.run)
             listen = self.config.listen
             if listen.triple is not None:
-                self.bound.triple = await nursery.start(self._listen, listen.triple, self._serve_local_connection)
+                self.bound.triple = await nursery.start(self._listen, "triple", listen.triple, self._serve_local_connection)
             if listen.bolt is not None:
-                self.bound.bolt = await nursery.start(self._listen, listen.bolt, self._serve_local_bolt_connection)
+                self.bound.bolt = await nursery.start(self._listen, "bolt", listen.bolt, self._serve_local_bolt_connection)
             if listen.peer is not None:
-                self.bound.peer = await nursery.start(self._listen, listen.peer, self._serve_peer_connection)
+                self.bound.peer = await nursery.start(self._listen, "peer", listen.peer, self._serve_peer_connection)
             log.info(
                 "gateway.started",
                 site=self.config.site,
@@ -156,6 +216,7 @@ class Gateway:
                 peers=sorted(self.peer_groups),
                 exports=self.providers.exports,
                 imports=sorted([*self._snapshot.imports, *self._snapshot.bolt_imports]),
+                fd_limit=fd_limit,
             )
             task_status.started(self)
 
@@ -174,7 +235,7 @@ class Gateway:
             scope.cancel()
         for endpoint in list(self._ingress):
             endpoint.goaway()
-        await self.flush_queue.flush()
+        self.flush_queue.flush()
         log.info("gateway.draining", site=self.config.site, calls_in_flight=self.calls_in_flight, grace=grace)
         with trio.move_on_after(grace):
             while self.calls_in_flight:
@@ -184,108 +245,145 @@ class Gateway:
 
     # --- listeners -----------------------------------------------------------------------------------------
 
-    async def _listen(self, address: HostPort, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        listener = await _tcp_listener(address, reuse_port=self.reuse_port)
-        host, port = listener.socket.getsockname()[:2]
+    async def _listen(self, name: str, address: HostPort, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        limits = self.config.limits
+        listener = Listener(
+            name, bind(address.host, address.port, reuse_port=self.reuse_port), self.connections,
+            max_connections=min(limits.max_connections, self.connections.max_total),
+            max_per_source=limits.max_connections_per_source,
+        )
+        host, port = listener.address
         task_status.started(HostPort(host, port))
         with trio.CancelScope() as scope:
             self._listener_scopes.append(scope)
             # Connections live in the gateway's nursery, not the listener's: closing the listener on drain
             # must not cut the calls in flight.
-            await trio.serve_listeners(_guarded(handler), [listener], handler_nursery=self._nursery)
+            assert self._nursery is not None
+            await listener.serve(handler, self._nursery)
 
-    async def _serve_local_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_local_connection(self, sock: socket.socket) -> None:
         assert self._forwarder is not None
+        transport = SocketTransport(sock)
         endpoint = H2Endpoint(
-            stream,
+            transport,
             client_side=False,
             flush_queue=self.flush_queue,
-            max_concurrent_streams=LOCAL_MAX_STREAMS,
+            settings=self.limits.local_h2,
             on_request=self._forwarder.on_local_request,
-            name=f"local:{_remote(stream)}",
+            name=f"local:{transport.remote}",
+            policy=self.limits.local_h2_policy,
         )
-        await self._serve_ingress(endpoint)
+        await self._serve_ingress(endpoint, "triple")
 
-    async def _serve_local_bolt_connection(self, stream: trio.SocketStream) -> None:
+    async def _serve_local_bolt_connection(self, sock: socket.socket) -> None:
         assert self._bolt is not None
+        transport = SocketTransport(sock)
         endpoint = BoltEndpoint(
-            stream, flush_queue=self.flush_queue, on_request=self._bolt.on_local_request, name=f"local-bolt:{_remote(stream)}"
+            transport,
+            flush_queue=self.flush_queue,
+            on_request=self._bolt.on_local_request,
+            max_pending=self.config.limits.bolt_max_pending,
+            max_frame_size=self.config.limits.bolt_max_frame_bytes,
+            partial_budget=self.partial_frames,
+            name=f"local-bolt:{transport.remote}",
+            policy=self.limits.local_bolt_policy,
         )
-        await self._serve_ingress(endpoint)
+        await self._serve_ingress(endpoint, "bolt")
 
-    async def _serve_ingress(self, endpoint: H2Endpoint | BoltEndpoint) -> None:
+    async def _serve_ingress(self, endpoint: H2Endpoint | BoltEndpoint, listener: str) -> None:
         self._ingress.add(endpoint)
+        self.connections.add(endpoint, listener)
         try:
             await endpoint.run()
         finally:
             self._ingress.discard(endpoint)
+            self.connections.discard(endpoint)
 
-    async def _serve_peer_connection(self, tcp: trio.SocketStream) -> None:
-        assert self._forwarder is not None
+    async def _serve_peer_connection(self, sock: socket.socket) -> None:
+        assert self._forwarder is not None and self._bolt is not None
         snapshot = self._snapshot
-        remote = _remote(tcp)
         assert snapshot.server_tls is not None
-        stream = trio.SSLStream(tcp, snapshot.server_tls.default, server_side=True)
+        remote = SocketTransport(sock).remote  # (the handshake wraps the same socket)
+        limit = self.config.limits.handshake_timeout
+        transport = None
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                await stream.do_handshake()
-            alpn = stream.selected_alpn_protocol()
+            with trio.fail_after(limit):
+                transport = await tls_handshake(sock, snapshot.server_tls.default, server_side=True, name=remote)
+            alpn = transport.selected_alpn_protocol()
             if alpn not in (tls.ALPN_H2, tls.ALPN_BOLT):
                 raise tls.PeerIdentityError(f"ALPN {alpn!r} offered; the peer link speaks h2 or bolt")
-            site = tls.verify_peer_site(
-                stream.getpeercert(binary_form=True), snapshot.config.trust_domain, snapshot.peer_cas
-            )
-        except (trio.BrokenResourceError, trio.TooSlowError, tls.PeerIdentityError) as exc:
-            reason = _handshake_error(exc)
+            sni = snapshot.server_tls.domain_of(transport.context)
+            owner = snapshot.server_tls.site_of_domain.get(sni or "")
+            if owner is None:  # cannot happen: the SNI callback refuses unknown names
+                raise tls.PeerIdentityError("the handshake chose no access domain")
+            site = tls.verify_peer_site(transport.getpeercert(binary_form=True), snapshot.config.trust_domain, owner)
+        except (TlsHandshakeError, TransportClosed, trio.TooSlowError, tls.PeerIdentityError) as exc:
+            reason = _handshake_error(exc, limit, snapshot.server_tls)
             log.warning("peer.handshake_refused", remote=remote, error=reason)
             audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=reason)
-            await trio.aclose_forcefully(stream)
+            if transport is not None:
+                transport.close()
             return
-        sni = snapshot.server_tls.domain_of(stream.context)
         endpoint: H2Endpoint | BoltEndpoint
         if alpn == tls.ALPN_BOLT:
-            assert self._bolt is not None
             endpoint = BoltEndpoint(
-                stream, flush_queue=self.flush_queue, on_request=self._bolt.on_peer_request, name=f"peer-in-bolt:{site}@{remote}"
+                transport, flush_queue=self.flush_queue, on_request=self._bolt.on_peer_request,
+                max_pending=self.config.limits.bolt_max_pending,
+                max_frame_size=self.config.limits.bolt_max_frame_bytes, partial_budget=self.partial_frames,
+                name=f"peer-in-bolt:{site}@{remote}", policy=self.limits.peer_policy,
             )
         else:
             endpoint = H2Endpoint(
-                stream,
+                transport,
                 client_side=False,
                 flush_queue=self.flush_queue,
-                max_concurrent_streams=max((p.max_concurrent_streams for p in self.config.peers.values()), default=256),
+                settings=self.limits.peer_h2,
                 on_request=self._forwarder.on_peer_request,
+                on_refused=self._audit_peer_refusal,
                 name=f"peer-in:{site}@{remote}",
+                policy=self.limits.peer_policy,
             )
         endpoint.attributes["site"] = site
         endpoint.attributes["sni"] = sni
-        log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=stream.version(), alpn=alpn)
-        await self._serve_ingress(endpoint)
+        log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=transport.version(), alpn=alpn)
+        await self._serve_ingress(endpoint, "peer")
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
+
+    def _audit_peer_refusal(self, endpoint: H2Endpoint, stream_id: int, reason: str) -> None:
+        """Every refusal on the peer port is audited, malformed requests and cut connections included."""
+        audit_log.info(
+            "audit", decision="deny", site=self.config.site, ingress="peer", peer=endpoint.attributes.get("site"),
+            remote=endpoint.remote, stream_id=stream_id or None, reason=reason,
+        )
 
     # --- dialers ------------------------------------------------------------------------------------------
 
     def _peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
+        settings = _with_streams(self.limits.peer_h2, peer.max_concurrent_streams)
+
         async def connect() -> H2Endpoint:
-            stream, site = await self._dial_peer(peer, address, tls.ALPN_H2)
+            transport, site = await self._dial_peer(peer, address, tls.ALPN_H2)
             return H2Endpoint(
-                stream,
+                transport,
                 client_side=True,
                 flush_queue=self.flush_queue,
-                max_concurrent_streams=peer.max_concurrent_streams,
+                settings=settings,
                 name=f"peer-out:{site}@{address}",
+                policy=self.limits.outbound_policy,
             )
 
         return self._peer_connection_pool(peer, address, connect)
 
     def _bolt_peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
-            stream, site = await self._dial_peer(peer, address, tls.ALPN_BOLT)
+            transport, site = await self._dial_peer(peer, address, tls.ALPN_BOLT)
             return BoltEndpoint(
-                stream,
+                transport,
                 flush_queue=self.flush_queue,
                 max_pending=peer.max_concurrent_streams,
+                max_frame_size=self.config.limits.bolt_max_frame_bytes,
                 name=f"peer-out-bolt:{site}@{address}",
+                policy=self.limits.outbound_policy,
             )
 
         return self._peer_connection_pool(peer, address, connect)
@@ -297,52 +395,84 @@ class Gateway:
             size=peer.connections,
             keepalive_interval=peer.keepalive_interval_ms / 1000,
             keepalive_timeout=peer.keepalive_timeout_ms / 1000,
+            table=self.connections,
         )
 
-    async def _dial_peer(self, peer: PeerConfig, address: HostPort, alpn: str) -> tuple[trio.SSLStream, str]:
+    async def _dial_peer(self, peer: PeerConfig, address: HostPort, alpn: str) -> tuple[SocketTransport, str]:
         """TCP + mTLS to one gateway of `peer`, SNI = the access domain it gave us; the server must select
-        `alpn` and prove, by a certificate from that site's CA, that it is that site."""
+        `alpn` and prove, by a certificate that chains to that site's CA bundle, that it is that site."""
         snapshot = self._snapshot
         contexts = snapshot.client_tls if alpn == tls.ALPN_H2 else snapshot.client_tls_bolt
-        tcp = await trio.open_tcp_stream(address.host, address.port)
-        stream = trio.SSLStream(tcp, contexts[peer.name], server_hostname=peer.domain)
+        sock = await _connect(address)
         try:
-            await stream.do_handshake()
-            if stream.selected_alpn_protocol() != alpn:
-                raise tls.PeerIdentityError(f"peer did not select ALPN {alpn} ({stream.selected_alpn_protocol()!r})")
-            site = tls.verify_peer_site(
-                stream.getpeercert(binary_form=True),
-                snapshot.config.trust_domain,
-                {peer.name: snapshot.peer_cas[peer.name]},
-            )
-        except BaseException as exc:
-            await trio.aclose_forcefully(stream)
-            if isinstance(exc, trio.BrokenResourceError):
-                raise ConnectionError(_handshake_error(exc)) from exc
+            transport = await tls_handshake(sock, contexts[peer.name], server_side=False, server_hostname=peer.domain)
+        except TlsHandshakeError as exc:
+            raise ConnectionError(f"TLS handshake failed: {exc}") from None
+        try:
+            if transport.selected_alpn_protocol() != alpn:
+                raise tls.PeerIdentityError(f"peer did not select ALPN {alpn} ({transport.selected_alpn_protocol()!r})")
+            site = tls.verify_peer_site(transport.getpeercert(binary_form=True), snapshot.config.trust_domain, peer.name)
+        except BaseException:
+            transport.close()
             raise
-        return stream, site
+        return transport, site
 
     def _provider_pool(self, protocol: str, address: HostPort) -> ConnectionPool:
         if protocol == "bolt":
             return self._bolt_provider_pool(address)
+        settings = _with_streams(self.limits.peer_h2, PROVIDER_MAX_STREAMS)
 
         async def connect() -> H2Endpoint:
-            stream = await trio.open_tcp_stream(address.host, address.port)
+            transport = SocketTransport(await _connect(address))
             return H2Endpoint(
-                stream, client_side=True, flush_queue=self.flush_queue, name=f"provider:{address}"
+                transport, client_side=True, flush_queue=self.flush_queue, settings=settings,
+                name=f"provider:{address}", policy=self.limits.outbound_policy,
             )
 
-        return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS)
+        return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS, table=self.connections)
 
     def _bolt_provider_pool(self, address: HostPort) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
-            stream = await trio.open_tcp_stream(address.host, address.port)
-            return BoltEndpoint(stream, flush_queue=self.flush_queue, name=f"bolt-provider:{address}")
+            transport = SocketTransport(await _connect(address))
+            return BoltEndpoint(
+                transport, flush_queue=self.flush_queue, max_frame_size=self.config.limits.bolt_max_frame_bytes,
+                name=f"bolt-provider:{address}", policy=self.limits.outbound_policy,
+            )
 
         # Heartbeat idle provider connections every 15 s, as Java Bolt clients do (servers close at 90 s).
         return ConnectionPool(
-            f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0
+            f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0,
+            table=self.connections,
         )
+
+
+def _with_streams(settings: H2Settings, max_streams: int) -> H2Settings:
+    return replace(settings, max_concurrent_streams=max_streams)
+
+
+async def _connect(address: HostPort) -> socket.socket:
+    """A TCP connection (happy eyeballs, TCP_NODELAY) as a plain non-blocking socket."""
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    return socket.socket(fileno=stream.socket.detach())
+
+
+def log_expiring_certificates(snapshot: Snapshot) -> None:
+    """A certificate of ours, or a CA we trust for a peer, that expires within tls.expiry_warning_days."""
+    config = snapshot.config
+    days = config.tls.expiry_warning_days
+    try:
+        own = tls.load_certificates(config.tls.cert)
+    except (OSError, ValueError):
+        own = []
+    checks = [("tls.cert", str(config.tls.cert), own)] + [
+        (f"peers.{name}.ca", str(config.peers[name].ca), list(bundle)) for name, bundle in snapshot.peer_cas.items()
+    ]
+    for key, path, certificates in checks:
+        for certificate, left in tls.expiring(certificates, days):
+            log.warning(
+                "tls.certificate_expiring", key=key, path=path, subject=certificate.subject.rfc4514_string(),
+                not_after=certificate.not_valid_after_utc.isoformat(), days_left=left, warning_days=days,
+            )
 
 
 def _static_sets(snapshot: Snapshot) -> dict[ServiceKey, frozenset[Instance]]:
@@ -380,50 +510,24 @@ def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
         ("imports", imports(old) != imports(new)),
         ("registry", old.registry != new.registry),
         ("exports that follow the registry (no providers: list)", followed(old) != followed(new)),
+        ("limits", old.limits != new.limits),
     ]
     return [what for what, differs in checks if differs]
 
 
-async def _tcp_listener(address: HostPort, *, reuse_port: bool) -> trio.SocketListener:
-    family = trio.socket.AF_INET6 if ":" in address.host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        await sock.bind((address.host, address.port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"cannot listen on {address}: {exc.strerror}") from exc
-    return trio.SocketListener(sock)
-
-
-def _guarded(handler):
-    """A bug while serving one connection is logged and ends that connection, never the gateway."""
-
-    async def serve(stream: trio.SocketStream) -> None:
-        try:
-            await handler(stream)
-        except Exception:
-            log.exception("connection.crashed", remote=_remote(stream))
-            await trio.aclose_forcefully(stream)
-
-    return serve
-
-
-def _remote(stream: trio.SocketStream) -> str:
-    try:
-        host, port = stream.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
-
-
-def _handshake_error(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
-        return f"TLS handshake failed: {cause.reason or cause}"
+def _handshake_error(exc: BaseException, limit: float, server_tls: tls.PeerServerTLS) -> str:
+    """What the audit line says about a refused handshake: the SNI refusal, or OpenSSL's reason with the
+    site whose CA bundle the client certificate had to chain to."""
     if isinstance(exc, trio.TooSlowError):
-        return f"TLS handshake did not finish within {HANDSHAKE_TIMEOUT:g}s"
+        return f"TLS handshake did not finish within {limit:g}s"
+    if isinstance(exc, TlsHandshakeError):
+        session = exc.ssl_object
+        refusal = getattr(session, "sni_refusal", None)
+        if refusal:
+            return refusal
+        domain = server_tls.domain_of(session.context) if session is not None else None
+        if domain is not None:
+            return (f"TLS handshake failed: {exc} (SNI {domain}: the client certificate must chain to the CA bundle "
+                    "of the site this access domain was given to)")
+        return f"TLS handshake failed: {exc}"
     return str(exc) or type(exc).__name__

@@ -23,6 +23,7 @@ from interlink.gateway.forwarding import log_call
 from interlink.model import Status
 from interlink.net.connection import FlushQueue
 from interlink.net.h2link import H2Endpoint, Headers
+from interlink.net.pool import PoolGroup
 from interlink.wire import grpc
 
 log = structlog.get_logger("interlink.gateway")
@@ -132,7 +133,7 @@ class DeadlineTimers:
                     relay.deadline_passed()
                 except Exception:  # one broken call must not stop every other call's deadline
                     log.exception("call.deadline_failed", **relay.log_fields)
-            await self._flush_queue.flush()
+            self._flush_queue.flush()
 
 
 class Relay:
@@ -140,7 +141,7 @@ class Relay:
     `_UpstreamSide` that forwards to it."""
 
     __slots__ = (
-        "down", "down_sid", "up", "up_sid", "log_fields", "started", "deadline", "_to_up", "_to_down",
+        "down", "down_sid", "up", "up_sid", "log_fields", "started", "deadline", "upstream_group", "_to_up", "_to_down",
         "_response_started", "_request_done", "_caller_ended", "_done", "_status", "_timers", "_timer_entry",
     )
 
@@ -160,6 +161,7 @@ class Relay:
         self.log_fields = log_fields
         self.started = time.perf_counter()
         self.deadline = deadline
+        self.upstream_group: PoolGroup | None = None  # whose fair share this call holds
         self._to_up = _Pending()
         self._to_down = _Pending()
         self._response_started = False
@@ -329,6 +331,9 @@ class Relay:
             return
         self._done = True
         self._status = status
+        if self.upstream_group is not None:
+            self.upstream_group.release(self.down)
+            self.upstream_group = None
         self.down.detach(self.down_sid)
         if not self._caller_ended and notify_caller and not self.down.closed:
             # The response is complete; tell the caller to stop sending (RFC 9113 8.1).

@@ -29,6 +29,7 @@ from interlink.gateway.relay import status_for_reset
 from interlink.model import Call, Identity, PayloadKind, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
 from interlink.net.h2link import H2Endpoint, Headers
+from interlink.net.pool import PoolGroup
 from interlink.wire import bolt, bolt_call, grpc, triple_call, triple_wrapper, triple_wrapper_pb2
 from interlink.wire.hessian2 import HessianError
 from interlink.wire.triple_call import TranslationRefused
@@ -183,7 +184,7 @@ class TripleToBolt:
     """A Triple call to a Bolt export: the caller stream's handler from admission to the last trailer."""
 
     __slots__ = (
-        "down", "sid", "head", "route", "peer", "log_fields", "started", "deadline", "done", "serialize",
+        "down", "sid", "head", "route", "peer", "log_fields", "started", "deadline", "done", "serialize", "upstream_group",
         "_timers", "_timer", "_decoder", "_messages", "_caller_ended", "_cancel_up", "_out", "_trailers", "_status",
         "_logged", "_dispatch",
     )
@@ -198,6 +199,7 @@ class TripleToBolt:
         self.started = time.perf_counter()
         self.deadline = deadline
         self.done = False
+        self.upstream_group: PoolGroup | None = None  # whose fair share this call holds
         self.serialize: str | None = None
         self._timers = timers
         self._timer = timers.add(deadline, self) if deadline != math.inf else None  # type: ignore[arg-type]
@@ -353,6 +355,9 @@ class TripleToBolt:
 
     def _finish(self, status: Status, message: str) -> None:
         """The call is over (answered, or the caller went away): once, with its access line."""
+        if self.upstream_group is not None:
+            self.upstream_group.release(self.down)
+            self.upstream_group = None
         if self._timer is not None:
             self._timers.cancel(self._timer)
             self._timer = None

@@ -1,13 +1,19 @@
-"""SOFA Bolt connections over trio streams, built for relaying.
+"""SOFA Bolt connections, built for relaying and for callers that misbehave.
 
-One `BoltEndpoint` is one connection. Its reader decodes every complete frame of a read, answers
-heartbeats itself (they are hop-by-hop, never forwarded), hands requests (server side) to the owner's
-callback and matches responses (client side) to the calls waiting for them by request id; then it
-flushes every connection written to (`FlushQueue`, shared with the HTTP/2 endpoints).
+One `BoltEndpoint` is one connection. Its reader (`Connection.run`) decodes every complete frame of a read
+batch, answers heartbeats itself (they are hop-by-hop, never forwarded), hands requests (server side) to
+the owner's callback and matches responses (client side) to the calls waiting for them by request id; then
+every connection written to is flushed (`FlushQueue`, shared with the HTTP/2 endpoints).
 
 Client side, the endpoint owns request ids: `send_request` stamps a fresh id into the frame and keeps
 `id -> BoltCall` until the response, the connection's end, or `forget` (a caller's deadline passed).
 A response for an id nobody waits for any more (late, or for a oneway call) is an orphan and is dropped.
+
+Limits: a frame larger than `max_frame_size` ends the connection as soon as its header says so; an
+incomplete frame holds at most that much, and all connections' incomplete frames together at most the
+process's `PartialFrameBudget` (beyond it, the connection whose frame has been incomplete longest is
+closed); a caller whose answers pile up unread (`congested`) is not read from until they drain, so its
+pending calls stay bounded, and the write timeout ends it if it never reads again.
 """
 
 from __future__ import annotations
@@ -17,12 +23,12 @@ from typing import Callable, Protocol
 import structlog
 import trio
 
-from interlink.net.connection import IO_ERRORS, Connection, FlushQueue, describe_io_error
+from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
+from interlink.net.transport import Transport
 from interlink.wire import bolt
 
 log = structlog.get_logger("interlink.net.bolt")
 
-READ_SIZE = 256 * 1024
 MAX_REQUEST_ID = 0x7FFFFFFF
 
 
@@ -36,6 +42,36 @@ class BoltCall(Protocol):
 RequestCallback = Callable[["BoltEndpoint", bolt.BoltFrame], None]
 
 
+class PartialFrameBudget:
+    """Bytes of incomplete frames held by all connections of a process, bounded: when a connection's
+    holding would pass the limit, the connection whose frame has been incomplete longest is closed first
+    (a legit frame arrives quickly; one that trickles in or stops is what holds memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._held: dict[BoltEndpoint, int] = {}
+
+    def hold(self, endpoint: BoltEndpoint, size: int) -> None:
+        before = self._held.get(endpoint, 0)
+        if size == before:
+            return
+        self.total += size - before
+        if size:
+            self._held[endpoint] = size
+        else:
+            del self._held[endpoint]
+        while self.total > self.limit and self._held:
+            stalest = min(self._held, key=lambda held: held.partial_since or held.last_receive)
+            log.warning("bolt.partial_frames_over_budget", endpoint=stalest.name, remote=stalest.remote,
+                        held=self._held[stalest], total=self.total, limit=self.limit)
+            self.release(stalest)
+            stalest.close(f"incomplete frames of all connections exceed {self.limit} bytes; this one waited longest")
+
+    def release(self, endpoint: BoltEndpoint) -> None:
+        self.total -= self._held.pop(endpoint, 0)
+
+
 class BoltEndpoint(Connection):
     """One Bolt connection. `run()` is its reader; the owner runs it in a nursery."""
 
@@ -43,27 +79,47 @@ class BoltEndpoint(Connection):
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        transport: Transport,
         *,
         flush_queue: FlushQueue,
         on_request: RequestCallback | None = None,
         max_pending: int = 1024,
-        max_frame_size: int = 16 * 1024 * 1024,
+        max_frame_size: int = bolt.DEFAULT_MAX_FRAME_SIZE,
+        partial_budget: PartialFrameBudget | None = None,
         name: str = "",
+        policy: ConnectionPolicy = OUTBOUND,
     ) -> None:
-        super().__init__(stream, flush_queue, name)
+        super().__init__(transport, flush_queue, name, policy)
         self.streams: dict[int, BoltCall] = {}  # request id -> call (client side); the name matches H2Endpoint
-        self.in_flight = 0  # server side: requests taken and not answered yet (kept by the owner)
+        self.calls = 0  # server side: requests taken and not answered yet (kept by the owner)
         self.max_pending = max_pending
         self._on_request = on_request
         self._decoder = bolt.BoltDecoder(max_frame_size=max_frame_size)
+        self._partial_budget = partial_budget
         self._out: list[bytes] = []
         self._next_id = 0
+        self._readable = trio.Event()
 
-    # --- state for pools ---------------------------------------------------------------------------------
+    # --- state -------------------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return self.calls + len(self.streams)
+
+    @property
+    def slots(self) -> int:
+        return self.max_pending
 
     def has_capacity(self) -> bool:
-        return self.usable and len(self.streams) < self.max_pending
+        return self.usable and len(self.streams) < self.max_pending and not self.congested
+
+    def call_started(self) -> None:
+        self.calls += 1
+
+    def call_ended(self) -> None:
+        self.calls -= 1
+        if not self.calls:
+            self.idle_since = trio.current_time()
 
     # --- writing -------------------------------------------------------------------------------------------
 
@@ -98,32 +154,38 @@ class BoltEndpoint(Connection):
 
     # --- reading -------------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        reason = "closed"
+    async def _before_read(self) -> None:
+        """A caller that does not read its answers is not read from either, until they drain (or the
+        write timeout closes the connection)."""
+        while self.congested and not self.closed and self._on_request is not None:
+            self._readable = trio.Event()
+            await self._readable.wait()
+
+    def _resume(self) -> None:
+        self._readable.set()
+
+    def _received(self, data: bytes) -> None:
+        decoder = self._decoder
         try:
-            while not self.closed:
-                data = await self._stream.receive_some(READ_SIZE)
-                if not data:
-                    reason = "connection closed by the remote side"
-                    break
-                self.last_receive = trio.current_time()
-                try:
-                    frames = self._decoder.feed(data)
-                except bolt.BoltProtocolError as exc:
-                    # Answer what was complete before the bad bytes; the rest cannot be framed: close.
-                    for frame in exc.frames or ():
-                        self._dispatch(frame)
-                    reason = f"Bolt protocol error from the remote side: {exc}"
-                    log.warning("bolt.protocol_error", endpoint=self.name, error=str(exc))
-                    await self._flush_queue.flush()  # while this connection still counts as open
-                    break
-                for frame in frames:
-                    self._dispatch(frame)
-                await self._flush_queue.flush()
-        except IO_ERRORS as exc:
-            reason = f"connection lost: {describe_io_error(exc)}"
-        finally:
-            await self._end(reason)
+            frames = decoder.feed(data)
+        except bolt.BoltProtocolError as exc:
+            # Answer what was complete before the bad bytes; the rest cannot be framed: close.
+            for frame in exc.frames or ():
+                self._dispatch(frame)
+            log.warning("bolt.protocol_error", endpoint=self.name, remote=self.remote, error=str(exc))
+            self.close(f"Bolt protocol error from the remote side: {exc}")
+            return
+        if frames and not self.preface_done:
+            self.preface_done = True
+        if decoder.pending:
+            if self.partial_since is None:
+                self.partial_since = self.last_receive
+        else:
+            self.partial_since = None
+        if self._partial_budget is not None:
+            self._partial_budget.hold(self, decoder.buffered)
+        for frame in frames:
+            self._dispatch(frame)
 
     def _dispatch(self, frame: bolt.BoltFrame) -> None:
         if frame.is_heartbeat:
@@ -137,7 +199,7 @@ class BoltEndpoint(Connection):
                 call = self.streams.pop(frame.request_id, None)
                 if call is None:
                     # Late (the caller gave up) or an answer to a oneway call (sofa-rpc-node answers those).
-                    log.info("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
+                    log.debug("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
                     return
                 call.on_response(frame)
             elif self._on_request is not None:
@@ -155,6 +217,9 @@ class BoltEndpoint(Connection):
         self.draining = True
 
     def _fail_open_calls(self, reason: str) -> None:
+        self._readable.set()
+        if self._partial_budget is not None:
+            self._partial_budget.release(self)
         calls, self.streams = self.streams, {}
         for call in calls.values():
             try:

@@ -1,10 +1,23 @@
-"""HTTP/2 connections over trio streams, driven by h2's state machine, built for relaying.
+"""HTTP/2 connections, driven by h2's state machine, built for relaying and for hostile peers.
 
-One `H2Endpoint` is one connection, client or server side. Its reader task turns bytes into h2 events and
-hands each stream's events to that stream's `StreamHandler` synchronously; handlers write to other
-endpoints (the other half of a relay) without awaiting. After each read batch every endpoint written to
-is flushed from the reader itself (`FlushQueue`): no writer task, no extra wake-up per call. A send that
-is already in progress on an endpoint simply picks up what was added meanwhile.
+One `H2Endpoint` is one connection, client or server side. Its reader (`Connection.run`) passes each read
+batch first to a `FrameScanner` (interlink.wire.h2frames: frame headers only — floods, header blocks that
+never end, streams opened and reset in the same batch), then to h2, and hands each stream's events to
+that stream's `StreamHandler` synchronously; handlers write to other endpoints without awaiting, and every
+endpoint written to is flushed once after the batch (`FlushQueue`).
+
+Protections (limits come from the site file's `limits:` via `H2Settings`):
+- Rapid reset: a stream the client opens and resets in the same batch is never dispatched; resets that
+  arrive before we answered, within `premature_reset_window`, are premature; Envoy's rule cuts the
+  connection (GOAWAY ENHANCE_YOUR_CALM) when half of `premature_reset_streams` were premature early on,
+  or more than half of all streams later.
+- Control-frame floods and oversized header blocks: the scanner's budget; GOAWAY ENHANCE_YOUR_CALM.
+- Flow control is end to end per stream, but the *connection* window is returned as soon as bytes arrive
+  (they are held within their stream's window): one stalled stream can never starve the others.
+- Output: a stream is given at most what the remote's window and this connection's output limit allow; a
+  congested connection resumes its streams when its transport drained (`_resume`).
+- A stream that ended under us (reset, GOAWAY, connection gone) makes writes return quietly; its handler
+  learns it through an event, never through an exception raised into another connection's reader.
 
 Costs kept off the per-call path (measured, see DESIGN.md performance notes): we advertise a header table
 of size 0 and never index ourselves (stateless HPACK, our own caching codec in `interlink.wire.hpack`),
@@ -14,6 +27,7 @@ logger nobody reads.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import h2.config
@@ -26,19 +40,17 @@ import hyperframe.frame
 import structlog
 import trio
 
-from interlink.net.connection import IO_ERRORS, Connection, FlushQueue, describe_io_error
-from interlink.wire import h2headers
+from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
+from interlink.net.transport import Transport
+from interlink.wire import h2frames, h2headers
 from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder
 
 log = structlog.get_logger("interlink.net.h2")
 
 Headers = list[tuple[bytes, bytes]]
 
-READ_SIZE = 256 * 1024
-STREAM_WINDOW = 1 << 20  # per-stream receive window we advertise
-CONNECTION_WINDOW = 16 << 20  # connection receive window
-MAX_FRAME_SIZE = 1 << 16
-MAX_HEADER_LIST_SIZE = 64 * 1024
+MAX_FRAME_SIZE = 1 << 16  # what we accept (SETTINGS_MAX_FRAME_SIZE)
+ErrorCodes = h2.errors.ErrorCodes
 
 
 def _cheap_frame_repr(frame: hyperframe.frame.Frame) -> str:
@@ -48,6 +60,20 @@ def _cheap_frame_repr(frame: hyperframe.frame.Frame) -> str:
 # h2 4.x calls repr(frame) for every received frame to feed a debug logger that is a no-op by default;
 # the default repr renders the whole body. One cheap repr for all frame types, set once at import.
 hyperframe.frame.Frame.__repr__ = _cheap_frame_repr  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True, slots=True)
+class H2Settings:
+    """What one HTTP/2 connection advertises and tolerates (README "Limits")."""
+
+    max_concurrent_streams: int = 100
+    initial_window: int = 65_536
+    connection_window: int = 1 << 20
+    max_header_list_bytes: int = 64 * 1024
+    premature_reset_streams: int = 500
+    premature_reset_window: float = 1.0
+    control_frame_burst: int = 1_000
+    control_frames_per_second: float = 100.0
 
 
 class StreamHandler(Protocol):
@@ -63,9 +89,23 @@ class StreamHandler(Protocol):
 
 
 RequestCallback = Callable[["H2Endpoint", int, Headers, bool], None]
+RefusalCallback = Callable[["H2Endpoint", int, str], None]  # (endpoint, stream id or 0, reason)
 
 
-def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connection.H2Connection:
+class _RelayH2Connection(h2.connection.H2Connection):
+    """h2, except that a GOAWAY from the other side does not close the state machine (h2 then refuses to
+    send or receive anything, even on the streams the GOAWAY lets finish, and drops our queued output).
+    The endpoint applies GOAWAY itself: no new streams, streams above last-stream-id are lost."""
+
+    def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame):  # type: ignore[override]
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)  # noqa: SLF001
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def _h2_connection(client_side: bool, settings: H2Settings) -> h2.connection.H2Connection:
     config = h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,
@@ -74,21 +114,21 @@ def _h2_connection(client_side: bool, max_concurrent_streams: int) -> h2.connect
         validate_inbound_headers=False,  # checked in one pass by interlink.wire.h2headers instead
         normalize_inbound_headers=False,
     )
-    conn = h2.connection.H2Connection(config)
+    conn = _RelayH2Connection(config)
     conn.local_settings = h2.settings.Settings(
         client=client_side,
         initial_values={
             h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0,
             h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_window,
             h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_bytes,
         },
     )
     # Our HPACK: stateless caching encoder, caching decoder (see interlink.wire.hpack for the numbers).
     conn.encoder = HeaderBlockEncoder()
-    conn.decoder = HeaderBlockDecoder(max_header_list_size=MAX_HEADER_LIST_SIZE)
+    conn.decoder = HeaderBlockDecoder(max_header_list_size=settings.max_header_list_bytes)
     # Settings given as initial values are not "changes" to h2, so it would only apply them on the ACK
     # of a later change: apply the inbound limit that follows from them now.
     conn.max_inbound_frame_size = MAX_FRAME_SIZE
@@ -102,31 +142,53 @@ class H2Endpoint(Connection):
 
     def __init__(
         self,
-        stream: trio.abc.Stream,
+        transport: Transport,
         *,
         client_side: bool,
         flush_queue: FlushQueue,
-        max_concurrent_streams: int = 256,
+        settings: H2Settings = H2Settings(),
         on_request: RequestCallback | None = None,
+        on_refused: RefusalCallback | None = None,
         name: str = "",
+        policy: ConnectionPolicy = OUTBOUND,
     ) -> None:
-        super().__init__(stream, flush_queue, name)
+        super().__init__(transport, flush_queue, name, policy)
         self.client_side = client_side
-        self.conn = _h2_connection(client_side, max_concurrent_streams)
+        self.settings = settings
+        self.conn = _h2_connection(client_side, settings)
         self.streams: dict[int, StreamHandler] = {}
-        self.max_concurrent_streams = max_concurrent_streams
+        self.max_concurrent_streams = settings.max_concurrent_streams
         self._on_request = on_request
+        self._on_refused = on_refused
         self._close_when_flushed = False
+        now = trio.current_time()
+        self.scanner = h2frames.FrameScanner(
+            expect_preface=not client_side,
+            max_frame_size=MAX_FRAME_SIZE,
+            max_header_block=settings.max_header_list_bytes,
+            budget=h2frames.FloodBudget(settings.control_frame_burst, settings.control_frames_per_second, now),
+        )
+        self._gone: list[int] = []  # streams that ended under a write; their handlers are told at flush
+        # rapid-reset accounting (server side)
+        self._unanswered: dict[int, float] = {}  # stream -> when it opened, until response headers went out
+        self.streams_opened = 0
+        self.premature_resets = 0
 
-    # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
+    # --- state -----------------------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
         return len(self.streams)
 
+    @property
+    def slots(self) -> int:
+        """Streams this connection may carry at once (our limit, and the remote's)."""
+        return min(self.max_concurrent_streams, self.conn.remote_settings.max_concurrent_streams)
+
     def has_capacity(self) -> bool:
-        remote_limit = self.conn.remote_settings.max_concurrent_streams
-        return self.usable and len(self.streams) < min(self.max_concurrent_streams, remote_limit)
+        return self.usable and len(self.streams) < self.slots and not self.congested
+
+    # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
 
     def open_stream(self, headers: Headers, handler: StreamHandler, end_stream: bool = False) -> int:
         stream_id = self.conn.get_next_available_stream_id()
@@ -140,76 +202,163 @@ class H2Endpoint(Connection):
 
     def detach(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
-        if self.draining and not self.streams:
-            self._close_when_flushed = True  # after the last response has gone out
-            self._mark()
+        if not self.streams:
+            self.idle_since = trio.current_time()
+            if self.draining:
+                self._close_when_flushed = True  # after the last response has gone out
+                self._mark()
+        if self._unanswered:
+            self._unanswered.pop(stream_id, None)
 
-    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> None:
-        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool = False) -> bool:
+        if self.closed:
+            return False
+        if self._unanswered:
+            self._unanswered.pop(stream_id, None)
+        try:
+            self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._stream_gone(stream_id)
+            return False
         self._mark()
+        return True
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
-        """Send what flow control allows now; return the number of bytes sent. END_STREAM goes out only with
-        the last byte (or alone when `data` is empty)."""
-        if not data:
-            if end_stream:
-                self.conn.end_stream(stream_id)
-                self._mark()
+        """Send what flow control and this connection's output limit allow now; return the number of bytes
+        sent. END_STREAM goes out only with the last byte (or alone when `data` is empty)."""
+        if self.closed:
             return 0
-        allowed = min(len(data), self.conn.local_flow_control_window(stream_id))
-        if allowed <= 0:
+        conn = self.conn
+        try:
+            if not data:
+                if end_stream:
+                    conn.end_stream(stream_id)
+                    self._mark()
+                return 0
+            room = self.policy.output_limit - self.transport.buffered - len(conn._data_to_send)  # noqa: SLF001
+            allowed = min(len(data), conn.local_flow_control_window(stream_id), room)
+            if allowed <= 0:
+                return 0
+            max_frame = conn.max_outbound_frame_size
+            offset = 0
+            while offset < allowed:
+                end = min(offset + max_frame, allowed)
+                chunk = data if offset == 0 and end == len(data) else data[offset:end]
+                conn.send_data(stream_id, chunk, end_stream=end_stream and end == len(data))
+                self.scanner.budget.earn()  # the remote's WINDOW_UPDATEs and PINGs for this are useful
+                offset = end
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self._stream_gone(stream_id)
             return 0
-        max_frame = self.conn.max_outbound_frame_size
-        offset = 0
-        while offset < allowed:
-            end = min(offset + max_frame, allowed)
-            chunk = data if offset == 0 and end == len(data) else data[offset:end]
-            self.conn.send_data(stream_id, chunk, end_stream=end_stream and end == len(data))
-            offset = end
         self._mark()
         return allowed
 
     def acknowledge(self, stream_id: int, flow_length: int) -> None:
-        """Reopen the receive window for bytes that were passed on."""
-        if flow_length and not self.closed:
-            self.conn.acknowledge_received_data(flow_length, stream_id)
-            self._mark()
+        """Reopen the stream's receive window for bytes that were passed on (the connection's window was
+        reopened when they arrived)."""
+        if not flow_length or self.closed:
+            return
+        try:
+            stream = self.conn._get_stream_by_id(stream_id)  # noqa: SLF001
+        except h2.exceptions.NoSuchStreamError:
+            return
+        if stream.open:
+            frames = stream.acknowledge_received_data(flow_length)
+            if frames:
+                self.conn._prepare_for_sending(frames)  # noqa: SLF001
+                self._mark()
 
-    def reset(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def _connection_window_consumed(self, flow_length: int) -> None:
+        increment = self.conn._inbound_flow_control_window_manager.process_bytes(flow_length)  # noqa: SLF001
+        if increment:
+            frame = hyperframe.frame.WindowUpdateFrame(0)
+            frame.window_increment = increment
+            self.conn._prepare_for_sending([frame])  # noqa: SLF001
+
+    def reset(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
         self.streams.pop(stream_id, None)
+        if self._unanswered:
+            self._unanswered.pop(stream_id, None)
         if self.closed:
             return
         try:
             self.conn.reset_stream(stream_id, error_code)
-        except h2.exceptions.StreamClosedError:
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
         self._mark()
 
-    def goaway(self, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
-        """Graceful GOAWAY: streams already open finish, new ones are refused.
+    def _stream_gone(self, stream_id: int) -> None:
+        """A write found the stream already ended (the remote reset or closed it between events): its
+        handler is told at the next flush, from outside whatever handler was writing."""
+        if stream_id in self.streams:
+            self._gone.append(stream_id)
+            self._mark()
 
-        h2's `close_connection` moves its state machine to CLOSED, after which it refuses to send or
-        receive anything on the open streams; so the frame is queued here and the endpoint itself refuses
-        new streams (`draining`)."""
+    def goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+        """Graceful GOAWAY: streams already open finish, new ones are refused."""
         if self.closed or self.draining:
             return
         self.draining = True
-        frame = hyperframe.frame.GoAwayFrame(stream_id=0)
-        frame.last_stream_id = self.conn.highest_inbound_stream_id
-        frame.error_code = error_code
-        self.conn._data_to_send += frame.serialize()  # noqa: SLF001 - see docstring
+        self._queue_goaway(error_code)
         if not self.streams:
             self._close_when_flushed = True
         self._mark()
 
+    def shutdown(self, reason: str) -> None:
+        """Idle or shed: GOAWAY NO_ERROR (callers retry elsewhere), then close once it is sent."""
+        if self.closed:
+            return
+        self._queue_goaway(ErrorCodes.NO_ERROR)
+        self.close(reason)
+
+    def abort(self, error_code: int, reason: str) -> None:
+        """The remote side broke a limit: GOAWAY with `error_code` and close, with one log line."""
+        if self.closed:
+            return
+        log.warning(
+            "connection.abuse", endpoint=self.name, remote=self.remote, reason=reason,
+            error_code=_code_name(error_code), streams=self.streams_opened, premature_resets=self.premature_resets,
+            control_frames=self.scanner.control_frames,
+        )
+        self._queue_goaway(error_code, reason.encode()[:200])
+        if self._on_refused is not None:
+            self._on_refused(self, 0, reason)
+        self.close(reason)
+
+    def _queue_goaway(self, error_code: int, debug: bytes = b"") -> None:
+        # Serialised here rather than with h2's close_connection, which would close h2's state machine
+        # and with it the streams a graceful GOAWAY lets finish.
+        frame = hyperframe.frame.GoAwayFrame(stream_id=0)
+        frame.last_stream_id = self.conn.highest_inbound_stream_id
+        frame.error_code = error_code
+        frame.additional_data = debug
+        self.conn._data_to_send += frame.serialize()  # noqa: SLF001
+        self._mark()
+
     # --- I/O -------------------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        while self._gone:
+            stream_id = self._gone.pop()
+            handler = self.streams.pop(stream_id, None)
+            if handler is not None:
+                self._call(handler.on_reset, ErrorCodes.STREAM_CLOSED)
+        super().flush()
+        if self._close_when_flushed and not self.streams and not self.closed:
+            self.close(self.close_reason or "drained")
 
     def _pending_output(self) -> bytes:
         return self.conn.data_to_send()
 
-    def _after_flush(self) -> None:
-        if self._close_when_flushed and not self.streams:
-            self.close(self.close_reason or "drained")
+    def _resume(self) -> None:
+        self._all_writable()
+
+    def _start(self) -> None:
+        self.conn.initiate_connection()
+        extra = self.settings.connection_window - 65_535
+        if extra > 0:
+            self.conn.increment_flow_control_window(extra)
+        self._mark()
 
     def _send_probe(self) -> None:
         self.conn.ping(b"ilkalive")
@@ -217,41 +366,42 @@ class H2Endpoint(Connection):
 
     def _fail_open_calls(self, reason: str) -> None:
         streams, self.streams = self.streams, {}
+        self._unanswered.clear()
         for handler in streams.values():
             self._call(handler.on_connection_lost, reason)
 
-    async def run(self) -> None:
-        """Read until the connection ends; then every stream still open learns that it was lost."""
-        reason = "closed"
+    def _received(self, data: bytes) -> None:
+        scanner = self.scanner
+        now = self.last_receive
+        opened, reset = scanner.opened, scanner.reset
+        opened.clear()
+        reset.clear()
         try:
-            self.conn.initiate_connection()
-            self.conn.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-            self._mark()
-            await self._flush_queue.flush()
-            while not self.closed:
-                data = await self._stream.receive_some(READ_SIZE)
-                if not data:
-                    reason = "connection closed by the remote side"
-                    break
-                self.last_receive = trio.current_time()
-                try:
-                    events = self.conn.receive_data(data)
-                except h2.exceptions.H2Error as exc:
-                    reason = f"HTTP/2 protocol error from the remote side: {exc}"
-                    log.warning("h2.protocol_error", endpoint=self.name, error=str(exc))
-                    self._mark()  # h2 queued a GOAWAY; send it before closing
-                    await self._flush_queue.flush()
-                    break
-                self._dispatch(events)
-                await self._flush_queue.flush()
-        except IO_ERRORS as exc:
-            reason = f"connection lost: {describe_io_error(exc)}"
-        finally:
-            await self._end(reason)
+            scanner.scan(data, now)
+        except h2frames.FrameAbuse as exc:
+            self.abort(exc.error_code, exc.reason)
+            return
+        if scanner.preface_done and not self.preface_done:
+            self.preface_done = True
+        if scanner.partial:
+            if self.partial_since is None:
+                self.partial_since = now
+        else:
+            self.partial_since = None
+        try:
+            events = self.conn.receive_data(data)
+        except h2.exceptions.H2Error as exc:
+            reason = f"HTTP/2 protocol error from the remote side: {exc}"
+            log.warning("h2.protocol_error", endpoint=self.name, remote=self.remote, error=str(exc))
+            if self._on_refused is not None:
+                self._on_refused(self, 0, reason)
+            self.close(reason)  # h2 queued a GOAWAY with the error code; close() sends it
+            return
+        self._dispatch(events, set(reset) if reset and opened else None, now)
 
     # --- events ----------------------------------------------------------------------------------------
 
-    def _dispatch(self, events: Iterable[h2.events.Event]) -> None:
+    def _dispatch(self, events: Iterable[h2.events.Event], reset_in_batch: set[int] | None, now: float) -> None:
         streams = self.streams
         ended_with_frame: set[int] = set()  # stream ids whose END_STREAM came with HEADERS or DATA
         for event in events:
@@ -260,21 +410,17 @@ class H2Endpoint(Connection):
                 end = event.stream_ended is not None
                 if end:
                     ended_with_frame.add(event.stream_id)
+                self._connection_window_consumed(event.flow_controlled_length)
                 handler = streams.get(event.stream_id)
-                if handler is None:
-                    self.acknowledge(event.stream_id, event.flow_controlled_length)
-                else:
+                if handler is not None:
                     self._call(handler.on_data, event.data, event.flow_controlled_length, end, stream_id=event.stream_id)
             elif kind is h2.events.RequestReceived:
                 end = event.stream_ended is not None
                 if end:
                     ended_with_frame.add(event.stream_id)
-                if self._on_request is None or self.draining:
-                    self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-                elif self._malformed(event.stream_id, event.headers, h2headers.check_request):
-                    continue
-                else:
-                    self._call(self._on_request, self, event.stream_id, event.headers, end, stream_id=event.stream_id)
+                self._request(event.stream_id, event.headers, end, reset_in_batch, now)
+                if self.closed:
+                    return
             elif kind is h2.events.ResponseReceived or kind is h2.events.TrailersReceived:
                 end = event.stream_ended is not None
                 if end:
@@ -292,6 +438,10 @@ class H2Endpoint(Connection):
                     self._call(handler.on_end, stream_id=event.stream_id)
             elif kind is h2.events.StreamReset:
                 handler = streams.pop(event.stream_id, None)
+                if self._unanswered and event.remote_reset:
+                    self._judge_reset(event.stream_id, now)
+                    if self.closed:
+                        return
                 if handler is not None:
                     self._call(handler.on_reset, event.error_code, stream_id=event.stream_id)
             elif kind is h2.events.WindowUpdated:
@@ -311,6 +461,41 @@ class H2Endpoint(Connection):
             # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
         self._mark()  # h2 may have queued SETTINGS/PING acks or WINDOW_UPDATEs of its own
 
+    def _request(self, stream_id: int, headers: Headers, end: bool, reset_in_batch: set[int] | None, now: float) -> None:
+        self.streams_opened += 1
+        if reset_in_batch is not None and stream_id in reset_in_batch:
+            # Opened and reset by the client in one batch: never dispatched (rapid reset costs us nothing).
+            self.premature_resets += 1
+            self._judge_resets()
+            return
+        if self._on_request is None or self.draining:
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if self._malformed(stream_id, headers, h2headers.check_request):
+            return
+        self._unanswered[stream_id] = now
+        self._call(self._on_request, self, stream_id, headers, end, stream_id=stream_id)
+
+    def _judge_reset(self, stream_id: int, now: float) -> None:
+        opened = self._unanswered.pop(stream_id, None)
+        if opened is not None and now - opened < self.settings.premature_reset_window:
+            self.premature_resets += 1
+            self._judge_resets()
+
+    def _judge_resets(self) -> None:
+        """Envoy's rule for premature resets (CVE-2023-44487), with our counters halved now and then so that
+        a long-lived connection is judged on its recent behaviour."""
+        limit = self.settings.premature_reset_streams
+        opened, premature = self.streams_opened, self.premature_resets
+        if (opened < limit and premature * 2 >= limit) or (opened >= limit and premature * 2 > opened):
+            self.abort(
+                ErrorCodes.ENHANCE_YOUR_CALM,
+                f"rapid reset: the client reset {premature} of {opened} streams before they were answered",
+            )
+        elif opened >= 10 * limit:
+            self.streams_opened //= 2
+            self.premature_resets //= 2
+
     def _malformed(
         self,
         stream_id: int,
@@ -323,9 +508,11 @@ class H2Endpoint(Connection):
             check(headers)
         except h2headers.MalformedHeaders as exc:
             log.warning("h2.malformed_headers", endpoint=self.name, stream_id=stream_id, error=str(exc))
-            self.reset(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self.reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            if self._on_refused is not None and handler is None:
+                self._on_refused(self, stream_id, f"malformed request headers: {exc}")
             if handler is not None:
-                self._call(handler.on_reset, h2.errors.ErrorCodes.PROTOCOL_ERROR, stream_id=stream_id)
+                self._call(handler.on_reset, ErrorCodes.PROTOCOL_ERROR, stream_id=stream_id)
             return True
         return False
 
@@ -336,7 +523,7 @@ class H2Endpoint(Connection):
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self.draining = True
         last = event.last_stream_id if event.last_stream_id is not None else 0
-        reason = f"the remote side sent GOAWAY ({getattr(event.error_code, 'name', event.error_code)})"
+        reason = f"the remote side sent GOAWAY ({_code_name(event.error_code)})"
         self.close_reason = reason
         # last_stream_id counts streams *we* opened (odd ids on a client, even on a server): those above it
         # were never processed by the remote side and may be retried elsewhere.
@@ -353,5 +540,11 @@ class H2Endpoint(Connection):
         except Exception:
             log.exception("h2.handler_failed", endpoint=self.name, stream_id=stream_id)
             if stream_id:
-                self.reset(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
 
+
+def _code_name(code: object) -> str:
+    try:
+        return ErrorCodes(code).name  # type: ignore[arg-type]
+    except ValueError:
+        return str(code)

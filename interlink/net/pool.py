@@ -1,17 +1,27 @@
-"""Long-lived, multiplexed HTTP/2 connections to one remote address, kept up with reconnect and backoff."""
+"""Long-lived, multiplexed connections to one remote address (HTTP/2 or Bolt), kept up with reconnect and
+backoff, and the groups of them that one upstream (a peer site's gateways, an export's providers) is.
+
+A group shares its connections' capacity fairly among the connections of the callers that use it: one
+caller connection may hold at most `capacity // (callers + 1)` of the group's call slots (at least
+MIN_SHARE), so that one caller pipelining thousands of calls leaves room for everyone else and for a
+caller that has not arrived yet."""
 
 from __future__ import annotations
 
 import random
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Hashable, Protocol
 
 import structlog
 import trio
+
+if TYPE_CHECKING:
+    from interlink.net.connection import ConnectionTable
 
 log = structlog.get_logger("interlink.net.pool")
 
 # How long a call may wait for the very first connection of an upstream (a gateway that just started).
 FIRST_CONNECT_WAIT = 5.0
+MIN_SHARE = 8  # call slots any caller connection may always hold in a group
 
 
 class PooledConnection(Protocol):
@@ -24,6 +34,8 @@ class PooledConnection(Protocol):
     @property
     def usable(self) -> bool: ...
     def has_capacity(self) -> bool: ...
+    @property
+    def slots(self) -> int: ...
     async def run(self) -> None: ...
     async def keepalive(self, interval: float, timeout: float) -> None: ...
 
@@ -47,6 +59,7 @@ class ConnectionPool:
         keepalive_timeout: float = 5.0,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
+        table: ConnectionTable | None = None,
     ) -> None:
         self.name = name
         self.size = size
@@ -60,6 +73,7 @@ class ConnectionPool:
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._backoff = (backoff_initial, backoff_max)
         self._ready = trio.Event()
+        self._table = table
         self.retired = False  # set when nobody routes here any more: slots stop reconnecting
 
     def pick(self) -> PooledConnection | None:
@@ -120,6 +134,8 @@ class ConnectionPool:
 
     async def _serve(self, endpoint: PooledConnection) -> None:
         self.endpoints.append(endpoint)
+        if self._table is not None:
+            self._table.add(endpoint)  # type: ignore[arg-type]
         self.ever_connected = True
         self._logged_error = ""
         log.info("pool.connected", pool=self.name, endpoint=endpoint.name)
@@ -132,6 +148,8 @@ class ConnectionPool:
                 nursery.cancel_scope.cancel()
         finally:
             self.endpoints.remove(endpoint)
+            if self._table is not None:
+                self._table.discard(endpoint)  # type: ignore[arg-type]
             self.last_error = endpoint.close_reason or "connection closed"
 
 
@@ -143,6 +161,30 @@ class PoolGroup:
         self.name = name
         self.pools = pools
         self._next = 0
+        self.holders: dict[Hashable, int] = {}  # caller connection -> its calls in flight through this group
+
+    def capacity(self) -> int:
+        """Call slots of the usable connections of this group."""
+        return sum(endpoint.slots for pool in self.pools for endpoint in pool.endpoints if endpoint.usable)
+
+    def share(self) -> int:
+        """How many calls one caller connection may have in flight through this group now."""
+        return max(MIN_SHARE, self.capacity() // (len(self.holders) + 1))
+
+    def acquire(self, caller: Hashable) -> bool:
+        """Count one more call of `caller`; False (nothing counted) when it already holds its share."""
+        held = self.holders.get(caller, 0)
+        if held and held >= self.share():
+            return False
+        self.holders[caller] = held + 1
+        return True
+
+    def release(self, caller: Hashable) -> None:
+        held = self.holders.get(caller, 0) - 1
+        if held > 0:
+            self.holders[caller] = held
+        else:
+            self.holders.pop(caller, None)
 
     def pick(self) -> PooledConnection | None:
         count = len(self.pools)

@@ -396,6 +396,11 @@ class BoltDecoder:
         """Part of a frame is buffered: a connection that ends now ended mid-frame."""
         return bool(self._buffer)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held until the rest arrives."""
+        return len(self._buffer)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[BoltFrame]:
         if self._failure is not None:
             raise BoltProtocolError(f"the stream already failed: {self._failure}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
 import zlib
 from collections.abc import Iterator
@@ -147,24 +148,23 @@ def test_garbage_closes_only_that_connection(bolt_sites, run_bolt_client):
 
 
 def test_site_c_cannot_use_site_b_domain_over_bolt(bolt_sites, certs):
+    """Site B's access domain is served only to certificates of site B's CA: site C's is refused in the
+    handshake (TLS 1.3 tells the client on its first read), and the refusal is audited."""
     paths = certs.site("site-c")
     context = rawgrpc.mtls_context(certs.site("site-a").ca, paths.cert, paths.key)
     context.set_alpn_protocols(["bolt"])
     request = bolt.BoltDecoder().feed(vector("bolt_v1_req_echo"))[0]
-    sock = rawgrpc.open_socket("127.0.0.1", bolt_sites.a_peer_port, context, access_domain("site-b", "site-a"), 5)
-    with sock:
-        assert sock.selected_alpn_protocol() == "bolt"
-        sock.sendall(bolt.encode(request))
-        decoder = bolt.BoltDecoder()
-        frames = []
-        while not frames:
-            chunk = sock.recv(65536)
-            assert chunk
-            frames = decoder.feed(chunk)
-    from interlink.wire import sofarpc
-
-    is_error, message = sofarpc.read_response_summary(frames[0].content)
-    assert is_error and "PERMISSION_DENIED" in message and "belongs to site site-b" in message
+    with pytest.raises(ssl.SSLError, match="UNKNOWN_CA|unknown ca"):
+        sock = rawgrpc.open_socket("127.0.0.1", bolt_sites.a_peer_port, context, access_domain("site-b", "site-a"), 5)
+        with sock:
+            port = sock.getsockname()[1]
+            sock.sendall(bolt.encode(request))
+            sock.recv(65536)
+    event = bolt_sites.a.wait_for_event(
+        lambda e: e.get("event") == "audit" and e.get("decision") == "deny" and e.get("remote", "").endswith(f":{port}")
+    )
+    reason = event["reason"].replace(access_domain("site-b", "site-a"), "")
+    assert "site-b" not in reason and "site-c" not in reason
 
 
 def _whoami_request(header: dict[str, str]) -> bytes:
@@ -217,8 +217,9 @@ def test_identity_keys_from_local_callers_are_replaced(bolt_sites):
 
 def test_calls_in_flight_are_bounded_and_the_excess_fails_fast(bolt_sites):
     """Callers cannot queue unbounded work in a gateway: GW-B's link to GW-A carries at most
-    max_concurrent_streams (256) x connections (2) calls; the excess is refused at once with
-    RESOURCE_EXHAUSTED (a SofaResponse error for these hessian2 callers) instead of waiting."""
+    max_concurrent_streams (256) x connections (2) = 512 calls, and one caller connection may hold only
+    its fair share of them (512 // (callers + 1) = 256: room is left for the next caller); the excess is
+    refused at once with RESOURCE_EXHAUSTED (a SofaResponse error for these hessian2 callers)."""
     from interlink.wire import sofarpc
 
     slow = _slow_request(request_id=1, ms=1500)
@@ -226,12 +227,12 @@ def test_calls_in_flight_are_bounded_and_the_excess_fails_fast(bolt_sites):
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"".join(bolt.patch_request_id(slow, i) for i in range(1, 601)))
         decoder, refused = bolt.BoltDecoder(), []
-        while len(refused) < 88:
+        while len(refused) < 344:
             for frame in decoder.feed(sock.recv(65536)):
                 is_error, message = sofarpc.read_response_summary(frame.content)
                 assert is_error and "RESOURCE_EXHAUSTED" in message, message
                 refused.append(frame.request_id)
-    assert sorted(refused) == list(range(513, 601))
+    assert sorted(refused) == list(range(257, 601))
 
 
 def _slow_request(request_id: int, ms: int) -> bytes:

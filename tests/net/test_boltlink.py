@@ -1,4 +1,4 @@
-"""BoltEndpoint over in-memory streams: heartbeats, id matching, orphans, connection loss, bad frames."""
+"""BoltEndpoint over in-memory transports: heartbeats, id matching, orphans, connection loss, bad frames."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import structlog
 import trio
-import trio.testing
 
 from interlink.net.boltlink import BoltEndpoint
 from interlink.net.connection import FlushQueue
+from interlink.net.transport import memory_transport_pair
 from interlink.wire import bolt
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "bolt"
@@ -31,21 +31,21 @@ class Recorder:
         self.lost.append(reason)
 
 
-async def read_frames(stream, count: int) -> list[bolt.BoltFrame]:
+async def read_frames(transport, count: int) -> list[bolt.BoltFrame]:
     decoder, frames = bolt.BoltDecoder(), []
     with trio.fail_after(5):
         while len(frames) < count:
-            frames += decoder.feed(await stream.receive_some(65536))
+            frames += decoder.feed(await transport.receive())
     return frames
 
 
 async def test_heartbeat_is_acked_locally_and_never_reaches_the_owner():
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = memory_transport_pair()
     requests = []
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=lambda e, f: requests.append(f))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
-        await theirs.send_all(vector("bolt_v1_heartbeat"))
+        theirs.write(vector("bolt_v1_heartbeat"))
         (ack,) = await read_frames(theirs, 1)
         assert ack.raw == vector("bolt_v1_heartbeat_ack")
         assert requests == []
@@ -53,7 +53,7 @@ async def test_heartbeat_is_acked_locally_and_never_reaches_the_owner():
 
 
 async def test_responses_match_by_fresh_ids_and_orphans_are_dropped():
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = memory_transport_pair()
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue())
     first, second = Recorder(), Recorder()
     request = bolt.decode(vector("bolt_v1_req_echo"))
@@ -61,14 +61,14 @@ async def test_responses_match_by_fresh_ids_and_orphans_are_dropped():
         nursery.start_soon(endpoint.run)
         id1 = endpoint.send_request(request, request.raw, first)
         id2 = endpoint.send_request(request, request.raw, second)
-        await endpoint.flush()
+        endpoint.flush()
         sent = await read_frames(theirs, 2)
         assert [f.request_id for f in sent] == [id1, id2] and id1 != id2
         endpoint.forget(id1)  # the caller gave up
         response = bolt.decode(vector("bolt_v1_resp_echo"))
         with structlog.testing.capture_logs() as logs:
             for request_id in (id2, id1):
-                await theirs.send_all(bolt.patch_request_id(response.raw, request_id))
+                theirs.write(bolt.patch_request_id(response.raw, request_id))
             with trio.fail_after(5):
                 while not second.responses or not any(e["event"] == "bolt.orphan_response" for e in logs):
                     await trio.sleep(0.01)
@@ -79,7 +79,7 @@ async def test_responses_match_by_fresh_ids_and_orphans_are_dropped():
 
 
 async def test_connection_loss_fails_every_pending_call():
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = memory_transport_pair()
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue())
     calls = [Recorder(), Recorder()]
     request = bolt.decode(vector("bolt_v1_req_add"))
@@ -87,7 +87,7 @@ async def test_connection_loss_fails_every_pending_call():
         nursery.start_soon(endpoint.run)
         for call in calls:
             endpoint.send_request(request, request.raw, call)
-        await theirs.aclose()
+        theirs.close()
         with trio.fail_after(5):
             while not all(call.lost for call in calls):
                 await trio.sleep(0.01)
@@ -95,12 +95,12 @@ async def test_connection_loss_fails_every_pending_call():
 
 
 async def test_a_bad_frame_closes_only_after_answering_what_came_before():
-    ours, theirs = trio.testing.memory_stream_pair()
+    ours, theirs = memory_transport_pair()
     requests = []
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=lambda e, f: requests.append(f))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
-        await theirs.send_all(vector("bolt_v1_req_echo") + vector("bolt_v1_heartbeat") + b"\x09not bolt")
+        theirs.write(vector("bolt_v1_req_echo") + vector("bolt_v1_heartbeat") + b"\x09not bolt")
         (ack,) = await read_frames(theirs, 1)
         assert ack.is_heartbeat and ack.is_response
         with trio.fail_after(5):

@@ -1,0 +1,438 @@
+"""The byte pipes under every connection: TCP and TLS on non-blocking sockets, and an in-memory pair for tests.
+
+Why not trio's streams: a relay's reader writes to *other* connections (a provider's answers go to the
+peer link, the link's to the callers). With `await stream.send_all()` the reader waits whenever one of
+those sockets is full, so one caller that does not read stalls everyone behind the same reader. Here
+`write()` is synchronous and never waits: it hands the bytes to the kernel at once (`socket.send` on the
+non-blocking socket, one system call, no task switch), and whatever the kernel does not take goes to this
+transport's backlog, which its own writer task (`run_writer`) sends as the socket becomes writable. So:
+
+- the common case (the socket has room) costs one `send` and no wake-up at all;
+- a full socket stalls only its own backlog; `buffered` tells producers to pause (HTTP/2 flow control and
+  Bolt reading stop feeding a congested connection), `last_progress` tells the watchdog how long the other
+  side has taken nothing (write timeout), and `on_drained` resumes the producers;
+- TLS runs on memory BIOs (`ssl.SSLObject`): encryption is synchronous too, ciphertext takes the same path.
+
+`receive()` reads what is there (up to `MAX_BATCH` when more keeps coming), so that a read batch sees a
+request and its reset together; it raises `TransportClosed` when the transport was closed or broke, and
+returns b"" at end of stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+from typing import Callable
+
+import trio
+
+READ_SIZE = 256 * 1024
+MAX_BATCH = 1024 * 1024  # at most this much is read in one go when the socket keeps delivering
+
+
+class TransportClosed(Exception):
+    """The transport was closed (by us) or broke; the message says why."""
+
+
+class TlsHandshakeError(Exception):
+    """The TLS handshake failed; the message is OpenSSL's reason (e.g. CERTIFICATE_VERIFY_FAILED).
+    `ssl_object` is the failed session (its `context` tells which SNI context was chosen)."""
+
+    def __init__(self, reason: str, ssl_object: ssl.SSLObject | None = None) -> None:
+        super().__init__(reason)
+        self.ssl_object = ssl_object
+
+
+def describe_os_error(exc: OSError) -> str:
+    if exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection reset by the remote side"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+class Transport:
+    """Bookkeeping shared by every transport: the backlog of bytes the other side has not taken yet."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+        self.error = ""  # why the transport broke ("" after a plain close)
+        self.last_progress = trio.current_time()  # the other side last took bytes (or the backlog began)
+        self.on_drained: Callable[[], None] | None = None  # the backlog has just been sent whole
+        self.remote = ""
+        self._backlog = bytearray()
+        self._wake = trio.Event()
+        self._close_when_drained = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes accepted by `write` that the other side has not taken yet."""
+        return len(self._backlog)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> bytes:
+        raise NotImplementedError
+
+    async def run_writer(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def close_when_drained(self) -> None:
+        """Close once the backlog is sent (at once when there is none)."""
+        if not self._backlog:
+            self.close()
+        else:
+            self._close_when_drained = True
+
+    def _broken(self, reason: str) -> None:
+        if not self.closed:
+            self.error = reason
+            self.close()
+
+    def _queue(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._backlog:
+            self.last_progress = trio.current_time()  # the write timeout counts from here
+        self._backlog += data
+        self._wake.set()
+
+    def _drained(self) -> None:
+        if self._close_when_drained:
+            self.close()
+        elif self.on_drained is not None:
+            self.on_drained()
+
+
+class SocketTransport(Transport):
+    """TCP on a non-blocking socket."""
+
+    def __init__(self, sock: socket.socket, name: str = "") -> None:
+        super().__init__(name)
+        sock.setblocking(False)
+        self.socket = sock
+        try:
+            host, port = sock.getpeername()[:2]
+            self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except OSError:
+            self.remote = "?"
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or not data:
+            return
+        if self._backlog:
+            self._queue(data)
+            return
+        try:
+            sent = self.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._broken(f"send failed: {describe_os_error(exc)}")
+            return
+        if sent < len(data):
+            self._queue(memoryview(data)[sent:])
+
+    async def run_writer(self) -> None:
+        """Send the backlog as the socket takes it; runs for the transport's life, asleep when idle."""
+        sock = self.socket
+        while not self.closed:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._backlog and not self.closed:
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except (trio.ClosedResourceError, OSError):
+                    return
+                try:
+                    sent = sock.send(self._backlog)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._broken(f"send failed: {describe_os_error(exc)}")
+                    return
+                del self._backlog[:sent]
+                self.last_progress = trio.current_time()
+            if not self.closed and not self._backlog:
+                self._drained()
+
+    async def drain(self) -> None:
+        """Wait until the backlog is sent (used before the writer task runs: TLS handshakes)."""
+        while self._backlog and not self.closed:
+            await trio.lowlevel.wait_writable(self.socket)
+            try:
+                sent = self.socket.send(self._backlog)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._broken(f"send failed: {describe_os_error(exc)}")
+                raise TransportClosed(self.error) from None
+            del self._backlog[:sent]
+            self.last_progress = trio.current_time()
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        data = await self._receive_raw()
+        return data
+
+    async def _receive_raw(self) -> bytes:
+        sock = self.socket
+        while True:
+            if self.closed:
+                raise TransportClosed(self.error or "closed")
+            try:
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except (trio.ClosedResourceError, OSError):
+                    raise TransportClosed(self.error or "closed") from None
+                continue
+            except OSError as exc:
+                self._broken(describe_os_error(exc))
+                raise TransportClosed(self.error) from None
+            if len(data) == READ_SIZE:
+                data = self._read_more(data)
+            # Yield once per read even when data was waiting: a busy connection must not starve the others.
+            await trio.lowlevel.checkpoint()
+            return data
+
+    def _read_more(self, first: bytes) -> bytes:
+        """More of what is already waiting, up to MAX_BATCH, without waiting."""
+        chunks = [first]
+        total = len(first)
+        while total < MAX_BATCH:
+            try:
+                more = self.socket.recv(READ_SIZE)
+            except (BlockingIOError, OSError):
+                break  # nothing more now; a real error shows on the next receive
+            if not more:
+                break  # end of stream: the next receive returns b""
+            chunks.append(more)
+            total += len(more)
+            if len(more) < READ_SIZE:
+                break
+        return b"".join(chunks)
+
+    # --- ending ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close now (the backlog is dropped); wakes a reader or writer waiting on the socket."""
+        if self.closed:
+            return
+        self.closed = True
+        self._backlog.clear()
+        self._wake.set()
+        if self.socket.fileno() != -1:
+            trio.lowlevel.notify_closing(self.socket)
+        self.socket.close()
+
+
+class TlsTransport(SocketTransport):
+    """TLS on memory BIOs over a non-blocking socket. Build one with `tls_handshake`."""
+
+    def __init__(self, sock: socket.socket, ssl_object: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO, name: str = "") -> None:
+        super().__init__(sock, name)
+        self.ssl_object = ssl_object
+        self._incoming = incoming
+        self._outgoing = outgoing
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or not data:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                written = self.ssl_object.write(view)
+                view = view[written:]
+        except ssl.SSLError as exc:
+            self._broken(f"TLS error: {exc.reason or exc}")
+            return
+        self._push_outgoing()
+
+    def _push_outgoing(self) -> None:
+        if self._outgoing.pending:
+            SocketTransport.write(self, self._outgoing.read())
+
+    async def receive(self) -> bytes:
+        chunks: list[bytes] = []
+        total = 0
+        ssl_object = self.ssl_object
+        while True:
+            try:
+                chunk = ssl_object.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                if chunks:
+                    break
+                raw = await self._receive_raw()
+                if not raw:
+                    return b""  # end of stream (with or without close_notify)
+                self._incoming.write(raw)
+                continue
+            except ssl.SSLZeroReturnError:
+                break  # close_notify: what came before it, then b"" on the next call
+            except ssl.SSLError as exc:
+                self._broken(f"TLS error: {exc.reason or exc}")
+                raise TransportClosed(self.error) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total >= MAX_BATCH:
+                break
+        self._push_outgoing()  # post-handshake messages (key updates) the read produced
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+    # what the gateway asks of a TLS connection after the handshake
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self.ssl_object.context
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self.ssl_object.selected_alpn_protocol()
+
+    def getpeercert(self, binary_form: bool = True) -> bytes | None:
+        return self.ssl_object.getpeercert(binary_form=binary_form)  # type: ignore[return-value]
+
+    def version(self) -> str | None:
+        return self.ssl_object.version()
+
+
+async def tls_handshake(
+    sock: socket.socket, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None,
+    name: str = "",
+) -> TlsTransport:
+    """A TLS handshake on `sock`; the caller bounds it in time. Raises TlsHandshakeError or TransportClosed."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ssl_object = context.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname)
+    transport = TlsTransport(sock, ssl_object, incoming, outgoing, name)
+    try:
+        while True:
+            try:
+                ssl_object.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                transport._push_outgoing()
+                await transport.drain()
+                raw = await transport._receive_raw()
+                if not raw:
+                    raise TransportClosed("the other side closed the connection during the TLS handshake") from None
+                incoming.write(raw)
+            except ssl.SSLError as exc:
+                transport._push_outgoing()  # the alert, so the other side learns why
+                try:
+                    transport.socket.send(transport._backlog)
+                except OSError:
+                    pass
+                detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+                raise TlsHandshakeError(detail, ssl_object) from None
+        transport._push_outgoing()
+        await transport.drain()
+    except BaseException:
+        transport.close()
+        raise
+    return transport
+
+
+# --- in memory, for tests ---------------------------------------------------------------------------------
+
+
+class MemoryTransport(Transport):
+    """One end of an in-memory pipe (`memory_transport_pair`) whose other end takes at most `capacity`
+    unread bytes, like a socket buffer: beyond that, writes go to the backlog until the other end reads."""
+
+    def __init__(self, name: str, capacity: int) -> None:
+        super().__init__(name)
+        self.capacity = capacity
+        self.other: MemoryTransport | None = None
+        self._inbound = bytearray()
+        self._readable = trio.Event()
+        self._eof = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed or not data:
+            return
+        if self._backlog:
+            self._queue(data)
+            return
+        taken = self._deliver(data)
+        if taken < len(data):
+            self._queue(memoryview(data)[taken:])
+
+    def _deliver(self, data: bytes | bytearray | memoryview) -> int:
+        other = self.other
+        if other is None or other.closed:
+            return len(data)  # like a socket whose peer is gone: the bytes vanish
+        room = max(0, other.capacity - len(other._inbound))
+        taken = min(room, len(data))
+        if taken:
+            other._inbound += data[:taken]
+            other._readable.set()
+        return taken
+
+    async def run_writer(self) -> None:
+        while not self.closed:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._backlog and not self.closed:
+                taken = self._deliver(self._backlog)
+                if taken:
+                    del self._backlog[:taken]
+                    self.last_progress = trio.current_time()
+                else:
+                    assert self.other is not None
+                    await self.other._space_freed()
+            if not self.closed and not self._backlog:
+                self._drained()
+
+    async def _space_freed(self) -> None:
+        self._space = trio.Event()
+        await self._space.wait()
+
+    async def receive(self) -> bytes:
+        while not self._inbound:
+            if self.closed:
+                raise TransportClosed(self.error or "closed")
+            if self._eof:
+                return b""
+            self._readable = trio.Event()
+            await self._readable.wait()
+        data = bytes(self._inbound)
+        self._inbound.clear()
+        space = getattr(self, "_space", None)
+        if space is not None:
+            space.set()
+        await trio.lowlevel.checkpoint()
+        return data
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._backlog.clear()
+        self._wake.set()
+        self._readable.set()
+        space = getattr(self, "_space", None)
+        if space is not None:
+            space.set()
+        other = self.other
+        if other is not None:
+            other._eof = True
+            other._readable.set()
+            other_space = getattr(other, "_space", None)
+            if other_space is not None:
+                other_space.set()
+
+
+def memory_transport_pair(capacity: int = 256 * 1024) -> tuple[MemoryTransport, MemoryTransport]:
+    """Two connected in-memory transports, each end buffering at most `capacity` unread bytes."""
+    a, b = MemoryTransport("memory-a", capacity), MemoryTransport("memory-b", capacity)
+    a.other, b.other = b, a
+    a.remote, b.remote = "memory:b", "memory:a"
+    return a, b
