@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from interlink.control.certs import parse_site_identity, site_identity_uri
 from interlink.control.config import ExportConfig, HostPort, ImportConfig, SiteConfig
 from interlink.control.sitefile import Problem, SiteFileError, canonical_host, listen_addresses, load_site
+from interlink.net.tls import certificate_refusal
 
 __all__ = ["check_between", "check_certificates", "check_files"]
 
@@ -112,13 +113,21 @@ def check_certificates(site: SiteConfig) -> list[Problem]:
                 f"{site.tls.key} is not the private key of the certificate in tls.cert ({site.tls.cert});"
                 " use the key that was created together with that certificate",
             )
+    if not problems:
+        # The judgement the gateway itself makes at start and reload (a rehearsed peer-link handshake):
+        # whatever the checks above missed, check never says ok to a certificate the gateway refuses.
+        refusal = certificate_refusal(site.tls.cert, site.tls.key, site.tls.ca, site=site.site,
+                                      trust_domain=site.trust_domain)
+        if refusal is not None:
+            report("tls.cert", f"{site.tls.cert}: {refusal}")
 
     for name, peer in site.peers.items():
         peer_hint = f"copy {name}'s ca.pem here or fix the path"
         peer_certs = _load(report, f"peers.{name}.ca", peer.ca, _read_certificates, peer_hint)
-        if peer_certs is not None:
-            for message in _ca_problems(peer_certs[0]):
-                report(f"peers.{name}.ca", f"{peer.ca} {message}")
+        for certificate in peer_certs or ():  # a bundle may hold several CAs (a CA rotation)
+            for message in _ca_problems(certificate):
+                subject = f" ({certificate.subject.rfc4514_string()})" if len(peer_certs or ()) > 1 else ""
+                report(f"peers.{name}.ca", f"{peer.ca}{subject} {message}")
     return problems
 
 
@@ -352,13 +361,24 @@ def _check_peer_ca(ours: SiteConfig, theirs: SiteConfig) -> Iterator[Problem]:
         actual = [cert.public_bytes(serialization.Encoding.DER) for cert in _read_certificates(theirs.tls.ca)]
     except _UnusableFile:
         return
+    key = f"peers.{theirs.site}.ca"
     if not any(der in pinned for der in actual):
-        key = f"peers.{theirs.site}.ca"
         yield _problem(
             ours,
             key,
             f"{pinned_path} is not {theirs.site}'s CA: {_at(theirs, 'tls.ca')}: tls.ca is {theirs.tls.ca},"
             " a different certificate; copy that file here",
+        )
+        return
+    # What our gateway will do with their certificate on the peer link (the same judgement, rehearsed).
+    refusal = certificate_refusal(theirs.tls.cert, theirs.tls.key, pinned_path, site=theirs.site,
+                                  trust_domain=ours.trust_domain)
+    if refusal is not None:
+        yield _problem(
+            ours,
+            key,
+            f"{theirs.site}'s gateway certificate ({_at(theirs, 'tls.cert')}: {theirs.tls.cert}) would be refused: "
+            f"{refusal}; add the CA that issued it to {pinned_path}",
         )
 
 

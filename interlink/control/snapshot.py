@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from interlink.control.config import AclRule, ExportConfig, HostPort, ImportConfig, PeerConfig, SiteConfig
 from interlink.net import tls
@@ -79,6 +80,8 @@ class Snapshot:
     peer_of_domain: Mapping[bytes, str]  # access domain we gave -> the only site that may use it
     domain_of_peer: Mapping[str, bytes]
     peer_cas: Mapping[str, tuple[x509.Certificate, ...]]  # peer site -> its CA bundle
+    peer_anchors: Mapping[str, frozenset[bytes]]  # peer site -> its CA bundle, DER (to re-judge live connections)
+    own_identity: bytes  # our certificate file + key file, to tell whether a reload changed them
     server_tls: tls.PeerServerTLS | None
     client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN h2)
     client_tls_bolt: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN bolt)
@@ -138,6 +141,11 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
         peer_of_domain={domain.lower().encode(): peer for peer, domain in config.domains.items()},
         domain_of_peer={peer: domain.lower().encode() for peer, domain in config.domains.items()},
         peer_cas=peer_cas,
+        peer_anchors={
+            name: frozenset(certificate.public_bytes(serialization.Encoding.DER) for certificate in bundle)
+            for name, bundle in peer_cas.items()
+        },
+        own_identity=_read(config.tls.cert) + b"\0" + _read(config.tls.key),
         server_tls=server_tls,
         client_tls=client_tls,
         client_tls_bolt=client_tls_bolt,
@@ -161,6 +169,13 @@ def _by_caller_protocol(
     for route in sorted(routes, key=lambda route: route.protocol == protocol):
         table[key(route)] = route
     return table
+
+
+def _read(path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _load_ca(peer: PeerConfig) -> tuple[x509.Certificate, ...]:

@@ -156,7 +156,7 @@ class Forwarder:
             self._dispatch(group, call, upstream, send)
         elif group.up:
             call.fail(Status.RESOURCE_EXHAUSTED, f"all connections to {group.name} are at their concurrent call limit; retry later")
-        elif group.first_connect_pending:
+        elif group.connecting:  # starting up, or a connection is being replaced: wait for it, within the deadline
             self._nursery.start_soon(self._upstream_when_ready, group, call, send)
         else:
             call.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
@@ -176,7 +176,10 @@ class Forwarder:
         self, group: PoolGroup, call: PendingCall, send: Callable[[PooledConnection], None]
     ) -> None:
         with trio.move_on_at(min(call.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
-            await group.wait_ready()
+            if group.first_connect_pending:
+                await group.wait_ready()  # a gateway that just started: through its first retries
+            else:
+                await group.wait_settled()  # a reconnect: only while that attempt lasts
         if not call.done:
             upstream = group.pick()
             if call.deadline <= trio.current_time():

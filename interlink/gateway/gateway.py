@@ -168,10 +168,39 @@ class Gateway:
         self.static_registry.replace(_static_sets(snapshot))  # removed exports get an empty set
         if self._nursery is not None:
             self._nursery.start_soon(self._follow_static, self._nursery, snapshot)
-        self._snapshot = snapshot
+        previous, self._snapshot = self._snapshot, snapshot
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
         log_expiring_certificates(snapshot)
+        self._retrust(previous, snapshot)
+
+    def _retrust(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Live peer connections judged again after a reload. A connection from a peer whose certificate no
+        longer chains to that peer's CA bundle (or whose access domain is gone) is closed: removing a CA
+        takes effect at once. Our own connections to a peer are replaced without failing a call (a new one
+        is dialled, the old one finishes its calls) when our certificate changed, so that the peer sees the
+        new one, or when theirs no longer chains to the new bundle."""
+        own_changed = previous.own_identity != snapshot.own_identity
+        for endpoint in list(self._ingress):
+            site = endpoint.attributes.get("site")
+            if site is None:
+                continue  # a local caller
+            reason = _untrusted(endpoint, snapshot, site)
+            if endpoint.attributes.get("sni") not in (snapshot.server_tls.by_domain if snapshot.server_tls else {}):
+                reason = reason or "its access domain is no longer configured"
+            if reason is not None:
+                log.warning("peer.revoked", peer=site, remote=endpoint.remote, reason=reason)
+                audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", peer=site,
+                               remote=endpoint.remote, reason=f"connection closed after reload: {reason}")
+                endpoint.shutdown(f"no longer trusted: {reason}")
+        for groups in (self.peer_groups, self.bolt_peer_groups):
+            for name, group in groups.items():
+                for pool in group.pools:
+                    for endpoint in list(pool.endpoints):
+                        reason = "our certificate changed" if own_changed else _untrusted(endpoint, snapshot, name)
+                        if reason is not None:
+                            pool.recycle(endpoint, reason)
+        self.flush_queue.flush()
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         fd_limit = raise_fd_limit()
@@ -345,6 +374,7 @@ class Gateway:
             )
         endpoint.attributes["site"] = site
         endpoint.attributes["sni"] = sni
+        endpoint.attributes["chain"] = transport.verified_chain()
         log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=transport.version(), alpn=alpn)
         await self._serve_ingress(endpoint, "peer")
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
@@ -363,7 +393,7 @@ class Gateway:
 
         async def connect() -> H2Endpoint:
             transport, site = await self._dial_peer(peer, address, tls.ALPN_H2)
-            return H2Endpoint(
+            endpoint = H2Endpoint(
                 transport,
                 client_side=True,
                 flush_queue=self.flush_queue,
@@ -371,13 +401,15 @@ class Gateway:
                 name=f"peer-out:{site}@{address}",
                 policy=self.limits.outbound_policy,
             )
+            endpoint.attributes["chain"] = transport.verified_chain()
+            return endpoint
 
         return self._peer_connection_pool(peer, address, connect)
 
     def _bolt_peer_pool(self, peer: PeerConfig, address: HostPort) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
             transport, site = await self._dial_peer(peer, address, tls.ALPN_BOLT)
-            return BoltEndpoint(
+            endpoint = BoltEndpoint(
                 transport,
                 flush_queue=self.flush_queue,
                 max_pending=peer.max_concurrent_streams,
@@ -385,6 +417,8 @@ class Gateway:
                 name=f"peer-out-bolt:{site}@{address}",
                 policy=self.limits.outbound_policy,
             )
+            endpoint.attributes["chain"] = transport.verified_chain()
+            return endpoint
 
         return self._peer_connection_pool(peer, address, connect)
 
@@ -444,6 +478,17 @@ class Gateway:
             f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0,
             table=self.connections,
         )
+
+
+def _untrusted(endpoint, snapshot: Snapshot, site: str) -> str | None:
+    """Why a live connection with `site` is not covered by the snapshot's trust any more, or None."""
+    anchors = snapshot.peer_anchors.get(site)
+    if anchors is None:
+        return f"site {site} is no longer a peer"
+    chain = endpoint.attributes.get("chain") or ()
+    if not anchors.intersection(chain):
+        return f"its certificate no longer chains to the CA bundle of peers.{site}.ca"
+    return None
 
 
 def _with_streams(settings: H2Settings, max_streams: int) -> H2Settings:

@@ -120,6 +120,20 @@ class BoltEndpoint(Connection):
         self.calls -= 1
         if not self.calls:
             self.idle_since = trio.current_time()
+            if self.draining:
+                self._close_if_done()
+
+    def retire(self, reason: str) -> None:
+        """Take no new calls (a pool stops choosing this connection) and close once the open ones end."""
+        if self.closed:
+            return
+        self.draining = True
+        self.close_reason = self.close_reason or reason
+        self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if not self.streams and not self.calls and not self.closed:
+            self.close(self.close_reason or "drained")
 
     # --- writing -------------------------------------------------------------------------------------------
 
@@ -144,6 +158,8 @@ class BoltEndpoint(Connection):
     def forget(self, request_id: int) -> None:
         """The caller gave up (deadline, its connection ended): a late response will be dropped."""
         self.streams.pop(request_id, None)
+        if self.draining and not self.streams:
+            self._close_if_done()
 
     def _pending_output(self) -> bytes:
         if not self._out:
@@ -202,6 +218,8 @@ class BoltEndpoint(Connection):
                     log.debug("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
                     return
                 call.on_response(frame)
+                if self.draining and not self.streams:
+                    self._close_if_done()
             elif self._on_request is not None:
                 self._on_request(self, frame)
         except Exception:  # a bug in one call must not take the connection (and every other call) down

@@ -50,6 +50,7 @@ log = structlog.get_logger("interlink.net.h2")
 Headers = list[tuple[bytes, bytes]]
 
 MAX_FRAME_SIZE = 1 << 16  # what we accept (SETTINGS_MAX_FRAME_SIZE)
+_GOAWAY_PING = b"ilgoaway"  # the PING between the two GOAWAYs of a graceful shutdown
 ErrorCodes = h2.errors.ErrorCodes
 
 
@@ -161,6 +162,7 @@ class H2Endpoint(Connection):
         self._on_request = on_request
         self._on_refused = on_refused
         self._close_when_flushed = False
+        self._goaway_final = False  # the GOAWAY that names the last stream we take has been queued
         now = trio.current_time()
         self.scanner = h2frames.FrameScanner(
             expect_preface=not client_side,
@@ -204,7 +206,7 @@ class H2Endpoint(Connection):
         self.streams.pop(stream_id, None)
         if not self.streams:
             self.idle_since = trio.current_time()
-            if self.draining:
+            if self.draining and self._goaway_final:
                 self._close_when_flushed = True  # after the last response has gone out
                 self._mark()
         if self._unanswered:
@@ -295,14 +297,37 @@ class H2Endpoint(Connection):
             self._mark()
 
     def goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
-        """Graceful GOAWAY: streams already open finish, new ones are refused."""
+        """Graceful GOAWAY in two steps (RFC 9113 6.8), so that no stream the client opens meanwhile is lost:
+        first GOAWAY(2^31-1) and a PING, then, when the PING is answered (the client has seen the first),
+        GOAWAY(last stream we took); streams open by then finish, and the connection closes after them."""
         if self.closed or self.draining:
             return
         self.draining = True
-        self._queue_goaway(error_code)
+        if self.client_side:
+            self.retire("we are shutting down")
+            return
+        self._queue_goaway(error_code, last_stream_id=0x7FFFFFFF)
+        self.conn.ping(_GOAWAY_PING)
+        self._mark()
+
+    def retire(self, reason: str) -> None:
+        """Take no new streams (a pool stops choosing this connection) and close once the open ones end."""
+        if self.closed:
+            return
+        self.draining = True
+        self._goaway_final = True
+        self.close_reason = self.close_reason or reason
         if not self.streams:
             self._close_when_flushed = True
         self._mark()
+
+    def _final_goaway(self) -> None:
+        if self._goaway_final or self.closed:
+            return
+        self._goaway_final = True
+        self._queue_goaway(ErrorCodes.NO_ERROR)
+        if not self.streams:
+            self._close_when_flushed = True
 
     def shutdown(self, reason: str) -> None:
         """Idle or shed: GOAWAY NO_ERROR (callers retry elsewhere), then close once it is sent."""
@@ -325,11 +350,11 @@ class H2Endpoint(Connection):
             self._on_refused(self, 0, reason)
         self.close(reason)
 
-    def _queue_goaway(self, error_code: int, debug: bytes = b"") -> None:
+    def _queue_goaway(self, error_code: int, debug: bytes = b"", last_stream_id: int | None = None) -> None:
         # Serialised here rather than with h2's close_connection, which would close h2's state machine
         # and with it the streams a graceful GOAWAY lets finish.
         frame = hyperframe.frame.GoAwayFrame(stream_id=0)
-        frame.last_stream_id = self.conn.highest_inbound_stream_id
+        frame.last_stream_id = self.conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
         frame.error_code = error_code
         frame.additional_data = debug
         self.conn._data_to_send += frame.serialize()  # noqa: SLF001
@@ -455,7 +480,10 @@ class H2Endpoint(Connection):
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._all_writable()
             elif kind is h2.events.PingAckReceived:
-                self._probe_outstanding = False
+                if event.ping_data == _GOAWAY_PING:
+                    self._final_goaway()
+                else:
+                    self._probe_outstanding = False
             elif kind is h2.events.ConnectionTerminated:
                 self._on_goaway(event)
             # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
@@ -522,6 +550,7 @@ class H2Endpoint(Connection):
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
         self.draining = True
+        self._goaway_final = True
         last = event.last_stream_id if event.last_stream_id is not None else 0
         reason = f"the remote side sent GOAWAY ({_code_name(event.error_code)})"
         self.close_reason = reason

@@ -38,6 +38,7 @@ class PooledConnection(Protocol):
     def slots(self) -> int: ...
     async def run(self) -> None: ...
     async def keepalive(self, interval: float, timeout: float) -> None: ...
+    def retire(self, reason: str) -> None: ...
 
 
 Connector = Callable[[], Awaitable[PooledConnection]]
@@ -74,6 +75,8 @@ class ConnectionPool:
         self._backoff = (backoff_initial, backoff_max)
         self._ready = trio.Event()
         self._table = table
+        self._nursery: trio.Nursery | None = None
+        self._recycled: set[int] = set()  # ids of endpoints replaced by `recycle`: their slot loop ends
         self.retired = False  # set when nobody routes here any more: slots stop reconnecting
 
     def pick(self) -> PooledConnection | None:
@@ -94,8 +97,20 @@ class ConnectionPool:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             for slot in range(self.size):
                 nursery.start_soon(self._keep_slot_connected, slot)
+
+    def recycle(self, endpoint: PooledConnection, reason: str) -> None:
+        """Replace a connection without failing a call: a new one is dialled at once for its slot, the old
+        one takes no new calls and closes when its calls are done (after a reload changed the certificates
+        it was made with)."""
+        if id(endpoint) in self._recycled or self._nursery is None:
+            return
+        self._recycled.add(id(endpoint))
+        log.info("pool.recycled", pool=self.name, endpoint=endpoint.name, reason=reason)
+        endpoint.retire(reason)
+        self._nursery.start_soon(self._keep_slot_connected, -1)
 
     async def _keep_slot_connected(self, slot: int) -> None:
         initial, ceiling = self._backoff
@@ -112,6 +127,9 @@ class ConnectionPool:
             except Exception:  # a bug in one connection must not take the gateway down
                 log.exception("pool.connection_crashed", pool=self.name, slot=slot)
             log.info("pool.connection_closed", pool=self.name, slot=slot, reason=endpoint.close_reason)
+            if id(endpoint) in self._recycled:
+                self._recycled.discard(id(endpoint))
+                return  # its replacement has its own loop
 
     async def _connect_once(self, slot: int) -> PooledConnection | None:
         self.connecting += 1
@@ -204,6 +222,16 @@ class PoolGroup:
     def first_connect_pending(self) -> bool:
         """No connection has ever come up, but one is being attempted (startup race)."""
         return not any(pool.ever_connected for pool in self.pools) and any(pool.connecting for pool in self.pools)
+
+    @property
+    def connecting(self) -> bool:
+        """A connection is being made right now (startup, a replacement, a reconnect)."""
+        return any(pool.connecting for pool in self.pools)
+
+    async def wait_settled(self) -> None:
+        """Until a connection is up, or no connection attempt is in progress any more (then it failed)."""
+        while not self.up and self.connecting:
+            await trio.sleep(0.005)
 
     @property
     def last_error(self) -> str:

@@ -27,6 +27,11 @@ from typing import Callable
 
 import trio
 
+try:
+    from _ssl import ENCODING_DER as _DER
+except ImportError:  # pragma: no cover - every CPython has it
+    _DER = 2
+
 READ_SIZE = 256 * 1024
 MAX_BATCH = 1024 * 1024  # at most this much is read in one go when the socket keeps delivering
 
@@ -302,6 +307,18 @@ class TlsTransport(SocketTransport):
 
     def version(self) -> str | None:
         return self.ssl_object.version()
+
+    def verified_chain(self) -> tuple[bytes, ...]:
+        """The peer's certificate chain as OpenSSL verified it (leaf first, trust anchor last), DER. Kept per
+        connection so that a reload can tell which live connections a new trust bundle no longer covers.
+        (Public in Python 3.13 as SSLObject.get_verified_chain; the same method of the C object before.)"""
+        getter = getattr(self.ssl_object, "get_verified_chain", None) or getattr(
+            self.ssl_object._sslobj, "get_verified_chain", None  # noqa: SLF001
+        )
+        if getter is None:
+            leaf = self.getpeercert(binary_form=True)
+            return (leaf,) if leaf else ()
+        return tuple(certificate.public_bytes(_DER) for certificate in getter() or ())
 
 
 async def tls_handshake(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from interlink.wire.cache import BoundedCache
 from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader, SofaHessianWriter
 
 __all__ = [
@@ -103,7 +104,8 @@ def _read_request_head(reader: SofaHessianReader) -> SofaRequestHead:
 
 
 class RequestHeadCache:
-    """Remembers the heads already read, keyed by their exact bytes.
+    """Remembers the heads already read, keyed by their exact bytes (a bounded cache: heads of at most
+    MAX_HEAD bytes, kept when seen twice; see interlink.wire.cache).
 
     Sound because the head is the stream's first value: its parse depends only on its own bytes, so a
     body that starts with bytes that once parsed as a complete head of length L has that very head.
@@ -112,10 +114,13 @@ class RequestHeadCache:
     one slice and one dict lookup per known length instead of a Hessian parse.
     """
 
+    MAX_HEAD = 1024  # bytes; a larger head (big requestProps) is parsed every time, never kept
+
     def __init__(self, max_entries: int = 1024) -> None:
-        self._heads: dict[bytes, SofaRequestHead] = {}
+        self._heads: BoundedCache[bytes, SofaRequestHead] = BoundedCache(
+            max_entries=max_entries, max_bytes=max_entries * 2 * self.MAX_HEAD, max_item=2 * self.MAX_HEAD
+        )
         self._lengths: dict[int, None] = {}  # distinct head lengths seen, most recent last
-        self._max_entries = max_entries
 
     def read(self, content: bytes) -> SofaRequestHead:
         heads = self._heads
@@ -125,14 +130,13 @@ class RequestHeadCache:
                 return head
         reader = SofaHessianReader(content)
         head = _read_request_head(reader)
-        if len(heads) >= self._max_entries:
-            heads.clear()
-            self._lengths.clear()
-        heads[bytes(content[: reader.offset])] = head
-        self._lengths.pop(reader.offset, None)
-        self._lengths[reader.offset] = None
-        if len(self._lengths) > 8:  # keep the probe short; rarely used lengths fall out
-            del self._lengths[next(iter(self._lengths))]
+        length = reader.offset
+        if length <= self.MAX_HEAD:
+            heads.put(bytes(content[:length]), head, 2 * length)
+            self._lengths.pop(length, None)
+            self._lengths[length] = None
+            if len(self._lengths) > 8:  # keep the probe short; rarely used lengths fall out
+                del self._lengths[next(iter(self._lengths))]
         return head
 
 

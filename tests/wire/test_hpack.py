@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder, decode_integer, encode_integer
+from interlink.wire.hpack import BLOCKS, FIELDS, HUFFMAN, HeaderBlockDecoder, HeaderBlockEncoder, decode_integer, encode_integer
 
 # RFC 7541 C.4: three requests on one connection, Huffman-coded, sharing the dynamic table.
 RFC_C4 = [
@@ -125,22 +125,41 @@ def test_stateless_blocks_are_cached_and_stateful_ones_are_not():
     decoder = HeaderBlockDecoder()
     stateless = HeaderBlockEncoder().encode([(b":status", b"200"), (b"grpc-status", b"0")])
     assert decoder.decode(stateless) == decoder.decode(stateless) == [(b":status", b"200"), (b"grpc-status", b"0")]
-    assert stateless in decoder._blocks
+    assert BLOCKS.get(stateless) is not None  # kept the second time it was seen
     # A block that inserts into the dynamic table, then one that refers to the entry: never cached,
     # since the second decodes differently after the table changes.
     inserting = hpack.Encoder().encode([(b"x-a", b"1")])
     assert decoder.decode(inserting) == [(b"x-a", b"1")]
     referring = bytes([0x80 | 62])
     assert decoder.decode(referring) == [(b"x-a", b"1")]
-    assert inserting not in decoder._blocks and referring not in decoder._blocks
+    decoder.decode(inserting)
+    decoder.decode(referring)
+    assert BLOCKS.get(inserting) is None and BLOCKS.get(referring) is None
     decoder.decode(hpack.Encoder().encode([(b"x-b", b"2")]))  # x-b is now index 62
     assert decoder.decode(referring) == [(b"x-b", b"2")]
 
 
-def test_lowering_the_list_size_limit_drops_cached_blocks():
+def test_lowering_the_list_size_limit_applies_to_cached_blocks():
     decoder = HeaderBlockDecoder()
     block = HeaderBlockEncoder().encode([(b"x-big", b"v" * 80)])
     decoder.decode(block)
+    decoder.decode(block)
+    assert BLOCKS.get(block) is not None
     decoder.max_header_list_size = 100
     with pytest.raises(hpack.exceptions.OversizedHeaderListError):
         decoder.decode(block)
+
+
+def test_caches_keep_neither_big_nor_one_off_values():
+    """The issue's attack: thousands of distinct 48 KB Huffman-coded values must leave nothing behind."""
+    before = (len(BLOCKS), len(HUFFMAN), len(FIELDS), BLOCKS.bytes + HUFFMAN.bytes + FIELDS.bytes)
+    decoder, encoder = HeaderBlockDecoder(max_header_list_size=1 << 20), HeaderBlockEncoder()
+    for index in range(50):
+        value = f"{index:05d}".encode() * 9_600  # 48 KB
+        block = hpack.Encoder().encode([(b"x-big", value)], huffman=True)
+        assert decoder.decode(block) == [(b"x-big", value)]
+        encoder.encode([(b"x-big", value)])
+    for index in range(200):  # small but each seen once: not kept either
+        decoder.decode(HeaderBlockEncoder().encode([(b"x-once", f"{index}".encode())]))
+    assert BLOCKS.bytes + HUFFMAN.bytes + FIELDS.bytes - before[3] < 64 * 1024
+    assert all(cache.bytes <= cache.max_bytes for cache in (BLOCKS, HUFFMAN, FIELDS))

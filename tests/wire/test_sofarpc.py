@@ -333,3 +333,30 @@ def test_request_head_cache_agrees_with_a_fresh_read():
             assert cache.read(content + b"\x91") == sofarpc.read_request_head(content)
     with pytest.raises(HessianError):
         cache.read(b"\x4f\x00")
+
+
+def test_request_head_cache_keeps_no_big_or_one_off_heads():
+    """The issue's attack: ~1 MiB SofaRequest heads, all different, must not stay in memory."""
+    from interlink.wire.hessian2 import HessianObject, SofaHessianWriter
+    from interlink.wire.sofarpc import RequestHeadCache
+
+    def head(props: dict) -> bytes:
+        writer = SofaHessianWriter()
+        writer.write_object(HessianObject(sofarpc.SOFA_REQUEST_CLASS, {
+            "methodName": "echo", "methodArgSigs": ["java.lang.String"],
+            "targetServiceUniqueName": "com.example.EchoService:1.0", "targetAppName": None, "requestProps": props,
+        }))
+        return writer.getvalue()
+
+    cache = RequestHeadCache()
+    for index in range(3):
+        big = head({"pad": f"{index}" + "x" * (1 << 20)})
+        assert cache.read(big).method_name == "echo"
+        assert cache.read(big).method_name == "echo"  # seen twice, still too big to keep
+    for index in range(100):
+        cache.read(head({"trace": str(index)}))  # small, but each seen once
+    assert len(cache._heads) == 0 and cache._heads.bytes == 0
+    small = head({"app": "order-app"})
+    cache.read(small)
+    cache.read(small)
+    assert len(cache._heads) == 1
