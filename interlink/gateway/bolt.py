@@ -92,7 +92,7 @@ class BoltCallRelay:
         self.upstream_group: PoolGroup | None = None  # whose fair share this call holds
         self._timers = timers
         self._timer = timers.add(deadline, self) if deadline != math.inf else None  # type: ignore[arg-type]
-        down.call_started()
+        down.call_started(request.request_id, self)
 
     def forwarded(self) -> None:
         """The request went upstream: keep only what answering needs (ids, versions, codec), not its body."""
@@ -125,6 +125,15 @@ class BoltCallRelay:
                 self.cancel_up()
             self.fail(Status.DEADLINE_EXCEEDED, "deadline exceeded at the gateway")
 
+    def caller_gone(self, reason: str) -> None:
+        """The caller's connection ended, or its gateway cancelled the call: drop it upstream, answer nothing."""
+        if self.done:
+            return
+        if self.cancel_up is not None:
+            self.cancel_up()
+            self.cancel_up = None
+        self._finish("CANCELLED", reason)
+
     def sent_oneway(self) -> None:
         """A oneway call is complete once forwarded: nothing comes back, and nothing is kept for it."""
         self._finish("OK", "")
@@ -138,7 +147,7 @@ class BoltCallRelay:
 
     def _finish(self, status: str, message: str) -> None:
         self.done = True
-        self.down.call_ended()
+        self.down.call_ended(self.request.request_id, self)
         if self.upstream_group is not None:
             self.upstream_group.release(self.down)
             self.upstream_group = None

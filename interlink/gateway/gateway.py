@@ -17,6 +17,7 @@ file's `limits:` for its kind (local caller, peer gateway, our own outbound conn
 
 from __future__ import annotations
 
+import math
 import socket
 from dataclasses import dataclass, replace
 
@@ -64,6 +65,7 @@ class ConnectionLimits:
     local_h2_policy: ConnectionPolicy
     local_bolt_policy: ConnectionPolicy
     peer_policy: ConnectionPolicy
+    peer_bolt_policy: ConnectionPolicy
     outbound_policy: ConnectionPolicy
 
     @classmethod
@@ -80,9 +82,9 @@ class ConnectionLimits:
                 control_frames_per_second=limits.control_frames_per_second,
             )
 
-        def inbound(idle: float, rule: IdleRule) -> ConnectionPolicy:
+        def inbound(idle: float, rule: IdleRule, preface: float = limits.preface_timeout) -> ConnectionPolicy:
             return ConnectionPolicy(
-                preface_timeout=limits.preface_timeout, idle_timeout=idle, idle_rule=rule,
+                preface_timeout=preface, idle_timeout=idle, idle_rule=rule,
                 partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
                 output_limit=limits.connection_output_bytes,
             )
@@ -92,8 +94,11 @@ class ConnectionLimits:
             local_h2=h2(limits.max_concurrent_streams, limits.initial_window, limits.connection_window),
             peer_h2=h2(peer_streams, limits.peer_initial_window, limits.peer_connection_window),
             local_h2_policy=inbound(limits.idle_timeout, IdleRule.NO_CALLS),
-            local_bolt_policy=inbound(limits.idle_timeout, IdleRule.NO_FRAMES),
+            # Bolt has no preface: a client may open a connection and send nothing until its first call or
+            # heartbeat (Java SOFARPC does); such a connection is judged by the idle timeout instead.
+            local_bolt_policy=inbound(limits.idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
             peer_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES),
+            peer_bolt_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
             outbound_policy=ConnectionPolicy(
                 partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
                 output_limit=limits.connection_output_bytes,
@@ -359,7 +364,7 @@ class Gateway:
                 transport, flush_queue=self.flush_queue, on_request=self._bolt.on_peer_request,
                 max_pending=self.config.limits.bolt_max_pending,
                 max_frame_size=self.config.limits.bolt_max_frame_bytes, partial_budget=self.partial_frames,
-                name=f"peer-in-bolt:{site}@{remote}", policy=self.limits.peer_policy,
+                name=f"peer-in-bolt:{site}@{remote}", policy=self.limits.peer_bolt_policy, link=True,
             )
         else:
             endpoint = H2Endpoint(
@@ -416,6 +421,7 @@ class Gateway:
                 max_frame_size=self.config.limits.bolt_max_frame_bytes,
                 name=f"peer-out-bolt:{site}@{address}",
                 policy=self.limits.outbound_policy,
+                link=True,
             )
             endpoint.attributes["chain"] = transport.verified_chain()
             return endpoint

@@ -25,7 +25,7 @@ import trio
 
 from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
 from interlink.net.transport import Transport
-from interlink.wire import bolt
+from interlink.wire import bolt, bolt_call
 
 log = structlog.get_logger("interlink.net.bolt")
 
@@ -37,6 +37,13 @@ class BoltCall(Protocol):
 
     def on_response(self, frame: bolt.BoltFrame) -> None: ...
     def on_connection_lost(self, reason: str) -> None: ...
+
+
+class InboundCall(Protocol):
+    """What a server-side endpoint tells the owner of one request it took: the caller is gone (its
+    connection ended, or its gateway cancelled the call)."""
+
+    def caller_gone(self, reason: str) -> None: ...
 
 
 RequestCallback = Callable[["BoltEndpoint", bolt.BoltFrame], None]
@@ -88,10 +95,13 @@ class BoltEndpoint(Connection):
         partial_budget: PartialFrameBudget | None = None,
         name: str = "",
         policy: ConnectionPolicy = OUTBOUND,
+        link: bool = False,
     ) -> None:
         super().__init__(transport, flush_queue, name, policy)
         self.streams: dict[int, BoltCall] = {}  # request id -> call (client side); the name matches H2Endpoint
         self.calls = 0  # server side: requests taken and not answered yet (kept by the owner)
+        self.inbound: dict[int, InboundCall] = {}  # server side: request id -> the call serving it
+        self.link = link  # a peer link between two gateways: cancels go both ways (bolt_call.cancel_frame)
         self.max_pending = max_pending
         self._on_request = on_request
         self._decoder = bolt.BoltDecoder(max_frame_size=max_frame_size)
@@ -113,11 +123,14 @@ class BoltEndpoint(Connection):
     def has_capacity(self) -> bool:
         return self.usable and len(self.streams) < self.max_pending and not self.congested
 
-    def call_started(self) -> None:
+    def call_started(self, request_id: int, call: InboundCall) -> None:
         self.calls += 1
+        self.inbound[request_id] = call
 
-    def call_ended(self) -> None:
+    def call_ended(self, request_id: int, call: InboundCall) -> None:
         self.calls -= 1
+        if self.inbound.get(request_id) is call:
+            del self.inbound[request_id]
         if not self.calls:
             self.idle_since = trio.current_time()
             if self.draining:
@@ -156,8 +169,10 @@ class BoltEndpoint(Connection):
         return self._next_id
 
     def forget(self, request_id: int) -> None:
-        """The caller gave up (deadline, its connection ended): a late response will be dropped."""
-        self.streams.pop(request_id, None)
+        """The caller gave up (deadline, its connection ended): a late response will be dropped, and on a
+        peer link the other gateway is told, so that it drops the call too."""
+        if self.streams.pop(request_id, None) is not None and self.link and not self.closed:
+            self.write(bolt_call.cancel_frame(request_id))
         if self.draining and not self.streams:
             self._close_if_done()
 
@@ -200,8 +215,37 @@ class BoltEndpoint(Connection):
             self.partial_since = None
         if self._partial_budget is not None:
             self._partial_budget.hold(self, decoder.buffered)
+        if self.link and self._on_request is not None:
+            frames = self._apply_cancels(frames)
         for frame in frames:
             self._dispatch(frame)
+
+    def _apply_cancels(self, frames: list[bolt.BoltFrame]) -> list[bolt.BoltFrame]:
+        """Cancels from the peer gateway: a call cancelled in the same read is never dispatched; one already
+        dispatched learns that its caller is gone."""
+        cancels: dict[int, int] = {}  # request id -> where its cancel is in this batch
+        for index, frame in enumerate(frames):
+            if frame.type == bolt.TYPE_ONEWAY:
+                request_id = bolt_call.cancelled_id(frame)
+                if request_id is not None:
+                    cancels[request_id] = index
+        if not cancels:
+            return frames
+        positions = set(cancels.values())
+        kept = []
+        for index, frame in enumerate(frames):
+            if index in positions:
+                continue
+            position = cancels.get(frame.request_id)
+            if position is not None and position > index and frame.is_request:
+                del cancels[frame.request_id]  # opened and cancelled in one read: never dispatched
+                continue
+            kept.append(frame)
+        for request_id in cancels:
+            call = self.inbound.get(request_id)
+            if call is not None:
+                call.caller_gone("the calling gateway cancelled it (its caller gave up)")
+        return kept
 
     def _dispatch(self, frame: bolt.BoltFrame) -> None:
         if frame.is_heartbeat:
@@ -239,8 +283,14 @@ class BoltEndpoint(Connection):
         if self._partial_budget is not None:
             self._partial_budget.release(self)
         calls, self.streams = self.streams, {}
+        inbound, self.inbound = self.inbound, {}
         for call in calls.values():
             try:
                 call.on_connection_lost(reason)
+            except Exception:
+                log.exception("bolt.handler_failed", endpoint=self.name)
+        for caller in inbound.values():
+            try:
+                caller.caller_gone(f"the caller's connection ended: {reason}")
             except Exception:
                 log.exception("bolt.handler_failed", endpoint=self.name)

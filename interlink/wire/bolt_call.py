@@ -291,3 +291,34 @@ def _read_varint(data: bytes, offset: int) -> tuple[int | None, int]:
             return value, offset
         shift += 7
     return None, offset
+
+
+# --- the peer link's own frames -------------------------------------------------------------------------
+
+# Bolt has no way to cancel a request. Between two interlink gateways (ALPN "bolt" is ours), the caller's
+# gateway tells the other one that a call was given up (deadline passed, caller gone) with a oneway
+# request carrying only this header: the receiving gateway drops the call if it has not dispatched it
+# (always so when both arrive in one read) and stops waiting for it otherwise.
+CANCEL_KEY = GATEWAY_PREFIX + "cancel"
+_CANCEL_KEY_BYTES = CANCEL_KEY.encode()
+
+
+def cancel_frame(request_id: int) -> bytes:
+    """The link frame that cancels `request_id` (an id of the connection it is sent on)."""
+    return bolt.encode(bolt.BoltFrame(
+        proto=bolt.PROTO_V1, type=bolt.TYPE_ONEWAY, cmdcode=bolt.CMD_RPC_REQUEST, request_id=0,
+        header=bolt.encode_header_map({CANCEL_KEY: str(request_id)}),
+    ))
+
+
+def cancelled_id(frame: bolt.BoltFrame) -> int | None:
+    """The request id a link cancel frame names, or None when `frame` is not one."""
+    if frame.type != bolt.TYPE_ONEWAY or frame.content or not frame.header:
+        return None
+    try:
+        value = bolt.header_get(frame.header, _CANCEL_KEY_BYTES)
+    except bolt.BoltProtocolError:
+        return None
+    if value is None or not value.isdigit():
+        return None
+    return int(value)

@@ -108,3 +108,76 @@ async def test_a_bad_frame_closes_only_after_answering_what_came_before():
                 await trio.sleep(0.01)
     assert [f.request_id for f in requests] == [1]
     assert "protocol error" in endpoint.close_reason
+
+
+class Inbound:
+    def __init__(self) -> None:
+        self.gone: list[str] = []
+
+    def caller_gone(self, reason: str) -> None:
+        self.gone.append(reason)
+
+
+async def test_a_link_request_cancelled_in_the_same_read_is_never_dispatched():
+    from interlink.wire import bolt_call
+
+    ours, theirs = memory_transport_pair()
+    requests, calls = [], {}
+
+    def take(endpoint, frame):
+        requests.append(frame.request_id)
+        calls[frame.request_id] = Inbound()
+        endpoint.call_started(frame.request_id, calls[frame.request_id])
+
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=take, link=True)
+    request = bolt.decode(vector("bolt_v1_req_echo"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(bolt.patch_request_id(request.raw, 7) + bolt_call.cancel_frame(7)
+                     + bolt.patch_request_id(request.raw, 8))
+        with trio.fail_after(5):
+            while not requests:
+                await trio.sleep(0.01)
+        assert requests == [8]  # 7 was opened and cancelled in one read
+        theirs.write(bolt_call.cancel_frame(8))  # 8 was dispatched: its call learns the caller is gone
+        with trio.fail_after(5):
+            while not calls[8].gone:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_forgetting_a_call_on_a_link_tells_the_other_gateway():
+    from interlink.wire import bolt_call
+
+    ours, theirs = memory_transport_pair()
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), link=True)
+    request = bolt.decode(vector("bolt_v1_req_echo"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        request_id = endpoint.send_request(request, request.raw, Recorder())
+        endpoint.forget(request_id)
+        endpoint.flush()
+        sent = await read_frames(theirs, 2)
+        assert bolt_call.cancelled_id(sent[1]) == request_id
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_callers_of_a_lost_connection_are_told():
+    ours, theirs = memory_transport_pair()
+    inbound = Inbound()
+
+    def take(endpoint, frame):
+        endpoint.call_started(frame.request_id, inbound)
+
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=take)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(vector("bolt_v1_req_echo"))
+        with trio.fail_after(5):
+            while not endpoint.calls:
+                await trio.sleep(0.01)
+        theirs.close()
+        with trio.fail_after(5):
+            while not inbound.gone:
+                await trio.sleep(0.01)
+    assert "connection ended" in inbound.gone[0]
