@@ -25,6 +25,8 @@ def configure(level: str = "info", *, json: bool = True, stream: TextIO | None =
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # One write per line, newline included (PrintLogger writes the two apart when stderr is unbuffered,
+        # as PYTHONUNBUFFERED makes it: the lines of `--workers N` processes sharing stderr then interleave).
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=True,
     )
