@@ -227,7 +227,7 @@ def _compose(path: Path, reader: _SiteFileReader) -> Node | None:
         reader.report(None, "", f"cannot read the file ({reason}); it must be a readable UTF-8 YAML file")
         return None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_SiteLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -248,6 +248,25 @@ def _compose(path: Path, reader: _SiteFileReader) -> Node | None:
         reader.report(None, "", "the file is empty; a site file is a YAML mapping that starts with `site: NAME`")
         return None
     return root
+
+
+MAX_FLOW_NESTING = 64  # levels of [...] / {...} inside one another; a site file needs three or four
+
+
+class _SiteLoader(yaml.SafeLoader):
+    """SafeLoader that refuses flow collections nested deeper than MAX_FLOW_NESTING.
+
+    PyYAML's scanner keeps one "possible simple key" per open flow level and walks all of them for every
+    token, so its time grows with the square of the nesting: a single line of 2000 `[` took 1-2.5 s to
+    refuse (found by tests/fuzz/test_fuzz_sitefile.py). The refusal is a ScannerError, reported with its line.
+    """
+
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML's signature
+        if self.flow_level >= MAX_FLOW_NESTING:
+            raise yaml.scanner.ScannerError(
+                None, None, f"[ and {{ nested deeper than {MAX_FLOW_NESTING} levels", self.get_mark()
+            )
+        super().fetch_flow_collection_start(TokenClass)
 
 
 def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:

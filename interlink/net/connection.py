@@ -257,7 +257,7 @@ class ConnectionTable:
 
     def __init__(self, max_total: int = 1_000_000) -> None:
         self.max_total = max_total  # every connection of the process, inbound and outbound (file descriptors)
-        self._connections: dict[Connection, str] = {}  # -> group (listener name, or "outbound")
+        self._connections: dict[Connection, tuple[str, str]] = {}  # -> (group: listener name or "outbound", host)
         self.closed_by_timeout = 0
 
     def __len__(self) -> int:
@@ -267,24 +267,28 @@ class ConnectionTable:
         return iter(list(self._connections))
 
     def add(self, connection: Connection, group: str = "outbound") -> None:
-        self._connections[connection] = group
+        self._connections[connection] = (group, _host_of(connection.remote))
 
     def discard(self, connection: Connection) -> None:
         self._connections.pop(connection, None)
 
     def shed_idle(self, count: int, *, group: str | None = None, remote_host: str | None = None) -> int:
         """Close up to `count` inbound connections with no call in flight, those idle the longest first
-        (connections that never finished their preface count as idle since they opened). Returns how many."""
+        (connections that never finished their preface count as idle since they opened). Returns how many.
+        One pass over the connections (no sort for the usual count of 1): a listener at its cap pays O(n)
+        per admitted connection, not O(n log n)."""
         candidates = [
-            connection for connection, owner in self._connections.items()
+            connection for connection, (owner, host) in self._connections.items()
             if owner != "outbound" and (group is None or owner == group) and not connection.closed
-            and connection.in_flight == 0
-            and (remote_host is None or _host_of(connection.remote) == remote_host)
+            and connection.in_flight == 0 and (remote_host is None or host == remote_host)
         ]
-        candidates.sort(key=lambda connection: connection.idle_since if connection.preface_done else connection.opened_at)
-        for connection in candidates[:count]:
+        if count == 1 and candidates:
+            chosen = [min(candidates, key=_idle_since)]
+        else:
+            chosen = sorted(candidates, key=_idle_since)[:count]
+        for connection in chosen:
             connection.shutdown("shed: the listener is at its connection limit and this connection was idle longest")
-        return min(count, len(candidates))
+        return len(chosen)
 
     async def run(self) -> None:
         """The watchdog: every TICK, close the connections past one of their deadlines."""
@@ -327,6 +331,10 @@ def overdue(connection: Connection, now: float) -> str | None:
         if now - connection.last_receive > policy.idle_timeout:
             return f"idle timeout: nothing received for {policy.idle_timeout:g}s"
     return None
+
+
+def _idle_since(connection: Connection) -> float:
+    return connection.idle_since if connection.preface_done else connection.opened_at
 
 
 def _host_of(remote: str) -> str:

@@ -2,9 +2,10 @@
 backoff, and the groups of them that one upstream (a peer site's gateways, an export's providers) is.
 
 A group shares its connections' capacity fairly among the connections of the callers that use it: one
-caller connection may hold at most `capacity // (callers + 1)` of the group's call slots (at least
-MIN_SHARE), so that one caller pipelining thousands of calls leaves room for everyone else and for a
-caller that has not arrived yet."""
+caller connection may hold at most `capacity // callers` of the group's call slots (at least MIN_SHARE), and
+a caller that already holds MIN_SHARE may not take the last eighth of the slots (`HEADROOM`): one caller
+pipelining thousands of calls leaves room for everyone else and for a caller that has not arrived yet,
+while a group with room to spare is not held back."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ log = structlog.get_logger("interlink.net.pool")
 # How long a call may wait for the very first connection of an upstream (a gateway that just started).
 FIRST_CONNECT_WAIT = 5.0
 MIN_SHARE = 8  # call slots any caller connection may always hold in a group
+HEADROOM = 8  # 1/HEADROOM of a group's slots are kept for callers holding fewer than MIN_SHARE
 
 
 class PooledConnection(Protocol):
@@ -180,29 +182,37 @@ class PoolGroup:
         self.pools = pools
         self._next = 0
         self.holders: dict[Hashable, int] = {}  # caller connection -> its calls in flight through this group
+        self.held = 0  # all calls in flight through this group
 
     def capacity(self) -> int:
         """Call slots of the usable connections of this group."""
         return sum(endpoint.slots for pool in self.pools for endpoint in pool.endpoints if endpoint.usable)
 
-    def share(self) -> int:
+    def share(self, capacity: int | None = None) -> int:
         """How many calls one caller connection may have in flight through this group now."""
-        return max(MIN_SHARE, self.capacity() // (len(self.holders) + 1))
+        capacity = self.capacity() if capacity is None else capacity
+        return max(MIN_SHARE, capacity // max(1, len(self.holders)))
 
     def acquire(self, caller: Hashable) -> bool:
         """Count one more call of `caller`; False (nothing counted) when it already holds its share."""
         held = self.holders.get(caller, 0)
-        if held and held >= self.share():
-            return False
+        if held >= MIN_SHARE:
+            capacity = self.capacity()
+            if held >= self.share(capacity) or capacity - self.held <= capacity // HEADROOM:
+                return False
         self.holders[caller] = held + 1
+        self.held += 1
         return True
 
     def release(self, caller: Hashable) -> None:
         held = self.holders.get(caller, 0) - 1
+        if held < 0:
+            return
+        self.held -= 1
         if held > 0:
             self.holders[caller] = held
         else:
-            self.holders.pop(caller, None)
+            del self.holders[caller]
 
     def pick(self) -> PooledConnection | None:
         count = len(self.pools)
