@@ -36,7 +36,7 @@ from interlink.net.connection import ConnectionPolicy, ConnectionTable, FlushQue
 from interlink.net.h2link import H2Endpoint, H2Settings
 from interlink.net.listener import FD_RESERVE, Listener, bind, raise_fd_limit
 from interlink.net.pool import ConnectionPool, PoolGroup
-from interlink.net.transport import SocketTransport, TlsHandshakeError, TransportClosed, tls_handshake
+from interlink.net.transport import SocketTransport, TlsHandshakeError, TransportClosed, remote_of, tls_handshake
 from registry_adapters.model import Instance, ServiceKey
 from registry_adapters.static import StaticRegistry
 
@@ -337,7 +337,7 @@ class Gateway:
         assert self._forwarder is not None and self._bolt is not None
         snapshot = self._snapshot
         assert snapshot.server_tls is not None
-        remote = SocketTransport(sock).remote  # (the handshake wraps the same socket)
+        remote = remote_of(sock)
         limit = self.config.limits.handshake_timeout
         transport = None
         try:

@@ -111,6 +111,15 @@ class Transport:
             self.on_drained()
 
 
+def remote_of(sock: socket.socket) -> str:
+    """`host:port` of the other end ("?" when the socket is already gone)."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class SocketTransport(Transport):
     """TCP on a non-blocking socket."""
 
@@ -118,11 +127,7 @@ class SocketTransport(Transport):
         super().__init__(name)
         sock.setblocking(False)
         self.socket = sock
-        try:
-            host, port = sock.getpeername()[:2]
-            self.remote = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        except OSError:
-            self.remote = "?"
+        self.remote = remote_of(sock)
 
     # --- writing --------------------------------------------------------------------------------------
 
