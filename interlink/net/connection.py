@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from interlink.net.heap import HeapTrimmer
 from interlink.net.transport import Transport, TransportClosed
 
 log = structlog.get_logger("interlink.net")
@@ -240,6 +241,7 @@ class Connection:
                 while self.transport.buffered and not self.transport.closed:
                     await trio.sleep(0.01)
         self.transport.close()
+        self.transport.on_drained = None  # no cycle left between a dead connection and its transport
 
 
 def _closing(policy: ConnectionPolicy) -> ConnectionPolicy:
@@ -259,6 +261,7 @@ class ConnectionTable:
         self.max_total = max_total  # every connection of the process, inbound and outbound (file descriptors)
         self._connections: dict[Connection, tuple[str, str]] = {}  # -> (group: listener name or "outbound", host)
         self.closed_by_timeout = 0
+        self.heap = HeapTrimmer()
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -295,6 +298,7 @@ class ConnectionTable:
         while True:
             await trio.sleep(TICK)
             now = trio.current_time()
+            self.heap.observe(len(self._connections), now)
             for connection in list(self._connections):
                 reason = overdue(connection, now)
                 if reason is None:
