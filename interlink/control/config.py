@@ -124,7 +124,7 @@ class Limits:
     bolt_max_pending: int = 1_000  # calls in flight per local Bolt connection
     # buffers
     connection_output_bytes: int = 1 << 20  # queued for one connection before its producers pause
-    partial_frame_budget_bytes: int = 32 << 20  # process-wide: frames being received, all connections
+    partial_frame_budget_bytes: int = 24 << 20  # process-wide: frames being received, all connections
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from interlink.gateway.bolt import BoltForwarder
 from interlink.gateway.providers import ProviderDirectory
 from interlink.gateway.relay import DeadlineTimers
 from interlink.gateway.triple import TripleForwarder
-from interlink.net import tls
+from interlink.net import heap, tls
 from interlink.net.boltlink import BoltEndpoint, PartialFrameBudget
 from interlink.net.connection import ConnectionPolicy, ConnectionTable, FlushQueue, IdleRule
 from interlink.net.h2link import H2Endpoint, H2Settings
@@ -45,6 +45,7 @@ audit_log = structlog.get_logger("interlink.audit")
 
 PROVIDER_CONNECTIONS = 1
 PROVIDER_MAX_STREAMS = 1000
+OUTBOUND_OUTPUT_BYTES = 16 << 20  # queued for one provider or peer link before it counts as congested
 
 
 @dataclass
@@ -99,9 +100,11 @@ class ConnectionLimits:
             local_bolt_policy=inbound(limits.idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
             peer_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES),
             peer_bolt_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
+            # Our own connections to providers and peer gateways carry every caller's requests: a congested
+            # one stops taking Bolt calls, so its limit is generous (the write timeout still ends a dead one).
             outbound_policy=ConnectionPolicy(
                 partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
-                output_limit=limits.connection_output_bytes,
+                output_limit=max(OUTBOUND_OUTPUT_BYTES, limits.connection_output_bytes),
             ),
         )
 
@@ -209,6 +212,7 @@ class Gateway:
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
         fd_limit = raise_fd_limit()
+        heap.tune()
         self.connections.max_total = max(16, fd_limit - FD_RESERVE)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery

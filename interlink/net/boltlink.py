@@ -280,6 +280,7 @@ class BoltEndpoint(Connection):
 
     def _fail_open_calls(self, reason: str) -> None:
         self._readable.set()
+        self._decoder.discard()
         if self._partial_budget is not None:
             self._partial_budget.release(self)
         calls, self.streams = self.streams, {}

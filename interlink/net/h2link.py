@@ -188,7 +188,9 @@ class H2Endpoint(Connection):
         return min(self.max_concurrent_streams, self.conn.remote_settings.max_concurrent_streams)
 
     def has_capacity(self) -> bool:
-        return self.usable and len(self.streams) < self.slots and not self.congested
+        # No congestion test here: flow control and the output limit (send_data) already hold a stream's
+        # bytes back, and a new stream costs only its HEADERS.
+        return self.usable and len(self.streams) < self.slots
 
     # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
 

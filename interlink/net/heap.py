@@ -20,6 +20,9 @@ log = structlog.get_logger("interlink.net")
 
 MIN_INTERVAL = 5.0  # seconds between two trims
 DROP = 64  # connections gone since the peak that make a trim worth it
+FREE_ENOUGH = 8 << 20  # bytes free inside malloc's heap that make a trim worth it
+MMAP_THRESHOLD = 1 << 20  # allocations from this size on are mapped and unmapped on their own
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
 _libc = None
 try:
@@ -32,8 +35,29 @@ except OSError:  # not glibc (musl, macOS): nothing to trim with
     _libc = None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def tune() -> None:
+    """A fixed mmap threshold: glibc otherwise raises it after every large free (up to 32 MiB), so that
+    buffers of big frames end up in the heap and stay there; mapped on their own, they go back on free."""
+    if _libc is not None and hasattr(_libc, "mallopt"):
+        _libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def free_in_heap() -> int:
+    """Bytes free inside malloc's arenas (glibc >= 2.33), or 0 when that cannot be known."""
+    if _libc is None or not hasattr(_libc, "mallinfo2"):
+        return 0
+    _libc.mallinfo2.restype = _MallInfo2
+    return int(_libc.mallinfo2().fordblks)
+
+
 class HeapTrimmer:
-    """Fed the connection count by the watchdog; trims after a drop of DROP from the last peak."""
+    """Fed the connection count by the watchdog: collects cycles and trims after the count fell by DROP
+    from its last peak, and trims when malloc holds FREE_ENOUGH free bytes; at most every MIN_INTERVAL."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -43,11 +67,14 @@ class HeapTrimmer:
     def observe(self, connections: int, now: float) -> None:
         if connections > self.peak:
             self.peak = connections
+        if now - self.last < MIN_INTERVAL:
             return
-        if self.peak - connections >= DROP and now - self.last >= MIN_INTERVAL:
+        dropped = self.peak - connections >= DROP
+        if dropped or free_in_heap() >= FREE_ENOUGH:
             self.peak = connections
             self.last = now
-            gc.collect()  # connections that ended in cycles go now, not when the collector next runs
+            if dropped:
+                gc.collect()  # connections that ended in cycles go now, not when the collector next runs
             if _libc is not None:
                 _libc.malloc_trim(0)
             self.trims += 1

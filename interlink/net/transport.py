@@ -35,6 +35,12 @@ except ImportError:  # pragma: no cover - every CPython has it
 READ_SIZE = 256 * 1024
 MAX_BATCH = 1024 * 1024  # at most this much is read in one go when the socket keeps delivering
 
+# One read buffer for every socket of the process (trio runs one task at a time, and a read is copied out
+# before the next await): a read allocates only the bytes it got, never a READ_SIZE block per read, so
+# reading big does not churn the allocator (and what it frees can go back to the system).
+_READ_BUFFER = bytearray(READ_SIZE)
+_READ_VIEW = memoryview(_READ_BUFFER)
+
 
 class TransportClosed(Exception):
     """The transport was closed (by us) or broke; the message says why."""
@@ -196,7 +202,7 @@ class SocketTransport(Transport):
             if self.closed:
                 raise TransportClosed(self.error or "closed")
             try:
-                data = sock.recv(READ_SIZE)
+                size = sock.recv_into(_READ_VIEW)
             except BlockingIOError:
                 try:
                     await trio.lowlevel.wait_readable(sock)
@@ -206,7 +212,8 @@ class SocketTransport(Transport):
             except OSError as exc:
                 self._broken(describe_os_error(exc))
                 raise TransportClosed(self.error) from None
-            if len(data) == READ_SIZE:
+            data = _READ_VIEW[:size].tobytes()
+            if size == READ_SIZE:
                 data = self._read_more(data)
             # Yield once per read even when data was waiting: a busy connection must not starve the others.
             await trio.lowlevel.checkpoint()
@@ -218,14 +225,14 @@ class SocketTransport(Transport):
         total = len(first)
         while total < MAX_BATCH:
             try:
-                more = self.socket.recv(READ_SIZE)
+                size = self.socket.recv_into(_READ_VIEW)
             except (BlockingIOError, OSError):
                 break  # nothing more now; a real error shows on the next receive
-            if not more:
+            if not size:
                 break  # end of stream: the next receive returns b""
-            chunks.append(more)
-            total += len(more)
-            if len(more) < READ_SIZE:
+            chunks.append(_READ_VIEW[:size].tobytes())
+            total += size
+            if size < READ_SIZE:
                 break
         return b"".join(chunks)
 

@@ -401,6 +401,10 @@ class BoltDecoder:
         """Bytes of an incomplete frame held until the rest arrives."""
         return len(self._buffer)
 
+    def discard(self) -> None:
+        """Drop an incomplete frame now (its connection is gone), not when the decoder is collected."""
+        self._buffer = bytearray()
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[BoltFrame]:
         if self._failure is not None:
             raise BoltProtocolError(f"the stream already failed: {self._failure}")

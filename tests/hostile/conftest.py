@@ -54,7 +54,7 @@ DEFAULT_LIMITS: dict[str, int] = {
     "bolt_max_frame_bytes": 8 << 20,
     "bolt_max_pending": 1000,
     "connection_output_bytes": 1 << 20,
-    "partial_frame_budget_bytes": 32 << 20,
+    "partial_frame_budget_bytes": 24 << 20,
 }
 
 
