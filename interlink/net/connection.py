@@ -168,7 +168,11 @@ class Connection:
         """Read until the connection ends; then every call still open learns that it was lost."""
         reason = "closed"
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.transport.run_writer)
+            transport = self.transport
+            transport.spawn_writer = lambda: nursery.start_soon(transport.run_writer)
+            if transport.buffered:  # e.g. the end of a TLS handshake
+                transport._writing = True  # noqa: SLF001
+                nursery.start_soon(transport.run_writer)
             try:
                 self._start()
                 self._flush_queue.flush()
@@ -242,6 +246,7 @@ class Connection:
                     await trio.sleep(0.01)
         self.transport.close()
         self.transport.on_drained = None  # no cycle left between a dead connection and its transport
+        self.transport.spawn_writer = None
 
 
 def _closing(policy: ConnectionPolicy) -> ConnectionPolicy:

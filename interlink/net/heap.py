@@ -18,7 +18,7 @@ import structlog
 
 log = structlog.get_logger("interlink.net")
 
-MIN_INTERVAL = 5.0  # seconds between two trims
+MIN_INTERVAL = 2.0  # seconds between two trims
 DROP = 64  # connections gone since the peak that make a trim worth it
 FREE_ENOUGH = 8 << 20  # bytes free inside malloc's heap that make a trim worth it
 MMAP_THRESHOLD = 1 << 20  # allocations from this size on are mapped and unmapped on their own

@@ -5,7 +5,8 @@ peer link, the link's to the callers). With `await stream.send_all()` the reader
 those sockets is full, so one caller that does not read stalls everyone behind the same reader. Here
 `write()` is synchronous and never waits: it hands the bytes to the kernel at once (`socket.send` on the
 non-blocking socket, one system call, no task switch), and whatever the kernel does not take goes to this
-transport's backlog, which its own writer task (`run_writer`) sends as the socket becomes writable. So:
+transport's backlog, which its own writer task (`run_writer`, started by the owner's `spawn_writer` when a
+backlog begins and ending when it is sent) sends as the socket becomes writable. So:
 
 - the common case (the socket has room) costs one `send` and no wake-up at all;
 - a full socket stalls only its own backlog; `buffered` tells producers to pause (HTTP/2 flow control and
@@ -72,7 +73,8 @@ class Transport:
         self.on_drained: Callable[[], None] | None = None  # the backlog has just been sent whole
         self.remote = ""
         self._backlog = bytearray()
-        self._wake = trio.Event()
+        self.spawn_writer: Callable[[], None] | None = None  # starts run_writer (set by the connection's reader)
+        self._writing = False
         self._close_when_drained = False
 
     @property
@@ -108,7 +110,9 @@ class Transport:
         if not self._backlog:
             self.last_progress = trio.current_time()  # the write timeout counts from here
         self._backlog += data
-        self._wake.set()
+        if not self._writing and self.spawn_writer is not None:
+            self._writing = True  # a task only while there is a backlog: most connections never need one
+            self.spawn_writer()
 
     def _drained(self) -> None:
         if self._close_when_drained:
@@ -154,11 +158,9 @@ class SocketTransport(Transport):
             self._queue(memoryview(data)[sent:])
 
     async def run_writer(self) -> None:
-        """Send the backlog as the socket takes it; runs for the transport's life, asleep when idle."""
+        """Send the backlog as the socket takes it; ends when it is sent (or the transport closed)."""
         sock = self.socket
-        while not self.closed:
-            await self._wake.wait()
-            self._wake = trio.Event()
+        try:
             while self._backlog and not self.closed:
                 try:
                     await trio.lowlevel.wait_writable(sock)
@@ -173,8 +175,10 @@ class SocketTransport(Transport):
                     return
                 del self._backlog[:sent]
                 self.last_progress = trio.current_time()
-            if not self.closed and not self._backlog:
-                self._drained()
+        finally:
+            self._writing = False
+        if not self.closed:
+            self._drained()
 
     async def drain(self) -> None:
         """Wait until the backlog is sent (used before the writer task runs: TLS handshakes)."""
@@ -244,7 +248,6 @@ class SocketTransport(Transport):
             return
         self.closed = True
         self._backlog.clear()
-        self._wake.set()
         if self.socket.fileno() != -1:
             trio.lowlevel.notify_closing(self.socket)
         self.socket.close()
@@ -406,9 +409,7 @@ class MemoryTransport(Transport):
         return taken
 
     async def run_writer(self) -> None:
-        while not self.closed:
-            await self._wake.wait()
-            self._wake = trio.Event()
+        try:
             while self._backlog and not self.closed:
                 taken = self._deliver(self._backlog)
                 if taken:
@@ -417,8 +418,10 @@ class MemoryTransport(Transport):
                 else:
                     assert self.other is not None
                     await self.other._space_freed()
-            if not self.closed and not self._backlog:
-                self._drained()
+        finally:
+            self._writing = False
+        if not self.closed:
+            self._drained()
 
     async def _space_freed(self) -> None:
         self._space = trio.Event()
@@ -445,7 +448,6 @@ class MemoryTransport(Transport):
             return
         self.closed = True
         self._backlog.clear()
-        self._wake.set()
         self._readable.set()
         space = getattr(self, "_space", None)
         if space is not None:
