@@ -83,6 +83,18 @@ class Transport:
         return len(self._backlog)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand `data` to the other side now, as far as it takes it; the rest waits in the backlog."""
+        if self.closed or not data:
+            return
+        if self._backlog:
+            self._queue(data)
+            return
+        taken = self._send_now(data)
+        if 0 <= taken < len(data):
+            self._queue(memoryview(data)[taken:])
+
+    def _send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """What the other side takes of `data` without waiting (-1: the transport broke)."""
         raise NotImplementedError
 
     async def receive(self) -> bytes:
@@ -141,21 +153,14 @@ class SocketTransport(Transport):
 
     # --- writing --------------------------------------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closed or not data:
-            return
-        if self._backlog:
-            self._queue(data)
-            return
+    def _send_now(self, data: bytes | bytearray | memoryview) -> int:
         try:
-            sent = self.socket.send(data)
+            return self.socket.send(data)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as exc:
             self._broken(f"send failed: {describe_os_error(exc)}")
-            return
-        if sent < len(data):
-            self._queue(memoryview(data)[sent:])
+            return -1
 
     async def run_writer(self) -> None:
         """Send the backlog as the socket takes it; ends when it is sent (or the transport closed)."""
@@ -387,17 +392,7 @@ class MemoryTransport(Transport):
         self._readable = trio.Event()
         self._eof = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closed or not data:
-            return
-        if self._backlog:
-            self._queue(data)
-            return
-        taken = self._deliver(data)
-        if taken < len(data):
-            self._queue(memoryview(data)[taken:])
-
-    def _deliver(self, data: bytes | bytearray | memoryview) -> int:
+    def _send_now(self, data: bytes | bytearray | memoryview) -> int:
         other = self.other
         if other is None or other.closed:
             return len(data)  # like a socket whose peer is gone: the bytes vanish
@@ -411,7 +406,7 @@ class MemoryTransport(Transport):
     async def run_writer(self) -> None:
         try:
             while self._backlog and not self.closed:
-                taken = self._deliver(self._backlog)
+                taken = self._send_now(self._backlog)
                 if taken:
                     del self._backlog[:taken]
                     self.last_progress = trio.current_time()

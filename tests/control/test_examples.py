@@ -30,3 +30,36 @@ def test_example_loads_and_its_registry_validates(path, tmp_path):
         target.write_text('key "interlink-gw" {\n\talgorithm hmac-sha256;\n\tsecret "c2VjcmV0c2VjcmV0";\n};\n')
     settings = registry_settings(config)
     assert settings.kind == {"static": "static", "zookeeper": "zookeeper", "dns": "dns-external"}[config.registry.kind]
+
+
+def test_the_limits_example_lists_every_key_with_its_default(tmp_path):
+    """site-configs/example-limits.yaml is the reference users copy: every key of `limits:`, defaults."""
+    from interlink.control.config import Limits
+    from interlink.control.sitefile import LIMIT_KEYS
+
+    path = Path(__file__).resolve().parents[2] / "site-configs" / "example-limits.yaml"
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    config = load_site(copy)
+    assert config.limits == Limits()
+    text = path.read_text()
+    assert all(f"  {key}:" in text for key in LIMIT_KEYS)
+
+
+def test_limits_are_read_with_their_units_and_checked_with_file_and_line(tmp_path):
+    from interlink.control.sitefile import SiteFileError
+
+    base = (Path(__file__).resolve().parents[2] / "site-configs" / "example-limits.yaml").read_text()
+    head = base.split("\nlimits:")[0] + "\n"
+    good = tmp_path / "good.yaml"
+    good.write_text(head + "limits:\n  idle_timeout_ms: 1500\n  bolt_max_frame_bytes: 2048\n")
+    limits = load_site(good).limits
+    assert limits.idle_timeout == 1.5 and limits.bolt_max_frame_bytes == 2048
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(head + "limits:\n  idle_timeout_ms: 10\n  nonsense: 3\n")
+    with pytest.raises(SiteFileError) as info:
+        load_site(bad)
+    text = str(info.value)
+    line = head.count("\n") + 2
+    assert f"bad.yaml:{line}: limits.idle_timeout_ms: 10 is out of range" in text
+    assert f"bad.yaml:{line + 1}: limits.nonsense: unknown key" in text
