@@ -82,6 +82,11 @@ class PartialFrameBudget:
 class BoltEndpoint(Connection):
     """One Bolt connection. `run()` is its reader; the owner runs it in a nursery."""
 
+    __slots__ = (
+        "streams", "calls", "inbound", "link", "max_pending", "_on_request", "_decoder", "_partial_budget",
+        "_out", "_next_id", "_readable"
+    )
+
     probe_name = "heartbeat"
 
     def __init__(

@@ -79,6 +79,12 @@ class Connection:
     `_probe_outstanding = False` when the probe is answered, `preface_done` when the first frame arrived,
     `partial_since` while a frame is incomplete and `idle_since` when their last call ended."""
 
+    __slots__ = (
+        "name", "transport", "policy", "closed", "draining", "close_reason", "opened_at", "last_receive",
+        "idle_since", "preface_done", "partial_since", "attributes", "_flush_queue", "_probe_outstanding",
+        "__weakref__"
+    )
+
     probe_name = "keep-alive"
 
     def __init__(self, transport: Transport, flush_queue: FlushQueue, name: str,

@@ -156,6 +156,12 @@ def _h2_connection(client_side: bool, settings: H2Settings) -> h2.connection.H2C
 class H2Endpoint(Connection):
     """One HTTP/2 connection. `run()` is its reader; the owner runs it in a nursery."""
 
+    __slots__ = (
+        "client_side", "settings", "conn", "streams", "max_concurrent_streams", "_on_request",
+        "_on_refused", "_close_when_flushed", "_goaway_final", "_early", "_early_out", "scanner", "_gone",
+        "_unanswered", "streams_opened", "premature_resets"
+    )
+
     probe_name = "PING"
 
     def __init__(

@@ -65,6 +65,11 @@ def describe_os_error(exc: OSError) -> str:
 class Transport:
     """Bookkeeping shared by every transport: the backlog of bytes the other side has not taken yet."""
 
+    __slots__ = (
+        "name", "closed", "error", "last_progress", "on_drained", "remote", "_backlog", "spawn_writer",
+        "_writing", "_close_when_drained"
+    )
+
     def __init__(self, name: str) -> None:
         self.name = name
         self.closed = False
@@ -144,6 +149,8 @@ def remote_of(sock: socket.socket) -> str:
 
 class SocketTransport(Transport):
     """TCP on a non-blocking socket."""
+
+    __slots__ = ("socket",)
 
     def __init__(self, sock: socket.socket, name: str = "") -> None:
         super().__init__(name)
@@ -260,6 +267,8 @@ class SocketTransport(Transport):
 
 class TlsTransport(SocketTransport):
     """TLS on memory BIOs over a non-blocking socket. Build one with `tls_handshake`."""
+
+    __slots__ = ("ssl_object", "_incoming", "_outgoing")
 
     def __init__(self, sock: socket.socket, ssl_object: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO, name: str = "") -> None:
@@ -384,6 +393,8 @@ class MemoryTransport(Transport):
     """One end of an in-memory pipe (`memory_transport_pair`) whose other end takes at most `capacity`
     unread bytes, like a socket buffer: beyond that, writes go to the backlog until the other end reads."""
 
+    __slots__ = ("capacity", "other", "_inbound", "_readable", "_eof", "_space")
+
     def __init__(self, name: str, capacity: int) -> None:
         super().__init__(name)
         self.capacity = capacity
@@ -391,6 +402,7 @@ class MemoryTransport(Transport):
         self._inbound = bytearray()
         self._readable = trio.Event()
         self._eof = False
+        self._space: trio.Event | None = None
 
     def _send_now(self, data: bytes | bytearray | memoryview) -> int:
         other = self.other
@@ -432,9 +444,8 @@ class MemoryTransport(Transport):
             await self._readable.wait()
         data = bytes(self._inbound)
         self._inbound.clear()
-        space = getattr(self, "_space", None)
-        if space is not None:
-            space.set()
+        if self._space is not None:
+            self._space.set()
         await trio.lowlevel.checkpoint()
         return data
 
@@ -444,16 +455,14 @@ class MemoryTransport(Transport):
         self.closed = True
         self._backlog.clear()
         self._readable.set()
-        space = getattr(self, "_space", None)
-        if space is not None:
-            space.set()
+        if self._space is not None:
+            self._space.set()
         other = self.other
         if other is not None:
             other._eof = True
             other._readable.set()
-            other_space = getattr(other, "_space", None)
-            if other_space is not None:
-                other_space.set()
+            if other._space is not None:
+                other._space.set()
 
 
 def memory_transport_pair(capacity: int = 256 * 1024) -> tuple[MemoryTransport, MemoryTransport]:
