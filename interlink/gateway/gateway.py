@@ -67,7 +67,8 @@ class ConnectionLimits:
     local_bolt_policy: ConnectionPolicy
     peer_policy: ConnectionPolicy
     peer_bolt_policy: ConnectionPolicy
-    outbound_policy: ConnectionPolicy
+    outbound_policy: ConnectionPolicy  # HTTP/2 to providers and peers
+    outbound_bolt_policy: ConnectionPolicy
 
     @classmethod
     def of(cls, limits: Limits, config: SiteConfig) -> ConnectionLimits:
@@ -100,9 +101,14 @@ class ConnectionLimits:
             local_bolt_policy=inbound(limits.idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
             peer_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES),
             peer_bolt_policy=inbound(limits.peer_idle_timeout, IdleRule.NO_FRAMES, preface=math.inf),
-            # Our own connections to providers and peer gateways carry every caller's requests: a congested
-            # one stops taking Bolt calls, so its limit is generous (the write timeout still ends a dead one).
+            # HTTP/2: the output limit caps what queues ahead of a new call's bytes (head-of-line latency).
             outbound_policy=ConnectionPolicy(
+                partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
+                output_limit=limits.connection_output_bytes,
+            ),
+            # Bolt has no flow control: a congested connection takes no new calls, and it carries every
+            # caller's requests, so its limit is generous (the write timeout still ends a dead one).
+            outbound_bolt_policy=ConnectionPolicy(
                 partial_frame_timeout=limits.partial_frame_timeout, write_timeout=limits.write_timeout,
                 output_limit=max(OUTBOUND_OUTPUT_BYTES, limits.connection_output_bytes),
             ),
@@ -424,7 +430,7 @@ class Gateway:
                 max_pending=peer.max_concurrent_streams,
                 max_frame_size=self.config.limits.bolt_max_frame_bytes,
                 name=f"peer-out-bolt:{site}@{address}",
-                policy=self.limits.outbound_policy,
+                policy=self.limits.outbound_bolt_policy,
                 link=True,
             )
             endpoint.attributes["chain"] = transport.verified_chain()
@@ -480,7 +486,7 @@ class Gateway:
             transport = SocketTransport(await _connect(address))
             return BoltEndpoint(
                 transport, flush_queue=self.flush_queue, max_frame_size=self.config.limits.bolt_max_frame_bytes,
-                name=f"bolt-provider:{address}", policy=self.limits.outbound_policy,
+                name=f"bolt-provider:{address}", policy=self.limits.outbound_bolt_policy,
             )
 
         # Heartbeat idle provider connections every 15 s, as Java Bolt clients do (servers close at 90 s).

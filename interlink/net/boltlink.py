@@ -220,6 +220,8 @@ class BoltEndpoint(Connection):
             self.partial_since = None
         if self._partial_budget is not None:
             self._partial_budget.hold(self, decoder.buffered)
+            if self.closed:  # this connection was the one over the budget: dispatch nothing more
+                return
         if self.link and self._on_request is not None:
             frames = self._apply_cancels(frames)
         for frame in frames:

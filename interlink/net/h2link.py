@@ -159,7 +159,7 @@ class H2Endpoint(Connection):
     __slots__ = (
         "client_side", "settings", "conn", "streams", "max_concurrent_streams", "_on_request",
         "_on_refused", "_close_when_flushed", "_goaway_final", "_early", "_early_out", "scanner", "_gone",
-        "_unanswered", "streams_opened", "premature_resets"
+        "_sent", "_unanswered", "streams_opened", "premature_resets",
     )
 
     probe_name = "PING"
@@ -198,6 +198,7 @@ class H2Endpoint(Connection):
             budget=h2frames.FloodBudget(settings.control_frame_burst, settings.control_frames_per_second, now),
         )
         self._gone: list[int] = []  # streams that ended under a write; their handlers are told at flush
+        self._sent: dict[int, int] = {}  # stream -> DATA bytes sent: who goes first when room opens up
         # rapid-reset accounting (server side)
         self._unanswered: dict[int, float] = {}  # stream -> when it opened, until response headers went out
         self.streams_opened = 0
@@ -235,6 +236,7 @@ class H2Endpoint(Connection):
 
     def detach(self, stream_id: int) -> None:
         self.streams.pop(stream_id, None)
+        self._sent.pop(stream_id, None)
         if not self.streams:
             self.idle_since = trio.current_time()
             if self.draining and self._goaway_final:
@@ -280,6 +282,7 @@ class H2Endpoint(Connection):
                 conn.send_data(stream_id, chunk, end_stream=end_stream and end == len(data))
                 self.scanner.budget.earn()  # the remote's WINDOW_UPDATEs and PINGs for this are useful
                 offset = end
+            self._sent[stream_id] = self._sent.get(stream_id, 0) + allowed
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             self._stream_gone(stream_id)
             return 0
@@ -310,6 +313,7 @@ class H2Endpoint(Connection):
 
     def reset(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
         self.streams.pop(stream_id, None)
+        self._sent.pop(stream_id, None)
         if self._unanswered:
             self._unanswered.pop(stream_id, None)
         if self.closed:
@@ -440,6 +444,7 @@ class H2Endpoint(Connection):
     def _fail_open_calls(self, reason: str) -> None:
         streams, self.streams = self.streams, {}
         self._unanswered.clear()
+        self._sent.clear()
         for handler in streams.values():
             self._call(handler.on_connection_lost, reason)
 
@@ -599,7 +604,13 @@ class H2Endpoint(Connection):
         return False
 
     def _all_writable(self) -> None:
-        for stream_id, handler in list(self.streams.items()):
+        """Room opened up (window or output): the streams that sent least go first, so that a small call is
+        not queued behind bulk transfers that share the connection."""
+        streams = list(self.streams.items())
+        if len(streams) > 1 and self._sent:
+            sent = self._sent
+            streams.sort(key=lambda item: sent.get(item[0], 0))
+        for stream_id, handler in streams:
             self._call(handler.on_writable, stream_id=stream_id)
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
