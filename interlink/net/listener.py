@@ -97,6 +97,7 @@ class Listener:
         self.active = 0
         self._by_source: dict[str, int] = {}
         self._refused = _Tally("listener.refused", name)
+        self._shed = _Tally("listener.shed", name)
         self._accept_failed = _Tally("listener.accept_failed", name)
 
     @property
@@ -134,19 +135,22 @@ class Listener:
         await trio.sleep(0.02 if shed else 0.25)
 
     def _admit(self, conn: socket.socket, host: str, handler: Handler, nursery: trio.Nursery) -> None:
-        reason = None
-        if self.active >= self.max_connections and not self.table.shed_idle(1, group=self.name):
-            reason = f"the listener has {self.active} connections (limits.max_connections {self.max_connections})"
-        elif self._by_source.get(host, 0) >= self.max_per_source and not self.table.shed_idle(
-            1, group=self.name, remote_host=host
-        ):
-            reason = f"{host} has {self._by_source[host]} connections (limits.max_connections_per_source {self.max_per_source})"
-        elif len(self.table) >= self.table.max_total and not self.table.shed_idle(1):
-            reason = f"the process has {len(self.table)} connections, as many as its file-descriptor limit allows"
-        if reason is not None:
-            self._refused.add(reason=reason, remote=host)
-            conn.close()
-            return
+        full = None
+        if self.active >= self.max_connections:
+            full, shed = f"the listener has {self.active} connections (limits.max_connections {self.max_connections})", \
+                self.table.shed_idle(1, group=self.name)
+        elif self._by_source.get(host, 0) >= self.max_per_source:
+            full, shed = (f"{host} has {self._by_source[host]} connections (limits.max_connections_per_source "
+                          f"{self.max_per_source})"), self.table.shed_idle(1, group=self.name, remote_host=host)
+        elif len(self.table) >= self.table.max_total:
+            full, shed = (f"the process has {len(self.table)} connections, as many as its file-descriptor limit "
+                          "allows"), self.table.shed_idle(1)
+        if full is not None:
+            if not shed:  # every connection is busy: the newcomer is the one turned away
+                self._refused.add(reason=full, remote=host)
+                conn.close()
+                return
+            self._shed.add(reason=f"{full}: the longest-idle connection made room")
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
