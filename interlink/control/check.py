@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from interlink.control.certs import parse_site_identity, site_identity_uri
-from interlink.control.config import ExportConfig, HostPort, ImportConfig, SiteConfig
+from interlink.config import ExportConfig, HostPort, ImportConfig, SiteConfig
 from interlink.control.sitefile import Problem, SiteFileError, canonical_host, listen_addresses, load_site
 from interlink.net.tls import certificate_refusal
 

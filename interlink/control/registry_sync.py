@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from interlink.control.config import HostPort, ImportConfig, SiteConfig
+from interlink.config import HostPort, ImportConfig, SiteConfig
 from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError, RegistryHealth
 from registry_adapters.dnssd import EmbeddedResponder
 from registry_adapters.model import Instance, ServiceKey

@@ -27,7 +27,7 @@ def run_gateway(
     config_path: Path, *, workers: int = 1, log_level: str = "info", log_format: str = "json", drain_seconds: float = 10.0
 ) -> int:
     from interlink.control.sitefile import SiteFileError, load_site
-    from interlink.control.snapshot import SnapshotError
+    from interlink.control.snapshot import SnapshotError, build_snapshot
     from interlink.gateway.gateway import Gateway
 
     from interlink.control.registry_sync import RegistryConfigError, registry_settings
@@ -37,7 +37,7 @@ def run_gateway(
         raise StartupError(f"--workers {workers}: run at least 1 worker")
     try:
         config = load_site(config_path)
-        gateway = Gateway(config)
+        gateway = Gateway(build_snapshot(config))
         registry = registry_settings(config)
     except (SiteFileError, SnapshotError, RegistryConfigError) as exc:
         raise StartupError(str(exc)) from exc
@@ -85,11 +85,11 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
 def reload(gateway) -> None:
     """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving."""
     from interlink.control.sitefile import SiteFileError, load_site
-    from interlink.control.snapshot import SnapshotError
+    from interlink.control.snapshot import SnapshotError, build_snapshot
     from interlink.gateway.gateway import ReloadError
 
     try:
-        gateway.reload(load_site(gateway.config.path))
+        gateway.install(build_snapshot(load_site(gateway.config.path)))
     except (SiteFileError, SnapshotError, ReloadError) as exc:
         log.error("config.reload_failed", path=str(gateway.config.path), error=str(exc))
 

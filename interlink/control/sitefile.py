@@ -23,7 +23,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from interlink.control.certs import CertError, check_site_name, check_trust_domain
-from interlink.control.config import (
+from interlink.config import (
     AclRule,
     ExportConfig,
     HostPort,

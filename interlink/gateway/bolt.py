@@ -27,7 +27,7 @@ from typing import Callable
 import structlog
 import trio
 
-from interlink.control.snapshot import ExportRoute, Snapshot
+from interlink.routes import ExportRoute, Snapshot
 from interlink.gateway import translation
 from interlink.gateway.forwarding import Forwarder, authorize_peer_call, log_call, refuse, remaining_ms
 from interlink.gateway.relay import DeadlineTimers

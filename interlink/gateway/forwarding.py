@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 import structlog
 import trio
 
-from interlink.control.snapshot import ExportRoute, Snapshot
+from interlink.routes import ExportRoute, Snapshot
 from interlink.model import Status
 from interlink.net.connection import FlushQueue
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup, PooledConnection

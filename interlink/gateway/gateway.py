@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 import structlog
 import trio
 
-from interlink.control.config import HostPort, Limits, PeerConfig, SiteConfig
-from interlink.control.snapshot import Snapshot, build_snapshot
+from interlink.config import HostPort, Limits, PeerConfig, SiteConfig
 from interlink.gateway.bolt import BoltForwarder
 from interlink.gateway.providers import ProviderDirectory
 from interlink.gateway.relay import DeadlineTimers
@@ -37,6 +36,7 @@ from interlink.net.h2link import H2Endpoint, H2Settings
 from interlink.net.listener import FD_RESERVE, Listener, bind, raise_fd_limit
 from interlink.net.pool import ConnectionPool, PoolGroup
 from interlink.net.transport import SocketTransport, TlsHandshakeError, TransportClosed, remote_of, tls_handshake
+from interlink.routes import Snapshot
 from registry_adapters.model import Instance, ServiceKey
 from registry_adapters.static import StaticRegistry
 
@@ -116,9 +116,11 @@ class ConnectionLimits:
 
 
 class Gateway:
-    def __init__(self, config: SiteConfig) -> None:
+    def __init__(self, snapshot: Snapshot) -> None:
+        """`snapshot`: what control/ built from the site file (build_snapshot); SIGHUP brings a new one (`install`)."""
+        config = snapshot.config
         self.config = config
-        self._snapshot = build_snapshot(config)
+        self._snapshot = snapshot
         self.limits = ConnectionLimits.of(config.limits, config)
         self.flush_queue = FlushQueue()
         self.timers = DeadlineTimers(self.flush_queue)
@@ -166,19 +168,19 @@ class Gateway:
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
-    def reload(self, config: SiteConfig) -> None:
+    def install(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot (routes, ACLs, access domains, certificates and trust anchors): calls in
         flight finish on the snapshot they started with, new calls and new connections use the new one.
         Providers listed in the site file change in place (a removed provider's calls in flight finish).
         Changes to what the gateway listens on or dials (listen addresses, peer endpoints and connection
         counts) and to `limits:` need a restart; such a reload is refused and the old snapshot keeps serving."""
+        config = snapshot.config
         changed = _wiring_changes(self.config, config)
         if changed:
             raise ReloadError(
                 f"{config.path}: {', '.join(changed)} changed; restart the gateway to apply that "
                 "(nothing was changed, the running configuration keeps serving)"
             )
-        snapshot = build_snapshot(config)
         self.static_registry.replace(_static_sets(snapshot))  # removed exports get an empty set
         if self._nursery is not None:
             self._nursery.start_soon(self._follow_static, self._nursery, snapshot)

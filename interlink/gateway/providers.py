@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import structlog
 import trio
 
-from interlink.control.config import HostPort
+from interlink.config import HostPort
 from interlink.net.pool import ConnectionPool, PoolGroup
 from registry_adapters.base import Registry, without_gateways
 from registry_adapters.model import ServiceKey

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import h2.errors
 from google.protobuf.message import DecodeError
 
-from interlink.control.snapshot import ExportRoute
+from interlink.routes import ExportRoute
 from interlink.gateway.forwarding import log_call, remaining, remaining_ms
 from interlink.gateway.relay import status_for_reset
 from interlink.model import Call, Identity, PayloadKind, Reply, Status

@@ -34,7 +34,7 @@ def test_example_loads_and_its_registry_validates(path, tmp_path):
 
 def test_the_limits_example_lists_every_key_with_its_default(tmp_path):
     """site-configs/example-limits.yaml is the reference users copy: every key of `limits:`, defaults."""
-    from interlink.control.config import Limits
+    from interlink.config import Limits
     from interlink.control.sitefile import LIMIT_KEYS
 
     path = Path(__file__).resolve().parents[2] / "site-configs" / "example-limits.yaml"

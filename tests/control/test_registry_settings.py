@@ -93,7 +93,7 @@ def test_tsig_secret_from_a_bind_key_file(write_site, tmp_path):
 
 
 def test_export_registry_keys_per_flavour():
-    from interlink.control.snapshot import ExportRoute
+    from interlink.routes import ExportRoute
 
     def route(**fields):
         return ExportRoute("S", (), {}, None, **fields)

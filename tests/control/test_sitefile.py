@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interlink.control.config import (
+from interlink.config import (
     AclRule,
     ExportConfig,
     HostPort,

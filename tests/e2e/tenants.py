@@ -8,7 +8,7 @@ Site A is the provider site; sites B and C are tenants that A serves with differ
 
 Both exports name the same interface, each in its own protocol: a Triple caller reaches the Triple export and a
 Bolt caller the Bolt export (where two exports share a name, the one whose providers speak the caller's protocol
-natively wins, control/snapshot.py). So over Triple site B is served and site C is refused ("exported only to
+natively wins, control/snapshot.py, interlink/routes.py). So over Triple site B is served and site C is refused ("exported only to
 the other site"), over Bolt the other way round. A gives each tenant its own access domain
 (site-b.gw.site-a.test, site-c.gw.site-a.test) and trusts each tenant's CA for that tenant only.
 

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from interlink.control import sitefile
-from interlink.control.config import SiteConfig
+from interlink.config import SiteConfig
 from interlink.control.sitefile import Problem, SiteFileError, load_site
 
 from .conftest import FULL_INPUTS, SIZES, Mutator, TimeGuard, fuzz_loop, given_settings, guarded

@@ -1,8 +1,9 @@
 """Typed site configuration: what one site file says, validated once at load.
 
 The YAML loader lives in `interlink.control.sitefile`; this module only defines the shapes, so that the
-gateway, the checker and the tests share one vocabulary. Everything is frozen: a snapshot built from a
-`SiteConfig` can never be changed underneath an in-flight call.
+gateway, the checker and the tests share one vocabulary. It sits below both `control/` (which reads and
+checks site files) and `gateway/` (which is wired from them): layers point down only. Everything is frozen:
+a snapshot built from a `SiteConfig` can never be changed underneath an in-flight call.
 """
 
 from __future__ import annotations
