@@ -27,7 +27,7 @@ def run_gateway(
     config_path: Path, *, workers: int = 1, log_level: str = "info", log_format: str = "json", drain_seconds: float = 10.0
 ) -> int:
     from interlink.control.sitefile import SiteFileError, load_site
-    from interlink.control.snapshot import SnapshotError, build_snapshot
+    from interlink.control.snapshot import SnapshotError, build_snapshot, log_expiring_certificates
     from interlink.gateway.gateway import Gateway
 
     from interlink.control.registry_sync import RegistryConfigError, registry_settings
@@ -37,13 +37,15 @@ def run_gateway(
         raise StartupError(f"--workers {workers}: run at least 1 worker")
     try:
         config = load_site(config_path)
-        gateway = Gateway(build_snapshot(config))
+        snapshot = build_snapshot(config)
+        gateway = Gateway(snapshot)
         registry = registry_settings(config)
     except (SiteFileError, SnapshotError, RegistryConfigError) as exc:
         raise StartupError(str(exc)) from exc
     if workers > 1:
         return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
+    log_expiring_certificates(snapshot)
     try:
         trio.run(_serve_until_signalled, gateway, registry, drain_seconds)
     except* OSError as group:  # listening failed: port in use, address not local ...
@@ -85,11 +87,13 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
 def reload(gateway) -> None:
     """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving."""
     from interlink.control.sitefile import SiteFileError, load_site
-    from interlink.control.snapshot import SnapshotError, build_snapshot
+    from interlink.control.snapshot import SnapshotError, build_snapshot, log_expiring_certificates
     from interlink.gateway.gateway import ReloadError
 
     try:
-        gateway.install(build_snapshot(load_site(gateway.config.path)))
+        snapshot = build_snapshot(load_site(gateway.config.path))
+        gateway.install(snapshot)
+        log_expiring_certificates(snapshot)
     except (SiteFileError, SnapshotError, ReloadError) as exc:
         log.error("config.reload_failed", path=str(gateway.config.path), error=str(exc))
 

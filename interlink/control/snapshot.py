@@ -6,12 +6,16 @@ from __future__ import annotations
 import ssl
 from typing import Callable
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from interlink.config import ExportConfig, ImportConfig, PeerConfig, SiteConfig
 from interlink.net import tls
 from interlink.routes import ExportRoute, ImportRoute, Snapshot, bolt_unique_name
+
+
+log = structlog.get_logger("interlink.control")
 
 
 class SnapshotError(Exception):
@@ -122,3 +126,22 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         unique_id=item.unique_id,
         group=item.group,
     )
+
+
+def log_expiring_certificates(snapshot: Snapshot) -> None:
+    """A certificate of ours, or a CA we trust for a peer, that expires within tls.expiry_warning_days."""
+    config = snapshot.config
+    days = config.tls.expiry_warning_days
+    try:
+        own = tls.load_certificates(config.tls.cert)
+    except (OSError, ValueError):
+        own = []
+    checks = [("tls.cert", str(config.tls.cert), own)] + [
+        (f"peers.{name}.ca", str(config.peers[name].ca), list(bundle)) for name, bundle in snapshot.peer_cas.items()
+    ]
+    for key, path, certificates in checks:
+        for certificate, left in tls.expiring(certificates, days):
+            log.warning(
+                "tls.certificate_expiring", key=key, path=path, subject=certificate.subject.rfc4514_string(),
+                not_after=certificate.not_valid_after_utc.isoformat(), days_left=left, warning_days=days,
+            )

@@ -172,7 +172,8 @@ class BoltForwarder(Forwarder):
         service = str(fields["service"])
         route = snapshot.bolt_imports.get(service)
         if route is None:
-            refuse(call, 
+            refuse(
+                call,
                 Status.UNIMPLEMENTED,
                 f"service {service} is not imported by site {snapshot.site}; add it under imports: with protocol: bolt",
             )

@@ -89,12 +89,13 @@ def audit(decision: str, fields: dict[str, object], reason: str) -> None:
     audit_log.info("audit", decision=decision, reason=reason or None, **fields)
 
 
-def refuse(call: PendingCall, status: Status, message: str) -> None:
-    """Refuse a call before it is authorized; on the peer port every refusal is audited."""
+def refuse(call: PendingCall, status: Status, message: str, *protocol_detail: object) -> None:
+    """Refuse a call before it is authorized; on the peer port every refusal is audited. `protocol_detail`
+    goes on to the call's `fail` (the HTTP status of a malformed HTTP/2 request)."""
     fields = call.log_fields
     if str(fields.get("ingress", "")).startswith("peer"):
         audit("deny", fields, message)
-    call.fail(status, message)
+    call.fail(status, message, *protocol_detail)
 
 
 def log_call(status: str, started: float, message: str, fields: dict[str, object]) -> None:

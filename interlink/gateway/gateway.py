@@ -143,7 +143,6 @@ class Gateway:
         self._bolt: BoltForwarder | None = None
         self._listener_scopes: list[trio.CancelScope] = []
         self._ingress: set[H2Endpoint | BoltEndpoint] = set()
-        log_expiring_certificates(self._snapshot)
 
     def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
         dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
@@ -187,7 +186,6 @@ class Gateway:
         previous, self._snapshot = self._snapshot, snapshot
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
-        log_expiring_certificates(snapshot)
         self._retrust(previous, snapshot)
 
     def _retrust(self, previous: Snapshot, snapshot: Snapshot) -> None:
@@ -209,13 +207,12 @@ class Gateway:
                 audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", peer=site,
                                remote=endpoint.remote, reason=f"connection closed after reload: {reason}")
                 endpoint.shutdown(f"no longer trusted: {reason}")
-        for groups in (self.peer_groups, self.bolt_peer_groups):
-            for name, group in groups.items():
-                for pool in group.pools:
-                    for endpoint in list(pool.endpoints):
-                        reason = "our certificate changed" if own_changed else _untrusted(endpoint, snapshot, name)
-                        if reason is not None:
-                            pool.recycle(endpoint, reason)
+        for name, group in [*self.peer_groups.items(), *self.bolt_peer_groups.items()]:
+            for pool in group.pools:
+                for endpoint in list(pool.endpoints):
+                    reason = "our certificate changed" if own_changed else _untrusted(endpoint, snapshot, name)
+                    if reason is not None:
+                        pool.recycle(endpoint, reason)
         self.flush_queue.flush()
 
     async def run(self, *, task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED) -> None:
@@ -517,25 +514,6 @@ async def _connect(address: HostPort) -> socket.socket:
     """A TCP connection (happy eyeballs, TCP_NODELAY) as a plain non-blocking socket."""
     stream = await trio.open_tcp_stream(address.host, address.port)
     return socket.socket(fileno=stream.socket.detach())
-
-
-def log_expiring_certificates(snapshot: Snapshot) -> None:
-    """A certificate of ours, or a CA we trust for a peer, that expires within tls.expiry_warning_days."""
-    config = snapshot.config
-    days = config.tls.expiry_warning_days
-    try:
-        own = tls.load_certificates(config.tls.cert)
-    except (OSError, ValueError):
-        own = []
-    checks = [("tls.cert", str(config.tls.cert), own)] + [
-        (f"peers.{name}.ca", str(config.peers[name].ca), list(bundle)) for name, bundle in snapshot.peer_cas.items()
-    ]
-    for key, path, certificates in checks:
-        for certificate, left in tls.expiring(certificates, days):
-            log.warning(
-                "tls.certificate_expiring", key=key, path=path, subject=certificate.subject.rfc4514_string(),
-                not_after=certificate.not_valid_after_utc.isoformat(), days_left=left, warning_days=days,
-            )
 
 
 def _static_sets(snapshot: Snapshot) -> dict[ServiceKey, frozenset[Instance]]:

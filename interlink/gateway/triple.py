@@ -19,7 +19,7 @@ import math
 import structlog
 import trio
 
-from interlink.gateway.forwarding import Forwarder, audit, authorize_peer_call, remaining
+from interlink.gateway.forwarding import Forwarder, authorize_peer_call, refuse, remaining
 from interlink.gateway.relay import Relay
 from interlink.gateway.translation import TripleToBolt
 from interlink.model import Status
@@ -112,9 +112,7 @@ class TripleForwarder(Forwarder):
             head = grpc.parse_request_head(headers)
         except grpc.RequestHeadError as exc:
             relay = Relay(down, stream_id, fields, self._timers, math.inf, end_stream)
-            if str(fields["ingress"]).startswith("peer"):
-                audit("deny", fields, f"malformed request: {exc.message}")
-            relay.fail(exc.status, exc.message, exc.http_status)
+            refuse(relay, exc.status, exc.message, exc.http_status)
             return None, relay
         fields["service"] = head.service
         fields["method"] = head.method

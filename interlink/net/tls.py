@@ -112,10 +112,6 @@ def peer_client_tls(cert: Path, key: Path, peer_ca: Path, alpn: Iterable[str] = 
     return context
 
 
-def load_certificate(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
-
-
 def site_identity_of(certificate: x509.Certificate) -> SiteIdentity | None:
     try:
         san = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
