@@ -35,27 +35,13 @@ PROVIDERS_PATH = f"/sofa-rpc/{SERVICE}/providers"
 
 
 def start_workers(gateway: Gateway, workers: int = WORKERS, timeout: float = 30.0) -> list[int]:
-    """`interlink run -c FILE --workers N` (topology.Gateway.start's pattern); ready once each worker has
+    """`interlink run -c FILE --workers N`; ready once each worker has
     logged `gateway.ready`. Returns the workers' pids."""
-    log = open(gateway.log_path, "ab")  # noqa: SIM115 - handed to the child
-    offset = log_size(gateway)
-    gateway.process = subprocess.Popen(
-        [sys.executable, "-m", "interlink", "run", "-c", str(gateway.path), "--workers", str(workers)],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
-    log.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gateway.process.poll() is not None:
-            raise RuntimeError(f"{gateway.name} exited with {gateway.process.returncode}:\n{gateway.log_text()}")
-        if len(events_named(gateway, "gateway.ready", offset)) >= workers:
-            pids = children_of(gateway.process.pid)
-            assert len(pids) == workers, f"{gateway.name}: {len(pids)} worker processes, expected {workers}"
-            return pids
-        time.sleep(0.05)
-    raise RuntimeError(
-        f"{gateway.name}: not {workers} x gateway.ready within {timeout}s:\n{gateway.log_text()[-4000:]}"
-    )
+    gateway.launch(["--workers", str(workers)]).wait_ready(timeout, count=workers)
+    assert gateway.process is not None
+    pids = children_of(gateway.process.pid)
+    assert len(pids) == workers, f"{gateway.name}: {len(pids)} worker processes, expected {workers}"
+    return pids
 
 
 def stop_workers(gateway: Gateway, pids: list[int]) -> int | None:

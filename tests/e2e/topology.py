@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,25 +58,36 @@ class Gateway:
         self.log_path = folder / f"{name}.log"
         self.path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.process: subprocess.Popen | None = None
+        self._ready_offset = 0
 
     def start(self, timeout: float = 20.0) -> Gateway:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self, args: Sequence[str] = (), **popen: Any) -> Gateway:
+        """Start `interlink run -c FILE [args]` without waiting; `popen` goes to Popen (cwd, env, preexec_fn)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        offset = self.log_path.stat().st_size
+        self._ready_offset = self.log_path.stat().st_size
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "interlink", "run", "-c", str(self.path)],
+            [sys.executable, "-m", "interlink", "run", "-c", str(self.path), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            **popen,
         )
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0, count: int = 1) -> Gateway:
+        """Until `count` processes (workers) have logged gateway.ready (listening + registry synced)."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gateway {self.name} exited with {self.process.returncode}:\n{self.log_text()}")
-            if any(e.get("event") == "gateway.ready" for e in self.events(offset)):  # listening + registry synced
+            if sum(e.get("event") == "gateway.ready" for e in self.events(self._ready_offset)) >= count:
                 return self
             time.sleep(0.05)
-        raise RuntimeError(f"gateway {self.name} did not start within {timeout}s:\n{self.log_text()}")
+        raise RuntimeError(f"gateway {self.name}: not {count} x gateway.ready within {timeout}s:\n{self.log_text()}")
 
     def kill(self) -> None:
         """SIGKILL: no drain, no goodbye (a crash)."""

@@ -46,7 +46,6 @@ class HostileGateway(Gateway):
     def __init__(self, name: str, config: dict[str, Any], folder: Path, *, nofile: int | None = None) -> None:
         super().__init__(name, config, folder)
         self.nofile = nofile
-        self._ready_offset = 0
 
     @property
     def pid(self) -> int:
@@ -56,39 +55,23 @@ class HostileGateway(Gateway):
     def port(self, listener: str) -> int:
         return int(self.config["listen"][listener].rsplit(":", 1)[1])
 
-    def launch(self) -> HostileGateway:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self._ready_offset = self.log_path.stat().st_size
+    def launch(self) -> HostileGateway:  # type: ignore[override]
         nofile = self.nofile
 
         def limit_fds() -> None:  # runs in the child, before exec
             if nofile is not None:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "interlink", "run", "-c", str(self.path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        super().launch(
             cwd=GATEWAY_TREE,  # `python -m` puts the cwd first on sys.path: this tree's `interlink` runs
             env={**os.environ, "PYTHONPATH": str(GATEWAY_TREE)},
             preexec_fn=limit_fds if nofile is not None else None,
         )
-        log.close()
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> HostileGateway:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gateway {self.name} exited with {self.process.returncode}:\n{self.log_text()[-6000:]}"
-                )
-            if any(e.get("event") == "gateway.ready" for e in self.events(self._ready_offset)):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"gateway {self.name} did not start within {timeout}s:\n{self.log_text()[-6000:]}")
+    def wait_ready(self, timeout: float = 30.0, count: int = 1) -> HostileGateway:
+        super().wait_ready(timeout, count)
+        return self
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
