@@ -271,7 +271,6 @@ class ConnectionTable:
     def __init__(self, max_total: int = 1_000_000) -> None:
         self.max_total = max_total  # every connection of the process, inbound and outbound (file descriptors)
         self._connections: dict[Connection, tuple[str, str]] = {}  # -> (group: listener name or "outbound", host)
-        self.closed_by_timeout = 0
         self.heap = HeapTrimmer()
 
     def __len__(self) -> int:
@@ -317,7 +316,6 @@ class ConnectionTable:
                 if connection.closed:  # closing, and its last bytes are not leaving: let it go
                     connection.transport.close()
                     continue
-                self.closed_by_timeout += 1
                 log.info("connection.timeout", endpoint=connection.name, remote=connection.remote, reason=reason)
                 if reason.startswith("idle"):
                     connection.shutdown(reason)

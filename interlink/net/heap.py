@@ -62,7 +62,6 @@ class HeapTrimmer:
     def __init__(self) -> None:
         self.peak = 0
         self.last = float("-inf")
-        self.trims = 0
 
     def observe(self, connections: int, now: float) -> None:
         if connections > self.peak:
@@ -77,4 +76,3 @@ class HeapTrimmer:
                 gc.collect()  # connections that ended in cycles go now, not when the collector next runs
             if _libc is not None:
                 _libc.malloc_trim(0)
-            self.trims += 1
