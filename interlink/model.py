@@ -127,10 +127,16 @@ class Reply:
     exception: bool = False  # the payload is a serialized business exception (Dubbo tri-exception-code)
 
 
-class CallRefused(Exception):
-    """A call the gateway answers itself with an error status (routing, ACL, limits, unavailability)."""
+class Refusal(Exception):
+    """A call the gateway answers itself, whatever refused it (a malformed head, routing, a filter such as
+    the ACL, a limit, a translation that cannot be made): the status, a message that says what was wrong and
+    what to do, and for HTTP/2 callers the HTTP status (200 unless the request was not gRPC at all).
+    Raised by the wire adapters and filters; the call core turns it into the caller's protocol's error."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    __slots__ = ("status", "message", "http_status")
+
+    def __init__(self, status: Status, message: str, http_status: bytes = b"200") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.http_status = http_status

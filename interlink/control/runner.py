@@ -87,14 +87,20 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
 def reload(gateway) -> None:
     """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving."""
     from interlink.control.sitefile import SiteFileError, load_site
-    from interlink.control.snapshot import SnapshotError, build_snapshot, log_expiring_certificates
-    from interlink.gateway.gateway import ReloadError
+    from interlink.control.snapshot import SnapshotError, build_snapshot, log_expiring_certificates, restart_needed
 
     try:
-        snapshot = build_snapshot(load_site(gateway.config.path))
+        config = load_site(gateway.config.path)
+        changed = restart_needed(gateway.config, config)
+        if changed:
+            raise SnapshotError(
+                f"{config.path}: {', '.join(changed)} changed; restart the gateway to apply that "
+                "(nothing was changed, the running configuration keeps serving)"
+            )
+        snapshot = build_snapshot(config)
         gateway.install(snapshot)
         log_expiring_certificates(snapshot)
-    except (SiteFileError, SnapshotError, ReloadError) as exc:
+    except (SiteFileError, SnapshotError) as exc:
         log.error("config.reload_failed", path=str(gateway.config.path), error=str(exc))
 
 

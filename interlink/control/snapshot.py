@@ -145,3 +145,32 @@ def log_expiring_certificates(snapshot: Snapshot) -> None:
                 "tls.certificate_expiring", key=key, path=path, subject=certificate.subject.rfc4514_string(),
                 not_after=certificate.not_valid_after_utc.isoformat(), days_left=left, warning_days=days,
             )
+
+
+def restart_needed(old: SiteConfig, new: SiteConfig) -> list[str]:
+    """What a reload cannot change in place (the sockets the gateway owns and the pools it keeps): listen
+    addresses, dialled peers, imports, the registry, registry-followed exports and `limits:`."""
+    def dialled(config: SiteConfig) -> dict[str, tuple]:
+        imported = {item.from_site for item in config.imports}
+        return {
+            name: (peer.endpoints, peer.connections, peer.max_concurrent_streams, peer.domain)
+            for name, peer in config.peers.items()
+            if name in imported
+        }
+
+    def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
+        return {(i.service, i.from_site, i.protocol) for i in config.imports}
+
+    def followed(config: SiteConfig) -> set[tuple[str, str | None, str]]:  # exports whose providers the registry gives
+        return {(e.service, e.version, e.protocol) for e in config.exports if not e.providers}
+
+    checks = [
+        ("site", old.site != new.site),
+        ("listen addresses", old.listen != new.listen),
+        ("dialled peers (endpoints, connections, streams, domain)", dialled(old) != dialled(new)),
+        ("imports", imports(old) != imports(new)),
+        ("registry", old.registry != new.registry),
+        ("exports that follow the registry (no providers: list)", followed(old) != followed(new)),
+        ("limits", old.limits != new.limits),
+    ]
+    return [what for what, differs in checks if differs]

@@ -1,4 +1,5 @@
-"""One site's gateway process: listeners, connection pools, timers — one nursery tree.
+"""One site's gateway process: listeners, connection pools, timers — one nursery tree. Every request the
+listeners' connections receive becomes a call of the call core (gateway/call.py).
 
     Gateway.run
       ├─ DeadlineTimers.run                      every call's deadline, one heap
@@ -25,17 +26,17 @@ import structlog
 import trio
 
 from interlink.config import HostPort, Limits, PeerConfig, SiteConfig
-from interlink.gateway.bolt import BoltForwarder
+from interlink.gateway.call import CallCore
+from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.providers import ProviderDirectory
-from interlink.gateway.relay import DeadlineTimers
-from interlink.gateway.triple import TripleForwarder
 from interlink.net import heap, tls
 from interlink.net.boltlink import BoltEndpoint, PartialFrameBudget
 from interlink.net.connection import ConnectionPolicy, ConnectionTable, FlushQueue, IdleRule
 from interlink.net.h2link import H2Endpoint, H2Settings
 from interlink.net.listener import FD_RESERVE, Listener, bind, raise_fd_limit
+from interlink.net.peerlink import PeerRefused, accept_peer, connect_tcp, dial_peer
 from interlink.net.pool import ConnectionPool, PoolGroup
-from interlink.net.transport import SocketTransport, TlsHandshakeError, TransportClosed, remote_of, tls_handshake
+from interlink.net.transport import SocketTransport, TlsTransport, remote_of
 from interlink.routes import Snapshot
 from registry_adapters.model import Instance, ServiceKey
 from registry_adapters.static import StaticRegistry
@@ -139,10 +140,15 @@ class Gateway:
         ]
         self.reuse_port = False  # set for --workers N: several processes share the listening ports
         self._nursery: trio.Nursery | None = None
-        self._forwarder: TripleForwarder | None = None
-        self._bolt: BoltForwarder | None = None
+        self.calls = CallCore(
+            snapshot, peer_group=self._peer_group, provider_group=self.providers.group, timers=self.timers,
+            flush_queue=self.flush_queue,
+        )
         self._listener_scopes: list[trio.CancelScope] = []
         self._ingress: set[H2Endpoint | BoltEndpoint] = set()
+
+    def _peer_group(self, protocol: str, site: str) -> PoolGroup | None:
+        return (self.peer_groups if protocol == "triple" else self.bolt_peer_groups).get(site)
 
     def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
         dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
@@ -171,19 +177,13 @@ class Gateway:
         """Swap in a new snapshot (routes, ACLs, access domains, certificates and trust anchors): calls in
         flight finish on the snapshot they started with, new calls and new connections use the new one.
         Providers listed in the site file change in place (a removed provider's calls in flight finish).
-        Changes to what the gateway listens on or dials (listen addresses, peer endpoints and connection
-        counts) and to `limits:` need a restart; such a reload is refused and the old snapshot keeps serving."""
+        What needs a restart (control/snapshot.py `restart_needed`) is refused before this is called."""
         config = snapshot.config
-        changed = _wiring_changes(self.config, config)
-        if changed:
-            raise ReloadError(
-                f"{config.path}: {', '.join(changed)} changed; restart the gateway to apply that "
-                "(nothing was changed, the running configuration keeps serving)"
-            )
         self.static_registry.replace(_static_sets(snapshot))  # removed exports get an empty set
         if self._nursery is not None:
             self._nursery.start_soon(self._follow_static, self._nursery, snapshot)
         previous, self._snapshot = self._snapshot, snapshot
+        self.calls.install(snapshot)
         self.config = config
         log.info("config.reloaded", site=config.site, path=str(config.path))
         self._retrust(previous, snapshot)
@@ -221,22 +221,7 @@ class Gateway:
         self.connections.max_total = max(16, fd_limit - FD_RESERVE)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self._forwarder = TripleForwarder(
-                snapshot=lambda: self._snapshot,
-                peer_groups=self.peer_groups.get,
-                provider_group=self.providers.group,
-                timers=self.timers,
-                flush_queue=self.flush_queue,
-                nursery=nursery,
-            )
-            self._bolt = BoltForwarder(
-                snapshot=lambda: self._snapshot,
-                peer_groups=self.bolt_peer_groups.get,
-                provider_group=self.providers.group,
-                timers=self.timers,
-                flush_queue=self.flush_queue,
-                nursery=nursery,
-            )
+            self.calls.nursery = nursery
             nursery.start_soon(self.timers.run)
             nursery.start_soon(self.connections.run)
             await nursery.start(self.providers.run)
@@ -305,26 +290,24 @@ class Gateway:
             await listener.serve(handler, self._nursery)
 
     async def _serve_local_connection(self, sock: socket.socket) -> None:
-        assert self._forwarder is not None
         transport = SocketTransport(sock)
         endpoint = H2Endpoint(
             transport,
             client_side=False,
             flush_queue=self.flush_queue,
             settings=self.limits.local_h2,
-            on_request=self._forwarder.on_local_request,
+            on_request=self.calls.on_local_h2,
             name=f"local:{transport.remote}",
             policy=self.limits.local_h2_policy,
         )
         await self._serve_ingress(endpoint, "triple")
 
     async def _serve_local_bolt_connection(self, sock: socket.socket) -> None:
-        assert self._bolt is not None
         transport = SocketTransport(sock)
         endpoint = BoltEndpoint(
             transport,
             flush_queue=self.flush_queue,
-            on_request=self._bolt.on_local_request,
+            on_request=self.calls.on_local_bolt,
             max_pending=self.config.limits.bolt_max_pending,
             max_frame_size=self.config.limits.bolt_max_frame_bytes,
             partial_budget=self.partial_frames,
@@ -343,34 +326,23 @@ class Gateway:
             self.connections.discard(endpoint)
 
     async def _serve_peer_connection(self, sock: socket.socket) -> None:
-        assert self._forwarder is not None and self._bolt is not None
         snapshot = self._snapshot
         assert snapshot.server_tls is not None
         remote = remote_of(sock)
-        limit = self.config.limits.handshake_timeout
-        transport = None
         try:
-            with trio.fail_after(limit):
-                transport = await tls_handshake(sock, snapshot.server_tls.default, server_side=True, name=remote)
-            alpn = transport.selected_alpn_protocol()
-            if alpn not in (tls.ALPN_H2, tls.ALPN_BOLT):
-                raise tls.PeerIdentityError(f"ALPN {alpn!r} offered; the peer link speaks h2 or bolt")
-            sni = snapshot.server_tls.domain_of(transport.context)
-            owner = snapshot.server_tls.site_of_domain.get(sni or "")
-            if owner is None:  # cannot happen: the SNI callback refuses unknown names
-                raise tls.PeerIdentityError("the handshake chose no access domain")
-            site = tls.verify_peer_site(transport.getpeercert(binary_form=True), snapshot.config.trust_domain, owner)
-        except (TlsHandshakeError, TransportClosed, trio.TooSlowError, tls.PeerIdentityError) as exc:
-            reason = _handshake_error(exc, limit, snapshot.server_tls)
-            log.warning("peer.handshake_refused", remote=remote, error=reason)
-            audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=reason)
-            if transport is not None:
-                transport.close()
+            link = await accept_peer(
+                sock, snapshot.server_tls, snapshot.config.trust_domain, self.config.limits.handshake_timeout, remote
+            )
+        except PeerRefused as exc:
+            log.warning("peer.handshake_refused", remote=remote, error=str(exc))
+            audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=str(exc))
             return
+        transport, site, sni, alpn = link.transport, link.site, link.sni, link.alpn
         endpoint: H2Endpoint | BoltEndpoint
         if alpn == tls.ALPN_BOLT:
             endpoint = BoltEndpoint(
-                transport, flush_queue=self.flush_queue, on_request=self._bolt.on_peer_request,
+                transport, flush_queue=self.flush_queue, on_request=self.calls.on_peer_bolt,
+                on_refused=self._audit_peer_refusal,
                 max_pending=self.config.limits.bolt_max_pending,
                 max_frame_size=self.config.limits.bolt_max_frame_bytes, partial_budget=self.partial_frames,
                 name=f"peer-in-bolt:{site}@{remote}", policy=self.limits.peer_bolt_policy, link=True,
@@ -381,7 +353,7 @@ class Gateway:
                 client_side=False,
                 flush_queue=self.flush_queue,
                 settings=self.limits.peer_h2,
-                on_request=self._forwarder.on_peer_request,
+                on_request=self.calls.on_peer_h2,
                 on_refused=self._audit_peer_refusal,
                 name=f"peer-in:{site}@{remote}",
                 policy=self.limits.peer_policy,
@@ -393,8 +365,9 @@ class Gateway:
         await self._serve_ingress(endpoint, "peer")
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
 
-    def _audit_peer_refusal(self, endpoint: H2Endpoint, stream_id: int, reason: str) -> None:
-        """Every refusal on the peer port is audited, malformed requests and cut connections included."""
+    def _audit_peer_refusal(self, endpoint: H2Endpoint | BoltEndpoint, stream_id: int, reason: str) -> None:
+        """Every refusal on the peer port is audited, malformed requests and cut connections included
+        (`stream_id`: the HTTP/2 stream or Bolt request id, 0 for the connection)."""
         audit_log.info(
             "audit", decision="deny", site=self.config.site, ingress="peer", peer=endpoint.attributes.get("site"),
             remote=endpoint.remote, stream_id=stream_id or None, reason=reason,
@@ -447,24 +420,12 @@ class Gateway:
             table=self.connections,
         )
 
-    async def _dial_peer(self, peer: PeerConfig, address: HostPort, alpn: str) -> tuple[SocketTransport, str]:
-        """TCP + mTLS to one gateway of `peer`, SNI = the access domain it gave us; the server must select
-        `alpn` and prove, by a certificate that chains to that site's CA bundle, that it is that site."""
+    async def _dial_peer(self, peer: PeerConfig, address: HostPort, alpn: str) -> tuple[TlsTransport, str]:
+        """mTLS to one gateway of `peer` (interlink.net.peerlink.dial_peer), with the snapshot's context."""
         snapshot = self._snapshot
         contexts = snapshot.client_tls if alpn == tls.ALPN_H2 else snapshot.client_tls_bolt
-        sock = await _connect(address)
-        try:
-            transport = await tls_handshake(sock, contexts[peer.name], server_side=False, server_hostname=peer.domain)
-        except TlsHandshakeError as exc:
-            raise ConnectionError(f"TLS handshake failed: {exc}") from None
-        try:
-            if transport.selected_alpn_protocol() != alpn:
-                raise tls.PeerIdentityError(f"peer did not select ALPN {alpn} ({transport.selected_alpn_protocol()!r})")
-            site = tls.verify_peer_site(transport.getpeercert(binary_form=True), snapshot.config.trust_domain, peer.name)
-        except BaseException:
-            transport.close()
-            raise
-        return transport, site
+        transport = await dial_peer(address, contexts[peer.name], peer.domain, alpn, snapshot.config.trust_domain, peer.name)
+        return transport, peer.name
 
     def _provider_pool(self, protocol: str, address: HostPort) -> ConnectionPool:
         if protocol == "bolt":
@@ -472,7 +433,7 @@ class Gateway:
         settings = _with_streams(self.limits.peer_h2, PROVIDER_MAX_STREAMS)
 
         async def connect() -> H2Endpoint:
-            transport = SocketTransport(await _connect(address))
+            transport = SocketTransport(await connect_tcp(address))
             return H2Endpoint(
                 transport, client_side=True, flush_queue=self.flush_queue, settings=settings,
                 name=f"provider:{address}", policy=self.limits.outbound_policy,
@@ -482,7 +443,7 @@ class Gateway:
 
     def _bolt_provider_pool(self, address: HostPort) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
-            transport = SocketTransport(await _connect(address))
+            transport = SocketTransport(await connect_tcp(address))
             return BoltEndpoint(
                 transport, flush_queue=self.flush_queue, max_frame_size=self.config.limits.bolt_max_frame_bytes,
                 name=f"bolt-provider:{address}", policy=self.limits.outbound_bolt_policy,
@@ -510,65 +471,9 @@ def _with_streams(settings: H2Settings, max_streams: int) -> H2Settings:
     return replace(settings, max_concurrent_streams=max_streams)
 
 
-async def _connect(address: HostPort) -> socket.socket:
-    """A TCP connection (happy eyeballs, TCP_NODELAY) as a plain non-blocking socket."""
-    stream = await trio.open_tcp_stream(address.host, address.port)
-    return socket.socket(fileno=stream.socket.detach())
-
-
 def _static_sets(snapshot: Snapshot) -> dict[ServiceKey, frozenset[Instance]]:
     return {
         route.registry_key: frozenset(Instance(address.host, address.port) for address in route.providers)
         for route in snapshot.export_routes
         if route.providers
     }
-
-
-class ReloadError(Exception):
-    """A new site file that cannot be applied without a restart."""
-
-
-def _wiring_changes(old: SiteConfig, new: SiteConfig) -> list[str]:
-    """What a reload cannot change in place: the sockets the gateway owns and the pools it keeps."""
-    def dialled(config: SiteConfig) -> dict[str, tuple]:
-        imported = {item.from_site for item in config.imports}
-        return {
-            name: (peer.endpoints, peer.connections, peer.max_concurrent_streams, peer.domain)
-            for name, peer in config.peers.items()
-            if name in imported
-        }
-
-    def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
-        return {(i.service, i.from_site, i.protocol) for i in config.imports}
-
-    def followed(config: SiteConfig) -> set[tuple[str, str | None, str]]:  # exports whose providers the registry gives
-        return {(e.service, e.version, e.protocol) for e in config.exports if not e.providers}
-
-    checks = [
-        ("site", old.site != new.site),
-        ("listen addresses", old.listen != new.listen),
-        ("dialled peers (endpoints, connections, streams, domain)", dialled(old) != dialled(new)),
-        ("imports", imports(old) != imports(new)),
-        ("registry", old.registry != new.registry),
-        ("exports that follow the registry (no providers: list)", followed(old) != followed(new)),
-        ("limits", old.limits != new.limits),
-    ]
-    return [what for what, differs in checks if differs]
-
-
-def _handshake_error(exc: BaseException, limit: float, server_tls: tls.PeerServerTLS) -> str:
-    """What the audit line says about a refused handshake: the SNI refusal, or OpenSSL's reason with the
-    site whose CA bundle the client certificate had to chain to."""
-    if isinstance(exc, trio.TooSlowError):
-        return f"TLS handshake did not finish within {limit:g}s"
-    if isinstance(exc, TlsHandshakeError):
-        session = exc.ssl_object
-        refusal = getattr(session, "sni_refusal", None)
-        if refusal:
-            return refusal
-        domain = server_tls.domain_of(session.context) if session is not None else None
-        if domain is not None:
-            return (f"TLS handshake failed: {exc} (SNI {domain}: the client certificate must chain to the CA bundle "
-                    "of the site this access domain was given to)")
-        return f"TLS handshake failed: {exc}"
-    return str(exc) or type(exc).__name__

@@ -47,6 +47,7 @@ class InboundCall(Protocol):
 
 
 RequestCallback = Callable[["BoltEndpoint", bolt.BoltFrame], None]
+RefusalCallback = Callable[["BoltEndpoint", int, str], None]  # (endpoint, request id, reason)
 
 
 class PartialFrameBudget:
@@ -83,7 +84,7 @@ class BoltEndpoint(Connection):
     """One Bolt connection. `run()` is its reader; the owner runs it in a nursery."""
 
     __slots__ = (
-        "streams", "calls", "inbound", "link", "max_pending", "_on_request", "_decoder", "_partial_budget",
+        "streams", "calls", "inbound", "link", "max_pending", "_on_request", "_on_refused", "_decoder", "_partial_budget",
         "_out", "_next_id", "_readable"
     )
 
@@ -95,6 +96,7 @@ class BoltEndpoint(Connection):
         *,
         flush_queue: FlushQueue,
         on_request: RequestCallback | None = None,
+        on_refused: RefusalCallback | None = None,
         max_pending: int = 1024,
         max_frame_size: int = bolt.DEFAULT_MAX_FRAME_SIZE,
         partial_budget: PartialFrameBudget | None = None,
@@ -109,6 +111,7 @@ class BoltEndpoint(Connection):
         self.link = link  # a peer link between two gateways: cancels go both ways (bolt_call.cancel_frame)
         self.max_pending = max_pending
         self._on_request = on_request
+        self._on_refused = on_refused
         self._decoder = bolt.BoltDecoder(max_frame_size=max_frame_size)
         self._partial_budget = partial_budget
         self._out: list[bytes] = []
@@ -120,6 +123,10 @@ class BoltEndpoint(Connection):
     @property
     def in_flight(self) -> int:
         return self.calls + len(self.streams)
+
+    @property
+    def inbound_calls(self) -> tuple[int, int]:
+        return self.calls, self.max_pending
 
     @property
     def slots(self) -> int:
@@ -272,9 +279,25 @@ class BoltEndpoint(Connection):
                 if self.draining and not self.streams:
                     self._close_if_done()
             elif self._on_request is not None:
-                self._on_request(self, frame)
+                self._admit(frame)
         except Exception:  # a bug in one call must not take the connection (and every other call) down
             log.exception("bolt.handler_failed", endpoint=self.name, request_id=frame.request_id)
+
+    def _admit(self, frame: bolt.BoltFrame) -> None:
+        """A request is dispatched only if it is an RPC request and the connection admits a new call;
+        otherwise it gets an error response of its own (a oneway request: nothing) and the owner is told."""
+        if frame.cmdcode != bolt.CMD_RPC_REQUEST or not frame.is_request:
+            log.debug("bolt.unexpected_frame", endpoint=self.name, cmdcode=frame.cmdcode, type=frame.type)
+            return
+        refusal = self.admission_refusal()
+        if refusal is None:
+            self._on_request(self, frame)  # type: ignore[misc]
+            return
+        status, reason = refusal
+        if not frame.is_oneway:
+            self.write(bolt.encode(bolt_call.error_frame(frame, status, f"interlink {status.name}: {reason}")))
+        if self._on_refused is not None:
+            self._on_refused(self, frame.request_id, reason)
 
     # --- liveness and ending ------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 import trio
 
+from interlink.model import Status
 from interlink.net.heap import HeapTrimmer
 from interlink.net.transport import Transport, TransportClosed
 
@@ -133,11 +134,27 @@ class Connection:
     async def _before_read(self) -> None:
         """Hook: wait, if the connection should not be read from now (Bolt callers with answers unread)."""
 
+    @property
+    def inbound_calls(self) -> tuple[int, int]:
+        """Server side: calls the remote side has open here, and how many it may have."""
+        raise NotImplementedError
+
     def shutdown(self, reason: str) -> None:
         """Hook: close politely (HTTP/2: GOAWAY first); used for idle connections and shedding."""
         self.close(reason)
 
     # --- state ------------------------------------------------------------------------------------------
+
+    def admission_refusal(self) -> tuple[Status, str] | None:
+        """The one admission rule of both protocols, asked before a new inbound call is dispatched: None when
+        it may start, else the status and reason it is refused with (HTTP/2 answers REFUSED_STREAM, Bolt an
+        error response)."""
+        if self.draining:
+            return Status.UNAVAILABLE, "the gateway is shutting down; retry on another one"
+        open_calls, limit = self.inbound_calls
+        if open_calls >= limit:
+            return Status.RESOURCE_EXHAUSTED, f"more than {limit} calls in flight on this connection"
+        return None
 
     @property
     def usable(self) -> bool:

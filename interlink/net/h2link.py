@@ -211,6 +211,10 @@ class H2Endpoint(Connection):
         return len(self.streams)
 
     @property
+    def inbound_calls(self) -> tuple[int, int]:
+        return len(self.streams), self.max_concurrent_streams
+
+    @property
     def slots(self) -> int:
         """Streams this connection may carry at once (our limit, and the remote's)."""
         if self.conn is None:
@@ -555,8 +559,8 @@ class H2Endpoint(Connection):
             self.premature_resets += 1
             self._judge_resets()
             return
-        if self._on_request is None or self.draining:
-            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)
+        if self._on_request is None or self.admission_refusal() is not None:
+            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)  # never processed: the client may retry it elsewhere
             return
         if self._malformed(stream_id, headers, h2headers.check_request):
             return

@@ -9,11 +9,11 @@ messages by wire/triple_wrapper.py only when the other side needs it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from interlink.model import RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Reply, Status
-from interlink.wire import bolt, sofarpc, triple_wrapper
+from interlink.model import RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Refusal, Reply, Status
+from interlink.wire import bolt, link_headers, sofarpc, triple_wrapper
 from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader
-from interlink.wire.triple_call import TranslationRefused
 
 SERVICE = "service"
 TARGET_SERVICE = "sofa_head_target_service"
@@ -22,9 +22,13 @@ TARGET_APP = "sofa_head_target_app"
 APP = "app"
 RESPONSE_ERROR = "sofa_head_response_error"
 NEW_TRACE = "new_rpc_trace_context"
-GATEWAY_PREFIX = "x-interlink-"
 # Keys a Call carries in its own fields (or that are rebuilt per hop), never as metadata.
 _NOT_METADATA = frozenset({SERVICE, TARGET_SERVICE, METHOD_NAME, TARGET_APP, APP, RESPONSE_ERROR, "sofa_head_method_argsigs"})
+
+# What reading a request's head can fail with; and what translating a body can fail with besides a
+# Refusal (bodies the codecs cannot read or write).
+UNREADABLE = (bolt.BoltProtocolError, HessianError)
+UNTRANSLATABLE = (HessianError, triple_wrapper.TranslationError, bolt.BoltProtocolError, ValueError)
 
 # Bolt response statuses a provider (or a Bolt peer) can answer with, as gRPC statuses (PROTOCOLS.md 3.3).
 _STATUS_OF_BOLT = {
@@ -42,30 +46,85 @@ _STATUS_OF_BOLT = {
 # --- requests --------------------------------------------------------------------------------------------
 
 
-def call_from_bolt(request: bolt.BoltFrame, interface: str, deadline: float | None) -> Call:
+@dataclass(frozen=True, slots=True)
+class BoltRequestHead:
+    """What the gateway needs from a Bolt request, read once per call from its header map (and, only when
+    the map lacks them, from the SofaRequest head at the start of a hessian2 body; never the arguments).
+
+    `app` is who the request says is calling: on a local caller's connection its own `app` key (or the
+    SofaRequest's caller app), on a peer link the app the calling gateway stamped (link_headers.CALLER_APP)."""
+
+    service: str | None  # the unique name interface:version[:uniqueId] (`service`, else sofa_head_target_service)
+    method: str | None
+    app: str | None
+    timeout: float | None  # seconds; None when the caller set none
+
+
+_SERVICE_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode())
+_METHOD_KEY = METHOD_NAME.encode()
+_APP_KEY = APP.encode()
+_HEADS = sofarpc.RequestHeadCache()
+
+
+def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltRequestHead:
+    """The head of `request`; `from_link`: it came from a peer gateway (trust its stamps, not the caller's
+    own keys). Raises BoltProtocolError or HessianError for a header map or head that cannot be read."""
+    header = request.header
+    service = None
+    for key in _SERVICE_KEYS:
+        value = bolt.header_get(header, key)
+        if value:
+            service = _text(value)
+            break
+    if from_link:
+        method = _text(bolt.header_get(header, link_headers.METHOD)) or _text(bolt.header_get(header, _METHOD_KEY))
+        app = _text(bolt.header_get(header, link_headers.CALLER_APP))
+        need_body = method is None
+    else:
+        method = _text(bolt.header_get(header, _METHOD_KEY))
+        app = _text(bolt.header_get(header, _APP_KEY))
+        need_body = method is None or app is None
+    if need_body and request.codec == bolt.CODEC_HESSIAN2 and request.content and service is not None:
+        body_head = _HEADS.read(request.content)
+        method = method or body_head.method_name
+        if not from_link:
+            app = app or sofarpc.caller_app(body_head)
+    timeout = request.timeout / 1000 if request.timeout > 0 else None
+    return BoltRequestHead(service, method, app, timeout)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("utf-8", "replace") if value else None
+
+
+
+def call_from_bolt(request: bolt.BoltFrame, interface: str, deadline: float | None, head: BoltRequestHead | None = None) -> Call:
     """A Bolt request as a Call: method, target app, caller app and metadata from the header map, and for
-    hessian2 from the SofaRequest head too (sofa-rpc-node puts them only there). TranslationRefused for a
-    request that names no method or uses a codec other than hessian2/protobuf."""
+    hessian2 from the SofaRequest head too (sofa-rpc-node puts them only there); the method and app of
+    `head` (read_request_head) when given. Refusal for a request that names no method or uses a codec
+    other than hessian2/protobuf."""
     header = bolt.decode_header_map(request.header) if request.header else {}
-    metadata = {key: value for key, value in header.items() if key not in _NOT_METADATA and not key.startswith(GATEWAY_PREFIX)}
+    metadata = {key: value for key, value in header.items() if key not in _NOT_METADATA and not key.startswith(link_headers.PREFIX_TEXT)}
     method = header.get(METHOD_NAME)
     target_app = header.get(TARGET_APP)
     app = header.get(APP)
+    if head is not None:  # already read once for routing: the same answer, without reading it again
+        method, app = head.method or method, head.app or app
     if request.codec == bolt.CODEC_HESSIAN2:
-        head = sofarpc.read_request_head(request.content)
-        method = method or head.method_name
-        target_app = target_app or head.target_app
-        app = app or sofarpc.caller_app(head)
-        for key, value in _flatten(head.request_props):
+        body_head = sofarpc.read_request_head(request.content)
+        method = method or body_head.method_name
+        target_app = target_app or body_head.target_app
+        app = app or sofarpc.caller_app(body_head)
+        for key, value in _flatten(body_head.request_props):
             if key not in _NOT_METADATA:
                 metadata.setdefault(key, value)
         payload = Payload(PayloadKind.SOFA_HESSIAN, request.content)
     elif request.codec == bolt.CODEC_PROTOBUF:
         payload = Payload(PayloadKind.PROTOBUF, request.content)
     else:
-        raise TranslationRefused(Status.INTERNAL, f"Bolt codec {request.codec} cannot be translated (hessian2 and protobuf can)")
+        raise Refusal(Status.INTERNAL, f"Bolt codec {request.codec} cannot be translated (hessian2 and protobuf can)")
     if not method:
-        raise TranslationRefused(Status.INTERNAL, "the request names no method (header sofa_head_method_name)")
+        raise Refusal(Status.INTERNAL, "the request names no method (header sofa_head_method_name)")
     _trace_from_new_context(metadata)
     return Call(
         service=interface,
@@ -99,7 +158,7 @@ def request_frame(
     header.update(stamps)
     if codec == "protobuf":
         if payload.kind != PayloadKind.PROTOBUF:
-            raise TranslationRefused(
+            raise Refusal(
                 Status.UNIMPLEMENTED,
                 f"the Bolt providers of {unique_name} take protobuf bodies, but the call carries a {payload.kind.value} "
                 "payload; export the service with codec: hessian2 for wrapper-mode (Hessian) callers",
@@ -107,7 +166,7 @@ def request_frame(
         content, codec_id = payload.data, bolt.CODEC_PROTOBUF
     else:
         if payload.kind != PayloadKind.WRAPPER:
-            raise TranslationRefused(
+            raise Refusal(
                 Status.UNIMPLEMENTED,
                 f"the Bolt providers of {unique_name} take hessian2 bodies, but the call is an IDL (protobuf) call; "
                 "export the service with codec: protobuf for IDL callers",
@@ -139,8 +198,8 @@ def reply_from_bolt(response: bolt.BoltFrame, serialize: str | None) -> Reply:
     """A provider's Bolt response as a Reply; `serialize` is the wrapper serializeType the Triple caller
     used (None for IDL callers), so that a hessian2 return value is converted once, straight into it."""
     header = bolt.decode_header_map(response.header) if response.header else {}
-    metadata = {k: v for k, v in header.items() if k != RESPONSE_ERROR and not k.startswith(GATEWAY_PREFIX)}
-    stamped = header.get(GATEWAY_PREFIX + "status")
+    metadata = {k: v for k, v in header.items() if k != RESPONSE_ERROR and not k.startswith(link_headers.PREFIX_TEXT)}
+    stamped = header.get(link_headers.STATUS_TEXT)
     if response.status != bolt.ResponseStatus.SUCCESS:
         status = _STATUS_OF_BOLT.get(response.status, Status.UNAVAILABLE)  # type: ignore[call-overload]
         name = bolt.ResponseStatus(response.status).name
@@ -154,7 +213,7 @@ def reply_from_bolt(response: bolt.BoltFrame, serialize: str | None) -> Reply:
             return Reply(_stamped(stamped), _protobuf_error_text(response.content), metadata=metadata)
         return Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, response.content), metadata=metadata)
     if serialize is None:
-        raise TranslationRefused(Status.INTERNAL, "a hessian2 response cannot answer an IDL (protobuf) call")
+        raise Refusal(Status.INTERNAL, "a hessian2 response cannot answer an IDL (protobuf) call")
     result, wrapper = triple_wrapper.sofa_response_to_wrapper(response.content, serialize)
     metadata.update({k: str(v) for k, v in (result.response_props or {}).items() if isinstance(k, str)})
     if result.is_error:
@@ -180,7 +239,7 @@ def error_frame(request: bolt.BoltFrame, status: Status, text: str, header: Mapp
     """An error answer SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a
     SUCCESS frame carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise
     a Bolt status with the text as UTF-8 content (what sofa-rpc-node sends with protobuf, and shows)."""
-    entries = {**header, GATEWAY_PREFIX + "status": status.name, RESPONSE_ERROR: "true"}
+    entries = {**header, link_headers.STATUS_TEXT: status.name, RESPONSE_ERROR: "true"}
     encoded = bolt.encode_header_map(entries)
     if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
         return bolt.response_for(
@@ -195,16 +254,16 @@ def response_frame(reply: Reply, request: bolt.BoltFrame) -> bolt.BoltFrame:
     """The Bolt response to `request` for a Reply (PROTOCOLS.md 3.2): protobuf content unchanged, a
     wrapper's value as a SofaResponse in the SOFA dialect (reply metadata as its responseProps and as the
     header map), errors as `error_frame` makes them."""
-    props = {k: v for k, v in reply.metadata.items() if not k.startswith(GATEWAY_PREFIX)}
+    props = {k: v for k, v in reply.metadata.items() if not k.startswith(link_headers.PREFIX_TEXT)}
     if reply.status != Status.OK or reply.payload is None:
         return error_frame(request, reply.status if reply.status != Status.OK else Status.INTERNAL, reply.message, props)
     if request.codec == bolt.CODEC_PROTOBUF:
         if reply.payload.kind != PayloadKind.PROTOBUF:
-            raise TranslationRefused(Status.INTERNAL, f"a {reply.payload.kind.value} reply cannot answer a protobuf call")
+            raise Refusal(Status.INTERNAL, f"a {reply.payload.kind.value} reply cannot answer a protobuf call")
         content = reply.payload.data
     else:
         if reply.payload.kind != PayloadKind.WRAPPER:
-            raise TranslationRefused(Status.INTERNAL, "an IDL (protobuf) reply cannot answer a hessian2 call")
+            raise Refusal(Status.INTERNAL, "an IDL (protobuf) reply cannot answer a hessian2 call")
         content = triple_wrapper.wrapper_response_to_sofa_response(
             reply.payload.data, exception=reply.exception, response_props=props or None
         )
@@ -299,15 +358,13 @@ def _read_varint(data: bytes, offset: int) -> tuple[int | None, int]:
 # gateway tells the other one that a call was given up (deadline passed, caller gone) with a oneway
 # request carrying only this header: the receiving gateway drops the call if it has not dispatched it
 # (always so when both arrive in one read) and stops waiting for it otherwise.
-CANCEL_KEY = GATEWAY_PREFIX + "cancel"
-_CANCEL_KEY_BYTES = CANCEL_KEY.encode()
 
 
 def cancel_frame(request_id: int) -> bytes:
     """The link frame that cancels `request_id` (an id of the connection it is sent on)."""
     return bolt.encode(bolt.BoltFrame(
         proto=bolt.PROTO_V1, type=bolt.TYPE_ONEWAY, cmdcode=bolt.CMD_RPC_REQUEST, request_id=0,
-        header=bolt.encode_header_map({CANCEL_KEY: str(request_id)}),
+        header=bolt.encode_header_map({link_headers.CANCEL_TEXT: str(request_id)}),
     ))
 
 
@@ -316,7 +373,7 @@ def cancelled_id(frame: bolt.BoltFrame) -> int | None:
     if frame.type != bolt.TYPE_ONEWAY or frame.content or not frame.header:
         return None
     try:
-        value = bolt.header_get(frame.header, _CANCEL_KEY_BYTES)
+        value = bolt.header_get(frame.header, link_headers.CANCEL)
     except bolt.BoltProtocolError:
         return None
     if value is None or not value.isdigit():

@@ -14,7 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from interlink.model import Status
+from interlink.model import Refusal, Status
+from interlink.wire import link_headers
 
 PREFIX = struct.Struct(">BI")
 PREFIX_SIZE = PREFIX.size  # 5
@@ -167,6 +168,31 @@ def trailers_only(status: Status, message: str, http_status: bytes = b"200") -> 
     return headers
 
 
+def status_of(headers: list[tuple[bytes, bytes]]) -> Status | None:
+    """The grpc-status of a response's trailers (or Trailers-Only HEADERS); None when absent, UNKNOWN when it
+    is not a number of a known status."""
+    for name, value in headers:
+        if name == b"grpc-status":
+            try:
+                return Status(int(value))
+            except ValueError:
+                return Status.UNKNOWN
+    return None
+
+
+# An HTTP/2 stream reset, as the gRPC status a caller sees (gRPC's own mapping, PROTOCOLS.md).
+_STATUS_OF_RESET = {
+    0x7: Status.UNAVAILABLE,  # REFUSED_STREAM: never processed, safe to retry
+    0x8: Status.CANCELLED,  # CANCEL
+    0xB: Status.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
+    0xC: Status.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+}
+
+
+def status_of_reset(error_code: int) -> Status:
+    return _STATUS_OF_RESET.get(int(error_code), Status.INTERNAL)
+
+
 def status_trailers(status: Status, message: str) -> list[tuple[bytes, bytes]]:
     """Trailers ending a response whose headers were already sent."""
     headers = [(b"grpc-status", b"%d" % status)]
@@ -194,25 +220,12 @@ def split_path(path: bytes) -> tuple[str, str] | None:
 
 # --- request heads ----------------------------------------------------------------------------------------
 
-# Headers the gateway itself asserts (caller site and app as seen across the link). Whatever a caller
-# sends under this prefix is dropped; the gateway stamps its own values.
-GATEWAY_HEADER_PREFIX = b"x-interlink-"
-CALLER_APP = b"x-interlink-caller-app"
-CALLER_SITE = b"x-interlink-caller-site"
 CONSUMER_APP = b"tri-consumer-appname"  # Triple / Dubbo consumer application name
 
 # Never forwarded: HTTP/2 pseudo-headers are rebuilt, these are hop-by-hop or rewritten per hop.
 _NOT_FORWARDED = frozenset(
     {b"te", b"grpc-timeout", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
-
-
-class RequestHeadError(Exception):
-    def __init__(self, status: Status, message: str, http_status: bytes = b"200") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.http_status = http_status
 
 
 @dataclass(slots=True)
@@ -249,26 +262,26 @@ def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
             continue
         elif name in _NOT_FORWARDED:
             continue
-        elif name.startswith(GATEWAY_HEADER_PREFIX):
-            if name == CALLER_APP:
+        elif name.startswith(link_headers.PREFIX):  # the gateway's own keys: never forwarded as metadata
+            if name == link_headers.CALLER_APP:
                 caller_app = value.decode("ascii", "replace")
             continue
         elif name == CONSUMER_APP:
             consumer_app = value.decode("ascii", "replace")
         metadata.append((name, value))
     if method != b"POST":
-        raise RequestHeadError(Status.UNIMPLEMENTED, "gRPC requests must use POST", b"405")
+        raise Refusal(Status.UNIMPLEMENTED, "gRPC requests must use POST", b"405")
     if content_type is None or not content_type.startswith(CONTENT_TYPE):
-        raise RequestHeadError(Status.INTERNAL, "content-type must be application/grpc[+proto|+json|...]", b"415")
+        raise Refusal(Status.INTERNAL, "content-type must be application/grpc[+proto|+json|...]", b"415")
     target = split_path(path or b"")
     if target is None:
-        raise RequestHeadError(Status.UNIMPLEMENTED, f"path {path!r} is not /<service>/<method>")
+        raise Refusal(Status.UNIMPLEMENTED, f"path {path!r} is not /<service>/<method>")
     timeout = None
     if timeout_raw is not None:
         try:
             timeout = parse_timeout(timeout_raw)
         except ValueError as exc:
-            raise RequestHeadError(Status.INTERNAL, str(exc)) from None
+            raise Refusal(Status.INTERNAL, str(exc)) from None
     return RequestHead(
         path=path,  # type: ignore[arg-type]
         service=target[0],

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
 
 from interlink.model import BIZ_BAGGAGE, RPC_ID, SAMPLED, SYS_BAGGAGE, TRACE_ID, Call, Payload, PayloadKind, Reply, Status
-from interlink.wire import grpc
+from interlink.wire import grpc, link_headers
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -62,15 +62,6 @@ _RESERVED = frozenset(
 _METADATA_KEY = re.compile(rb"[0-9a-z_.\-]+")
 
 
-class TranslationRefused(Exception):
-    """A call that cannot cross to the other protocol; `status` says which gRPC status to answer with."""
-
-    def __init__(self, status: Status, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 # --- requests --------------------------------------------------------------------------------------------
 
 
@@ -91,7 +82,7 @@ def metadata_from_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[dict[st
         if trace_key is not None:
             metadata.setdefault(trace_key, value.decode("utf-8", "replace"))
             continue
-        if name in _RESERVED or name.startswith(b":") or name.startswith(grpc.GATEWAY_HEADER_PREFIX):
+        if name in _RESERVED or name.startswith(b":") or name.startswith(link_headers.PREFIX):
             continue
         key = name.decode("ascii", "replace")
         if key.endswith("-bin"):
@@ -116,7 +107,7 @@ def metadata_headers(metadata: Mapping[str, str]) -> Headers:
             continue
         lower = key.lower()
         name = lower.encode("ascii", "replace")
-        if not _METADATA_KEY.fullmatch(name) or name in _RESERVED or name.startswith(grpc.GATEWAY_HEADER_PREFIX):
+        if not _METADATA_KEY.fullmatch(name) or name in _RESERVED or name.startswith(link_headers.PREFIX):
             continue
         if name.endswith(b"-bin"):
             try:
@@ -205,16 +196,9 @@ def reply_from_triple(headers: Headers, messages: list[bytes], trailers: Headers
     """A complete Triple response (response HEADERS, its messages, trailers; Trailers-Only when `trailers`
     is None and `headers` carry grpc-status) as a Reply."""
     final = trailers if trailers is not None else headers
-    status = Status.UNKNOWN
-    message = ""
-    for name, value in final:
-        if name == b"grpc-status":
-            try:
-                status = Status(int(value))
-            except ValueError:
-                status = Status.UNKNOWN
-        elif name == b"grpc-message":
-            message = grpc.decode_grpc_message(value)
+    found = grpc.status_of(final)
+    status = Status.UNKNOWN if found is None else found
+    message = next((grpc.decode_grpc_message(value) for name, value in final if name == b"grpc-message"), "")
     exception = any(name == EXCEPTION_CODE and value not in (b"", b"0") for name, value in headers)
     metadata, _ = metadata_from_headers(trailers or [])
     if status != Status.OK:

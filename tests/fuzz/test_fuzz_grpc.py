@@ -1,7 +1,7 @@
 """Fuzzing the gRPC message decoder and request-head parser (interlink.wire.grpc).
 
 Declared: `GrpcFramingError` for `MessageDecoder.feed` (any bytes, in any chunks, any size limit) and
-`RequestHeadError` for `parse_request_head` (any list of (name, value) byte pairs).
+`Refusal` for `parse_request_head` (any list of (name, value) byte pairs).
 
 Oracles: an independent Length-Prefixed-Message parser written here decides what the decoder must return
 or refuse, fed whole or in pieces; an accepted request head must be a well-formed POST to
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interlink.model import Status
-from interlink.wire import grpc
+from interlink.model import Refusal, Status
+from interlink.wire import grpc, link_headers
 
 from .conftest import FULL_INPUTS, SIZES, Mutator, cuts, fuzz_loop, given_settings, guarded
 
@@ -130,7 +130,7 @@ VALID_HEAD = [
 def check_head(headers: list[tuple[bytes, bytes]]) -> None:
     try:
         head = grpc.parse_request_head(headers)
-    except grpc.RequestHeadError as exc:
+    except Refusal as exc:
         assert isinstance(exc.status, Status) and exc.status != Status.OK
         assert isinstance(exc.message, str) and exc.message
         assert exc.http_status in (b"200", b"405", b"415")
@@ -140,10 +140,10 @@ def check_head(headers: list[tuple[bytes, bytes]]) -> None:
     assert head.service and head.method and head.service.isascii() and head.method.isascii()
     assert head.timeout is None or head.timeout >= 0
     for name, _ in head.metadata:
-        assert not name.startswith(b":") and not name.startswith(grpc.GATEWAY_HEADER_PREFIX)
+        assert not name.startswith(b":") and not name.startswith(link_headers.PREFIX)
         assert name not in (b"te", b"grpc-timeout", b"connection", b"host")
     assert head.caller_app is None or isinstance(head.caller_app, str)
-    stamps = [(grpc.CALLER_APP, b"app")]
+    stamps = [(link_headers.CALLER_APP, b"app")]
     out = grpc.request_headers(head, scheme=b"http", authority=b"next:1", timeout=head.timeout, stamps=stamps)
     assert all(type(name) is bytes and type(value) is bytes for name, value in out)
     again = grpc.parse_request_head(out + [(b"content-type", b"application/grpc")])

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from interlink.model import Status
-from interlink.wire import grpc
+from interlink.model import Refusal, Status
+from interlink.wire import grpc, link_headers
 
 # From ../shared/vectors/grpc/h2c_grpcjs_client_to_grpcjs_server.log: EchoRequest{message: "hello-0"}.
 ECHO_HELLO_0 = bytes.fromhex("00000000090a0768656c6c6f2d30")
@@ -176,7 +176,7 @@ def test_parse_request_head_strips_identity_and_hop_headers():
     assert head.caller_app == "forged"  # reported, but only the peer ingress believes it
     assert head.metadata == [(b"content-type", b"application/grpc"), (b"tri-consumer-appname", b"order-app"), (b"x-custom", b"1")]
     forwarded = grpc.request_headers(
-        head, scheme=b"https", authority=b"a.test", timeout=1.5, stamps=[(grpc.CALLER_APP, b"order-app")]
+        head, scheme=b"https", authority=b"a.test", timeout=1.5, stamps=[(link_headers.CALLER_APP, b"order-app")]
     )
     assert forwarded[:6] == [
         (b":method", b"POST"),
@@ -200,6 +200,6 @@ def test_parse_request_head_strips_identity_and_hop_headers():
     ],
 )
 def test_parse_request_head_errors(headers, status, http):
-    with pytest.raises(grpc.RequestHeadError) as info:
+    with pytest.raises(Refusal) as info:
         grpc.parse_request_head(headers)
     assert (info.value.status, info.value.http_status) == (status, http)

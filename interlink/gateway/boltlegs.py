@@ -1,0 +1,209 @@
+"""The Bolt legs of a call: a caller's request (`BoltDownstream`, one request id of a caller's connection)
+and a request the gateway sends to a peer gateway or a provider (`BoltUpstream`). A leg adapts one Bolt
+request/response to the call (gateway/call.py); it knows Bolt, never routes or ACLs.
+
+Between two Bolt legs the body is never deserialized: the request travels as Bolt V1 (what SOFARPC speaks,
+and what a Java provider pins per connection) with the gateway's link keys replaced and its timeout
+reduced, and the response goes back to the caller in the protocol version, switch and CRC setting of its
+own request. When the other side speaks Triple, the call translates through `Call`/`Reply`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+from interlink.model import Call, Refusal, Reply, Status
+from interlink.net.boltlink import BoltEndpoint
+from interlink.wire import bolt, bolt_call, link_headers
+
+if TYPE_CHECKING:
+    from interlink.gateway.call import GatewayCall
+
+RESPONSE_ERROR = b"sofa_head_response_error"  # Java SOFARPC marks error responses with it
+
+
+class BoltDownstream:
+    """The caller's request: registered with its connection (which tells it when the caller is gone) until
+    the call ends."""
+
+    __slots__ = ("call", "endpoint", "request", "head")
+
+    protocol = "bolt"
+
+    def __init__(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
+        self.call: GatewayCall | None = None
+        self.endpoint = endpoint
+        self.request = request
+        self.head: bolt_call.BoltRequestHead | None = None
+
+    def attach(self, call: GatewayCall) -> None:
+        self.call = call
+        self.endpoint.call_started(self.request.request_id, self)
+
+    def read_head(self, from_link: bool) -> bolt_call.BoltRequestHead:
+        """Read the head, once (Refusal when the header map or SofaRequest head cannot be read)."""
+        try:
+            head = bolt_call.read_request_head(self.request, from_link=from_link)
+        except bolt_call.UNREADABLE as exc:
+            raise Refusal(Status.INTERNAL, f"malformed request: {exc}") from None
+        if head.service is None:
+            raise Refusal(Status.UNIMPLEMENTED, "the request has no service header (interface:version)")
+        self.head = head
+        return head
+
+    @property
+    def oneway(self) -> bool:
+        return self.request.is_oneway
+
+    def to_call(self, service: str, deadline: float) -> Call:
+        """The request as a Call (a call translated to Triple)."""
+        return bolt_call.call_from_bolt(self.request, service, deadline, self.head)
+
+    def forwarded(self) -> None:
+        """The request went upstream: keep only what answering needs (ids, versions, codec), not its body."""
+        request = self.request  # this call's own decoded frame: nobody else holds it
+        request.content = request.header = b""
+        request.raw = None
+
+    # --- InboundCall ----------------------------------------------------------------------------------------
+
+    def caller_gone(self, reason: str) -> None:
+        """The caller's connection ended, or its gateway cancelled the call."""
+        self.call.caller_gone(reason)  # type: ignore[union-attr]
+
+    # --- the answer -------------------------------------------------------------------------------------
+
+    def relay_response(self, response: bolt.BoltFrame) -> str:
+        """An upstream Bolt response, under the caller's request id; its status, for the access line."""
+        try:
+            status = response_status(response)
+        except bolt.BoltProtocolError:
+            status = "MALFORMED_RESPONSE_HEADER"
+        self.endpoint.write(_answer_as_request(response, self.request))
+        return status
+
+    def answer(self, reply: Reply) -> tuple[str, str]:
+        """A translated call's answer; its status and message, for the access line."""
+        try:
+            frame = bolt_call.response_frame(reply, self.request)
+        except Refusal as refusal:
+            self.answer_error(refusal)
+            return refusal.status.name, refusal.message
+        except bolt_call.UNTRANSLATABLE as exc:
+            refusal = Refusal(Status.INTERNAL, f"cannot translate the provider's response: {exc}")
+            self.answer_error(refusal)
+            return refusal.status.name, refusal.message
+        self.endpoint.write(bolt.encode(frame))
+        return ("APPLICATION_ERROR" if reply.exception else reply.status.name), reply.message
+
+    def answer_error(self, refusal: Refusal) -> None:
+        """A gateway-made error, as SOFARPC clients understand it best (wire/bolt_call.error_frame); a oneway
+        call gets nothing."""
+        if not self.request.is_oneway:
+            frame = bolt_call.error_frame(self.request, refusal.status, f"interlink {refusal.status.name}: {refusal.message}")
+            self.endpoint.write(bolt.encode(frame))
+
+    def release(self, caller_alive: bool) -> None:
+        self.endpoint.call_ended(self.request.request_id, self)
+
+
+class BoltUpstream:
+    """A request the gateway sends under a fresh id of an upstream connection; the response is relayed to a
+    Bolt caller, or turned into a `Reply` for a Triple caller."""
+
+    __slots__ = ("call", "frame", "translated", "endpoint", "request_id")
+
+    protocol = "bolt"
+
+    def __init__(self, call: GatewayCall, frame: bolt.BoltFrame, translated: bool) -> None:
+        self.call = call
+        self.frame = frame
+        self.translated = translated
+        self.endpoint: BoltEndpoint | None = None
+        self.request_id = 0
+
+    def open(self, endpoint: BoltEndpoint) -> None:
+        frame = self.frame
+        self.endpoint = endpoint
+        oneway = frame.is_oneway
+        self.request_id = endpoint.send_request(frame, bolt.encode(frame), None if oneway else self)
+        self.frame = None  # type: ignore[assignment]
+        if oneway:  # nothing comes back, nothing is kept for it
+            self.request_id = 0
+
+    def cancel(self) -> None:
+        """Give up the request: a late response is dropped, and on a peer link the other gateway is told."""
+        if self.endpoint is not None and self.request_id:
+            self.endpoint.forget(self.request_id)
+            self.request_id = 0
+
+    def release(self) -> None:
+        self.request_id = 0  # answered, or cancelled already: the endpoint holds nothing for it
+
+    # --- BoltCall -------------------------------------------------------------------------------------------
+
+    def on_response(self, frame: bolt.BoltFrame) -> None:
+        self.request_id = 0
+        call = self.call
+        if self.translated:
+            try:
+                reply = bolt_call.reply_from_bolt(frame, call.serialize)
+            except Refusal as refusal:
+                reply = Reply(refusal.status, refusal.message)
+            except bolt_call.UNTRANSLATABLE as exc:
+                reply = Reply(Status.INTERNAL, f"cannot translate the provider's response: {exc}")
+            call.reply(reply)
+            return
+        down = call.down
+        assert isinstance(down, BoltDownstream)
+        call.answered(down.relay_response(frame))
+
+    def on_connection_lost(self, reason: str) -> None:
+        self.request_id = 0
+        self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}")
+
+
+def response_status(response: bolt.BoltFrame) -> str:
+    """For the access log, without reading the body: a status a gateway stamped, else the Bolt status, else
+    Java's error mark in the header."""
+    stamped = bolt.header_get(response.header, link_headers.STATUS) if response.header else None
+    if stamped:
+        return stamped.decode("ascii", "replace")
+    if response.status != bolt.ResponseStatus.SUCCESS:
+        return bolt.ResponseStatus(response.status).name
+    if response.header and bolt.header_get(response.header, RESPONSE_ERROR) == b"true":
+        return "APPLICATION_ERROR"
+    return "OK"
+
+
+def upstream_frame(request: bolt.BoltFrame, stamps: list[tuple[bytes, bytes | None]], timeout_ms: int) -> bolt.BoltFrame:
+    """The request as it travels upstream: V1, link keys replaced by ours (every other x-interlink-* key
+    dropped), timeout reduced."""
+    outgoing = copy.copy(request)
+    outgoing.proto, outgoing.ver1, outgoing.switch, outgoing.has_crc = bolt.PROTO_V1, 0, 0, False
+    outgoing.raw = None
+    updates = dict(stamps)
+    header = request.header
+    if link_headers.PREFIX in header and header.count(link_headers.PREFIX) > sum(
+        1 for key in updates if bolt.header_get(header, key) is not None
+    ):  # keys under our prefix that we do not set ourselves (a caller's, or unknown): drop them all
+        for key in bolt.decode_header_map(header):
+            encoded = key.encode()
+            if encoded.startswith(link_headers.PREFIX) and encoded not in updates:
+                updates[encoded] = None
+    outgoing.header = bolt.header_set(request.header, updates)
+    outgoing.timeout = timeout_ms
+    return outgoing
+
+
+def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> bytes:
+    """The upstream response, under the caller's request id and in the caller's protocol version."""
+    if request.proto == response.proto == bolt.PROTO_V1 and response.raw is not None:
+        return bolt.patch_request_id(response.raw, request.request_id)
+    answer = copy.copy(response)
+    answer.proto, answer.ver1, answer.switch = request.proto, request.ver1, request.switch
+    answer.has_crc = request.has_crc
+    answer.request_id = request.request_id
+    answer.raw = None
+    return bolt.encode(answer)

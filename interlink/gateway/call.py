@@ -1,0 +1,444 @@
+"""The call core: one protocol-neutral object per call, whatever the protocols on either side.
+
+    downstream leg (H2 | Bolt) -> GatewayCall.start:
+        admit      read the head once (a malformed one is refused), set the deadline
+        identify   who calls: a local caller (our site, the app it names) or a peer gateway (the site its
+                   certificate proves, the app its gateway stamped)
+        route      local: the import (-> that peer's gateways); peer: the export (-> our providers), and the
+                   codec: passthrough, or translation when the providers speak the other protocol
+        filter     the snapshot's chain (peer port: access domain, then export ACL; audited either way)
+        forward    build the upstream request (stamping identity), choose an upstream connection (the
+                   caller's fair share of it), open the upstream leg
+    ... the legs carry the rest (h2legs.py, boltlegs.py) and report the outcome:
+        answered / reply / fail / upstream_failed / caller_gone / deadline_passed
+    -> _finish, exactly once: status, access line, filters' end hooks, timer cleared, upstream released,
+       both legs released.
+
+A call's progress is its `state` (CallState), not a set of flags. Every call uses the snapshot (routes,
+ACLs, filters) it started with.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from typing import TYPE_CHECKING, Callable, Union
+
+import structlog
+import trio
+
+from interlink.gateway import translation
+from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_frame
+from interlink.gateway.deadlines import DeadlineTimers
+from interlink.gateway.filters import Filter, FilterChains
+from interlink.gateway.h2legs import H2Downstream, H2Upstream
+from interlink.model import Identity, Refusal, Reply, Status
+from interlink.net.connection import FlushQueue
+from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
+from interlink.routes import ExportRoute, ImportRoute, Snapshot
+from interlink.wire import bolt_call, grpc, link_headers, triple_call
+
+if TYPE_CHECKING:
+    from interlink.net.boltlink import BoltEndpoint
+    from interlink.net.h2link import H2Endpoint, Headers
+    from interlink.wire import bolt
+
+access_log = structlog.get_logger("interlink.access")
+audit_log = structlog.get_logger("interlink.audit")
+
+Downstream = Union[H2Downstream, BoltDownstream]
+Upstream = Union[H2Upstream, BoltUpstream]
+
+
+class Ingress(enum.Enum):
+    LOCAL = "local"  # our site's callers, calling what we import from a peer
+    PEER = "peer"  # a peer gateway, calling what we export
+
+
+# The access line's `ingress` field, per ingress and caller protocol (part of the log contract).
+_INGRESS_NAME = {
+    (Ingress.LOCAL, "triple"): "local",
+    (Ingress.LOCAL, "bolt"): "local-bolt",
+    (Ingress.PEER, "triple"): "peer",
+    (Ingress.PEER, "bolt"): "peer-bolt",
+}
+
+
+class CallState(enum.Enum):
+    ADMITTED = "admitted"  # routed and filtered, or still on its way there (a translated request arriving)
+    WAITING = "waiting"  # waiting for a first upstream connection (a gateway that just started)
+    FORWARDED = "forwarded"  # the request went upstream; the response is awaited or being relayed
+    ANSWERING = "answering"  # the answer is complete at the gateway, waiting for the caller's window
+    DONE = "done"  # the one exit ran
+
+
+class CallCore:
+    """What every call shares: the snapshot and its filter chains, the upstream pools, timers, flushing,
+    and the nursery that waits for first connections. The endpoints' request callbacks live here."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        peer_group: Callable[[str, str], PoolGroup | None],
+        provider_group: Callable[[str], PoolGroup | None],
+        timers: DeadlineTimers,
+        flush_queue: FlushQueue,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
+        """`peer_group(protocol, site)`: the pools to a peer's gateways for calls in that protocol;
+        `provider_group(pool_key)`: the pools to an export's providers."""
+        self.snapshot = snapshot
+        self.chains = FilterChains.of(snapshot)
+        self.peer_group = peer_group
+        self.provider_group = provider_group
+        self.timers = timers
+        self.flush_queue = flush_queue
+        self.nursery = nursery
+
+    def install(self, snapshot: Snapshot) -> None:
+        """New calls use `snapshot` (and its filters); calls in flight keep theirs."""
+        self.chains, self.snapshot = FilterChains.of(snapshot), snapshot
+
+    # --- the endpoints' request callbacks ---------------------------------------------------------------
+
+    def on_local_h2(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        GatewayCall(self, Ingress.LOCAL, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
+
+    def on_peer_h2(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
+        GatewayCall(self, Ingress.PEER, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
+
+    def on_local_bolt(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
+        GatewayCall(self, Ingress.LOCAL, BoltDownstream(endpoint, request)).start()
+
+    def on_peer_bolt(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
+        GatewayCall(self, Ingress.PEER, BoltDownstream(endpoint, request)).start()
+
+
+class GatewayCall:
+    """One call, from its caller's request to the one exit. See the module docstring for the phases."""
+
+    __slots__ = (
+        "core", "ingress", "down", "up", "snapshot", "chain", "caller", "service", "method", "authority", "route",
+        "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
+        "_answer", "_authorized",
+    )
+
+    def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
+        snapshot = core.snapshot
+        self.core = core
+        self.ingress = ingress
+        self.down = down
+        self.up: Upstream | None = None
+        self.snapshot = snapshot
+        self.chain = core.chains
+        self.caller = Identity(snapshot.site)
+        self.service = ""
+        self.method: str | None = None
+        self.authority: bytes | None = None  # HTTP/2 :authority (checked against the access domain)
+        self.route: ImportRoute | ExportRoute | None = None
+        self.log_fields: dict[str, object] = {"site": snapshot.site, "ingress": _INGRESS_NAME[ingress, down.protocol]}
+        self.deadline = math.inf
+        self.started = time.perf_counter()
+        self.state = CallState.ADMITTED
+        self.serialize: str | None = None  # a translated call's wrapper serializeType (its answer is written in it)
+        self.upstream_name = "upstream"
+        self._group: PoolGroup | None = None  # whose fair share this call holds
+        self._timer: list | None = None
+        self._answer = ("UNKNOWN", "")  # status and message of an answer still being written (ANSWERING)
+        self._authorized = ingress is Ingress.LOCAL  # peer calls are audited until they pass the filters
+        down.attach(self)
+
+    # --- the phases -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._admit()
+            self._identify()
+            self._route()
+            self._filter()
+            if self._request_pending():
+                return  # a translated Triple request: forwarded once its one message is complete
+            self._forward()
+        except Refusal as refusal:
+            self.fail(refusal.status, refusal.message, refusal.http_status)
+        except bolt_call.UNREADABLE as exc:  # a header map that can be scanned but not rewritten
+            self.fail(Status.INTERNAL, f"malformed request: {exc}")
+
+    def _admit(self) -> None:
+        down = self.down
+        if isinstance(down, H2Downstream):
+            if self.ingress is Ingress.PEER:
+                self.log_fields["peer"] = down.endpoint.attributes["site"]  # type: ignore[union-attr]
+            head = down.read_head()
+            timeout = head.timeout
+            self.service, self.method, self.authority = head.service, head.method, head.authority
+        else:
+            if self.ingress is Ingress.PEER:
+                self.log_fields["peer"] = down.endpoint.attributes["site"]
+            bolt_head = down.read_head(from_link=self.ingress is Ingress.PEER)
+            timeout = bolt_head.timeout
+            self.service, self.method = bolt_head.service or "", bolt_head.method
+        self.log_fields["service"] = self.service
+        self.deadline = trio.current_time() + (timeout if timeout is not None else self.snapshot.default_timeout)
+        self._timer = self.core.timers.add(self.deadline, self)
+
+    def _identify(self) -> None:
+        down = self.down
+        if isinstance(down, H2Downstream):
+            head = down.head
+            assert head is not None
+            app = head.consumer_app if self.ingress is Ingress.LOCAL else head.caller_app
+        else:
+            assert down.head is not None
+            app = down.head.app
+        if self.ingress is Ingress.PEER:
+            self.caller = Identity(str(down.endpoint.attributes["site"]), app)
+        else:
+            self.caller = Identity(self.snapshot.site, app)
+        self.log_fields.update(method=self.method, caller_app=app)
+
+    def _route(self) -> None:
+        snapshot, fields, protocol = self.snapshot, self.log_fields, self.down.protocol
+        if self.ingress is Ingress.LOCAL:
+            route = (snapshot.imports if protocol == "triple" else snapshot.bolt_imports).get(self.service)
+            if route is None:
+                how = "" if protocol == "triple" else " with protocol: bolt"
+                raise Refusal(Status.UNIMPLEMENTED, f"service {self.service} is not imported by site {snapshot.site}; "
+                              f"add it under imports:{how} in the site file")
+            self.route = route
+            fields["peer"] = route.peer
+            self.upstream_name = fields["upstream"] = f"site {route.peer}"  # type: ignore[assignment]
+        else:  # a missing export is refused by the filters, after the access-domain check
+            self.route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)
+
+    def _filter(self) -> None:
+        for item in self.chain.local if self.ingress is Ingress.LOCAL else self.chain.peer:
+            item.on_request(self)
+        if not self._authorized:
+            self._authorized = True
+            _audit("allow", self.log_fields, "")
+        route = self.route
+        if isinstance(route, ExportRoute):
+            self.upstream_name = self.log_fields["upstream"] = f"providers of {self.service}"  # type: ignore[assignment]
+            if route.protocol != self.down.protocol:
+                self.log_fields["translated"] = f"{self.down.protocol}->{route.protocol}"
+                if isinstance(self.down, H2Downstream):
+                    self.down.collect()
+
+    def _request_pending(self) -> bool:
+        down = self.down
+        return isinstance(down, H2Downstream) and down.collector is not None and not down.caller_ended
+
+    def request_complete(self) -> None:
+        """A translated Triple request's last byte arrived: forward it."""
+        if self.state is CallState.ADMITTED and self.up is None:
+            try:
+                self._forward()
+            except Refusal as refusal:
+                self.fail(refusal.status, refusal.message, refusal.http_status)
+
+    def _forward(self) -> None:
+        """Build the upstream request, then choose an upstream connection for it."""
+        route, down = self.route, self.down
+        if isinstance(route, ImportRoute):
+            group = self.core.peer_group(down.protocol, route.peer)
+            self.up = self._passthrough(link_headers.identity_stamps(self.caller.site, self.caller.app, to_peer=True))
+        else:
+            assert route is not None
+            group = self.core.provider_group(route.pool_key)
+            stamps = link_headers.identity_stamps(self.caller.site, self.caller.app, to_peer=False)
+            self.up = self._passthrough(stamps) if route.protocol == down.protocol else self._translate(route, stamps)
+        if isinstance(down, BoltDownstream):
+            down.forwarded()
+        self._choose_upstream(group)
+
+    def _passthrough(self, stamps: list[tuple[bytes, bytes | None]]) -> Upstream:
+        """Same protocol on both sides: the request travels as it came, with our link headers."""
+        down = self.down
+        if isinstance(down, H2Downstream):
+            head = down.head
+            assert head is not None
+            to_peer = isinstance(self.route, ImportRoute)
+            headers = grpc.request_headers(
+                head, scheme=b"https" if to_peer else b"http",
+                authority=self.route.authority if to_peer else head.authority,  # type: ignore[union-attr]
+                timeout=_remaining(self.deadline), stamps=[(k, v) for k, v in stamps if v is not None],
+            )
+            up = H2Upstream(self, headers)
+            up.source, down.source = down, up
+            if down.caller_ended:
+                up.out.end = True
+            return up
+        method = self.method.encode() if self.method and isinstance(self.route, ImportRoute) else None
+        frame = upstream_frame(down.request, [*stamps, (link_headers.METHOD, method)], _remaining_ms(self.deadline))
+        return BoltUpstream(self, frame, translated=False)
+
+    def _translate(self, route: ExportRoute, stamps: list[tuple[bytes, bytes | None]]) -> Upstream:
+        """The providers speak the other protocol: through Call (gateway/translation.py)."""
+        down = self.down
+        if isinstance(down, H2Downstream):
+            head = down.head
+            assert head is not None
+            call = triple_call.call_from_triple(head, down.request_message(), translation.payload_kind(route), self.deadline)
+            call.caller = self.caller
+            frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline))
+            return BoltUpstream(self, frame, translated=True)
+        try:
+            call = down.to_call(route.service, self.deadline)
+        except bolt_call.UNTRANSLATABLE as exc:
+            raise Refusal(Status.INTERNAL, f"cannot translate the request to Triple: {exc}") from None
+        call.caller = Identity(self.caller.site, self.caller.app or (call.caller.app if call.caller else None))
+        headers, message, self.serialize = translation.triple_request(call, route, stamps, _remaining(self.deadline))
+        return H2Upstream(self, headers, message)
+
+    def _choose_upstream(self, group: PoolGroup | None) -> None:
+        """The least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED; down -> UNAVAILABLE at
+        once; never connected yet but connecting (a gateway that just started) -> wait for that first
+        connection, within the deadline."""
+        if group is None or not group.pools:
+            raise Refusal(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
+                          else f"{group.name}: none is known (none configured, or the registry lists none)")
+        if self.deadline <= trio.current_time():
+            raise Refusal(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
+        upstream = group.pick()
+        if upstream is not None:
+            self._dispatch(group, upstream)
+        elif group.up:
+            raise Refusal(Status.RESOURCE_EXHAUSTED,
+                          f"all connections to {group.name} are at their concurrent call limit; retry later")
+        elif group.connecting and self.core.nursery is not None:
+            self.state = CallState.WAITING
+            self.core.nursery.start_soon(self._when_ready, group)
+        else:
+            raise Refusal(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+
+    async def _when_ready(self, group: PoolGroup) -> None:
+        with trio.move_on_at(min(self.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+            if group.first_connect_pending:
+                await group.wait_ready()  # a gateway that just started: through its first retries
+            else:
+                await group.wait_settled()  # a reconnect: only while that attempt lasts
+        if self.state is CallState.WAITING:
+            upstream = group.pick()
+            if self.deadline <= trio.current_time():
+                self.fail(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
+            elif upstream is None:
+                self.fail(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
+            else:
+                try:
+                    self._dispatch(group, upstream)
+                except Refusal as refusal:
+                    self.fail(refusal.status, refusal.message)
+        self.core.flush_queue.flush()
+
+    def _dispatch(self, group: PoolGroup, connection: object) -> None:
+        """One caller connection may hold only its fair share of an upstream's call slots."""
+        if not group.acquire(self.down.endpoint):
+            raise Refusal(Status.RESOURCE_EXHAUSTED,
+                          f"this connection already has its share ({group.share()}) of the calls to {group.name} "
+                          "in flight; retry later or spread calls over more connections")
+        self._group = group
+        self.state = CallState.FORWARDED
+        self.up.open(connection)  # type: ignore[union-attr, arg-type]
+        if self.down.oneway:  # complete once forwarded: nothing comes back
+            self.answered(Status.OK)
+
+    # --- outcomes (reported by the legs and the timers) --------------------------------------------------
+
+    def answered(self, status: Status | str) -> None:
+        """The answer went to the caller whole."""
+        self._finish(status if isinstance(status, str) else status.name, "")
+
+    def answering(self, status: Status, message: str = "") -> None:
+        """The answer is complete here; its last bytes wait for the caller's window (answer_sent)."""
+        self.state = CallState.ANSWERING
+        self._answer = (status.name, message)
+
+    def answer_sent(self) -> None:
+        if self.state is CallState.ANSWERING:
+            self._finish(*self._answer)
+
+    def reply(self, reply: Reply) -> None:
+        """A translated call's answer, from the upstream leg."""
+        if self.state is CallState.DONE:
+            return
+        down = self.down
+        if isinstance(down, H2Downstream):
+            status = Status.INTERNAL if reply.status == Status.OK and reply.payload is None else reply.status
+            if down.answer(reply, translation.response_content_type(self.route)):  # type: ignore[arg-type]
+                self._finish(status.name, reply.message)
+            else:
+                self.answering(status, reply.message)
+        else:
+            self._finish(*down.answer(reply))
+
+    def fail(self, status: Status, message: str, http_status: bytes = b"200") -> None:
+        """End the call with a gateway-made error, whatever its state (upstream given up, caller answered)."""
+        if self.state is CallState.DONE:
+            return
+        if self.up is not None:
+            self.up.cancel()
+        if not self._authorized:  # every refusal on the peer port is audited
+            _audit("deny", self.log_fields, message)
+        self.down.answer_error(Refusal(status, message, http_status))
+        self._finish(status.name, message)
+
+    upstream_failed = fail  # the upstream leg ended under the call (reset, lost): the caller gets the error
+
+    def caller_gone(self, reason: str) -> None:
+        """The caller reset its stream, or its connection ended: drop the call upstream, answer nothing."""
+        if self.state is CallState.DONE:
+            return
+        if self.up is not None:
+            self.up.cancel()
+        self._finish(Status.CANCELLED.name, reason, caller_alive=False)
+
+    def deadline_passed(self) -> None:
+        self._timer = None
+        self.fail(Status.DEADLINE_EXCEEDED, "deadline exceeded at the gateway")
+
+    # --- the one exit --------------------------------------------------------------------------------------
+
+    def _finish(self, status: str, message: str, caller_alive: bool = True) -> None:
+        if self.state is CallState.DONE:
+            return
+        self.state = CallState.DONE
+        if self._timer is not None:
+            self.core.timers.cancel(self._timer)
+            self._timer = None
+        if self._group is not None:
+            self._group.release(self.down.endpoint)
+            self._group = None
+        if self.up is not None:
+            self.up.release()
+        self.down.release(caller_alive)
+        elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        if message:
+            access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
+        else:
+            access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
+        observers = self.chain.local_finish if self.ingress is Ingress.LOCAL else self.chain.peer_finish
+        for item in observers:
+            _observe(item, self, status, message)
+
+
+def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None:
+    try:
+        item.on_finish(call, status, message)
+    except Exception:  # one broken observer must not break the call's exit
+        structlog.get_logger("interlink.gateway").exception("filter.finish_failed", filter=type(item).__name__)
+
+
+def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
+    audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+
+
+def _remaining(deadline: float) -> float | None:
+    """Seconds left until `deadline` (None: no deadline), for the next hop's grpc-timeout."""
+    return None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
+
+
+def _remaining_ms(deadline: float) -> int:
+    """The same as a Bolt timeout: whole milliseconds, at least 1; -1 for none."""
+    return -1 if deadline == math.inf else max(1, int((deadline - trio.current_time()) * 1000))

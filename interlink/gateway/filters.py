@@ -1,0 +1,91 @@
+"""Per-call filters: an ordered chain, built from the snapshot, that every call passes after it is routed.
+
+A filter may refuse a call (raise `Refusal` from `on_request`: the caller gets that status and message),
+annotate it (add to `call.log_fields`, which the access line carries), or observe its end (`on_finish`,
+once, with the status the caller saw). A chain with no filter costs one empty loop per call, and only
+filters that override `on_finish` are called at the end.
+
+The peer port's chain starts with the two checks that make a site's exports private to the peers they
+name: the access domain, then the export's ACL. Rate limits, routing stages, load-test marks and tracing
+are added after them by the features that need them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from interlink.model import Refusal, Status
+from interlink.routes import Snapshot
+
+if TYPE_CHECKING:
+    from interlink.gateway.call import GatewayCall
+
+
+class Filter:
+    """Base of per-call filters; both hooks do nothing unless overridden."""
+
+    def on_request(self, call: GatewayCall) -> None:
+        """Look at a routed call before it is forwarded; raise Refusal to answer it with an error."""
+
+    def on_finish(self, call: GatewayCall, status: str, message: str) -> None:
+        """The call ended (exactly once), with the status its caller saw."""
+
+
+class AccessDomainFilter(Filter):
+    """A peer may only use the access domain we gave *it*: in TLS SNI, and in :authority where the protocol
+    has one (HTTP/2)."""
+
+    def on_request(self, call: GatewayCall) -> None:
+        snapshot, peer = call.snapshot, call.caller.site
+        ours = snapshot.domain_of_peer.get(peer)
+        if ours is None:
+            raise Refusal(Status.PERMISSION_DENIED,
+                          f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)")
+        sni = call.down.endpoint.attributes.get("sni")
+        used_sni = sni.encode() if isinstance(sni, str) else None
+        authority = call.authority
+        checks = ([("access domain", authority)] if authority is not None else []) + [("TLS SNI", used_sni)]
+        for what, used in checks:
+            if used != ours:
+                # Never say whose domain it is: a tenant learns nothing about the others.
+                shown = used.decode(errors="replace") if used else "(none)"
+                raise Refusal(Status.PERMISSION_DENIED,
+                              f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}")
+
+
+class ExportAclFilter(Filter):
+    """The export exists (UNIMPLEMENTED otherwise: asked only once the access domain was right, so that a
+    peer using another's domain learns nothing) and its ACL lets the caller's site and app call the method."""
+
+    def on_request(self, call: GatewayCall) -> None:
+        route, peer, service = call.route, call.caller.site, call.service
+        if route is None:
+            raise Refusal(Status.UNIMPLEMENTED, f"service {service} is not exported by site {call.snapshot.site}")
+        rule = route.allow.get(peer)
+        if rule is None:
+            raise Refusal(Status.PERMISSION_DENIED, f"service {service} is not exported to site {peer}")
+        app, method = call.caller.app, call.method or ""
+        if not rule.permits(app, method):
+            raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {service}/{method}")
+
+
+@dataclass(frozen=True)
+class FilterChains:
+    """The chains of one snapshot, per ingress; `*_finish` are the filters that observe call ends."""
+
+    local: tuple[Filter, ...]
+    peer: tuple[Filter, ...]
+    local_finish: tuple[Filter, ...]
+    peer_finish: tuple[Filter, ...]
+
+    @classmethod
+    def of(cls, snapshot: Snapshot) -> FilterChains:
+        configured: tuple[Filter, ...] = ()  # the filters the site file configures (none yet)
+        local = configured
+        peer = (AccessDomainFilter(), ExportAclFilter(), *configured)
+        return cls(local, peer, _observers(local), _observers(peer))
+
+
+def _observers(chain: tuple[Filter, ...]) -> tuple[Filter, ...]:
+    return tuple(item for item in chain if type(item).on_finish is not Filter.on_finish)
