@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from interlink.model import Call, Refusal, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
+from interlink.routes import ExportRoute
 from interlink.wire import bolt, bolt_call, link_headers
 
 if TYPE_CHECKING:
@@ -56,9 +57,12 @@ class BoltDownstream:
     def oneway(self) -> bool:
         return self.request.is_oneway
 
-    def to_call(self, service: str, deadline: float) -> Call:
-        """The request as a Call (a call translated to Triple)."""
-        return bolt_call.call_from_bolt(self.request, service, deadline, self.head)
+    def to_call(self, route: ExportRoute, deadline: float) -> Call:
+        """The request as a Call (a call translated to Triple); Refusal when its body cannot be read."""
+        try:
+            return bolt_call.call_from_bolt(self.request, route.service, deadline, self.head)
+        except bolt_call.UNTRANSLATABLE as exc:
+            raise Refusal(Status.INTERNAL, f"cannot translate the request to Triple: {exc}") from None
 
     def forwarded(self) -> None:
         """The request went upstream: keep only what answering needs (ids, versions, codec), not its body."""

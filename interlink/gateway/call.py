@@ -4,9 +4,10 @@
         admit      read the head once (a malformed one is refused), set the deadline
         identify   who calls: a local caller (our site, the app it names) or a peer gateway (the site its
                    certificate proves, the app its gateway stamped)
-        route      local: the import (-> that peer's gateways); peer: the export (-> our providers), and the
-                   codec: passthrough, or translation when the providers speak the other protocol
+        route      local: the import (-> that peer's gateways); peer: the export (-> our providers)
         filter     the snapshot's chain (peer port: access domain, then export ACL; audited either way)
+        codec      passthrough, or translation when the export's providers speak the other protocol (a
+                   Triple request is then collected whole first: forward waits for request_complete)
         forward    build the upstream request (stamping identity), choose an upstream connection (the
                    caller's fair share of it), open the upstream leg
     ... the legs carry the rest (h2legs.py, boltlegs.py) and report the outcome:
@@ -37,7 +38,7 @@ from interlink.model import Identity, Refusal, Reply, Status
 from interlink.net.connection import FlushQueue
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.routes import ExportRoute, ImportRoute, Snapshot
-from interlink.wire import bolt_call, grpc, link_headers, triple_call
+from interlink.wire import bolt_call, grpc, link_headers
 
 if TYPE_CHECKING:
     from interlink.net.boltlink import BoltEndpoint
@@ -114,6 +115,22 @@ class CallCore:
     def on_peer_bolt(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
         GatewayCall(self, Ingress.PEER, BoltDownstream(endpoint, request)).start()
 
+    def on_local_bolt_refused(self, endpoint: BoltEndpoint, request_id: int, status: Status, reason: str) -> None:
+        self._refused_at_admission(Ingress.LOCAL, endpoint, status, reason)
+
+    def on_peer_bolt_refused(self, endpoint: BoltEndpoint, request_id: int, status: Status, reason: str) -> None:
+        self._refused_at_admission(Ingress.PEER, endpoint, status, reason)
+
+    def _refused_at_admission(self, ingress: Ingress, endpoint: BoltEndpoint, status: Status, reason: str) -> None:
+        """A Bolt request its connection did not admit (draining, too many calls in flight; it was answered
+        there): still one access line, and audited on the peer port. (HTTP/2 refuses such streams with
+        REFUSED_STREAM before they are requests.)"""
+        fields: dict[str, object] = {"site": self.snapshot.site, "ingress": _INGRESS_NAME[ingress, "bolt"]}
+        if ingress is Ingress.PEER:
+            fields["peer"] = endpoint.attributes.get("site")
+            _audit("deny", fields, reason)
+        access_log.info("call", status=status.name, ms=0.0, error=reason, **fields)
+
 
 class GatewayCall:
     """One call, from its caller's request to the one exit. See the module docstring for the phases."""
@@ -157,6 +174,7 @@ class GatewayCall:
             self._identify()
             self._route()
             self._filter()
+            self._choose_codec()
             if self._request_pending():
                 return  # a translated Triple request: forwarded once its one message is complete
             self._forward()
@@ -218,6 +236,10 @@ class GatewayCall:
         if not self._authorized:
             self._authorized = True
             _audit("allow", self.log_fields, "")
+
+    def _choose_codec(self) -> None:
+        """Calls cross the peer link in their caller's protocol; at the export, translation when the
+        providers speak the other one."""
         route = self.route
         if isinstance(route, ExportRoute):
             self.upstream_name = self.log_fields["upstream"] = f"providers of {self.service}"  # type: ignore[assignment]
@@ -277,18 +299,12 @@ class GatewayCall:
     def _translate(self, route: ExportRoute, stamps: list[tuple[bytes, bytes | None]]) -> Upstream:
         """The providers speak the other protocol: through Call (gateway/translation.py)."""
         down = self.down
+        call = down.to_call(route, self.deadline)  # the request as a Call (Refusal if it cannot be read)
+        # The caller the ACL judged; a Bolt request's own app claim fills in only when no app was stamped.
+        call.caller = Identity(self.caller.site, self.caller.app or (call.caller.app if call.caller else None))
         if isinstance(down, H2Downstream):
-            head = down.head
-            assert head is not None
-            call = triple_call.call_from_triple(head, down.request_message(), translation.payload_kind(route), self.deadline)
-            call.caller = self.caller
             frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline))
             return BoltUpstream(self, frame, translated=True)
-        try:
-            call = down.to_call(route.service, self.deadline)
-        except bolt_call.UNTRANSLATABLE as exc:
-            raise Refusal(Status.INTERNAL, f"cannot translate the request to Triple: {exc}") from None
-        call.caller = Identity(self.caller.site, self.caller.app or (call.caller.app if call.caller else None))
         headers, message, self.serialize = translation.triple_request(call, route, stamps, _remaining(self.deadline))
         return H2Upstream(self, headers, message)
 
@@ -384,7 +400,9 @@ class GatewayCall:
         self.down.answer_error(Refusal(status, message, http_status))
         self._finish(status.name, message)
 
-    upstream_failed = fail  # the upstream leg ended under the call (reset, lost): the caller gets the error
+    def upstream_failed(self, status: Status, message: str) -> None:
+        """The upstream leg ended under the call (reset, connection lost): the caller gets the error."""
+        self.fail(status, message)
 
     def caller_gone(self, reason: str) -> None:
         """The caller reset its stream, or its connection ended: drop the call upstream, answer nothing."""

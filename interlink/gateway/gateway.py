@@ -308,6 +308,7 @@ class Gateway:
             transport,
             flush_queue=self.flush_queue,
             on_request=self.calls.on_local_bolt,
+            on_refused=self.calls.on_local_bolt_refused,
             max_pending=self.config.limits.bolt_max_pending,
             max_frame_size=self.config.limits.bolt_max_frame_bytes,
             partial_budget=self.partial_frames,
@@ -342,7 +343,7 @@ class Gateway:
         if alpn == tls.ALPN_BOLT:
             endpoint = BoltEndpoint(
                 transport, flush_queue=self.flush_queue, on_request=self.calls.on_peer_bolt,
-                on_refused=self._audit_peer_refusal,
+                on_refused=self.calls.on_peer_bolt_refused,
                 max_pending=self.config.limits.bolt_max_pending,
                 max_frame_size=self.config.limits.bolt_max_frame_bytes, partial_budget=self.partial_frames,
                 name=f"peer-in-bolt:{site}@{remote}", policy=self.limits.peer_bolt_policy, link=True,
@@ -365,9 +366,8 @@ class Gateway:
         await self._serve_ingress(endpoint, "peer")
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
 
-    def _audit_peer_refusal(self, endpoint: H2Endpoint | BoltEndpoint, stream_id: int, reason: str) -> None:
-        """Every refusal on the peer port is audited, malformed requests and cut connections included
-        (`stream_id`: the HTTP/2 stream or Bolt request id, 0 for the connection)."""
+    def _audit_peer_refusal(self, endpoint: H2Endpoint, stream_id: int, reason: str) -> None:
+        """Every refusal on the peer port is audited, malformed requests and cut connections included."""
         audit_log.info(
             "audit", decision="deny", site=self.config.site, ingress="peer", peer=endpoint.attributes.get("site"),
             remote=endpoint.remote, stream_id=stream_id or None, reason=reason,

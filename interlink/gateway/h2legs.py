@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import h2.errors
 
-from interlink.model import Refusal, Reply, Status
+from interlink.model import Call, PayloadKind, Refusal, Reply, Status
 from interlink.net.h2link import H2Endpoint, Headers
+from interlink.routes import ExportRoute
 from interlink.wire import grpc, triple_call
 
 if TYPE_CHECKING:
@@ -159,6 +160,12 @@ class H2Downstream(H2Leg):
     def collect(self) -> None:
         """Collect the request's one message instead of relaying DATA (a call translated to Bolt)."""
         self.collector = _Collector()
+
+    def to_call(self, route: ExportRoute, deadline: float) -> Call:
+        """The complete request as a Call (a call translated to Bolt); Refusal when it is not one message."""
+        assert self.head is not None
+        kind = PayloadKind.PROTOBUF if route.codec == "protobuf" else PayloadKind.WRAPPER
+        return triple_call.call_from_triple(self.head, self.request_message(), kind, deadline)
 
     def request_message(self) -> bytes:
         """The one request message of a complete request (a call translated to Bolt), else Refusal."""

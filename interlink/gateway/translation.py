@@ -80,12 +80,6 @@ def bolt_request(
     return frame, serialize
 
 
-def payload_kind(route: ExportRoute) -> PayloadKind:
-    """How a Triple caller's message is read for a Bolt export: IDL protobuf for codec protobuf, else a
-    TripleRequestWrapper."""
-    return PayloadKind.PROTOBUF if route.codec == "protobuf" else PayloadKind.WRAPPER
-
-
 def response_content_type(route: ExportRoute) -> bytes:
     return b"application/grpc+proto" if route.flavour == "dubbo" else grpc.CONTENT_TYPE
 

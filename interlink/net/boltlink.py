@@ -23,6 +23,7 @@ from typing import Callable, Protocol
 import structlog
 import trio
 
+from interlink.model import Status
 from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
 from interlink.net.transport import Transport
 from interlink.wire import bolt, bolt_call
@@ -47,7 +48,7 @@ class InboundCall(Protocol):
 
 
 RequestCallback = Callable[["BoltEndpoint", bolt.BoltFrame], None]
-RefusalCallback = Callable[["BoltEndpoint", int, str], None]  # (endpoint, request id, reason)
+RefusalCallback = Callable[["BoltEndpoint", int, Status, str], None]  # (endpoint, request id, status, reason)
 
 
 class PartialFrameBudget:
@@ -297,7 +298,7 @@ class BoltEndpoint(Connection):
         if not frame.is_oneway:
             self.write(bolt.encode(bolt_call.error_frame(frame, status, f"interlink {status.name}: {reason}")))
         if self._on_refused is not None:
-            self._on_refused(self, frame.request_id, reason)
+            self._on_refused(self, frame.request_id, status, reason)
 
     # --- liveness and ending ------------------------------------------------------------------------------
 
