@@ -70,12 +70,16 @@ async def dial_peer(
     sock = await connect_tcp(address)
     try:
         transport = await tls_handshake(sock, context, server_side=False, server_hostname=domain)
-    except TlsHandshakeError as exc:
+    except (TlsHandshakeError, TransportClosed) as exc:
+        sock.close()
         raise ConnectionError(f"TLS handshake failed: {exc}") from None
     try:
         if transport.selected_alpn_protocol() != alpn:
             raise tls.PeerIdentityError(f"peer did not select ALPN {alpn} ({transport.selected_alpn_protocol()!r})")
         tls.verify_peer_site(transport.getpeercert(binary_form=True), trust_domain, site)
+    except tls.PeerIdentityError as exc:
+        transport.close()
+        raise ConnectionError(str(exc)) from None
     except BaseException:
         transport.close()
         raise

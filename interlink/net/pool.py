@@ -22,6 +22,7 @@ log = structlog.get_logger("interlink.net.pool")
 
 # How long a call may wait for the very first connection of an upstream (a gateway that just started).
 FIRST_CONNECT_WAIT = 5.0
+STABLE_AFTER = 1.0  # seconds a connection must live for its replacement to be dialled without backoff
 MIN_SHARE = 8  # call slots any caller connection may always hold in a group
 HEADROOM = 8  # 1/HEADROOM of a group's slots are kept for callers holding fewer than MIN_SHARE
 
@@ -123,7 +124,7 @@ class ConnectionPool:
                 await trio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, ceiling)
                 continue
-            delay = initial
+            connected_at = trio.current_time()
             try:
                 await self._serve(endpoint)
             except Exception:  # a bug in one connection must not take the gateway down
@@ -132,6 +133,11 @@ class ConnectionPool:
             if id(endpoint) in self._recycled:
                 self._recycled.discard(id(endpoint))
                 return  # its replacement has its own loop
+            if trio.current_time() - connected_at >= STABLE_AFTER:
+                delay = initial  # a connection that lived is replaced at once
+            else:  # one that ends as soon as it is made (refused after TLS, a crash-looping provider): back off
+                await trio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, ceiling)
 
     async def _connect_once(self, slot: int) -> PooledConnection | None:
         self.connecting += 1

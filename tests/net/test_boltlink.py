@@ -1,4 +1,5 @@
-"""BoltEndpoint over in-memory transports: heartbeats, id matching, orphans, connection loss, bad frames."""
+"""BoltEndpoint over in-memory transports: heartbeats, id matching, orphans, connection loss, bad frames,
+admission (max_pending, draining), the partial-frame budget, congestion, keep-alive and retiring."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from pathlib import Path
 import structlog
 import trio
 
-from interlink.net.boltlink import BoltEndpoint
-from interlink.net.connection import FlushQueue
+from interlink.model import Status
+from interlink.net.boltlink import MAX_REQUEST_ID, BoltEndpoint, PartialFrameBudget
+from interlink.net.connection import ConnectionPolicy, FlushQueue
 from interlink.net.transport import memory_transport_pair
-from interlink.wire import bolt
+from interlink.wire import bolt, link_headers
+
+from tests.net.support import eventually
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "bolt"
 
@@ -181,3 +185,232 @@ async def test_the_callers_of_a_lost_connection_are_told():
             while not inbound.gone:
                 await trio.sleep(0.01)
     assert "connection ended" in inbound.gone[0]
+
+
+# --- admission, budgets, congestion, liveness, draining ------------------------------------------------------
+
+
+class Server:
+    """A server-side owner: takes each request as a call (until `answer` ends it) and records refusals."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.requests: list[int] = []
+        self.refused: list[tuple[int, Status, str]] = []
+        self.calls: dict[int, Inbound] = {}
+        self.fail_on = fail_on
+
+    def on_request(self, endpoint: BoltEndpoint, frame: bolt.BoltFrame) -> None:
+        if frame.request_id == self.fail_on:
+            raise RuntimeError("bug in the owner")
+        self.requests.append(frame.request_id)
+        self.calls[frame.request_id] = Inbound()
+        endpoint.call_started(frame.request_id, self.calls[frame.request_id])
+
+    def on_refused(self, endpoint: BoltEndpoint, request_id: int, status: Status, reason: str) -> None:
+        self.refused.append((request_id, status, reason))
+
+    def answer(self, endpoint: BoltEndpoint, request_id: int, size: int = 0) -> None:
+        request = bolt.decode(bolt.patch_request_id(vector("bolt_v1_req_echo"), request_id))
+        endpoint.write(bolt.encode(bolt.response_for(request, bolt.ResponseStatus.SUCCESS, content=b"r" * size)))
+        endpoint.call_ended(request_id, self.calls.pop(request_id))
+
+
+def request(request_id: int, name: str = "bolt_v1_req_echo") -> bytes:
+    return bolt.patch_request_id(vector(name), request_id)
+
+
+def status_of(frame: bolt.BoltFrame) -> bytes | None:
+    return bolt.header_get(frame.header, link_headers.STATUS)
+
+
+def serving(transport, owner: Server, **kwargs) -> BoltEndpoint:
+    return BoltEndpoint(transport, flush_queue=FlushQueue(), on_request=owner.on_request,
+                        on_refused=owner.on_refused, name="server", **kwargs)
+
+
+async def test_a_connection_over_max_pending_answers_resource_exhausted_and_keeps_serving():
+    ours, theirs = memory_transport_pair()
+    owner = Server()
+    endpoint = serving(ours, owner, max_pending=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(request(1) + request(2) + request(3))
+        (refusal,) = await read_frames(theirs, 1)
+        assert refusal.request_id == 3 and refusal.is_response and status_of(refusal) == b"RESOURCE_EXHAUSTED"
+        assert owner.requests == [1, 2]
+        assert owner.refused == [(3, Status.RESOURCE_EXHAUSTED, "more than 2 calls in flight on this connection")]
+        assert endpoint.inbound_calls == (2, 2) and endpoint.in_flight == 2
+        owner.answer(endpoint, 1)
+        endpoint.flush()
+        theirs.write(request(4))  # room again: served
+        await eventually(lambda: owner.requests == [1, 2, 4])
+        assert not endpoint.closed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_draining_connection_answers_unavailable_and_a_refused_oneway_gets_no_answer():
+    ours, theirs = memory_transport_pair()
+    owner = Server()
+    endpoint = serving(ours, owner)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(request(1))
+        await eventually(lambda: owner.requests == [1])
+        endpoint.goaway()  # Bolt has no GOAWAY: refuse new requests, finish the open one
+        theirs.write(request(7, "bolt_v1_oneway_echo") + request(8))
+        (refusal,) = await read_frames(theirs, 1)
+        assert refusal.request_id == 8 and status_of(refusal) == b"UNAVAILABLE"
+        assert [(request_id, status) for request_id, status, _ in owner.refused] == [
+            (7, Status.UNAVAILABLE), (8, Status.UNAVAILABLE)]
+        assert "shutting down" in owner.refused[0][2]
+        owner.answer(endpoint, 1)  # the last open call ends: the draining connection closes
+        assert endpoint.closed and endpoint.close_reason == "drained"
+        assert [frame.request_id for frame in await read_frames(theirs, 1)] == [1]
+
+
+async def test_a_refusal_without_an_owner_callback_still_answers_the_caller():
+    ours, theirs = memory_transport_pair()
+    requests: list[bolt.BoltFrame] = []
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=lambda e, f: requests.append(f))
+    endpoint.draining = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(request(5))
+        (refusal,) = await read_frames(theirs, 1)
+        assert refusal.request_id == 5 and status_of(refusal) == b"UNAVAILABLE" and requests == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_the_request_callback_is_logged_and_the_connection_keeps_serving():
+    ours, theirs = memory_transport_pair()
+    owner = Server(fail_on=1)
+    endpoint = serving(ours, owner)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(endpoint.run)
+            theirs.write(request(1) + request(2))
+            await eventually(lambda: owner.requests == [2])
+            nursery.cancel_scope.cancel()
+    assert [e["request_id"] for e in logs if e["event"] == "bolt.handler_failed"] == [1]
+
+
+async def test_the_partial_frame_budget_closes_the_connection_whose_frame_waited_longest(autojump_clock):
+    budget = PartialFrameBudget(limit=300)
+    pairs = [memory_transport_pair() for _ in range(2)]
+    owners = [Server(), Server()]
+    old, new = (serving(ours, owner, partial_budget=budget) for (ours, _), owner in zip(pairs, owners))
+    whole = request(1)
+    async with trio.open_nursery() as nursery:
+        for endpoint in (old, new):
+            nursery.start_soon(endpoint.run)
+        pairs[0][1].write(whole[:200])
+        await trio.sleep(5)
+        pairs[1][1].write(whole[:200])  # 400 bytes held in all: over the budget
+        await eventually(lambda: old.closed)
+        assert "incomplete frames of all connections exceed 300 bytes" in old.close_reason
+        assert not new.closed and budget.total == 200
+        pairs[1][1].write(whole[200:])  # the frame completes: nothing held any more
+        await eventually(lambda: owners[1].requests == [1])
+        assert budget.total == 0 and new.partial_since is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_caller_that_does_not_read_its_answers_is_not_read_from_until_they_drain():
+    ours, theirs = memory_transport_pair(capacity=4096)
+    owner = Server()
+    endpoint = serving(ours, owner, policy=ConnectionPolicy(output_limit=10_000))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        theirs.write(request(1))
+        await eventually(lambda: owner.requests == [1])
+        owner.answer(endpoint, 1, size=50_000)  # the caller reads none of it
+        endpoint.flush()
+        assert endpoint.congested and not endpoint.has_capacity()
+        theirs.write(request(2))  # the read already under way takes this one ...
+        await eventually(lambda: owner.requests == [1, 2])
+        theirs.write(request(3))
+        await trio.sleep(0.05)
+        assert owner.requests == [1, 2]  # ... then no more reads: its pending calls stay bounded
+        await read_frames(theirs, 1)  # the caller reads its answer ...
+        await eventually(lambda: owner.requests == [1, 2, 3])  # ... and is read from again
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeats_keep_an_answering_connection_and_close_a_silent_one(autojump_clock):
+    link_ours, link_theirs = memory_transport_pair()
+    silent_ours, _ = memory_transport_pair()
+    answered = BoltEndpoint(link_ours, flush_queue=FlushQueue(), name="answered")
+    remote = BoltEndpoint(link_theirs, flush_queue=FlushQueue(), on_request=Server().on_request)
+    silent = BoltEndpoint(silent_ours, flush_queue=FlushQueue(), name="silent")
+    async with trio.open_nursery() as nursery:
+        for endpoint in (answered, remote, silent):
+            nursery.start_soon(endpoint.run)
+        nursery.start_soon(answered.keepalive, 1, 2)
+        with trio.move_on_after(20):
+            await silent.keepalive(1, 2)
+        assert silent.closed and silent.close_reason == "no heartbeat acknowledgement within 2s"
+        await trio.sleep(20)
+        assert not answered.closed and answered.preface_done
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_retired_client_closes_when_its_last_call_is_answered_or_forgotten():
+    ours, theirs = memory_transport_pair()
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), max_pending=4)
+    echo = bolt.decode(vector("bolt_v1_req_echo"))
+    answered, forgotten = Recorder(), Recorder()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        assert endpoint.has_capacity() and endpoint.slots == 4
+        first = endpoint.send_request(echo, echo.raw, answered)
+        second = endpoint.send_request(echo, echo.raw, forgotten)
+        endpoint.retire("certificates reloaded")
+        assert endpoint.draining and not endpoint.has_capacity() and not endpoint.closed
+        endpoint.forget(second)
+        assert not endpoint.closed  # `first` is still waiting
+        theirs.write(bolt.patch_request_id(vector("bolt_v1_resp_echo"), first))
+        await eventually(lambda: endpoint.closed)
+    assert [f.request_id for f in answered.responses] == [first] and forgotten.responses == []
+    assert endpoint.close_reason == "certificates reloaded"
+    endpoint.retire("closed already")  # harmless
+    assert endpoint.close_reason == "certificates reloaded"
+
+
+async def test_a_retired_client_without_calls_closes_at_once():
+    ours, _ = memory_transport_pair()
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue())
+    endpoint.retire("pool shrunk")
+    assert endpoint.closed and endpoint.close_reason == "pool shrunk"
+
+
+async def test_request_ids_wrap_around_before_the_int32_limit():
+    ours, theirs = memory_transport_pair()
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue())
+    echo = bolt.decode(vector("bolt_v1_req_echo"))
+    endpoint._next_id = MAX_REQUEST_ID - 1  # noqa: SLF001 - two billion requests later
+    ids = [endpoint.send_request(echo, echo.raw, None) for _ in range(3)]
+    assert ids == [MAX_REQUEST_ID, 1, 2] and endpoint.streams == {}  # oneway: nothing waits
+    endpoint.flush()
+    assert [f.request_id for f in await read_frames(theirs, 3)] == ids
+
+
+async def test_a_bug_in_a_call_told_of_the_loss_does_not_keep_the_others_from_hearing():
+    class Failing(Recorder):
+        def on_connection_lost(self, reason: str) -> None:
+            raise RuntimeError("bug in the call")
+
+    class FailingInbound(Inbound):
+        def caller_gone(self, reason: str) -> None:
+            raise RuntimeError("bug in the call")
+
+    ours, _ = memory_transport_pair()
+    endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=Server().on_request)
+    echo = bolt.decode(vector("bolt_v1_req_echo"))
+    told = Recorder()
+    endpoint.send_request(echo, echo.raw, Failing())
+    endpoint.send_request(echo, echo.raw, told)
+    endpoint.call_started(9, FailingInbound())
+    with structlog.testing.capture_logs() as logs:
+        endpoint.close("test over")
+    assert told.lost == ["test over"]
+    assert len([e for e in logs if e["event"] == "bolt.handler_failed"]) == 2

@@ -7,7 +7,17 @@ import math
 import pytest
 import trio
 
-from interlink.net.connection import Connection, ConnectionPolicy, ConnectionTable, FlushQueue, IdleRule, overdue
+from interlink.model import Status
+from interlink.net.connection import (
+    CLOSE_LINGER,
+    TICK,
+    Connection,
+    ConnectionPolicy,
+    ConnectionTable,
+    FlushQueue,
+    IdleRule,
+    overdue,
+)
 from interlink.net.transport import memory_transport_pair
 
 
@@ -160,3 +170,68 @@ async def test_shedding_closes_the_longest_idle_connections_first(autojump_clock
 def test_policy_defaults_have_no_deadlines():
     policy = ConnectionPolicy()
     assert policy.preface_timeout == policy.idle_timeout == policy.write_timeout == math.inf
+
+
+class Admitting(Queued):
+    """Server side of a protocol: `limit` calls at once."""
+
+    limit = 2
+
+    @property
+    def inbound_calls(self) -> tuple[int, int]:
+        return self.calls, self.limit
+
+
+@pytest.mark.parametrize(
+    ("calls", "draining", "expected"),
+    [
+        (0, False, None),
+        (1, False, None),
+        (2, False, (Status.RESOURCE_EXHAUSTED, "more than 2 calls in flight on this connection")),
+        (0, True, (Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")),
+        (5, True, (Status.UNAVAILABLE, "the gateway is shutting down; retry on another one")),
+    ],
+)
+async def test_admission_refuses_when_draining_first_then_over_the_call_limit(calls, draining, expected):
+    ours, _ = memory_transport_pair()
+    connection = Admitting(ours, FlushQueue(), "c")
+    connection.calls, connection.draining = calls, draining
+    assert connection.admission_refusal() == expected
+    assert connection.usable is not draining
+
+
+async def test_a_closing_connection_whose_last_bytes_do_not_leave_is_let_go_by_the_watchdog(autojump_clock):
+    queue, table = FlushQueue(), ConnectionTable()
+    ours, _ = memory_transport_pair(capacity=10)  # the other side reads nothing
+    connection = Queued(ours, queue, "stuck", ConnectionPolicy(write_timeout=30))
+    table.add(connection, "triple")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(table.run)
+        nursery.start_soon(connection.run)
+        connection.write(b"last words" * 100)
+        connection.close("done")
+        connection.close("again")  # the first reason stays
+        assert connection.closed and not ours.closed and connection.policy.write_timeout == CLOSE_LINGER
+        await trio.sleep(CLOSE_LINGER + 2 * TICK)
+        assert ours.closed and connection.close_reason == "done" and connection.failed == ["done"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_watchdog_shuts_an_idle_connection_down_politely(autojump_clock):
+    class Polite(Queued):
+        def shutdown(self, reason: str) -> None:
+            self.write(b"goodbye")
+            super().shutdown(reason)
+
+    queue, table = FlushQueue(), ConnectionTable()
+    ours, theirs = memory_transport_pair()
+    connection = Polite(ours, queue, "idle", ConnectionPolicy(idle_timeout=5, idle_rule=IdleRule.NO_FRAMES))
+    connection.preface_done = True
+    table.add(connection, "triple")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(table.run)
+        nursery.start_soon(connection.run)
+        await trio.sleep(5 + 2 * TICK)
+        assert connection.closed and connection.close_reason.startswith("idle timeout")
+        assert await theirs.receive() == b"goodbye"
+        nursery.cancel_scope.cancel()

@@ -6,17 +6,23 @@ attackers do: reset streams in the same write that opened them, flood control fr
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
 import hyperframe.frame
 import pytest
+import structlog
 import trio
 
 from interlink.net.connection import ConnectionPolicy, FlushQueue
 from interlink.net.h2link import H2Endpoint, H2Settings, _RelayH2Connection
+from interlink.model import Status
 from interlink.net.transport import memory_transport_pair
+
+from tests.net.support import eventually
 
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/m"), (b":authority", b"x"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -328,3 +334,354 @@ async def test_graceful_goaway_takes_two_steps():
         with trio.fail_after(5):
             while not endpoint.closed:
                 await trio.sleep(0.01)
+
+
+# --- an H2Endpoint client and an H2Endpoint server, linked in memory -------------------------------------------
+
+RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+TRAILERS = [(b"grpc-status", b"0")]
+
+
+class Recorder:
+    """A client-side stream handler that records what its stream saw, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_headers(self, headers, end_stream):
+        self.events.append(("headers", headers, end_stream))
+
+    def on_data(self, data, flow_length, end_stream):
+        self.events.append(("data", data, end_stream))
+
+    def on_end(self):
+        self.events.append(("end",))
+
+    def on_reset(self, error_code):
+        self.events.append(("reset", error_code))
+
+    def on_writable(self):
+        self.events.append(("writable",))
+
+    def on_connection_lost(self, reason):
+        self.events.append(("lost", reason))
+
+    def kinds(self) -> list[str]:
+        return [event[0] for event in self.events]
+
+
+class Link:
+    """A client H2Endpoint and a server H2Endpoint over a memory pair, each with its own flush queue (as two
+    gateways would have); `flush()` hands both endpoints' queued frames over."""
+
+    def __init__(self, client: H2Endpoint, server: H2Endpoint, owner: Owner) -> None:
+        self.client, self.server, self.owner = client, server, owner
+
+    def flush(self) -> None:
+        self.client._flush_queue.flush()  # noqa: SLF001 - what the reader does after each batch
+        self.server._flush_queue.flush()  # noqa: SLF001
+
+    def call(self, handler: Recorder, headers=REQUEST, end_stream: bool = False) -> int:
+        stream_id = self.client.open_stream(headers, handler, end_stream=end_stream)
+        self.flush()
+        return stream_id
+
+
+@asynccontextmanager
+async def linked(client_settings: H2Settings = H2Settings(), server_settings: H2Settings = H2Settings(),
+                 owner: Owner | None = None):
+    ours, theirs = memory_transport_pair()
+    owner = owner or Owner()
+    client = H2Endpoint(ours, client_side=True, flush_queue=FlushQueue(), settings=client_settings, name="client")
+    server = H2Endpoint(theirs, client_side=False, flush_queue=FlushQueue(), settings=server_settings,
+                        on_request=owner.on_request, on_refused=owner.on_refused, name="server",
+                        policy=ConnectionPolicy())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        await eventually(lambda: client.preface_done and server.preface_done and client.slots > 0)
+        yield Link(client, server, owner)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_between_two_endpoints_carries_headers_data_and_trailers_both_ways():
+    async with linked() as link:
+        handler = Recorder()
+        assert link.client.has_capacity() and link.client.slots == 100
+        stream_id = link.call(handler)
+        assert link.client.send_data(stream_id, b"request body", end_stream=True) == len(b"request body")
+        link.flush()
+        await eventually(lambda: link.owner.requests == [stream_id])
+        served = link.server.streams[stream_id]
+        await eventually(lambda: served.data == b"request body")
+        assert link.server.in_flight == 1 and link.client.in_flight == 1
+        link.server.send_headers(stream_id, RESPONSE)
+        link.server.send_data(stream_id, b"reply")
+        link.server.send_headers(stream_id, TRAILERS, end_stream=True)
+        link.flush()
+        await eventually(lambda: len(handler.events) == 3)
+        assert handler.events == [("headers", RESPONSE, False), ("data", b"reply", False), ("headers", TRAILERS, True)]
+
+
+async def test_end_stream_without_data_ends_the_stream_alone():
+    async with linked() as link:
+        handler = Recorder()
+        stream_id = link.call(handler)
+        await eventually(lambda: link.owner.requests)
+        link.server.send_headers(stream_id, RESPONSE)
+        assert link.server.send_data(stream_id, b"") == 0  # nothing to send, nothing ends
+        assert link.server.send_data(stream_id, b"", end_stream=True) == 0
+        link.flush()
+        await eventually(lambda: len(handler.events) == 2)
+        assert handler.events[1] == ("data", b"", True)
+
+
+async def test_a_stream_window_reopens_only_when_its_bytes_were_acknowledged_and_then_it_is_writable():
+    settings = H2Settings(initial_window=1000)
+    async with linked(server_settings=settings) as link:
+        handler = Recorder()
+        stream_id = link.call(handler)
+        assert link.client.send_data(stream_id, b"a" * 5000) == 1000  # the server's stream window
+        assert link.client.send_data(stream_id, b"a") == 0  # no room until the server passes them on
+        link.flush()
+        await eventually(lambda: stream_id in link.server.streams and len(link.server.streams[stream_id].data) == 1000)
+        link.server.acknowledge(stream_id, 0)  # nothing to acknowledge: nothing happens
+        link.server.acknowledge(stream_id + 100, 10)  # no such stream: ignored
+        link.server.acknowledge(stream_id, 1000)
+        link.flush()
+        await eventually(lambda: ("writable",) in handler.events)
+        assert link.client.send_data(stream_id, b"b" * 5000) == 1000
+
+
+async def test_room_in_the_connection_window_wakes_the_streams_that_sent_least_first():
+    settings = H2Settings(initial_window=1 << 20, connection_window=65_535)
+    async with linked(server_settings=settings) as link:
+        bulk, small = Recorder(), Recorder()
+        order: list[str] = []
+        bulk.on_writable = lambda: order.append("bulk")
+        small.on_writable = lambda: order.append("small")
+        bulk_id, small_id = link.call(bulk), link.call(small)
+        await eventually(lambda: len(link.owner.requests) == 2)
+        assert link.client.send_data(bulk_id, b"x" * 65_535) == 65_535  # the whole connection window
+        assert link.client.send_data(small_id, b"y") == 0
+        link.flush()
+        await eventually(lambda: order)  # the server returned the connection window on receipt
+        assert order == ["small", "bulk"]
+
+
+async def test_a_write_to_a_stream_that_ended_tells_its_handler_at_the_next_flush_instead_of_raising():
+    async with linked() as link:
+        handler = Recorder()
+        stream_id = link.call(handler, end_stream=True)
+        await eventually(lambda: link.owner.requests)
+        link.server.send_headers(stream_id, RESPONSE + [(b"grpc-status", b"0")], end_stream=True)
+        link.flush()
+        await eventually(lambda: handler.events)
+        assert link.client.send_data(stream_id, b"late") == 0  # both sides ended it: h2 refuses quietly
+        assert link.client.send_headers(stream_id, TRAILERS) is False
+        assert handler.kinds() == ["headers"]
+        link.flush()
+        assert handler.kinds() == ["headers", "reset"] and stream_id not in link.client.streams
+
+
+async def test_a_reset_stream_tells_the_other_sides_handler_and_a_second_reset_is_quiet():
+    async with linked() as link:
+        handler = Recorder()
+        stream_id = link.call(handler)
+        await eventually(lambda: link.owner.requests)
+        served = link.server.streams[stream_id]
+        link.client.reset(stream_id, h2.errors.ErrorCodes.CANCEL)
+        link.client.reset(stream_id)  # already closed: nothing raised
+        link.flush()
+        await eventually(lambda: served.resets)
+        assert served.resets == [h2.errors.ErrorCodes.CANCEL] and stream_id not in link.client.streams
+
+
+async def test_a_server_handler_that_raises_resets_only_its_stream():
+    class Broken(Owner):
+        def on_request(self, endpoint, stream_id, headers, end_stream):
+            super().on_request(endpoint, stream_id, headers, end_stream)
+            if len(self.requests) == 1:
+                raise RuntimeError("bug in the handler")
+
+    async with linked(owner=Broken()) as link:
+        first, second = Recorder(), Recorder()
+        with structlog.testing.capture_logs() as logs:
+            link.call(first)
+            await eventually(lambda: first.events)
+        assert first.events == [("reset", h2.errors.ErrorCodes.INTERNAL_ERROR)]
+        assert any(e["event"] == "h2.handler_failed" for e in logs)
+        second_id = link.call(second)
+        await eventually(lambda: second_id in link.server.streams)
+        assert not link.server.closed
+
+
+async def test_a_server_at_its_stream_limit_refuses_new_streams_with_refused_stream():
+    async with linked() as link:
+        link.server.max_concurrent_streams = 1  # the limit admission_refusal applies
+        kept, refused = Recorder(), Recorder()
+        link.call(kept)
+        link.call(refused)
+        await eventually(lambda: refused.events)
+        assert refused.events == [("reset", h2.errors.ErrorCodes.REFUSED_STREAM)] and kept.events == []
+        assert link.server.admission_refusal()[0] is Status.RESOURCE_EXHAUSTED
+
+
+async def test_streams_opened_after_a_graceful_goaway_began_are_refused_for_retry_elsewhere():
+    async with linked() as link:
+        link.server.goaway()
+        link.server.goaway()  # once
+        link.flush()
+        late = Recorder()
+        link.call(late)
+        await eventually(lambda: late.events)
+        assert late.events == [("reset", h2.errors.ErrorCodes.REFUSED_STREAM)]
+        assert link.server.admission_refusal()[0] is Status.UNAVAILABLE
+
+
+async def test_malformed_request_headers_reset_that_stream_only_and_tell_the_owner():
+    async with linked() as link:
+        bad, good = Recorder(), Recorder()
+        link.call(bad, headers=[(b":method", b"POST"), (b":bogus", b"x")])
+        await eventually(lambda: bad.events)
+        assert bad.events == [("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+        assert any("malformed request headers" in reason for reason in link.owner.refused)
+        good_id = link.call(good)
+        await eventually(lambda: good_id in link.server.streams)
+
+
+async def test_a_malformed_response_resets_the_stream_and_tells_its_handler():
+    async with linked() as link:
+        handler = Recorder()
+        stream_id = link.call(handler)
+        await eventually(lambda: link.owner.requests)
+        link.server.send_headers(stream_id, [(b":status", b"OK!")])
+        link.flush()
+        await eventually(lambda: handler.events)
+        assert handler.events == [("reset", h2.errors.ErrorCodes.PROTOCOL_ERROR)]
+        assert stream_id not in link.client.streams and not link.client.closed
+
+
+async def test_a_goaway_fails_only_the_streams_the_remote_side_never_saw():
+    async with linked() as link:
+        seen, unseen = Recorder(), Recorder()
+        link.call(seen)
+        await eventually(lambda: link.owner.requests)
+        link.client.open_stream(REQUEST, unseen)  # queued, not sent before the GOAWAY arrives
+        link.server.shutdown("idle")  # GOAWAY(last stream = the one it took), then close
+        await eventually(lambda: link.client.draining)
+        assert unseen.events == [("lost", "the remote side sent GOAWAY (NO_ERROR)")]
+        assert seen.kinds() in ([], ["lost"])  # ends with the connection, not refused by the GOAWAY
+        assert not link.client.has_capacity()
+
+
+async def test_a_retired_client_takes_no_new_streams_and_closes_when_its_last_stream_ends():
+    async with linked() as link:
+        handler = Recorder()
+        stream_id = link.call(handler)
+        link.client.goaway()  # client side: retire
+        assert link.client.draining and not link.client.has_capacity() and not link.client.closed
+        link.client.retire("again")  # harmless
+        link.client.detach(stream_id)
+        link.flush()
+        assert link.client.closed and link.client.close_reason == "we are shutting down"
+
+
+async def test_a_retired_idle_client_closes_at_the_next_flush():
+    async with linked() as link:
+        link.client.retire("certificates reloaded")
+        link.flush()
+        assert link.client.closed and link.client.close_reason == "certificates reloaded"
+        link.client.retire("closed already")
+        link.client.goaway()
+        link.client.shutdown("closed already")
+        link.client.abort(CALM, "closed already")
+        assert link.client.send_headers(1, REQUEST) is False and link.client.send_data(1, b"x") == 0
+        assert link.client.close_reason == "certificates reloaded"
+
+
+async def test_keepalive_pings_are_answered_and_keep_the_connection(autojump_clock):
+    async with linked() as link:
+        before = link.server.scanner.control_frames
+        with trio.move_on_after(10):
+            await link.client.keepalive(interval=1, timeout=0.5)
+        assert not link.client.closed and link.server.scanner.control_frames >= before + 5
+
+
+async def test_a_preface_that_arrives_in_pieces_is_assembled_before_h2_sees_it():
+    endpoint, owner, client = await serve()
+    preface = client.conn.data_to_send()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        client.send_raw(preface[:10])
+        await trio.sleep(0.01)
+        assert endpoint.conn is None and endpoint.partial_since is not None  # no h2 state for a slowloris
+        client.send_raw(preface[10:])
+        client.conn.send_headers(1, REQUEST, end_stream=True)
+        client.send()
+        await eventually(lambda: owner.requests == [1])
+        assert endpoint.partial_since is None
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("how", ["goaway", "shutdown"])
+async def test_stopping_a_server_before_the_preface_closes_it_with_a_goaway(how):
+    endpoint, owner, client = await serve()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        await trio.sleep(0.01)
+        if how == "goaway":
+            endpoint.goaway()
+        else:
+            endpoint.shutdown("idle")
+        received = await client.transport.receive()
+        assert endpoint.closed and endpoint.conn is None
+        if how == "shutdown":
+            assert received[3] == 0x7 and int.from_bytes(received[13:17], "big") == 0  # GOAWAY NO_ERROR
+
+
+async def test_an_h2_protocol_error_closes_the_connection_and_tells_the_owner():
+    endpoint, owner, client = await serve()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        client.send()
+        client.send_raw(frame(0x1, 0x5, 2, b"\x82"))  # HEADERS on an even stream id: only servers use those
+        await client.pump(lambda: client.closed or client.goaways())
+        assert endpoint.closed and endpoint.close_reason.startswith("HTTP/2 protocol error from the remote side")
+        assert owner.refused and owner.refused[0] == endpoint.close_reason
+
+
+async def test_a_goaway_with_an_unknown_error_code_is_reported_by_number():
+    endpoint, owner, client = await serve()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        client.send()
+        client.send_raw(frame(0x7, 0, 0, (0).to_bytes(4, "big") + (0xBEEF).to_bytes(4, "big")))
+        await eventually(lambda: endpoint.closed)
+        assert endpoint.close_reason == f"the remote side sent GOAWAY ({0xBEEF})"
+
+
+async def test_a_long_lived_connection_is_judged_on_its_recent_resets():
+    """After 10 x premature_reset_streams streams the counters are halved: old good behaviour does not
+    cover for a later burst forever, and old resets are forgotten."""
+    endpoint, owner, client = await serve(H2Settings(premature_reset_streams=2))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint.run)
+        client.send()
+        for _ in range(20):  # answered streams: never premature
+            stream_id = client.conn.get_next_available_stream_id()
+            client.conn.send_headers(stream_id, REQUEST, end_stream=True)
+            client.send()
+            await eventually(lambda: stream_id in owner.requests)
+            endpoint.send_headers(stream_id, [(b":status", b"200")], end_stream=True)
+            endpoint.detach(stream_id)
+            endpoint.flush()
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, REQUEST)
+        client.send()
+        await eventually(lambda: stream_id in owner.requests)
+        client.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)  # before an answer: premature
+        client.send()
+        await eventually(lambda: endpoint.streams_opened < 21)
+        assert (endpoint.streams_opened, endpoint.premature_resets) == (10, 0) and not endpoint.closed
+        nursery.cancel_scope.cancel()

@@ -24,6 +24,8 @@ from interlink.net.transport import (
     tls_handshake,
 )
 
+from tests.net.support import eventually
+
 BIG = 8 << 20  # more than a loopback socket pair buffers: part of it must wait in the backlog
 
 
@@ -53,12 +55,6 @@ async def read_exactly(transport, size: int) -> bytes:
             assert chunk, "end of stream before all bytes arrived"
             data += chunk
     return bytes(data)
-
-
-async def wait_until(predicate, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
 
 
 def reset_by_peer(sock: socket.socket) -> None:
@@ -127,7 +123,7 @@ async def test_what_the_kernel_does_not_take_waits_in_the_backlog_and_one_writer
         ours.write(payload[BIG // 2:])  # queued behind the backlog, in order
         assert 0 < ours.buffered <= BIG and writer.started == 1
         assert await read_exactly(theirs, BIG) == payload
-        await wait_until(lambda: writer.drained)
+        await eventually(lambda: writer.drained)
         assert ours.buffered == 0 and writer.started == 1 and not ours.closed
 
 
@@ -221,7 +217,7 @@ async def test_a_reset_while_the_backlog_is_sent_breaks_the_transport(pair):
         ours.write(b"x" * BIG)
         await trio.sleep(0.01)
         reset_by_peer(theirs.socket)
-        await wait_until(lambda: ours.closed)
+        await eventually(lambda: ours.closed)
     assert ours.error.startswith("send failed")
 
 
@@ -250,7 +246,7 @@ async def test_a_read_takes_more_than_one_buffer_when_more_is_waiting(tcp_pair):
     ours = SocketTransport(server)
     size = 3 * READ_SIZE
     client.sendall(b"z" * size)
-    await wait_until(lambda: len(server.recv(size, socket.MSG_PEEK)) == size)
+    await eventually(lambda: len(server.recv(size, socket.MSG_PEEK)) == size)
     first = await ours.receive()
     assert READ_SIZE < len(first) <= MAX_BATCH  # one receive, several reads of the socket
     assert first + await read_exactly(ours, size - len(first)) == b"z" * size
@@ -286,7 +282,7 @@ async def test_tls_carries_bytes_both_ways_and_big_writes_go_through_the_backlog
         theirs.write(b"q" * BIG)
         assert writer.started == 1
         assert await read_exactly(ours, BIG) == b"q" * BIG
-        await wait_until(lambda: writer.drained)
+        await eventually(lambda: writer.drained)
 
 
 async def test_a_tls_read_batch_is_bounded(tls_pair):
@@ -295,7 +291,7 @@ async def test_a_tls_read_batch_is_bounded(tls_pair):
     async with trio.open_nursery() as nursery:
         Writer(theirs, nursery)
         theirs.write(b"m" * (3 * MAX_BATCH))
-        await wait_until(lambda: theirs.buffered == 0)
+        await eventually(lambda: theirs.buffered == 0)
     sizes = []
     with trio.fail_after(10):
         while sum(sizes) < 3 * MAX_BATCH:
@@ -367,7 +363,7 @@ async def test_closing_a_memory_end_frees_the_writer_of_the_other_end_whose_byte
         await trio.sleep(0.01)  # a's writer waits for b to read
         assert a.buffered == 900
         b.close()
-        await wait_until(lambda: writer.drained)
+        await eventually(lambda: writer.drained)
     assert a.buffered == 0 and not a.closed
     assert await a.receive() == b""  # a sees the end of the stream
     a.write(b"more")  # and what it writes now vanishes too
