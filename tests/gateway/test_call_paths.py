@@ -9,6 +9,7 @@ import trio
 
 from interlink.gateway.call import CallState
 from interlink.gateway.filters import AccessDomainFilter, ExportAclFilter, Filter, FilterChains
+from interlink.net.pool import STABLE_AFTER
 from interlink.routes import bolt_unique_name
 from interlink.wire import bolt, grpc
 from tests.gateway.harness import (
@@ -158,6 +159,7 @@ async def test_a_first_connection_that_never_comes_fails_the_waiting_call(timeou
 async def test_a_call_during_a_reconnect_waits_only_while_that_attempt_lasts(autojump_clock):
     async with open_world() as world:
         world.connect_gate = trio.Event()  # the next connection attempt hangs
+        await trio.sleep(STABLE_AFTER)  # the connection lived: its loss is redialled at once, no backoff
         world.provider.transport.close()
         await wait_until(lambda: not world.group.up and world.pool.connecting)
         sid = unary(world)
