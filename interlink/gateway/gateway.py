@@ -51,7 +51,7 @@ OUTBOUND_OUTPUT_BYTES = 16 << 20  # queued for one provider or peer link before 
 
 @dataclass
 class BoundAddresses:
-    """Where the listeners actually listen (ports chosen by the OS when the site file says :0)."""
+    """Where the listeners actually listen (the ports the OS chose, when a test asks for port 0)."""
 
     triple: HostPort | None = None
     bolt: HostPort | None = None
@@ -199,9 +199,7 @@ class Gateway:
             site = endpoint.attributes.get("site")
             if site is None:
                 continue  # a local caller
-            reason = _untrusted(endpoint, snapshot, site)
-            if endpoint.attributes.get("sni") not in (snapshot.server_tls.by_domain if snapshot.server_tls else {}):
-                reason = reason or "its access domain is no longer configured"
+            reason = _inbound_refusal(snapshot, site, endpoint.attributes.get("sni"), endpoint.attributes.get("chain"))
             if reason is not None:
                 log.warning("peer.revoked", peer=site, remote=endpoint.remote, reason=reason)
                 audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", peer=site,
@@ -210,7 +208,7 @@ class Gateway:
         for name, group in [*self.peer_groups.items(), *self.bolt_peer_groups.items()]:
             for pool in group.pools:
                 for endpoint in list(pool.endpoints):
-                    reason = "our certificate changed" if own_changed else _untrusted(endpoint, snapshot, name)
+                    reason = "our certificate changed" if own_changed else _untrusted(endpoint.attributes.get("chain"), snapshot, name)
                     if reason is not None:
                         pool.recycle(endpoint, reason)
         self.flush_queue.flush()
@@ -339,6 +337,16 @@ class Gateway:
             audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=str(exc))
             return
         transport, site, sni, alpn = link.transport, link.site, link.sni, link.alpn
+        chain = transport.verified_chain()
+        current = self._snapshot
+        if current is not snapshot:  # a reload during the handshake: judged by what is configured now
+            reason = _inbound_refusal(current, site, sni, chain)
+            if reason is not None:
+                log.warning("peer.revoked", peer=site, remote=remote, reason=reason)
+                audit_log.info("audit", decision="deny", site=current.site, ingress="peer", peer=site, remote=remote,
+                               reason=f"handshake finished after a reload: {reason}")
+                transport.close()
+                return
         endpoint: H2Endpoint | BoltEndpoint
         if alpn == tls.ALPN_BOLT:
             endpoint = BoltEndpoint(
@@ -361,7 +369,7 @@ class Gateway:
             )
         endpoint.attributes["site"] = site
         endpoint.attributes["sni"] = sni
-        endpoint.attributes["chain"] = transport.verified_chain()
+        endpoint.attributes["chain"] = chain
         log.info("peer.accepted", peer=site, remote=remote, sni=sni, tls=transport.version(), alpn=alpn)
         await self._serve_ingress(endpoint, "peer")
         log.info("peer.closed", peer=site, remote=remote, reason=endpoint.close_reason)
@@ -425,6 +433,12 @@ class Gateway:
         snapshot = self._snapshot
         contexts = snapshot.client_tls if alpn == tls.ALPN_H2 else snapshot.client_tls_bolt
         transport = await dial_peer(address, contexts[peer.name], peer.domain, alpn, snapshot.config.trust_domain, peer.name)
+        current = self._snapshot
+        if current is not snapshot and (
+            current.own_identity != snapshot.own_identity or _untrusted(transport.verified_chain(), current, peer.name)
+        ):  # a reload during the handshake changed our certificate or the peer's trust: dial again
+            transport.close()
+            raise ConnectionError("the configuration was reloaded during the handshake; dialling again")
         return transport, peer.name
 
     def _provider_pool(self, protocol: str, address: HostPort) -> ConnectionPool:
@@ -456,15 +470,23 @@ class Gateway:
         )
 
 
-def _untrusted(endpoint, snapshot: Snapshot, site: str) -> str | None:
-    """Why a live connection with `site` is not covered by the snapshot's trust any more, or None."""
+def _untrusted(chain: object, snapshot: Snapshot, site: str) -> str | None:
+    """Why a connection with `site` whose verified chain (DER certificates) is `chain` is not covered by the
+    snapshot's trust, or None."""
     anchors = snapshot.peer_anchors.get(site)
     if anchors is None:
         return f"site {site} is no longer a peer"
-    chain = endpoint.attributes.get("chain") or ()
-    if not anchors.intersection(chain):
+    if not anchors.intersection(chain or ()):  # type: ignore[arg-type]
         return f"its certificate no longer chains to the CA bundle of peers.{site}.ca"
     return None
+
+
+def _inbound_refusal(snapshot: Snapshot, site: str, sni: object, chain: object) -> str | None:
+    """Why a peer's connection to us is not let in by the snapshot (trust, or its access domain), or None."""
+    reason = _untrusted(chain, snapshot, site)
+    if reason is None and sni not in (snapshot.server_tls.by_domain if snapshot.server_tls else {}):
+        reason = "its access domain is no longer configured"
+    return reason
 
 
 def _with_streams(settings: H2Settings, max_streams: int) -> H2Settings:

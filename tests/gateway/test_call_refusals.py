@@ -16,7 +16,7 @@ from interlink.model import Refusal, Status
 from interlink.routes import bolt_unique_name
 from interlink.wire import bolt, grpc, triple_wrapper_pb2
 from tests.gateway.harness import (
-    APP, BOLT, DOMAIN, FOR_C, HESSIAN, METHOD, PRIVATE, SOFA, TRIPLE, BoltPeer, H2Peer, bolt_outcome, bolt_request,
+    APP, BOLT, DOMAIN, FOR_C, HESSIAN, METHOD, PRIVATE, SOFA, TRIPLE, H2Peer, bolt_outcome, bolt_request,
     h2_request_headers, open_world, wait_until,
 )
 

@@ -12,7 +12,6 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
-import hyperframe.frame
 import pytest
 import structlog
 import trio
