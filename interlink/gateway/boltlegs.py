@@ -187,16 +187,8 @@ def upstream_frame(request: bolt.BoltFrame, stamps: list[tuple[bytes, bytes | No
     outgoing = copy.copy(request)
     outgoing.proto, outgoing.ver1, outgoing.switch, outgoing.has_crc = bolt.PROTO_V1, 0, 0, False
     outgoing.raw = None
-    updates = dict(stamps)
-    header = request.header
-    if link_headers.PREFIX in header and header.count(link_headers.PREFIX) > sum(
-        1 for key in updates if bolt.header_get(header, key) is not None
-    ):  # keys under our prefix that we do not set ourselves (a caller's, or unknown): drop them all
-        for key in bolt.decode_header_map(header):
-            encoded = key.encode()
-            if encoded.startswith(link_headers.PREFIX) and encoded not in updates:
-                updates[encoded] = None
-    outgoing.header = bolt.header_set(request.header, updates)
+    # keys under our prefix that we do not set ourselves (a caller's, or unknown) are dropped
+    outgoing.header = bolt.header_set(request.header, dict(stamps), drop_prefix=link_headers.PREFIX)
     outgoing.timeout = timeout_ms
     return outgoing
 

@@ -52,6 +52,9 @@ Downstream = Union[H2Downstream, BoltDownstream]
 Upstream = Union[H2Upstream, BoltUpstream]
 
 
+_NOBODY = Identity("")
+
+
 class Ingress(enum.Enum):
     LOCAL = "local"  # our site's callers, calling what we import from a peer
     PEER = "peer"  # a peer gateway, calling what we export
@@ -149,7 +152,7 @@ class GatewayCall:
         self.up: Upstream | None = None
         self.snapshot = snapshot
         self.chain = core.chains
-        self.caller = Identity(snapshot.site)
+        self.caller = _NOBODY  # until identified
         self.service = ""
         self.method: str | None = None
         self.authority: bytes | None = None  # HTTP/2 :authority (checked against the access domain)

@@ -655,12 +655,27 @@ def header_get(data: bytes, key: bytes) -> bytes | None:
     return found
 
 
-def header_set(data: bytes, updates: Mapping[bytes, bytes | None]) -> bytes:
+def header_values(data: bytes, keys: tuple[bytes, ...]) -> list[bytes | None]:
+    """`[header_get(data, key) for key in keys]` in one pass over the map (the request path reads three or
+    four keys of every request)."""
+    found: list[bytes | None] = [None] * len(keys)
+    index = {key: position for position, key in enumerate(keys)}
+    lengths = {len(key) for key in keys}
+    for _, key_start, key_len, value_start, value_len in _entries(data):
+        if key_len in lengths and value_len >= 0:
+            position = index.get(data[key_start : key_start + key_len])
+            if position is not None:
+                found[position] = data[value_start : value_start + value_len]
+    return found
+
+
+def header_set(data: bytes, updates: Mapping[bytes, bytes | None], drop_prefix: bytes | None = None) -> bytes:
     """The map with `updates` applied (None removes a key) and every other entry kept byte for byte, in
     place. An updated key keeps the position of its first occurrence and loses its duplicates; new keys go
-    at the end in `updates` order. Used to strip and stamp identity keys without re-encoding what the caller
-    sent (keys we do not understand, null entries, their order)."""
-    if not updates:
+    at the end in `updates` order. Keys starting with `drop_prefix` that `updates` does not set are removed.
+    Used to strip and stamp identity keys without re-encoding what the caller sent (keys we do not
+    understand, null entries, their order)."""
+    if not updates and drop_prefix is None:
         _validate_entries(data)
         return data
     parts: list[bytes] = []
@@ -671,6 +686,9 @@ def header_set(data: bytes, updates: Mapping[bytes, bytes | None]) -> bytes:
             continue
         key = data[key_start : key_start + key_len]
         if key not in updates:
+            if drop_prefix is not None and key.startswith(drop_prefix):
+                parts.append(data[kept_from:start])
+                kept_from = value_start + max(value_len, 0)
             continue
         parts.append(data[kept_from:start])
         kept_from = value_start + max(value_len, 0)

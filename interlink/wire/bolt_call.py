@@ -60,29 +60,25 @@ class BoltRequestHead:
     timeout: float | None  # seconds; None when the caller set none
 
 
-_SERVICE_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode())
-_METHOD_KEY = METHOD_NAME.encode()
-_APP_KEY = APP.encode()
+# The keys a request's head is read from: service, target service, method, then the caller's app (its own
+# `app` key on a local caller's connection; the stamped one, and the stamped method first, on a peer link).
+_LOCAL_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode())
+_LINK_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
+              link_headers.METHOD)
 _HEADS = sofarpc.RequestHeadCache()
 
 
 def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltRequestHead:
     """The head of `request`; `from_link`: it came from a peer gateway (trust its stamps, not the caller's
     own keys). Raises BoltProtocolError or HessianError for a header map or head that cannot be read."""
-    header = request.header
-    service = None
-    for key in _SERVICE_KEYS:
-        value = bolt.header_get(header, key)
-        if value:
-            service = _text(value)
-            break
+    values = bolt.header_values(request.header, _LINK_KEYS if from_link else _LOCAL_KEYS)
+    service = _text(values[0] or values[1])
+    method = _text(values[2])
+    app = _text(values[3])
     if from_link:
-        method = _text(bolt.header_get(header, link_headers.METHOD)) or _text(bolt.header_get(header, _METHOD_KEY))
-        app = _text(bolt.header_get(header, link_headers.CALLER_APP))
+        method = _text(values[4]) or method
         need_body = method is None
     else:
-        method = _text(bolt.header_get(header, _METHOD_KEY))
-        app = _text(bolt.header_get(header, _APP_KEY))
         need_body = method is None or app is None
     if need_body and request.codec == bolt.CODEC_HESSIAN2 and request.content and service is not None:
         body_head = _HEADS.read(request.content)

@@ -538,6 +538,31 @@ def test_header_map_nulls_empties_and_duplicates():
     assert bolt.header_set(data, {}) is data
 
 
+_KEYS = st.sampled_from([b"", b"k", b"e", b"a", b"x-interlink-app", b"x-interlink-site", b"x-interlinkz", b"service"])
+_ENTRIES = st.lists(st.tuples(st.one_of(st.none(), _KEYS), st.one_of(st.none(), st.binary(max_size=6))), max_size=8)
+
+
+@given(_ENTRIES, st.lists(_KEYS, min_size=1, max_size=4, unique=True))
+def test_header_values_reads_like_header_get(entries, keys):
+    data = _encode_entries(entries)
+    assert bolt.header_values(data, tuple(keys)) == [bolt.header_get(data, key) for key in keys]
+
+
+@given(_ENTRIES, st.dictionaries(_KEYS, st.one_of(st.none(), st.binary(max_size=4)), max_size=3))
+def test_header_set_drops_the_prefix_it_does_not_set(entries, updates):
+    """drop_prefix: the same map as removing every other key under the prefix by name (the two-step way)."""
+    data = _encode_entries(entries)
+    prefix = b"x-interlink-"
+    by_name = dict(updates)
+    for key, value in entries:
+        if key is not None and key.startswith(prefix) and key not in updates:
+            by_name[key] = None
+    stamped = bolt.header_set(data, updates, drop_prefix=prefix)
+    assert stamped == bolt.header_set(data, by_name)
+    for key, value in by_name.items():
+        assert bolt.header_get(stamped, key) == (updates.get(key) if key in updates else None)
+
+
 def test_header_map_non_bmp_text():
     items = {"emoji-😀": "𝄞 music", "中文": "值", "": "empty key"}
     data = bolt.encode_header_map(items)
