@@ -359,8 +359,9 @@ class GatewayCall:
                           "in flight; retry later or spread calls over more connections")
         self._group = group
         self.state = CallState.FORWARDED
+        oneway = self.down.oneway
         self.up.open(connection)  # type: ignore[union-attr, arg-type]
-        if self.down.oneway:  # complete once forwarded: nothing comes back
+        if oneway:  # complete once forwarded: nothing comes back
             self.answered(Status.OK)
 
     # --- outcomes (reported by the legs and the timers) --------------------------------------------------
@@ -371,6 +372,8 @@ class GatewayCall:
 
     def answering(self, status: Status, message: str = "") -> None:
         """The answer is complete here; its last bytes wait for the caller's window (answer_sent)."""
+        if self.state is CallState.DONE:
+            return
         self.state = CallState.ANSWERING
         self._answer = (status.name, message)
 
@@ -442,6 +445,11 @@ class GatewayCall:
         observers = self.chain.local_finish if self.ingress is Ingress.LOCAL else self.chain.peer_finish
         for item in observers:
             _observe(item, self, status, message)
+        # The legs point back at the call: unlinked here, the call and its legs are freed by reference
+        # counting as soon as the last caller lets go, never left for the cyclic garbage collector.
+        self.down.call = None
+        if self.up is not None:
+            self.up.call = None
 
 
 def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None:

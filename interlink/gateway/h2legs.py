@@ -297,6 +297,7 @@ class H2Downstream(H2Leg):
             endpoint.reset(self.sid, NO_ERROR)
         self.caller_ended = True
         self.discard()
+        self.source = None
 
 
 class H2Upstream(H2Leg):
@@ -353,6 +354,7 @@ class H2Upstream(H2Leg):
             endpoint.detach(self.sid)
         self.sid = 0
         self.discard()
+        self.source = None
 
     # --- the response (StreamHandler) ---------------------------------------------------------------------
 

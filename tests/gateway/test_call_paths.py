@@ -4,6 +4,8 @@ refusals, and providers that answer what cannot be relayed or translated."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import trio
 
@@ -222,6 +224,32 @@ async def test_an_upstream_at_its_call_limit_refuses_more(protocol, autojump_clo
         await finished(world, 2)
         assert outcomes(world, handles) == ["OK", "RESOURCE_EXHAUSTED"]
         world.assert_clean()
+
+
+@pytest.mark.parametrize("ingress", ["local", "peer"])
+@pytest.mark.parametrize("protocol", ["h2", "bolt"])
+async def test_a_finished_call_leaves_no_reference_cycle_for_the_garbage_collector(protocol, ingress, autojump_clock):
+    """Calls are freed by reference counting the moment they end: cyclic garbage per call would make the
+    collector walk the whole heap ever more often under load (measured: 17 objects per call before)."""
+    async with open_world(ingress, protocol) as world:
+        gc.collect()
+        gc.disable()
+        try:
+            handles = [unary(world, peer=True) if protocol == "h2" and ingress == "peer" else start(world, index)
+                       for index in range(4)]
+            await wait_until(lambda: len(world.provider.requests) == 4)
+            answer_all(world)
+            await finished(world, 4)
+            assert outcomes(world, handles) == ["OK"] * 4
+            world.calls.clear()  # the harness's own record of the calls
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = {type(item).__name__ for item in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert not left & {"RecordedCall", "GatewayCall", "H2Downstream", "H2Upstream", "BoltDownstream", "BoltUpstream"}
 
 
 @pytest.mark.parametrize("ingress", ["local", "peer"])
