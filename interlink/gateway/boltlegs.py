@@ -184,13 +184,12 @@ def response_status(response: bolt.BoltFrame) -> str:
 def upstream_frame(request: bolt.BoltFrame, stamps: list[tuple[bytes, bytes | None]], timeout_ms: int) -> bolt.BoltFrame:
     """The request as it travels upstream: V1, link keys replaced by ours (every other x-interlink-* key
     dropped), timeout reduced."""
-    outgoing = copy.copy(request)
-    outgoing.proto, outgoing.ver1, outgoing.switch, outgoing.has_crc = bolt.PROTO_V1, 0, 0, False
-    outgoing.raw = None
     # keys under our prefix that we do not set ourselves (a caller's, or unknown) are dropped
-    outgoing.header = bolt.header_set(request.header, dict(stamps), drop_prefix=link_headers.PREFIX)
-    outgoing.timeout = timeout_ms
-    return outgoing
+    header = bolt.header_set(request.header, dict(stamps), drop_prefix=link_headers.PREFIX)
+    return bolt.BoltFrame(  # positional: a third of copy.copy's cost, on every forwarded Bolt call
+        bolt.PROTO_V1, request.type, request.cmdcode, request.request_id, request.codec, 0, request.ver2, 0,
+        timeout_ms, request.status, request.class_name, header, request.content, False, None,
+    )
 
 
 def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> bytes:

@@ -76,6 +76,10 @@ class CallState(enum.Enum):
     ANSWERING = "answering"  # the answer is complete at the gateway, waiting for the caller's window
     DONE = "done"  # the one exit ran
 
+# The same values as names: on the per-call path an enum attribute lookup costs ~100 ns, a global ~5 ns.
+ADMITTED, WAITING, FORWARDED, ANSWERING, DONE = CallState
+LOCAL, PEER = Ingress
+
 
 class CallCore:
     """What every call shares: the snapshot and its filter chains, the upstream pools, timers, flushing,
@@ -107,29 +111,29 @@ class CallCore:
     # --- the endpoints' request callbacks ---------------------------------------------------------------
 
     def on_local_h2(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        GatewayCall(self, Ingress.LOCAL, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
+        GatewayCall(self, LOCAL, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
 
     def on_peer_h2(self, endpoint: H2Endpoint, stream_id: int, headers: Headers, end_stream: bool) -> None:
-        GatewayCall(self, Ingress.PEER, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
+        GatewayCall(self, PEER, H2Downstream(endpoint, stream_id, headers, end_stream)).start()
 
     def on_local_bolt(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
-        GatewayCall(self, Ingress.LOCAL, BoltDownstream(endpoint, request)).start()
+        GatewayCall(self, LOCAL, BoltDownstream(endpoint, request)).start()
 
     def on_peer_bolt(self, endpoint: BoltEndpoint, request: bolt.BoltFrame) -> None:
-        GatewayCall(self, Ingress.PEER, BoltDownstream(endpoint, request)).start()
+        GatewayCall(self, PEER, BoltDownstream(endpoint, request)).start()
 
     def on_local_bolt_refused(self, endpoint: BoltEndpoint, request_id: int, status: Status, reason: str) -> None:
-        self._refused_at_admission(Ingress.LOCAL, endpoint, status, reason)
+        self._refused_at_admission(LOCAL, endpoint, status, reason)
 
     def on_peer_bolt_refused(self, endpoint: BoltEndpoint, request_id: int, status: Status, reason: str) -> None:
-        self._refused_at_admission(Ingress.PEER, endpoint, status, reason)
+        self._refused_at_admission(PEER, endpoint, status, reason)
 
     def _refused_at_admission(self, ingress: Ingress, endpoint: BoltEndpoint, status: Status, reason: str) -> None:
         """A Bolt request its connection did not admit (draining, too many calls in flight; it was answered
         there): still one access line, and audited on the peer port. (HTTP/2 refuses such streams with
         REFUSED_STREAM before they are requests.)"""
         fields: dict[str, object] = {"site": self.snapshot.site, "ingress": _INGRESS_NAME[ingress, "bolt"]}
-        if ingress is Ingress.PEER:
+        if ingress is PEER:
             fields["peer"] = endpoint.attributes.get("site")
             _audit("deny", fields, reason)
         access_log.info("call", status=status.name, ms=0.0, error=reason, **fields)
@@ -160,13 +164,13 @@ class GatewayCall:
         self.log_fields: dict[str, object] = {"site": snapshot.site, "ingress": _INGRESS_NAME[ingress, down.protocol]}
         self.deadline = math.inf
         self.started = time.perf_counter()
-        self.state = CallState.ADMITTED
+        self.state = ADMITTED
         self.serialize: str | None = None  # a translated call's wrapper serializeType (its answer is written in it)
         self.upstream_name = "upstream"
         self._group: PoolGroup | None = None  # whose fair share this call holds
         self._timer: list | None = None
         self._answer = ("UNKNOWN", "")  # status and message of an answer still being written (ANSWERING)
-        self._authorized = ingress is Ingress.LOCAL  # peer calls are audited until they pass the filters
+        self._authorized = ingress is LOCAL  # peer calls are audited until they pass the filters
         down.attach(self)
 
     # --- the phases -------------------------------------------------------------------------------------
@@ -189,15 +193,15 @@ class GatewayCall:
     def _admit(self) -> None:
         down = self.down
         if isinstance(down, H2Downstream):
-            if self.ingress is Ingress.PEER:
+            if self.ingress is PEER:
                 self.log_fields["peer"] = down.endpoint.attributes["site"]  # type: ignore[union-attr]
             head = down.read_head()
             timeout = head.timeout
             self.service, self.method, self.authority = head.service, head.method, head.authority
         else:
-            if self.ingress is Ingress.PEER:
+            if self.ingress is PEER:
                 self.log_fields["peer"] = down.endpoint.attributes["site"]
-            bolt_head = down.read_head(from_link=self.ingress is Ingress.PEER)
+            bolt_head = down.read_head(from_link=self.ingress is PEER)
             timeout = bolt_head.timeout
             self.service, self.method = bolt_head.service or "", bolt_head.method
         self.log_fields["service"] = self.service
@@ -209,11 +213,11 @@ class GatewayCall:
         if isinstance(down, H2Downstream):
             head = down.head
             assert head is not None
-            app = head.consumer_app if self.ingress is Ingress.LOCAL else head.caller_app
+            app = head.consumer_app if self.ingress is LOCAL else head.caller_app
         else:
             assert down.head is not None
             app = down.head.app
-        if self.ingress is Ingress.PEER:
+        if self.ingress is PEER:
             self.caller = Identity(str(down.endpoint.attributes["site"]), app)
         else:
             self.caller = Identity(self.snapshot.site, app)
@@ -221,7 +225,7 @@ class GatewayCall:
 
     def _route(self) -> None:
         snapshot, fields, protocol = self.snapshot, self.log_fields, self.down.protocol
-        if self.ingress is Ingress.LOCAL:
+        if self.ingress is LOCAL:
             route = (snapshot.imports if protocol == "triple" else snapshot.bolt_imports).get(self.service)
             if route is None:
                 how = "" if protocol == "triple" else " with protocol: bolt"
@@ -234,7 +238,7 @@ class GatewayCall:
             self.route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)
 
     def _filter(self) -> None:
-        for item in self.chain.local if self.ingress is Ingress.LOCAL else self.chain.peer:
+        for item in self.chain.local if self.ingress is LOCAL else self.chain.peer:
             item.on_request(self)
         if not self._authorized:
             self._authorized = True
@@ -257,7 +261,7 @@ class GatewayCall:
 
     def request_complete(self) -> None:
         """A translated Triple request's last byte arrived: forward it."""
-        if self.state is CallState.ADMITTED and self.up is None:
+        if self.state is ADMITTED and self.up is None:
             try:
                 self._forward()
             except Refusal as refusal:
@@ -327,7 +331,7 @@ class GatewayCall:
             raise Refusal(Status.RESOURCE_EXHAUSTED,
                           f"all connections to {group.name} are at their concurrent call limit; retry later")
         elif group.connecting and self.core.nursery is not None:
-            self.state = CallState.WAITING
+            self.state = WAITING
             self.core.nursery.start_soon(self._when_ready, group)
         else:
             raise Refusal(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
@@ -338,7 +342,7 @@ class GatewayCall:
                 await group.wait_ready()  # a gateway that just started: through its first retries
             else:
                 await group.wait_settled()  # a reconnect: only while that attempt lasts
-        if self.state is CallState.WAITING:
+        if self.state is WAITING:
             upstream = group.pick()
             if self.deadline <= trio.current_time():
                 self.fail(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
@@ -358,7 +362,7 @@ class GatewayCall:
                           f"this connection already has its share ({group.share()}) of the calls to {group.name} "
                           "in flight; retry later or spread calls over more connections")
         self._group = group
-        self.state = CallState.FORWARDED
+        self.state = FORWARDED
         oneway = self.down.oneway
         self.up.open(connection)  # type: ignore[union-attr, arg-type]
         if oneway:  # complete once forwarded: nothing comes back
@@ -372,18 +376,18 @@ class GatewayCall:
 
     def answering(self, status: Status, message: str = "") -> None:
         """The answer is complete here; its last bytes wait for the caller's window (answer_sent)."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return
-        self.state = CallState.ANSWERING
+        self.state = ANSWERING
         self._answer = (status.name, message)
 
     def answer_sent(self) -> None:
-        if self.state is CallState.ANSWERING:
+        if self.state is ANSWERING:
             self._finish(*self._answer)
 
     def reply(self, reply: Reply) -> None:
         """A translated call's answer, from the upstream leg."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return
         down = self.down
         if isinstance(down, H2Downstream):
@@ -397,7 +401,7 @@ class GatewayCall:
 
     def fail(self, status: Status, message: str, http_status: bytes = b"200") -> None:
         """End the call with a gateway-made error, whatever its state (upstream given up, caller answered)."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return
         if self.up is not None:
             self.up.cancel()
@@ -412,7 +416,7 @@ class GatewayCall:
 
     def caller_gone(self, reason: str) -> None:
         """The caller reset its stream, or its connection ended: drop the call upstream, answer nothing."""
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return
         if self.up is not None:
             self.up.cancel()
@@ -425,9 +429,9 @@ class GatewayCall:
     # --- the one exit --------------------------------------------------------------------------------------
 
     def _finish(self, status: str, message: str, caller_alive: bool = True) -> None:
-        if self.state is CallState.DONE:
+        if self.state is DONE:
             return
-        self.state = CallState.DONE
+        self.state = DONE
         if self._timer is not None:
             self.core.timers.cancel(self._timer)
             self._timer = None
@@ -442,7 +446,7 @@ class GatewayCall:
             access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
         else:
             access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
-        observers = self.chain.local_finish if self.ingress is Ingress.LOCAL else self.chain.peer_finish
+        observers = self.chain.local_finish if self.ingress is LOCAL else self.chain.peer_finish
         for item in observers:
             _observe(item, self, status, message)
         # The legs point back at the call: unlinked here, the call and its legs are freed by reference

@@ -661,11 +661,30 @@ def header_values(data: bytes, keys: tuple[bytes, ...]) -> list[bytes | None]:
     found: list[bytes | None] = [None] * len(keys)
     index = {key: position for position, key in enumerate(keys)}
     lengths = {len(key) for key in keys}
-    for _, key_start, key_len, value_start, value_len in _entries(data):
+    size = len(data)
+    pos = 0
+    unpack = _I32.unpack_from
+    while pos < size:  # the walk of header_get, inline (a generator costs more than the lookups)
+        if pos + 8 > size:
+            raise BoltProtocolError(f"header map: truncated entry at offset {pos}")
+        (key_len,) = unpack(data, pos)
+        key_start = pos + 4
+        if key_len < -1:
+            raise BoltProtocolError(f"header map: key length {key_len} at offset {pos}")
+        pos = key_start + key_len if key_len > 0 else key_start
+        if pos + 4 > size:
+            raise BoltProtocolError(f"header map: truncated entry at offset {key_start - 4}")
+        (value_len,) = unpack(data, pos)
+        value_start = pos + 4
+        if value_len < -1:
+            raise BoltProtocolError(f"header map: value length {value_len} at offset {pos}")
+        pos = value_start + value_len if value_len > 0 else value_start
+        if pos > size:
+            raise BoltProtocolError(f"header map: value at offset {value_start} runs past the end")
         if key_len in lengths and value_len >= 0:
             position = index.get(data[key_start : key_start + key_len])
             if position is not None:
-                found[position] = data[value_start : value_start + value_len]
+                found[position] = data[value_start:pos]
     return found
 
 
@@ -675,6 +694,8 @@ def header_set(data: bytes, updates: Mapping[bytes, bytes | None], drop_prefix: 
     at the end in `updates` order. Keys starting with `drop_prefix` that `updates` does not set are removed.
     Used to strip and stamp identity keys without re-encoding what the caller sent (keys we do not
     understand, null entries, their order)."""
+    if drop_prefix is not None and drop_prefix not in data:
+        drop_prefix = None  # nothing to drop (one substring search instead of a test per key)
     if not updates and drop_prefix is None:
         _validate_entries(data)
         return data
