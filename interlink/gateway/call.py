@@ -52,9 +52,6 @@ Downstream = Union[H2Downstream, BoltDownstream]
 Upstream = Union[H2Upstream, BoltUpstream]
 
 
-_NOBODY = Identity("")
-
-
 class Ingress(enum.Enum):
     LOCAL = "local"  # our site's callers, calling what we import from a peer
     PEER = "peer"  # a peer gateway, calling what we export
@@ -143,7 +140,7 @@ class GatewayCall:
     """One call, from its caller's request to the one exit. See the module docstring for the phases."""
 
     __slots__ = (
-        "core", "ingress", "down", "up", "snapshot", "chain", "caller", "service", "method", "authority", "route",
+        "core", "ingress", "down", "up", "snapshot", "chain", "caller_site", "caller_app", "service", "method", "authority", "route",
         "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
         "_answer", "_authorized",
     )
@@ -156,7 +153,8 @@ class GatewayCall:
         self.up: Upstream | None = None
         self.snapshot = snapshot
         self.chain = core.chains
-        self.caller = _NOBODY  # until identified
+        self.caller_site = ""  # who calls (identify): the site, proven by a certificate or by being local,
+        self.caller_app: str | None = None  # and the app, as the caller's own site's gateway says
         self.service = ""
         self.method: str | None = None
         self.authority: bytes | None = None  # HTTP/2 :authority (checked against the access domain)
@@ -172,6 +170,10 @@ class GatewayCall:
         self._answer = ("UNKNOWN", "")  # status and message of an answer still being written (ANSWERING)
         self._authorized = ingress is LOCAL  # peer calls are audited until they pass the filters
         down.attach(self)
+
+    @property
+    def caller(self) -> Identity:
+        return Identity(self.caller_site, self.caller_app)
 
     # --- the phases -------------------------------------------------------------------------------------
 
@@ -217,11 +219,11 @@ class GatewayCall:
         else:
             assert down.head is not None
             app = down.head.app
-        if self.ingress is PEER:
-            self.caller = Identity(str(down.endpoint.attributes["site"]), app)
-        else:
-            self.caller = Identity(self.snapshot.site, app)
-        self.log_fields.update(method=self.method, caller_app=app)
+        self.caller_site = str(down.endpoint.attributes["site"]) if self.ingress is PEER else self.snapshot.site
+        self.caller_app = app
+        fields = self.log_fields
+        fields["method"] = self.method
+        fields["caller_app"] = app
 
     def _route(self) -> None:
         snapshot, fields, protocol = self.snapshot, self.log_fields, self.down.protocol
@@ -272,11 +274,11 @@ class GatewayCall:
         route, down = self.route, self.down
         if isinstance(route, ImportRoute):
             group = self.core.peer_group(down.protocol, route.peer)
-            self.up = self._passthrough(link_headers.identity_stamps(self.caller.site, self.caller.app, to_peer=True))
+            self.up = self._passthrough(link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=True))
         else:
             assert route is not None
             group = self.core.provider_group(route.pool_key)
-            stamps = link_headers.identity_stamps(self.caller.site, self.caller.app, to_peer=False)
+            stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=False)
             self.up = self._passthrough(stamps) if route.protocol == down.protocol else self._translate(route, stamps)
         if isinstance(down, BoltDownstream):
             down.forwarded()
@@ -308,7 +310,7 @@ class GatewayCall:
         down = self.down
         call = down.to_call(route, self.deadline)  # the request as a Call (Refusal if it cannot be read)
         # The caller the ACL judged; a Bolt request's own app claim fills in only when no app was stamped.
-        call.caller = Identity(self.caller.site, self.caller.app or (call.caller.app if call.caller else None))
+        call.caller = Identity(self.caller_site, self.caller_app or (call.caller.app if call.caller else None))
         if isinstance(down, H2Downstream):
             frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline))
             return BoltUpstream(self, frame, translated=True)

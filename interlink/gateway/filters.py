@@ -37,7 +37,7 @@ class AccessDomainFilter(Filter):
     has one (HTTP/2)."""
 
     def on_request(self, call: GatewayCall) -> None:
-        snapshot, peer = call.snapshot, call.caller.site
+        snapshot, peer = call.snapshot, call.caller_site
         ours = snapshot.domain_of_peer.get(peer)
         if ours is None:
             raise Refusal(Status.PERMISSION_DENIED,
@@ -59,13 +59,13 @@ class ExportAclFilter(Filter):
     peer using another's domain learns nothing) and its ACL lets the caller's site and app call the method."""
 
     def on_request(self, call: GatewayCall) -> None:
-        route, peer, service = call.route, call.caller.site, call.service
+        route, peer, service = call.route, call.caller_site, call.service
         if route is None:
             raise Refusal(Status.UNIMPLEMENTED, f"service {service} is not exported by site {call.snapshot.site}")
         rule = route.allow.get(peer)
         if rule is None:
             raise Refusal(Status.PERMISSION_DENIED, f"service {service} is not exported to site {peer}")
-        app, method = call.caller.app, call.method or ""
+        app, method = call.caller_app, call.method or ""
         if not rule.permits(app, method):
             raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {service}/{method}")
 
