@@ -98,8 +98,10 @@ def test_tune_fixes_the_mmap_threshold(libc):
     assert libc.mallopts == [(-3, heap.MMAP_THRESHOLD)]
 
 
-@pytest.mark.skipif(heap._libc is None, reason="not glibc")  # noqa: SLF001
-def test_free_in_heap_reads_the_real_mallinfo2():
-    if not hasattr(heap._libc, "mallinfo2"):  # noqa: SLF001
-        pytest.skip("glibc before 2.33")
-    assert heap.free_in_heap() >= 0 and ctypes.sizeof(heap._MallInfo2) == 10 * ctypes.sizeof(ctypes.c_size_t)  # noqa: SLF001
+def test_free_in_heap_reads_the_real_mallinfo2_where_there_is_one():
+    """glibc >= 2.33: the real figure (mallinfo2 is ten size_t); elsewhere 0, "cannot be known"."""
+    libc = heap._libc  # noqa: SLF001
+    if libc is not None and hasattr(libc, "mallinfo2"):
+        assert heap.free_in_heap() >= 0 and ctypes.sizeof(heap._MallInfo2) == 10 * ctypes.sizeof(ctypes.c_size_t)  # noqa: SLF001
+    else:
+        assert heap.free_in_heap() == 0

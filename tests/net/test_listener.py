@@ -173,13 +173,17 @@ def test_bind_names_the_address_it_cannot_listen_on(tmp_path):
     assert caught.value.errno == errno.EADDRINUSE
 
 
-def test_bind_brackets_an_ipv6_address_in_its_error():
-    try:
-        taken = bind("::1", 0)
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
-    with taken, pytest.raises(OSError, match=r"cannot listen on \[::1\]:"):
-        bind("::1", taken.getsockname()[1])
+def test_bind_brackets_an_ipv6_address_in_its_error(monkeypatch):
+    """Whether or not this host has IPv6: the socket is replaced by one whose bind fails as a taken port's."""
+
+    class TakenPort(socket.socket):
+        def bind(self, address):
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(listener_module.socket, "socket", lambda family, kind: TakenPort(socket.AF_INET, kind))
+    with pytest.raises(OSError, match=r"cannot listen on \[::1\]:8443: Address already in use") as caught:
+        bind("::1", 8443)
+    assert caught.value.errno == errno.EADDRINUSE
 
 
 def test_two_listeners_may_share_a_port_with_reuse_port():

@@ -90,12 +90,11 @@ def test_os_errors_are_described_in_words(error, text):
 def test_remote_of_names_the_other_end_and_brackets_ipv6(tcp_pair):
     client, server = tcp_pair()
     assert remote_of(client) == "127.0.0.1:%d" % server.getsockname()[1]
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6) as listening:
-            with socket.create_connection(listening.getsockname()[:2]) as six:
-                assert remote_of(six) == "[::1]:%d" % listening.getsockname()[1]
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
+    class SixPeer:  # what an IPv6 socket's getpeername gives, whether or not this host has IPv6
+        def getpeername(self):
+            return ("::1", 8443, 0, 0)
+
+    assert remote_of(SixPeer()) == "[::1]:8443"  # type: ignore[arg-type]
     client.close()
     assert remote_of(client) == "?"
 
