@@ -51,7 +51,7 @@ class H2Leg:
     """One HTTP/2 stream as one side of a call, with what is queued for it (`out`) and the leg those bytes
     came from (`source`: acknowledged as they leave; None when the gateway made them)."""
 
-    __slots__ = ("call", "endpoint", "sid", "out", "source")
+    __slots__ = ("call", "endpoint", "sid", "out", "source", "collector")
 
     protocol = "triple"
 
@@ -61,6 +61,7 @@ class H2Leg:
         self.sid = sid
         self.out = _Pending()
         self.source: H2Leg | None = None
+        self.collector: _Collector | None = None  # the other side speaks Bolt: messages collected, not relayed
 
     def acknowledge(self, flow_length: int) -> None:
         """Bytes received on this stream were passed on: the remote side may send as many again."""
@@ -106,6 +107,17 @@ class H2Leg:
             pending.end = False
         return True
 
+    def collect_data(self, data: bytes, flow_length: int, what: str) -> bool:
+        """DATA of a stream whose messages are collected: acknowledged at once, decoded; a framing error
+        fails the call ("malformed `what`") and returns False."""
+        self.acknowledge(flow_length)
+        try:
+            self.collector.feed(data)  # type: ignore[union-attr]
+        except grpc.GrpcFramingError as exc:
+            self.call.fail(Status.INTERNAL, f"malformed {what}: {exc}")  # type: ignore[union-attr]
+            return False
+        return True
+
     def discard(self) -> None:
         """Drop what is queued, still returning its connection-level window to the source."""
         pending, source = self.out, self.source
@@ -135,7 +147,7 @@ class H2Downstream(H2Leg):
     """The caller's stream. Its handler for the whole call: the request's DATA goes to the upstream leg (or
     is collected when the call is translated), the answer comes back through `out`."""
 
-    __slots__ = ("headers", "head", "caller_ended", "response_started", "collector")
+    __slots__ = ("headers", "head", "caller_ended", "response_started")
 
     oneway = False  # gRPC has no oneway calls
 
@@ -145,7 +157,6 @@ class H2Downstream(H2Leg):
         self.head: grpc.RequestHead | None = None
         self.caller_ended = caller_ended  # END_STREAM received from the caller
         self.response_started = False
-        self.collector: _Collector | None = None
 
     def read_head(self) -> grpc.RequestHead:
         """Parse the request head, once (Refusal when it is not a gRPC request)."""
@@ -192,11 +203,7 @@ class H2Downstream(H2Leg):
         call = self.call
         assert call is not None
         if self.collector is not None:
-            self.acknowledge(flow_length)
-            try:
-                self.collector.feed(data)
-            except grpc.GrpcFramingError as exc:
-                call.fail(Status.INTERNAL, f"malformed request: {exc}")
+            if not self.collect_data(data, flow_length, "request"):
                 return
             if len(self.collector.messages) > 1:
                 call.fail(Status.UNIMPLEMENTED, self._streaming_refusal())
@@ -304,7 +311,7 @@ class H2Upstream(H2Leg):
     """A stream the gateway opens to a peer gateway or a provider. Relays the response to an HTTP/2
     caller, or collects it into a `Reply` for a Bolt caller."""
 
-    __slots__ = ("headers", "request_done", "response_head", "collector")
+    __slots__ = ("headers", "request_done", "response_head")
 
     def __init__(self, call: GatewayCall, headers: Headers, message: bytes | None = None) -> None:
         """`message`: the one request message of a translated call (then the response is collected)."""
@@ -312,7 +319,6 @@ class H2Upstream(H2Leg):
         self.headers = headers
         self.request_done = False  # END_STREAM sent upstream
         self.response_head: Headers | None = None
-        self.collector: _Collector | None = None
         if message is not None:
             self.collector = _Collector()
             self.out.chunks.append([message, 0])
@@ -385,11 +391,7 @@ class H2Upstream(H2Leg):
         call = self.call
         assert call is not None
         if self.collector is not None:
-            self.acknowledge(flow_length)
-            try:
-                self.collector.feed(data)
-            except grpc.GrpcFramingError as exc:
-                call.fail(Status.INTERNAL, f"malformed response from the provider: {exc}")
+            if not self.collect_data(data, flow_length, "response from the provider"):
                 return
             if end_stream:
                 self.on_end()

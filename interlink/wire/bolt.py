@@ -21,6 +21,7 @@ header-map functions raise `BoltProtocolError` when they meet one; callers turn 
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -621,19 +622,30 @@ def encode_header_map(items: Mapping[str, str | None] | Iterable[tuple[str | Non
     return b"".join(parts)
 
 
-def header_get(data: bytes, key: bytes) -> bytes | None:
-    """The value of one key as raw bytes, without decoding the map; None when absent or null.
+class HeaderKeys:
+    """The keys a caller reads from header maps, prepared once (a module constant), for header_values."""
 
-    The router needs two or three keys per call and most maps hold more; comparing bytes in place skips
-    building and UTF-8-decoding the whole dict. Consistent with `decode_header_map` (the last non-null
+    __slots__ = ("keys", "index", "lengths")
+
+    def __init__(self, keys: tuple[bytes, ...]) -> None:
+        self.keys = keys
+        self.index = {key: position for position, key in enumerate(keys)}
+        self.lengths = frozenset(len(key) for key in keys)
+
+
+def header_values(data: bytes, keys: HeaderKeys) -> list[bytes | None]:
+    """The values of `keys` as raw bytes, in one pass and without decoding the map; None when absent or null.
+
+    The request path needs three or four keys per call and most maps hold more; comparing bytes in place
+    skips building and UTF-8-decoding the whole dict. Consistent with `decode_header_map` (the last non-null
     value of a duplicated key wins); it checks the map's structure but not its UTF-8.
     """
+    found: list[bytes | None] = [None] * len(keys.keys)
+    index, lengths = keys.index, keys.lengths
     size = len(data)
-    want = len(key)
-    found: bytes | None = None
     pos = 0
     unpack = _I32.unpack_from
-    while pos < size:
+    while pos < size:  # inline rather than over _entries: a generator costs more than the lookups
         if pos + 8 > size:
             raise BoltProtocolError(f"header map: truncated entry at offset {pos}")
         (key_len,) = unpack(data, pos)
@@ -650,42 +662,21 @@ def header_get(data: bytes, key: bytes) -> bytes | None:
         pos = value_start + value_len if value_len > 0 else value_start
         if pos > size:
             raise BoltProtocolError(f"header map: value at offset {value_start} runs past the end")
-        if key_len == want and value_len >= 0 and data.startswith(key, key_start):
-            found = data[value_start:pos]
-    return found
-
-
-def header_values(data: bytes, keys: tuple[bytes, ...]) -> list[bytes | None]:
-    """`[header_get(data, key) for key in keys]` in one pass over the map (the request path reads three or
-    four keys of every request)."""
-    found: list[bytes | None] = [None] * len(keys)
-    index = {key: position for position, key in enumerate(keys)}
-    lengths = {len(key) for key in keys}
-    size = len(data)
-    pos = 0
-    unpack = _I32.unpack_from
-    while pos < size:  # the walk of header_get, inline (a generator costs more than the lookups)
-        if pos + 8 > size:
-            raise BoltProtocolError(f"header map: truncated entry at offset {pos}")
-        (key_len,) = unpack(data, pos)
-        key_start = pos + 4
-        if key_len < -1:
-            raise BoltProtocolError(f"header map: key length {key_len} at offset {pos}")
-        pos = key_start + key_len if key_len > 0 else key_start
-        if pos + 4 > size:
-            raise BoltProtocolError(f"header map: truncated entry at offset {key_start - 4}")
-        (value_len,) = unpack(data, pos)
-        value_start = pos + 4
-        if value_len < -1:
-            raise BoltProtocolError(f"header map: value length {value_len} at offset {pos}")
-        pos = value_start + value_len if value_len > 0 else value_start
-        if pos > size:
-            raise BoltProtocolError(f"header map: value at offset {value_start} runs past the end")
-        if key_len in lengths and value_len >= 0:
+        if value_len >= 0 and key_len in lengths:  # a null key (-1) is never one of ours
             position = index.get(data[key_start : key_start + key_len])
             if position is not None:
                 found[position] = data[value_start:pos]
     return found
+
+
+@functools.lru_cache(maxsize=64)
+def _one_key(key: bytes) -> HeaderKeys:
+    return HeaderKeys((key,))
+
+
+def header_get(data: bytes, key: bytes) -> bytes | None:
+    """The value of one key (header_values for a single key)."""
+    return header_values(data, _one_key(key))[0]
 
 
 def header_set(data: bytes, updates: Mapping[bytes, bytes | None], drop_prefix: bytes | None = None) -> bytes:

@@ -62,9 +62,9 @@ class BoltRequestHead:
 
 # The keys a request's head is read from: service, target service, method, then the caller's app (its own
 # `app` key on a local caller's connection; the stamped one, and the stamped method first, on a peer link).
-_LOCAL_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode())
-_LINK_KEYS = (SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
-              link_headers.METHOD)
+_LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode()))
+_LINK_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
+                              link_headers.METHOD))
 _HEADS = sofarpc.RequestHeadCache()
 
 

@@ -543,9 +543,11 @@ _ENTRIES = st.lists(st.tuples(st.one_of(st.none(), _KEYS), st.one_of(st.none(), 
 
 
 @given(_ENTRIES, st.lists(_KEYS, min_size=1, max_size=4, unique=True))
-def test_header_values_reads_like_header_get(entries, keys):
+def test_header_values_are_the_last_non_null_value_of_each_key(entries, keys):
     data = _encode_entries(entries)
-    assert bolt.header_values(data, tuple(keys)) == [bolt.header_get(data, key) for key in keys]
+    expected = [next((v for k, v in reversed(entries) if k == key and v is not None), None) for key in keys]
+    assert bolt.header_values(data, bolt.HeaderKeys(tuple(keys))) == expected
+    assert [bolt.header_get(data, key) for key in keys] == expected
 
 
 @given(_ENTRIES, st.dictionaries(_KEYS, st.one_of(st.none(), st.binary(max_size=4)), max_size=3))
