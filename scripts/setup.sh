@@ -20,6 +20,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v tsig-keygen >/dev/null 2>&1 || missing+=(bind9utils)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+  # Independent HTTP/2 clients for tests/e2e/test_h2_interop.py: h2load and nghttp (nghttp2-client), curl.
+  { command -v h2load >/dev/null 2>&1 && command -v nghttp >/dev/null 2>&1; } || missing+=(nghttp2-client)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
       echo "setup: installing ${missing[*]} (Debian packages)" >&2
