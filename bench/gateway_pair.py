@@ -160,7 +160,11 @@ class Launched:
     def start(self, spec: PairSpec, side: str) -> Child:
         site_file = _site_file(spec, side)
         argv = [str(self.cli), "run", "-c", site_file, *self.extra]
-        return self.children.start(f"{spec.name} GW-{side.upper()}", argv, cwd=self.tmp, log=self.tmp / f"{site_file}.log")
+        log = self.tmp / f"{site_file}.log"
+        env = None
+        if self.children.profile is not None:  # --profile: the same command under cProfile (bench/profiling.py)
+            argv, env = self.children.profile.wrap(argv, f"{spec.name}-gw-{side}", log)
+        return self.children.start(f"{spec.name} GW-{side.upper()}", argv, cwd=self.tmp, log=log, env=env)
 
     def wait(self) -> tuple[dict[str, Pair], dict[str, str]]:
         """(pairs whose gateways listen, pair name -> why not); a pair that failed is stopped."""
@@ -251,7 +255,8 @@ def not_ok_calls(log: Path, start: int, end: int | None = None) -> dict[str, int
     """Calls a gateway logged with a status other than OK between two log offsets: {status: count}."""
     counts: dict[str, int] = {}
     for line in read_log(log, start, end).splitlines():
-        if b'"call"' in line and b'"status": "OK"' not in line:
+        # compact JSON (orjson, interlink.logs) or json.dumps' ", " / ": " (before it)
+        if b'"call"' in line and b'"status":"OK"' not in line and b'"status": "OK"' not in line:
             try:
                 event = json.loads(line)
             except ValueError:

@@ -57,13 +57,15 @@ class Child:
 class Children:
     def __init__(self) -> None:
         self._children: list[Child] = []
+        self.profile = None  # a bench.profiling.Profiling with --profile: the gateways run under cProfile
 
-    def start(self, name: str, argv: list[str], *, cwd: Path, log: Path) -> Child:
+    def start(self, name: str, argv: list[str], *, cwd: Path, log: Path, env: dict[str, str] | None = None) -> Child:
         out = open(log, "ab")
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

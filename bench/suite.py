@@ -23,7 +23,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bolt_bench, churn_bench, grpc_bench, translate_bench
+from bench import bolt_bench, churn_bench, grpc_bench, profiling, translate_bench
 from bench.processes import Children, run_guarded
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,8 +42,9 @@ def _own_parser() -> argparse.ArgumentParser:
     p.add_argument("--bolt-sizes", default="100,16384", help="Bolt payload sizes (echo's String argument, chars)")
     p.add_argument("--bolt-concurrency", default="1,16", help="Bolt calls in flight")
     p.add_argument(
-        "--bolt-connections", type=int, default=1,
-        help="Bolt connections from the load generator (calls spread over them); default 1",
+        "--bolt-connections", type=int, default=4,
+        help="Bolt connections from the load generator, calls spread over them (c=16: 4 each); default 4, "
+        "as issue 12's T7 (c=1 uses one)",
     )  # fmt: skip
     p.add_argument("--bolt-paths", default=",".join(bolt_bench.ALL_PATHS), help="subset of bolt-direct,bolt-interlink")
     p.add_argument(
@@ -56,6 +57,11 @@ def _own_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn-rounds", type=int, default=3, help="churn part: (steady, two, churn) phase rounds (default 3)")
     p.add_argument("--churn-phase", type=float, help="churn part: seconds per phase (default 5; with --quick 2)")
     p.add_argument("--churn-rate", type=float, default=10.0, help="churn part: provider-set changes per second (10)")
+    p.add_argument(
+        "--profile", action="store_true",
+        help="run every interlink gateway under cProfile and write a summary per gateway beside the results "
+        "JSON (<stamp>-<part>-<path>-gw-<a|b>.prof.txt); inflates the gateways' CPU per call",
+    )  # fmt: skip
     return p
 
 
@@ -151,10 +157,28 @@ def run(
     own: argparse.Namespace | None = None,
 ) -> int:  # fmt: skip
     started = dt.datetime.now(dt.timezone.utc)
+    stamp = started.strftime('%Y%m%dT%H%M%SZ')
     results_dir = grpc_args.results_dir  # the gRPC part writes its own file into the temp dir instead
     statuses: dict[str, int] = {}
     results: dict = {}
+    profile = None
+    if own is not None and own.profile:
+        profile = children.profile = profiling.Profiling(tmp / "profiles", results_dir, stamp)
+        print("bench: --profile: every interlink gateway runs under cProfile (bench/profiling.py); their CPU per call"
+              "\nbench: is several times what it is without, so compare this run's numbers only with other --profile "
+              "runs")  # fmt: skip
+
+    def part_done(part: str) -> None:
+        """The part's servers are stopped: write its gateways' profiles."""
+        if profile is not None:
+            profile.report(part)
+
+    def part_starts(part: str) -> None:
+        if profile is not None:
+            profile.part = part
+
     if "grpc" in parts:
+        part_starts("grpc")
         print("bench: ===== gRPC unary: direct, nginx two-hop chain, interlink =====")
         grpc_tmp = tmp / "grpc"
         grpc_tmp.mkdir()
@@ -169,10 +193,12 @@ def run(
             statuses["grpc"] = 2
         finally:
             children.stop_all()  # the Bolt part gets the machine to itself
+            part_done("grpc")
         written = sorted(grpc_args.results_dir.glob("*.json"))
         if written:
             results = json.loads(written[-1].read_text())
     if "bolt" in parts:
+        part_starts("bolt")
         try:
             results["bolt"], statuses["bolt"] = bolt_bench.run(bolt_opts, tmp / "bolt", children, results.get("cells"))
         except KeyboardInterrupt:
@@ -183,10 +209,12 @@ def run(
             statuses["bolt"] = 2
         finally:
             children.stop_all()
+            part_done("bolt")
     for part, module in (("translate", translate_bench), ("churn", churn_bench)):
         if part not in parts:
             continue
         assert own is not None
+        part_starts(part)
         try:
             results[part], statuses[part] = module.run(getattr(own, part), tmp / part, children)
         except KeyboardInterrupt:
@@ -197,6 +225,7 @@ def run(
             statuses[part] = 2
         finally:
             children.stop_all()
+            part_done(part)
 
     finished = dt.datetime.now(dt.timezone.utc)
     results.setdefault("started", started.isoformat())
@@ -206,9 +235,11 @@ def run(
     if "bolt" in results and isinstance(results["bolt"].get("tools"), dict):
         results["tools"].update({k: v for k, v in results["bolt"]["tools"].items() if v})
     results.setdefault("git_rev", grpc_bench.git_rev())
+    if profile is not None:
+        results["profiles"] = profile.written  # part -> gateway -> summary file
     results["parts"] = {part: {0: "ok", 1: "path(s) not measured", 2: "harness error"}[s] for part, s in statuses.items()}
     results_dir.mkdir(parents=True, exist_ok=True)
-    out = results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out = results_dir / f"{stamp}.json"
     out.write_text(json.dumps(results, indent=2))
     shown = out.relative_to(REPO) if out.is_relative_to(REPO) else out
     print(f"\nbench: results ({' + '.join(parts)}) written to {shown}")

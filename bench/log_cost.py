@@ -1,0 +1,111 @@
+"""What one gateway log line costs: a micro benchmark of interlink's logging as `interlink run` configures it.
+
+    .venv/bin/python -m bench.log_cost [--lines 20000] [--repeat 7] [--out FILE]
+
+Times, with timeit, the access line a call writes at its end (interlink/gateway/call.py `_finish`:
+`access_log.info("call", status=..., ms=..., **log_fields)`, 12 keys once level and ts are added) and the audit
+line (`audit_log.info("audit", decision=..., reason=None, **fields)`), through `interlink.logs.configure()` and
+module-level `structlog.get_logger(...)` proxies, as the gateway uses them. The lines go to a file opened the way
+a gateway's stderr is when the benchmark or a supervisor redirects it (a regular file; `--out /dev/null` to leave
+the disk out). Prints the best of `--repeat` runs in µs per line, and one line of each kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import timeit
+
+import structlog
+
+from interlink import logs
+
+# A call that crossed the peer link into GW-A (Bolt, one of the bench's calls): the fields `GatewayCall` collects.
+ACCESS_FIELDS = {
+    "site": "site-a",
+    "ingress": "peer-bolt",
+    "peer": "site-b",
+    "service": "com.example.EchoService:1.0",
+    "method": "echo",
+    "caller_app": "bench-app",
+    "upstream": "providers of com.example.EchoService:1.0",
+}
+AUDIT_FIELDS = {"site": "site-a", "ingress": "peer-bolt", "peer": "site-b", "service": "com.example.EchoService:1.0",
+                "method": "echo", "caller_app": "bench-app"}  # fmt: skip
+
+
+def measure(lines: int, repeat: int, out: str | None) -> dict[str, float]:
+    """µs per line, best of `repeat`, for the access and the audit line."""
+    path = out or os.path.join(tempfile.mkdtemp(prefix="interlink-log-cost-"), "gateway.log")
+    # A gateway's stderr redirected to a file: a line-buffered text stream over a buffered binary file.
+    stream = open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        logs.configure("info", stream=stream)
+        access_log = structlog.get_logger("interlink.access")
+        audit_log = structlog.get_logger("interlink.audit")
+        fields = dict(ACCESS_FIELDS)
+
+        def access() -> None:
+            access_log.info("call", status="OK", ms=0.412, **fields)
+
+        def audit() -> None:
+            audit_log.info("audit", decision="allow", reason=None, **AUDIT_FIELDS)
+
+        result = {}
+        for name, fn in (("access", access), ("audit", audit)):
+            fn()  # first use: the proxy caches its logger
+            runs = timeit.repeat(fn, number=lines, repeat=repeat)
+            result[name] = min(runs) / lines * 1e6
+        return result
+    finally:
+        stream.close()
+        structlog.reset_defaults()
+        if out is None:
+            os.unlink(path)
+            os.rmdir(os.path.dirname(path))
+
+
+def sample_lines() -> list[str]:
+    """One access and one audit line as the configured renderer writes them."""
+
+    class Capture:
+        def __init__(self) -> None:
+            self.text: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.text.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    capture = Capture()
+    logs.configure("info", stream=capture)
+    try:
+        structlog.get_logger("interlink.access").info("call", status="OK", ms=0.412, **ACCESS_FIELDS)
+        structlog.get_logger("interlink.audit").info("audit", decision="allow", reason=None, **AUDIT_FIELDS)
+    finally:
+        structlog.reset_defaults()
+    return [t.rstrip("\n") for t in capture.text]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.log_cost", description=__doc__.split("\n\n")[0])
+    p.add_argument("--lines", type=int, default=20000, help="lines per timed run (20000)")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs; the best is shown (7)")
+    p.add_argument("--out", help="write the lines here (e.g. /dev/null) instead of a temp file")
+    args = p.parse_args(argv)
+    for line in sample_lines():
+        print(line)
+    result = measure(args.lines, args.repeat, args.out)
+    where = args.out or "a regular file"
+    print(f"python {sys.version.split()[0]}, structlog {structlog.__version__}, lines to {where}:")
+    for name, us in result.items():
+        print(f"  {name:<6} line: {us:6.2f} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
