@@ -14,22 +14,16 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
-import h2.errors
-
 from interlink.model import Call, PayloadKind, Refusal, Reply, Status
 from interlink.net.h2link import H2Endpoint, Headers
 from interlink.routes import ExportRoute
-from interlink.wire import grpc, triple_call
+from interlink.wire import grpc, h2conn, triple_call
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
 
-CANCEL = h2.errors.ErrorCodes.CANCEL
-NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
-
-
-def _code_name(error_code: int) -> str:
-    return getattr(error_code, "name", str(error_code))
+CANCEL = h2conn.CANCEL
+NO_ERROR = h2conn.NO_ERROR
 
 
 class _Pending:
@@ -240,7 +234,7 @@ class H2Downstream(H2Leg):
                 up.forward_request()
 
     def on_reset(self, error_code: int) -> None:
-        self.call.caller_gone(f"the caller reset the stream ({_code_name(error_code)})")  # type: ignore[union-attr]
+        self.call.caller_gone(f"the caller reset the stream ({h2conn.error_name(error_code)})")  # type: ignore[union-attr]
 
     def on_connection_lost(self, reason: str) -> None:
         self.call.caller_gone(f"the caller's connection ended: {reason}")  # type: ignore[union-attr]
@@ -411,7 +405,7 @@ class H2Upstream(H2Leg):
     def on_reset(self, error_code: int) -> None:
         self.sid = 0  # nothing to reset or detach any more
         self.call.upstream_failed(  # type: ignore[union-attr]
-            grpc.status_of_reset(error_code), f"upstream reset the stream ({_code_name(error_code)})"
+            grpc.status_of_reset(error_code), f"upstream reset the stream ({h2conn.error_name(error_code)})"
         )
 
     def on_writable(self) -> None:

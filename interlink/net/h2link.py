@@ -1,17 +1,17 @@
-"""HTTP/2 connections, driven by h2's state machine, built for relaying and for hostile peers.
+"""HTTP/2 connections for relaying, driven by our own sans-I/O state machine (interlink.wire.h2conn).
 
 One `H2Endpoint` is one connection, client or server side. Its reader (`Connection.run`) passes each read
-batch first to a `FrameScanner` (interlink.wire.h2frames: frame headers only — floods, header blocks that
-never end, streams opened and reset in the same batch), then to h2, and hands each stream's events to
-that stream's `StreamHandler` synchronously; handlers write to other endpoints without awaiting, and every
-endpoint written to is flushed once after the batch (`FlushQueue`).
+batch to its `H2Connection`, which parses the frames and returns events; the endpoint hands each stream's
+events to that stream's `StreamHandler` synchronously; handlers write to other endpoints without awaiting,
+and every endpoint written to is flushed once after the batch (`FlushQueue`).
 
 Protections (limits come from the site file's `limits:` via `H2Settings`):
 - Rapid reset: a stream the client opens and resets in the same batch is never dispatched; resets that
   arrive before we answered, within `premature_reset_window`, are premature; Envoy's rule cuts the
   connection (GOAWAY ENHANCE_YOUR_CALM) when half of `premature_reset_streams` were premature early on,
   or more than half of all streams later.
-- Control-frame floods and oversized header blocks: the scanner's budget; GOAWAY ENHANCE_YOUR_CALM.
+- Control-frame floods, oversized frames and header blocks: refused by the state machine as they arrive
+  (its flood budget; the header block is cut before HPACK sees it); GOAWAY ENHANCE_YOUR_CALM.
 - Flow control is end to end per stream, but the *connection* window is returned as soon as bytes arrive
   (they are held within their stream's window): one stalled stream can never starve the others.
 - Output: a stream is given at most what the remote's window and this connection's output limit allow; a
@@ -19,31 +19,23 @@ Protections (limits come from the site file's `limits:` via `H2Settings`):
 - A stream that ended under us (reset, GOAWAY, connection gone) makes writes return quietly; its handler
   learns it through an event, never through an exception raised into another connection's reader.
 
-Costs kept off the per-call path (measured, see DESIGN.md performance notes): we advertise a header table
-of size 0 and never index ourselves (stateless HPACK, our own caching codec in `interlink.wire.hpack`),
-h2's outbound header validation is off (we build our header lists), frames are not repr()'d for a debug
-logger nobody reads.
+We advertise a header table of size 0 and never index ourselves (stateless HPACK, our own caching codec
+in `interlink.wire.hpack`); header blocks are checked in one pass by `interlink.wire.h2headers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hyperframe.frame
 import structlog
 import trio
 
 from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
 from interlink.net.transport import Transport
-from interlink.wire import h2frames, h2headers
-from interlink.wire.hpack import HeaderBlockDecoder, HeaderBlockEncoder
+from interlink.wire import h2conn, h2headers
+from interlink.wire.h2conn import H2Connection, H2ConnectionError, StreamGone
+from interlink.wire.h2frames import FloodBudget
 
 log = structlog.get_logger("interlink.net.h2")
 
@@ -51,16 +43,10 @@ Headers = list[tuple[bytes, bytes]]
 
 MAX_FRAME_SIZE = 1 << 16  # what we accept (SETTINGS_MAX_FRAME_SIZE)
 _GOAWAY_PING = b"ilgoaway"  # the PING between the two GOAWAYs of a graceful shutdown
-ErrorCodes = h2.errors.ErrorCodes
-
-
-def _cheap_frame_repr(frame: hyperframe.frame.Frame) -> str:
-    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
-
-
-# h2 4.x calls repr(frame) for every received frame to feed a debug logger that is a no-op by default;
-# the default repr renders the whole body. One cheap repr for all frame types, set once at import.
-hyperframe.frame.Frame.__repr__ = _cheap_frame_repr  # type: ignore[method-assign]
+_REQUEST, _RESPONSE, _TRAILERS, _DATA, _RESET, _WINDOW, _PING_ACK, _GOAWAY = (
+    h2conn.REQUEST, h2conn.RESPONSE, h2conn.TRAILERS, h2conn.DATA, h2conn.RESET, h2conn.WINDOW, h2conn.PING_ACK,
+    h2conn.GOAWAY,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +69,6 @@ class StreamHandler(Protocol):
 
     def on_headers(self, headers: Headers, end_stream: bool) -> None: ...
     def on_data(self, data: bytes, flow_length: int, end_stream: bool) -> None: ...
-    def on_end(self) -> None: ...
     def on_reset(self, error_code: int) -> None: ...
     def on_writable(self) -> None: ...
     def on_connection_lost(self, reason: str) -> None: ...
@@ -93,73 +78,13 @@ RequestCallback = Callable[["H2Endpoint", int, Headers, bool], None]
 RefusalCallback = Callable[["H2Endpoint", int, str], None]  # (endpoint, stream id or 0, reason)
 
 
-class _RelayH2Connection(h2.connection.H2Connection):
-    """h2, except that a GOAWAY from the other side does not close the state machine (h2 then refuses to
-    send or receive anything, even on the streams the GOAWAY lets finish, and drops our queued output).
-    The endpoint applies GOAWAY itself: no new streams, streams above last-stream-id are lost."""
-
-    def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame):  # type: ignore[override]
-        event = h2.events.ConnectionTerminated()
-        event.error_code = h2.errors._error_code_from_int(frame.error_code)  # noqa: SLF001
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
-class _Values(list):
-    """What h2's Settings keeps per setting (current value, then values waiting for an ACK): it uses a deque
-    (~600 bytes each, 13 per Settings, two Settings per connection); a list does the same job in ~70."""
-
-    __slots__ = ()
-
-    def popleft(self) -> int:
-        return self.pop(0)
-
-
-def _compact(settings: h2.settings.Settings) -> h2.settings.Settings:
-    settings._settings = {key: _Values(values) for key, values in settings._settings.items()}  # noqa: SLF001
-    return settings
-
-
-def _h2_connection(client_side: bool, settings: H2Settings) -> h2.connection.H2Connection:
-    config = h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        validate_inbound_headers=False,  # checked in one pass by interlink.wire.h2headers instead
-        normalize_inbound_headers=False,
-    )
-    conn = _RelayH2Connection(config)
-    conn.local_settings = h2.settings.Settings(
-        client=client_side,
-        initial_values={
-            h2.settings.SettingCodes.HEADER_TABLE_SIZE: 0,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_window,
-            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_bytes,
-        },
-    )
-    _compact(conn.local_settings)
-    _compact(conn.remote_settings)
-    # Our HPACK: stateless caching encoder, caching decoder (see interlink.wire.hpack for the numbers).
-    conn.encoder = HeaderBlockEncoder()
-    conn.decoder = HeaderBlockDecoder(max_header_list_size=settings.max_header_list_bytes)
-    # Settings given as initial values are not "changes" to h2, so it would only apply them on the ACK
-    # of a later change: apply the inbound limit that follows from them now.
-    conn.max_inbound_frame_size = MAX_FRAME_SIZE
-    return conn
-
-
 class H2Endpoint(Connection):
     """One HTTP/2 connection. `run()` is its reader; the owner runs it in a nursery."""
 
     __slots__ = (
         "client_side", "settings", "conn", "streams", "max_concurrent_streams", "_on_request",
-        "_on_refused", "_close_when_flushed", "_goaway_final", "_early", "_early_out", "scanner", "_gone",
-        "_sent", "_unanswered", "streams_opened", "premature_resets",
+        "_on_refused", "_close_when_flushed", "_goaway_final", "_gone", "_sent", "_unanswered",
+        "streams_opened", "premature_resets",
     )
 
     probe_name = "PING"
@@ -179,24 +104,23 @@ class H2Endpoint(Connection):
         super().__init__(transport, flush_queue, name, policy)
         self.client_side = client_side
         self.settings = settings
-        # A server side's h2 state (~14 KB) is made when the client preface has arrived: a connection that
-        # never sends one (a slowloris) costs only this object until the preface timeout ends it.
-        self.conn: h2.connection.H2Connection = _h2_connection(client_side, settings) if client_side else None  # type: ignore[assignment]
-        self._early = b""  # bytes received before the preface was complete (at most the preface + a frame header)
-        self._early_out = b""  # a GOAWAY queued before there was an h2 state to queue it in
+        self.conn = H2Connection(
+            client_side=client_side,
+            budget=FloodBudget(settings.control_frame_burst, settings.control_frames_per_second, trio.current_time()),
+            max_concurrent_streams=settings.max_concurrent_streams,
+            initial_window=settings.initial_window,
+            connection_window=settings.connection_window,
+            max_frame_size=MAX_FRAME_SIZE,
+            max_header_list=settings.max_header_list_bytes,
+        )
+        # Our preface (SETTINGS, the connection window) goes first, whatever is written next (RFC 9113 3.4).
+        self.conn.initiate()
         self.streams: dict[int, StreamHandler] = {}
         self.max_concurrent_streams = settings.max_concurrent_streams
         self._on_request = on_request
         self._on_refused = on_refused
         self._close_when_flushed = False
         self._goaway_final = False  # the GOAWAY that names the last stream we take has been queued
-        now = trio.current_time()
-        self.scanner = h2frames.FrameScanner(
-            expect_preface=not client_side,
-            max_frame_size=MAX_FRAME_SIZE,
-            max_header_block=settings.max_header_list_bytes,
-            budget=h2frames.FloodBudget(settings.control_frame_burst, settings.control_frames_per_second, now),
-        )
         self._gone: list[int] = []  # streams that ended under a write; their handlers are told at flush
         self._sent: dict[int, int] = {}  # stream -> DATA bytes sent: who goes first when room opens up
         # rapid-reset accounting (server side)
@@ -216,21 +140,20 @@ class H2Endpoint(Connection):
 
     @property
     def slots(self) -> int:
-        """Streams this connection may carry at once (our limit, and the remote's)."""
-        if self.conn is None:
-            return 0
-        return min(self.max_concurrent_streams, self.conn.remote_settings.max_concurrent_streams)
+        """Streams this connection may carry at once (our limit, and the remote's: unlimited until its
+        SETTINGS arrive, RFC 9113 5.1.2, so a new connection takes calls at once)."""
+        remote = self.conn.remote_max_concurrent
+        return remote if remote < self.max_concurrent_streams else self.max_concurrent_streams
 
     def has_capacity(self) -> bool:
         # No congestion test here: flow control and the output limit (send_data) already hold a stream's
         # bytes back, and a new stream costs only its HEADERS.
         return self.usable and len(self.streams) < self.slots
 
-    # --- writing (synchronous: queues bytes in h2, marks this endpoint for the next flush) -----------
+    # --- writing (synchronous: queues frames, marks this endpoint for the next flush) ------------------
 
     def open_stream(self, headers: Headers, handler: StreamHandler, end_stream: bool = False) -> int:
-        stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, headers, end_stream=end_stream)
+        stream_id = self.conn.open_stream(headers, end_stream)
         self.streams[stream_id] = handler
         self._mark()
         return stream_id
@@ -255,8 +178,8 @@ class H2Endpoint(Connection):
         if self._unanswered:
             self._unanswered.pop(stream_id, None)
         try:
-            self.conn.send_headers(stream_id, headers, end_stream=end_stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.send_headers(stream_id, headers, end_stream)
+        except StreamGone:
             self._stream_gone(stream_id)
             return False
         self._mark()
@@ -268,28 +191,31 @@ class H2Endpoint(Connection):
         if self.closed:
             return 0
         conn = self.conn
+        size = len(data)
         try:
-            if not data:
+            if not size:
                 if end_stream:
-                    conn.end_stream(stream_id)
+                    conn.send_data(stream_id, b"", True)
                     self._mark()
                 return 0
-            room = self.policy.output_limit - self.transport.buffered - len(conn._data_to_send)  # noqa: SLF001
-            allowed = min(len(data), conn.local_flow_control_window(stream_id), room)
+            room = self.policy.output_limit - self.transport.buffered - len(conn.out)
+            allowed = conn.window(stream_id)
+            if room < allowed:
+                allowed = room
+            if size < allowed:
+                allowed = size
             if allowed <= 0:
+                if stream_id not in conn.streams:
+                    self._stream_gone(stream_id)
                 return 0
-            max_frame = conn.max_outbound_frame_size
-            offset = 0
-            while offset < allowed:
-                end = min(offset + max_frame, allowed)
-                chunk = data if offset == 0 and end == len(data) else data[offset:end]
-                conn.send_data(stream_id, chunk, end_stream=end_stream and end == len(data))
-                self.scanner.budget.earn()  # the remote's WINDOW_UPDATEs and PINGs for this are useful
-                offset = end
-            self._sent[stream_id] = self._sent.get(stream_id, 0) + allowed
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            if allowed == size:
+                conn.send_data(stream_id, data, end_stream)
+            else:
+                conn.send_data(stream_id, memoryview(data)[:allowed])
+        except StreamGone:
             self._stream_gone(stream_id)
             return 0
+        self._sent[stream_id] = self._sent.get(stream_id, 0) + allowed
         self._mark()
         return allowed
 
@@ -298,35 +224,21 @@ class H2Endpoint(Connection):
         reopened when they arrived)."""
         if not flow_length or self.closed:
             return
-        try:
-            stream = self.conn._get_stream_by_id(stream_id)  # noqa: SLF001
-        except h2.exceptions.NoSuchStreamError:
-            return
-        if stream.open:
-            frames = stream.acknowledge_received_data(flow_length)
-            if frames:
-                self.conn._prepare_for_sending(frames)  # noqa: SLF001
-                self._mark()
+        conn = self.conn
+        before = len(conn.out)
+        conn.acknowledge(stream_id, flow_length)
+        if len(conn.out) != before:
+            self._mark()
 
-    def _connection_window_consumed(self, flow_length: int) -> None:
-        increment = self.conn._inbound_flow_control_window_manager.process_bytes(flow_length)  # noqa: SLF001
-        if increment:
-            frame = hyperframe.frame.WindowUpdateFrame(0)
-            frame.window_increment = increment
-            self.conn._prepare_for_sending([frame])  # noqa: SLF001
-
-    def reset(self, stream_id: int, error_code: int = ErrorCodes.CANCEL) -> None:
+    def reset(self, stream_id: int, error_code: int = h2conn.CANCEL) -> None:
         self.streams.pop(stream_id, None)
         self._sent.pop(stream_id, None)
         if self._unanswered:
             self._unanswered.pop(stream_id, None)
         if self.closed:
             return
-        try:
-            self.conn.reset_stream(stream_id, error_code)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return
-        self._mark()
+        if self.conn.reset(stream_id, error_code):
+            self._mark()
 
     def _stream_gone(self, stream_id: int) -> None:
         """A write found the stream already ended (the remote reset or closed it between events): its
@@ -335,7 +247,7 @@ class H2Endpoint(Connection):
             self._gone.append(stream_id)
             self._mark()
 
-    def goaway(self, error_code: int = ErrorCodes.NO_ERROR) -> None:
+    def goaway(self, error_code: int = h2conn.NO_ERROR) -> None:
         """Graceful GOAWAY in two steps (RFC 9113 6.8), so that no stream the client opens meanwhile is lost:
         first GOAWAY(2^31-1) and a PING, then, when the PING is answered (the client has seen the first),
         GOAWAY(last stream we took); streams open by then finish, and the connection closes after them."""
@@ -345,10 +257,10 @@ class H2Endpoint(Connection):
         if self.client_side:
             self.retire("we are shutting down")
             return
-        if self.conn is None:  # no preface yet: nothing to finish
+        if not self.preface_done:  # no preface yet: nothing to finish
             self.close("we are shutting down")
             return
-        self._queue_goaway(error_code, last_stream_id=0x7FFFFFFF)
+        self.conn.goaway(error_code, last_stream_id=0x7FFFFFFF)
         self.conn.ping(_GOAWAY_PING)
         self._mark()
 
@@ -367,7 +279,7 @@ class H2Endpoint(Connection):
         if self._goaway_final or self.closed:
             return
         self._goaway_final = True
-        self._queue_goaway(ErrorCodes.NO_ERROR)
+        self._queue_goaway(h2conn.NO_ERROR)
         if not self.streams:
             self._close_when_flushed = True
 
@@ -375,7 +287,7 @@ class H2Endpoint(Connection):
         """Idle or shed: GOAWAY NO_ERROR (callers retry elsewhere), then close once it is sent."""
         if self.closed:
             return
-        self._queue_goaway(ErrorCodes.NO_ERROR)
+        self._queue_goaway(h2conn.NO_ERROR)
         self.close(reason)
 
     def abort(self, error_code: int, reason: str) -> None:
@@ -384,26 +296,16 @@ class H2Endpoint(Connection):
             return
         log.warning(
             "connection.abuse", endpoint=self.name, remote=self.remote, reason=reason,
-            error_code=_code_name(error_code), streams=self.streams_opened, premature_resets=self.premature_resets,
-            control_frames=self.scanner.control_frames,
+            error_code=h2conn.error_name(error_code), streams=self.streams_opened, premature_resets=self.premature_resets,
+            control_frames=self.conn.control_frames,
         )
         self._queue_goaway(error_code, reason.encode()[:200])
         if self._on_refused is not None:
             self._on_refused(self, 0, reason)
         self.close(reason)
 
-    def _queue_goaway(self, error_code: int, debug: bytes = b"", last_stream_id: int | None = None) -> None:
-        # Serialised here rather than with h2's close_connection, which would close h2's state machine
-        # and with it the streams a graceful GOAWAY lets finish.
-        frame = hyperframe.frame.GoAwayFrame(stream_id=0)
-        highest = self.conn.highest_inbound_stream_id if self.conn is not None else 0
-        frame.last_stream_id = highest if last_stream_id is None else last_stream_id
-        frame.error_code = error_code
-        frame.additional_data = debug
-        if self.conn is None:
-            self._early_out += frame.serialize()
-        else:
-            self.conn._data_to_send += frame.serialize()  # noqa: SLF001
+    def _queue_goaway(self, error_code: int, debug: bytes = b"") -> None:
+        self.conn.goaway(error_code, debug=debug)
         self._mark()
 
     # --- I/O -------------------------------------------------------------------------------------------
@@ -413,33 +315,19 @@ class H2Endpoint(Connection):
             stream_id = self._gone.pop()
             handler = self.streams.pop(stream_id, None)
             if handler is not None:
-                self._call(handler.on_reset, ErrorCodes.STREAM_CLOSED)
+                self._call(handler.on_reset, h2conn.STREAM_CLOSED)
         super().flush()
         if self._close_when_flushed and not self.streams and not self.closed:
             self.close(self.close_reason or "drained")
 
     def _pending_output(self) -> bytes:
-        if self.conn is None:
-            data, self._early_out = self._early_out, b""
-            return data
-        return self.conn.data_to_send()
+        return self.conn.take_output()
 
     def _resume(self) -> None:
         self._all_writable()
 
     def _start(self) -> None:
-        if self.client_side:
-            self._open()
-
-    def _open(self) -> None:
-        """Our preface (SETTINGS, the connection window) and, on the server side, the h2 state itself."""
-        if self.conn is None:
-            self.conn = _h2_connection(False, self.settings)
-        self.conn.initiate_connection()
-        extra = self.settings.connection_window - 65_535
-        if extra > 0:
-            self.conn.increment_flow_control_window(extra)
-        self._mark()
+        self._mark()  # our preface, queued at construction
 
     def _send_probe(self) -> None:
         self.conn.ping(b"ilkalive")
@@ -453,104 +341,83 @@ class H2Endpoint(Connection):
             self._call(handler.on_connection_lost, reason)
 
     def _received(self, data: bytes) -> None:
-        scanner = self.scanner
+        conn = self.conn
         now = self.last_receive
-        opened, reset = scanner.opened, scanner.reset
-        opened.clear()
-        reset.clear()
         try:
-            scanner.scan(data, now)
-        except h2frames.FrameAbuse as exc:
-            self.abort(exc.error_code, exc.reason)
+            events = conn.receive(data, now)
+        except H2ConnectionError as exc:
+            if exc.error_code == h2conn.ENHANCE_YOUR_CALM:
+                self.abort(exc.error_code, exc.reason)
+                return
+            reason = f"HTTP/2 protocol error from the remote side: {exc.reason}"
+            log.warning(
+                "h2.protocol_error", endpoint=self.name, remote=self.remote, error=exc.reason,
+                error_code=h2conn.error_name(exc.error_code),
+            )
+            if self._on_refused is not None:
+                self._on_refused(self, 0, reason)
+            self._queue_goaway(exc.error_code, exc.reason.encode()[:200])
+            self.close(reason)
             return
-        if scanner.preface_done and not self.preface_done:
+        if conn.preface_done and not self.preface_done:
             self.preface_done = True
-        if scanner.partial:
+        if conn.partial:
             if self.partial_since is None:
                 self.partial_since = now
         else:
             self.partial_since = None
-        if self.conn is None:
-            if not self.preface_done:
-                self._early += data
-                return
-            data, self._early = self._early + data, b""
-            self._open()
-        try:
-            events = self.conn.receive_data(data)
-        except h2.exceptions.H2Error as exc:
-            reason = f"HTTP/2 protocol error from the remote side: {exc}"
-            log.warning("h2.protocol_error", endpoint=self.name, remote=self.remote, error=str(exc))
-            if self._on_refused is not None:
-                self._on_refused(self, 0, reason)
-            self.close(reason)  # h2 queued a GOAWAY with the error code; close() sends it
-            return
-        self._dispatch(events, set(reset) if reset and opened else None, now)
+        if events:
+            reset = conn.reset_by_remote
+            self._dispatch(events, set(reset) if reset else None, now)
+        if conn.out:
+            self._mark()  # acknowledgements, WINDOW_UPDATEs and stream errors of the state machine
 
     # --- events ----------------------------------------------------------------------------------------
 
-    def _dispatch(self, events: Iterable[h2.events.Event], reset_in_batch: set[int] | None, now: float) -> None:
+    def _dispatch(self, events: list[tuple], reset_in_batch: set[int] | None, now: float) -> None:
         streams = self.streams
-        ended_with_frame: set[int] = set()  # stream ids whose END_STREAM came with HEADERS or DATA
         for event in events:
-            kind = type(event)
-            if kind is h2.events.DataReceived:
-                end = event.stream_ended is not None
-                if end:
-                    ended_with_frame.add(event.stream_id)
-                self._connection_window_consumed(event.flow_controlled_length)
-                handler = streams.get(event.stream_id)
-                if handler is not None:
-                    self._call(handler.on_data, event.data, event.flow_controlled_length, end, stream_id=event.stream_id)
-            elif kind is h2.events.RequestReceived:
-                end = event.stream_ended is not None
-                if end:
-                    ended_with_frame.add(event.stream_id)
-                self._request(event.stream_id, event.headers, end, reset_in_batch, now)
-                if self.closed:
-                    return
-            elif kind is h2.events.ResponseReceived or kind is h2.events.TrailersReceived:
-                end = event.stream_ended is not None
-                if end:
-                    ended_with_frame.add(event.stream_id)
-                check = h2headers.check_response if kind is h2.events.ResponseReceived else h2headers.check_trailers
-                handler = streams.get(event.stream_id)
-                if handler is None or self._malformed(event.stream_id, event.headers, check, handler):
-                    continue
-                self._call(handler.on_headers, event.headers, end, stream_id=event.stream_id)
-            elif kind is h2.events.StreamEnded:
-                if event.stream_id in ended_with_frame:
-                    continue
-                handler = streams.get(event.stream_id)
-                if handler is not None:
-                    self._call(handler.on_end, stream_id=event.stream_id)
-            elif kind is h2.events.StreamReset:
-                handler = streams.pop(event.stream_id, None)
-                if self._unanswered and event.remote_reset:
-                    self._judge_reset(event.stream_id, now)
+            kind = event[0]
+            stream_id = event[1] if kind < _PING_ACK else 0
+            try:
+                if kind == _DATA:
+                    handler = streams.get(stream_id)
+                    if handler is not None:
+                        handler.on_data(event[2], event[3], event[4])
+                elif kind == _REQUEST:
+                    self._request(stream_id, event[2], event[3], reset_in_batch, now)
                     if self.closed:
                         return
-                if handler is not None:
-                    self._call(handler.on_reset, event.error_code, stream_id=event.stream_id)
-            elif kind is h2.events.WindowUpdated:
-                if event.stream_id:
-                    handler = streams.get(event.stream_id)
+                elif kind == _RESPONSE or kind == _TRAILERS:
+                    handler = streams.get(stream_id)
+                    check = h2headers.check_response if kind == _RESPONSE else h2headers.check_trailers
+                    if handler is not None and not self._malformed(stream_id, event[2], check, handler):
+                        handler.on_headers(event[2], event[3])
+                elif kind == _RESET:
+                    handler = streams.pop(stream_id, None)
+                    if self._unanswered and event[3]:
+                        self._judge_reset(stream_id, now)
+                        if self.closed:
+                            return
                     if handler is not None:
-                        self._call(handler.on_writable, stream_id=event.stream_id)
-                else:
-                    self._all_writable()
-            elif kind is h2.events.RemoteSettingsChanged:
-                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                    self._all_writable()
-            elif kind is h2.events.PingAckReceived:
-                if event.ping_data == _GOAWAY_PING:
-                    self._final_goaway()
-                else:
-                    self._probe_outstanding = False
-            elif kind is h2.events.ConnectionTerminated:
-                self._on_goaway(event)
-            # Others (SettingsAcknowledged, PingReceived — h2 answers it —, 1xx responses, PRIORITY) need nothing.
-        self._mark()  # h2 may have queued SETTINGS/PING acks or WINDOW_UPDATEs of its own
+                        handler.on_reset(event[2])
+                elif kind == _WINDOW:
+                    if stream_id:
+                        handler = streams.get(stream_id)
+                        if handler is not None:
+                            handler.on_writable()
+                    else:
+                        self._all_writable()
+                elif kind == _PING_ACK:
+                    if event[1] == _GOAWAY_PING:
+                        self._final_goaway()
+                    else:
+                        self._probe_outstanding = False
+                elif kind == _GOAWAY:
+                    self._on_goaway(event[1], event[2])
+            except Exception:
+                self._handler_failed(stream_id)
+        self._mark()
 
     def _request(self, stream_id: int, headers: Headers, end: bool, reset_in_batch: set[int] | None, now: float) -> None:
         self.streams_opened += 1
@@ -560,12 +427,12 @@ class H2Endpoint(Connection):
             self._judge_resets()
             return
         if self._on_request is None or self.admission_refusal() is not None:
-            self.reset(stream_id, ErrorCodes.REFUSED_STREAM)  # never processed: the client may retry it elsewhere
+            self.reset(stream_id, h2conn.REFUSED_STREAM)  # never processed: the client may retry it elsewhere
             return
         if self._malformed(stream_id, headers, h2headers.check_request):
             return
         self._unanswered[stream_id] = now
-        self._call(self._on_request, self, stream_id, headers, end, stream_id=stream_id)
+        self._on_request(self, stream_id, headers, end)  # a raise is caught by _dispatch (that stream only)
 
     def _judge_reset(self, stream_id: int, now: float) -> None:
         opened = self._unanswered.pop(stream_id, None)
@@ -580,7 +447,7 @@ class H2Endpoint(Connection):
         opened, premature = self.streams_opened, self.premature_resets
         if (opened < limit and premature * 2 >= limit) or (opened >= limit and premature * 2 > opened):
             self.abort(
-                ErrorCodes.ENHANCE_YOUR_CALM,
+                h2conn.ENHANCE_YOUR_CALM,
                 f"rapid reset: the client reset {premature} of {opened} streams before they were answered",
             )
         elif opened >= 10 * limit:
@@ -599,11 +466,11 @@ class H2Endpoint(Connection):
             check(headers)
         except h2headers.MalformedHeaders as exc:
             log.warning("h2.malformed_headers", endpoint=self.name, stream_id=stream_id, error=str(exc))
-            self.reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self.reset(stream_id, h2conn.PROTOCOL_ERROR)
             if self._on_refused is not None and handler is None:
                 self._on_refused(self, stream_id, f"malformed request headers: {exc}")
             if handler is not None:
-                self._call(handler.on_reset, ErrorCodes.PROTOCOL_ERROR, stream_id=stream_id)
+                self._call(handler.on_reset, h2conn.PROTOCOL_ERROR, stream_id=stream_id)
             return True
         return False
 
@@ -617,11 +484,10 @@ class H2Endpoint(Connection):
         for stream_id, handler in streams:
             self._call(handler.on_writable, stream_id=stream_id)
 
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _on_goaway(self, error_code: int, last: int) -> None:
         self.draining = True
         self._goaway_final = True
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        reason = f"the remote side sent GOAWAY ({_code_name(event.error_code)})"
+        reason = f"the remote side sent GOAWAY ({h2conn.error_name(error_code)})"
         self.close_reason = reason
         # last_stream_id counts streams *we* opened (odd ids on a client, even on a server): those above it
         # were never processed by the remote side and may be retried elsewhere.
@@ -636,13 +502,10 @@ class H2Endpoint(Connection):
         try:
             fn(*args)
         except Exception:
-            log.exception("h2.handler_failed", endpoint=self.name, stream_id=stream_id)
-            if stream_id:
-                self.reset(stream_id, ErrorCodes.INTERNAL_ERROR)
+            self._handler_failed(stream_id)
 
-
-def _code_name(code: object) -> str:
-    try:
-        return ErrorCodes(code).name  # type: ignore[arg-type]
-    except ValueError:
-        return str(code)
+    def _handler_failed(self, stream_id: int) -> None:
+        """A stream's owner raised (a bug): log it, reset that stream only."""
+        log.exception("h2.handler_failed", endpoint=self.name, stream_id=stream_id)
+        if stream_id:
+            self.reset(stream_id, h2conn.INTERNAL_ERROR)

@@ -11,14 +11,14 @@ A hit is one dictionary lookup (`get`), so the per-call path pays nothing for th
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
 class BoundedCache(Generic[K, V]):
-    __slots__ = ("max_entries", "max_bytes", "max_item", "_entries", "_bytes", "_seen")
+    __slots__ = ("max_entries", "max_bytes", "max_item", "_entries", "_bytes", "_seen", "get")
 
     def __init__(self, *, max_entries: int, max_bytes: int, max_item: int) -> None:
         self.max_entries = max_entries
@@ -27,9 +27,8 @@ class BoundedCache(Generic[K, V]):
         self._entries: dict[K, V] = {}
         self._bytes = 0
         self._seen: set[int] = set()
-
-    def get(self, key: K) -> V | None:
-        return self._entries.get(key)
+        # A hit is the dictionary's own lookup (no Python frame); `_entries` is cleared, never replaced.
+        self.get: Callable[[K], V | None] = self._entries.get
 
     def put(self, key: K, value: V, size: int) -> None:
         """Offer `value` for `key`; `size` is what keeping both costs, in bytes."""

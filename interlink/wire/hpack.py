@@ -14,8 +14,8 @@ The caches are shared by every connection of the process and bounded (interlink.
 only, kept the second time they are seen, a fixed number of entries and bytes. A caller sending thousands
 of distinct 48 KB header values makes the gateway keep none of them (measured before: +518 MiB for good).
 
-Both are drop-in replacements for h2's `encoder` / `decoder` attributes (same method and attribute names),
-and raise the `hpack` package's exceptions so h2 turns them into the right connection errors.
+They keep the `hpack` package's method names (so the tests compare them with it) and raise its exceptions,
+which `interlink.wire.h2conn` turns into COMPRESSION_ERROR (ENHANCE_YOUR_CALM for an oversized list).
 """
 
 from __future__ import annotations
@@ -89,19 +89,19 @@ class HeaderBlockEncoder:
     """Encodes header lists without Huffman and without dynamic-table insertions."""
 
     def __init__(self) -> None:
-        self.header_table_size = DEFAULT_TABLE_SIZE  # set by h2 from the peer's SETTINGS; we never index
+        self.header_table_size = DEFAULT_TABLE_SIZE  # we never index: the peer's table size does not matter
 
-    def encode(self, headers, huffman: bool = True) -> bytes:  # noqa: ARG002 - h2's signature
-        fields = FIELDS
-        parts = []
-        for field in headers:
-            name, value = field[0], field[1]
-            key = (name, value)
-            encoded = fields.get(key)
-            if encoded is None:
-                encoded = self._encode_field(name, value)
-                fields.put(key, encoded, 2 * len(encoded))
-            parts.append(encoded)
+    def encode(self, headers, huffman: bool = True) -> bytes:  # noqa: ARG002 - hpack's signature
+        if not isinstance(headers, (list, tuple)):
+            headers = list(headers)
+        known = FIELDS.get
+        parts = [known(field) for field in headers]  # fields are (name, value) tuples: the cache's keys
+        if None in parts:
+            for index, encoded in enumerate(parts):
+                if encoded is None:
+                    name, value = headers[index]
+                    encoded = parts[index] = self._encode_field(name, value)
+                    FIELDS.put((name, value), encoded, 2 * len(encoded))
         return b"".join(parts)
 
     @staticmethod
@@ -128,7 +128,7 @@ class HeaderBlockDecoder:
 
     def __init__(self, max_header_list_size: int = 64 * 1024) -> None:
         self._max_header_list_size = max_header_list_size
-        self.max_allowed_table_size = DEFAULT_TABLE_SIZE  # our SETTINGS_HEADER_TABLE_SIZE (h2 sets it)
+        self.max_allowed_table_size = DEFAULT_TABLE_SIZE  # our SETTINGS_HEADER_TABLE_SIZE (0 once acknowledged)
         self._table: deque[tuple[bytes, bytes]] = deque()  # newest first
         self._table_size = 0
         self._table_limit = DEFAULT_TABLE_SIZE  # current maximum, changed by size updates

@@ -12,12 +12,13 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import hyperframe.frame
 import pytest
 import structlog
 import trio
 
 from interlink.net.connection import ConnectionPolicy, FlushQueue
-from interlink.net.h2link import H2Endpoint, H2Settings, _RelayH2Connection
+from interlink.net.h2link import H2Endpoint, H2Settings
 from interlink.model import Status
 from interlink.net.transport import memory_transport_pair
 
@@ -26,6 +27,28 @@ from tests.net.support import eventually
 REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/svc/m"), (b":authority", b"x"),
            (b"content-type", b"application/grpc"), (b"te", b"trailers")]
 CALM = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+class _KeepReadingH2Connection(h2.connection.H2Connection):
+    """h2 as a client that keeps reading after a GOAWAY, as grpc and nghttp2 do (plain h2 closes its state
+    machine at the first GOAWAY and would never answer the PING between the two of a graceful shutdown)."""
+
+    def _receive_goaway_frame(self, frame: hyperframe.frame.GoAwayFrame):  # type: ignore[override]
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)  # noqa: SLF001
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def frame_types(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of each whole frame in `data`."""
+    frames, pos = [], 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        frames.append((data[pos + 3], data[pos + 9 : pos + 9 + length]))
+        pos += 9 + length
+    return frames
 
 
 class Owner:
@@ -298,7 +321,7 @@ async def test_output_is_limited_by_the_connection_output_limit():
         client.conn.send_headers(1, REQUEST, end_stream=True)
         client.send()
         with trio.fail_after(5):
-            while not owner.requests or endpoint.conn.local_flow_control_window(1) < 1 << 20:
+            while not owner.requests or endpoint.conn.window(1) < 1 << 20:
                 data = await client.transport.receive()
                 client.events += client.conn.receive_data(data)
                 client.send()
@@ -314,7 +337,7 @@ async def test_graceful_goaway_takes_two_steps():
     endpoint, owner, client = await serve()
     # h2 as a client stops reading at the first GOAWAY (it would never answer the PING in between); a
     # client that keeps reading, as grpc and nghttp2 do:
-    client.conn = _RelayH2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.conn = _KeepReadingH2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     client.conn.initiate_connection()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
@@ -601,20 +624,20 @@ async def test_a_retired_idle_client_closes_at_the_next_flush():
 
 async def test_keepalive_pings_are_answered_and_keep_the_connection(autojump_clock):
     async with linked() as link:
-        before = link.server.scanner.control_frames
+        before = link.server.conn.control_frames
         with trio.move_on_after(10):
             await link.client.keepalive(interval=1, timeout=0.5)
-        assert not link.client.closed and link.server.scanner.control_frames >= before + 5
+        assert not link.client.closed and link.server.conn.control_frames >= before + 5
 
 
-async def test_a_preface_that_arrives_in_pieces_is_assembled_before_h2_sees_it():
+async def test_a_preface_that_arrives_in_pieces_is_assembled():
     endpoint, owner, client = await serve()
     preface = client.conn.data_to_send()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
         client.send_raw(preface[:10])
         await trio.sleep(0.01)
-        assert endpoint.conn is None and endpoint.partial_since is not None  # no h2 state for a slowloris
+        assert not endpoint.preface_done and endpoint.partial_since is not None
         client.send_raw(preface[10:])
         client.conn.send_headers(1, REQUEST, end_stream=True)
         client.send()
@@ -633,10 +656,17 @@ async def test_stopping_a_server_before_the_preface_closes_it_with_a_goaway(how)
             endpoint.goaway()
         else:
             endpoint.shutdown("idle")
-        received = await client.transport.receive()
-        assert endpoint.closed and endpoint.conn is None
+        received = b""
+        with trio.fail_after(2):
+            while not any(kind == 0x7 for kind, _ in frame_types(received)):
+                data = await client.transport.receive()
+                if not data:
+                    break
+                received += data
+        assert endpoint.closed
         if how == "shutdown":
-            assert received[3] == 0x7 and int.from_bytes(received[13:17], "big") == 0  # GOAWAY NO_ERROR
+            goaway = [payload for kind, payload in frame_types(received) if kind == 0x7]
+            assert goaway and int.from_bytes(goaway[0][4:8], "big") == 0  # GOAWAY NO_ERROR
 
 
 async def test_an_h2_protocol_error_closes_the_connection_and_tells_the_owner():
@@ -683,4 +713,22 @@ async def test_a_long_lived_connection_is_judged_on_its_recent_resets():
         client.send()
         await eventually(lambda: endpoint.streams_opened < 21)
         assert (endpoint.streams_opened, endpoint.premature_resets) == (10, 0) and not endpoint.closed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_client_connection_takes_calls_before_the_servers_settings_arrive():
+    """RFC 9113 5.1.2: the remote's stream limit is unlimited until its SETTINGS say otherwise. A pool that
+    just replaced a connection (certificate reload) routes calls to the new one at once; found by the CA
+    rotation e2e test failing a call with "no address" while the server's SETTINGS were in flight."""
+    ours, theirs = memory_transport_pair()
+    client = H2Endpoint(ours, client_side=True, flush_queue=FlushQueue(), name="client")
+    assert client.has_capacity() and client.slots == H2Settings().max_concurrent_streams
+    server_owner = Owner()
+    server = H2Endpoint(theirs, client_side=False, flush_queue=FlushQueue(), on_request=server_owner.on_request)
+    handler = Recorder()
+    stream_id = client.open_stream(REQUEST, handler, end_stream=True)  # before either side has read a byte
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        nursery.start_soon(server.run)
+        await eventually(lambda: server_owner.requests == [stream_id])
         nursery.cancel_scope.cancel()
