@@ -109,14 +109,32 @@ _MAX_AMOUNT = 99_999_999  # at most 8 digits
 
 
 def format_timeout(seconds: float) -> bytes:
-    """The most precise encoding that fits in 8 digits; never 0 for a positive time (rounds up)."""
+    """grpc-timeout for the next hop: the time rounded *up* to 3 significant digits (at most 1% later), in the
+    coarsest unit that writes it exactly in at most 8 digits.
+
+    Never 0 and never shorter than `seconds`. The gateway enforces the exact deadline itself (it resets the
+    upstream stream when it passes), so the next hop may be told a little more; in exchange the header takes
+    a few hundred values instead of a new one per call, and the header blocks that carry it repeat, so
+    HPACK's caches on both hops keep hitting (a 30 s deadline sent as "29999987u" made every request head
+    a cache miss)."""
     if seconds <= 0:
         return b"1n"
-    for unit, scale in ((b"n", 1e9), (b"u", 1e6), (b"m", 1e3), (b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
-        amount = -int(-seconds * scale // 1)  # ceil without float surprises for exact values
+    nanos = -int(-seconds * 1e9 // 1)  # ceil
+    step = 10 ** max(0, len(str(nanos)) - 3)
+    nanos = -(-nanos // step) * step
+    for unit, unit_nanos in _UNITS_COARSEST_FIRST:
+        amount, rest = divmod(nanos, unit_nanos)
+        if not rest and 0 < amount <= _MAX_AMOUNT:
+            return b"%d%s" % (amount, unit)
+    seconds = nanos / 1e9  # too large for an exact unit: the finest unit that fits, rounded up
+    for unit, scale in ((b"S", 1.0), (b"M", 1 / 60), (b"H", 1 / 3600)):
+        amount = -int(-seconds * scale // 1)
         if amount <= _MAX_AMOUNT:
-            return b"%d%s" % (max(amount, 1), unit)
+            return b"%d%s" % (amount, unit)
     return b"%dH" % _MAX_AMOUNT
+
+
+_UNITS_COARSEST_FIRST = ((b"H", 3_600_000_000_000), (b"M", 60_000_000_000), (b"S", 1_000_000_000), (b"m", 1_000_000), (b"u", 1_000), (b"n", 1))
 
 
 # --- grpc-message -----------------------------------------------------------------------------------------

@@ -82,17 +82,29 @@ def test_parse_timeout_rejects(raw):
 
 @pytest.mark.parametrize(
     ("seconds", "raw"),
-    [(0.0, b"1n"), (-1.0, b"1n"), (0.05, b"50000000n"), (3.0, b"3000000u"), (100.0, b"100000m"), (1e9, b"16666667M"), (1e12, b"99999999H")],
+    [
+        (0.0, b"1n"), (-1.0, b"1n"), (0.05, b"50m"), (3.0, b"3S"), (100.0, b"100S"), (1.5, b"1500m"),
+        (29.987654, b"30S"), (29.887654, b"29900m"), (0.0123456, b"12400u"), (120.0, b"2M"), (7200.0, b"2H"),
+        (1e-9, b"1n"), (1234e-9, b"1240n"), (1e9, b"16666667M"), (1e12, b"99999999H"),
+    ],
 )
 def test_format_timeout(seconds, raw):
     assert grpc.format_timeout(seconds) == raw
 
 
 @given(st.floats(min_value=1e-9, max_value=1e8, allow_nan=False))
-def test_format_timeout_fits_and_never_shortens(seconds):
+def test_format_timeout_fits_never_shortens_and_adds_at_most_one_percent(seconds):
     raw = grpc.format_timeout(seconds)
     assert len(raw) <= 9
-    assert grpc.parse_timeout(raw) >= seconds * (1 - 1e-12)
+    told = grpc.parse_timeout(raw)
+    assert told >= seconds * (1 - 1e-12)
+    assert told <= seconds * 1.01 + 1e-9 or raw.endswith((b"M", b"H"))  # minutes and hours: 8 digits rounded up
+
+
+def test_format_timeout_takes_few_values_as_a_deadline_runs_down():
+    """What a gateway sends for a 30 s default deadline over its first second: one value per 100 ms, not one per call."""
+    values = {grpc.format_timeout(30.0 - i * 1e-4) for i in range(10_000)}
+    assert len(values) == 10  # 30S, 29900m ... 29100m
 
 
 @pytest.mark.parametrize(
@@ -184,7 +196,7 @@ def test_parse_request_head_strips_identity_and_hop_headers():
         (b":path", b"/com.example.EchoService/echo"),
         (b":authority", b"a.test"),
         (b"te", b"trailers"),
-        (b"grpc-timeout", b"1500000u"),
+        (b"grpc-timeout", b"1500m"),
     ]
     assert [name for name, _ in forwarded].count(b"x-interlink-caller-app") == 1
     assert (b"x-interlink-caller-site", b"forged") not in forwarded
