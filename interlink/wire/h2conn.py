@@ -14,8 +14,9 @@ now: tests/wire/test_h2conn_differential.py feeds both the same frames):
 - Connection errors raise `H2ConnectionError(code, reason)`: the endpoint sends GOAWAY(code) and closes.
   Stream errors reset that stream here (RST_STREAM queued) and come out as a RESET event.
 - Floods: frames that carry no request or response (SETTINGS after the first, PING, PRIORITY, RST_STREAM,
-  WINDOW_UPDATE, GOAWAY, CONTINUATION, empty DATA, unknown types, frames on closed streams) draw on a
-  token bucket (`h2frames.FloodBudget`) that refills with time and with useful frames -> ENHANCE_YOUR_CALM.
+  WINDOW_UPDATE, GOAWAY, CONTINUATION, empty DATA, unknown types, 1xx heads, frames on closed streams,
+  including those we reset) draw on a token bucket (`h2frames.FloodBudget`) that refills with time and with
+  useful frames (requests, responses, trailers and DATA delivered) -> ENHANCE_YOUR_CALM.
 - A header block (HEADERS + CONTINUATION) larger than the header list limit is cut before HPACK sees it.
 - Rapid reset: `reset_by_remote` lists the streams the remote reset in the last batch, so the endpoint
   never dispatches a stream opened and reset in one read.

@@ -665,7 +665,7 @@ def test_a_flood_is_enhance_your_calm_after_the_burst():
     ("GOAWAY frames", frame(T_GOAWAY, 0, 0, u32(0) + u32(0))),
     ("RST_STREAM frames", rst(1, CANCEL)),
     ("PING frames", frame(T_PING, 0, 0, b"12345678")),
-])
+], ids=lambda value: value if isinstance(value, str) else "")
 def test_the_flood_error_names_the_frames(name, data):
     conn = server(flood=FloodBudget(10, 0, 0.0))
     request(conn, 1)

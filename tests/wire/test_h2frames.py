@@ -80,7 +80,7 @@ def test_the_budget_stays_within_zero_and_the_burst(steps):
         if action == "spend":
             before = budget.tokens
             if not budget.spend(now):
-                assert before < 1.0 + 3 * delay + 1e-9
+                assert before < 1.0  # a refusal only when the bucket was short
         else:
             budget.earn(count)
         assert 0.0 <= budget.tokens <= 20.0
