@@ -17,6 +17,7 @@ from interlink.model import Call, Refusal, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
 from interlink.routes import ExportRoute
 from interlink.wire import bolt, bolt_call, link_headers
+from interlink.wire.cache import BoundedCache
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
@@ -131,7 +132,7 @@ class BoltUpstream:
         frame = self.frame
         self.endpoint = endpoint
         oneway = frame.is_oneway
-        self.request_id = endpoint.send_request(frame, bolt.encode(frame), None if oneway else self)
+        self.request_id = endpoint.send_request(frame, None if oneway else self)
         self.frame = None  # type: ignore[assignment]
         if oneway:  # nothing comes back, nothing is kept for it
             self.request_id = 0
@@ -168,24 +169,41 @@ class BoltUpstream:
         self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}")
 
 
+_RESPONSE_KEYS = bolt.HeaderKeys((link_headers.STATUS, RESPONSE_ERROR))
+_SUCCESS = bolt.ResponseStatus.SUCCESS
+
+
 def response_status(response: bolt.BoltFrame) -> str:
     """For the access log, without reading the body: a status a gateway stamped, else the Bolt status, else
     Java's error mark in the header."""
-    stamped = bolt.header_get(response.header, link_headers.STATUS) if response.header else None
+    stamped, error = bolt.header_values(response.header, _RESPONSE_KEYS) if response.header else (None, None)
     if stamped:
         return stamped.decode("ascii", "replace")
-    if response.status != bolt.ResponseStatus.SUCCESS:
+    if response.status != _SUCCESS:
         return bolt.ResponseStatus(response.status).name
-    if response.header and bolt.header_get(response.header, RESPONSE_ERROR) == b"true":
+    if error == b"true":
         return "APPLICATION_ERROR"
     return "OK"
 
 
-def upstream_frame(request: bolt.BoltFrame, stamps: list[tuple[bytes, bytes | None]], timeout_ms: int) -> bolt.BoltFrame:
+# The upstream map per (caller's map, our stamps): callers of a service send the same map and the stamps (app,
+# method, site) repeat, so most restamps are one lookup (a map with per-call values, such as Java's trace ids,
+# is rewritten every time).
+_RESTAMPED: BoundedCache[tuple, bytes] = BoundedCache(max_entries=1024, max_bytes=4 << 20, max_item=8192)
+
+
+def upstream_frame(
+    request: bolt.BoltFrame, head: bolt_call.BoltRequestHead, stamps: dict[bytes, bytes | None], timeout_ms: int
+) -> bolt.BoltFrame:
     """The request as it travels upstream: V1, link keys replaced by ours (every other x-interlink-* key
     dropped), timeout reduced."""
-    # keys under our prefix that we do not set ourselves (a caller's, or unknown) are dropped
-    header = bolt.header_set(request.header, dict(stamps), drop_prefix=link_headers.PREFIX)
+    # keys under our prefix that we do not set ourselves (a caller's, or unknown) are dropped; the map was
+    # scanned once already, when its head was read
+    key = (request.header, *stamps.items())
+    header = _RESTAMPED.get(key)
+    if header is None:
+        header = bolt.header_rewrite(request.header, head.spans, stamps, link_headers.PREFIX)
+        _RESTAMPED.put(key, header, len(request.header) + len(header) + 128)
     return bolt.BoltFrame(  # positional: a third of copy.copy's cost, on every forwarded Bolt call
         bolt.PROTO_V1, request.type, request.cmdcode, request.request_id, request.codec, 0, request.ver2, 0,
         timeout_ms, request.status, request.class_name, header, request.content, False, None,
@@ -195,7 +213,7 @@ def upstream_frame(request: bolt.BoltFrame, stamps: list[tuple[bytes, bytes | No
 def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> bytes:
     """The upstream response, under the caller's request id and in the caller's protocol version."""
     if request.proto == response.proto == bolt.PROTO_V1 and response.raw is not None:
-        return bolt.patch_request_id(response.raw, request.request_id)
+        return bolt.with_request_id(response, request.request_id)
     answer = copy.copy(response)
     answer.proto, answer.ver1, answer.switch = request.proto, request.ver1, request.switch
     answer.has_crc = request.has_crc

@@ -57,13 +57,10 @@ class Ingress(enum.Enum):
     PEER = "peer"  # a peer gateway, calling what we export
 
 
-# The access line's `ingress` field, per ingress and caller protocol (part of the log contract).
-_INGRESS_NAME = {
-    (Ingress.LOCAL, "triple"): "local",
-    (Ingress.LOCAL, "bolt"): "local-bolt",
-    (Ingress.PEER, "triple"): "peer",
-    (Ingress.PEER, "bolt"): "peer-bolt",
-}
+# The access line's `ingress` field, per ingress and caller protocol (part of the log contract). Keyed by
+# protocol, one table per ingress: an Enum member hashes in Python code, a str in C.
+_LOCAL_INGRESS_NAME = {"triple": "local", "bolt": "local-bolt"}
+_PEER_INGRESS_NAME = {"triple": "peer", "bolt": "peer-bolt"}
 
 
 class CallState(enum.Enum):
@@ -129,7 +126,7 @@ class CallCore:
         """A Bolt request its connection did not admit (draining, too many calls in flight; it was answered
         there): still one access line, and audited on the peer port. (HTTP/2 refuses such streams with
         REFUSED_STREAM before they are requests.)"""
-        fields: dict[str, object] = {"site": self.snapshot.site, "ingress": _INGRESS_NAME[ingress, "bolt"]}
+        fields: dict[str, object] = {"site": self.snapshot.site, "ingress": _ingress_name(ingress, "bolt")}
         if ingress is PEER:
             fields["peer"] = endpoint.attributes.get("site")
             _audit("deny", fields, reason)
@@ -159,7 +156,7 @@ class GatewayCall:
         self.method: str | None = None
         self.authority: bytes | None = None  # HTTP/2 :authority (checked against the access domain)
         self.route: ImportRoute | ExportRoute | None = None
-        self.log_fields: dict[str, object] = {"site": snapshot.site, "ingress": _INGRESS_NAME[ingress, down.protocol]}
+        self.log_fields: dict[str, object] = {"site": snapshot.site, "ingress": _ingress_name(ingress, down.protocol)}
         self.deadline = math.inf
         self.started = time.perf_counter()
         self.state = ADMITTED
@@ -178,21 +175,22 @@ class GatewayCall:
     # --- the phases -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        now = trio.current_time()  # one clock reading for the phases that run now (admit and forward)
         try:
-            self._admit()
+            self._admit(now)
             self._identify()
             self._route()
             self._filter()
             self._choose_codec()
             if self._request_pending():
                 return  # a translated Triple request: forwarded once its one message is complete
-            self._forward()
+            self._forward(now)
         except Refusal as refusal:
             self.fail(refusal.status, refusal.message, refusal.http_status)
         except bolt_call.UNREADABLE as exc:  # a header map that can be scanned but not rewritten
             self.fail(Status.INTERNAL, f"malformed request: {exc}")
 
-    def _admit(self) -> None:
+    def _admit(self, now: float) -> None:
         down = self.down
         if isinstance(down, H2Downstream):
             if self.ingress is PEER:
@@ -207,7 +205,7 @@ class GatewayCall:
             timeout = bolt_head.timeout
             self.service, self.method = bolt_head.service or "", bolt_head.method
         self.log_fields["service"] = self.service
-        self.deadline = trio.current_time() + (timeout if timeout is not None else self.snapshot.default_timeout)
+        self.deadline = now + (timeout if timeout is not None else self.snapshot.default_timeout)
         self._timer = self.core.timers.add(self.deadline, self)
 
     def _identify(self) -> None:
@@ -265,26 +263,29 @@ class GatewayCall:
         """A translated Triple request's last byte arrived: forward it."""
         if self.state is ADMITTED and self.up is None:
             try:
-                self._forward()
+                self._forward(trio.current_time())
             except Refusal as refusal:
                 self.fail(refusal.status, refusal.message, refusal.http_status)
 
-    def _forward(self) -> None:
-        """Build the upstream request, then choose an upstream connection for it."""
+    def _forward(self, now: float) -> None:
+        """Build the upstream request (the next hop's timeout is what is left at `now`), then choose an upstream
+        connection for it."""
         route, down = self.route, self.down
         if isinstance(route, ImportRoute):
             group = self.core.peer_group(down.protocol, route.peer)
-            self.up = self._passthrough(link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=True))
+            stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=True)
+            self.up = self._passthrough(stamps, now)
         else:
             assert route is not None
             group = self.core.provider_group(route.pool_key)
             stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=False)
-            self.up = self._passthrough(stamps) if route.protocol == down.protocol else self._translate(route, stamps)
+            self.up = (self._passthrough(stamps, now) if route.protocol == down.protocol
+                       else self._translate(route, stamps, now))
         if isinstance(down, BoltDownstream):
             down.forwarded()
-        self._choose_upstream(group)
+        self._choose_upstream(group, now)
 
-    def _passthrough(self, stamps: list[tuple[bytes, bytes | None]]) -> Upstream:
+    def _passthrough(self, stamps: list[tuple[bytes, bytes | None]], now: float) -> Upstream:
         """Same protocol on both sides: the request travels as it came, with our link headers."""
         down = self.down
         if isinstance(down, H2Downstream):
@@ -294,7 +295,7 @@ class GatewayCall:
             headers = grpc.request_headers(
                 head, scheme=b"https" if to_peer else b"http",
                 authority=self.route.authority if to_peer else head.authority,  # type: ignore[union-attr]
-                timeout=_remaining(self.deadline), stamps=[(k, v) for k, v in stamps if v is not None],
+                timeout=_remaining(self.deadline, now), stamps=[(k, v) for k, v in stamps if v is not None],
             )
             up = H2Upstream(self, headers)
             up.source, down.source = down, up
@@ -302,29 +303,33 @@ class GatewayCall:
                 up.out.end = True
             return up
         method = self.method.encode() if self.method and isinstance(self.route, ImportRoute) else None
-        frame = upstream_frame(down.request, [*stamps, (link_headers.METHOD, method)], _remaining_ms(self.deadline))
+        updates = dict(stamps)
+        updates[link_headers.METHOD] = method
+        timeout_ms = _remaining_ms(self.deadline, now)
+        frame = upstream_frame(down.request, down.head, updates, timeout_ms)  # type: ignore[arg-type]
         return BoltUpstream(self, frame, translated=False)
 
-    def _translate(self, route: ExportRoute, stamps: list[tuple[bytes, bytes | None]]) -> Upstream:
+    def _translate(self, route: ExportRoute, stamps: list[tuple[bytes, bytes | None]], now: float) -> Upstream:
         """The providers speak the other protocol: through Call (gateway/translation.py)."""
         down = self.down
         call = down.to_call(route, self.deadline)  # the request as a Call (Refusal if it cannot be read)
         # The caller the ACL judged; a Bolt request's own app claim fills in only when no app was stamped.
         call.caller = Identity(self.caller_site, self.caller_app or (call.caller.app if call.caller else None))
         if isinstance(down, H2Downstream):
-            frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline))
+            frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline, now))
             return BoltUpstream(self, frame, translated=True)
-        headers, message, self.serialize = translation.triple_request(call, route, stamps, _remaining(self.deadline))
+        timeout = _remaining(self.deadline, now)
+        headers, message, self.serialize = translation.triple_request(call, route, stamps, timeout)
         return H2Upstream(self, headers, message)
 
-    def _choose_upstream(self, group: PoolGroup | None) -> None:
+    def _choose_upstream(self, group: PoolGroup | None, now: float) -> None:
         """The least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED; down -> UNAVAILABLE at
         once; never connected yet but connecting (a gateway that just started) -> wait for that first
         connection, within the deadline."""
         if group is None or not group.pools:
             raise Refusal(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
                           else f"{group.name}: none is known (none configured, or the registry lists none)")
-        if self.deadline <= trio.current_time():
+        if self.deadline <= now:
             raise Refusal(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
         upstream = group.pick()
         if upstream is not None:
@@ -434,28 +439,32 @@ class GatewayCall:
         if self.state is DONE:
             return
         self.state = DONE
+        down, up = self.down, self.up
         if self._timer is not None:
             self.core.timers.cancel(self._timer)
             self._timer = None
         if self._group is not None:
-            self._group.release(self.down.endpoint)
+            self._group.release(down.endpoint)
             self._group = None
-        if self.up is not None:
-            self.up.release()
-        self.down.release(caller_alive)
+        if up is not None:
+            up.release()
+        down.release(caller_alive)
         elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
         if message:
             access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
         else:
             access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
-        observers = self.chain.local_finish if self.ingress is LOCAL else self.chain.peer_finish
-        for item in observers:
+        for item in self.chain.local_finish if self.ingress is LOCAL else self.chain.peer_finish:
             _observe(item, self, status, message)
         # The legs point back at the call: unlinked here, the call and its legs are freed by reference
         # counting as soon as the last caller lets go, never left for the cyclic garbage collector.
-        self.down.call = None
-        if self.up is not None:
-            self.up.call = None
+        down.call = None
+        if up is not None:
+            up.call = None
+
+
+def _ingress_name(ingress: Ingress, protocol: str) -> str:
+    return (_LOCAL_INGRESS_NAME if ingress is LOCAL else _PEER_INGRESS_NAME)[protocol]
 
 
 def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None:
@@ -469,11 +478,11 @@ def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
     audit_log.info("audit", decision=decision, reason=reason or None, **fields)
 
 
-def _remaining(deadline: float) -> float | None:
-    """Seconds left until `deadline` (None: no deadline), for the next hop's grpc-timeout."""
-    return None if deadline == math.inf else max(deadline - trio.current_time(), 0.0)
+def _remaining(deadline: float, now: float) -> float | None:
+    """Seconds left at `now` until `deadline` (None: no deadline), for the next hop's grpc-timeout."""
+    return None if deadline == math.inf else max(deadline - now, 0.0)
 
 
-def _remaining_ms(deadline: float) -> int:
+def _remaining_ms(deadline: float, now: float) -> int:
     """The same as a Bolt timeout: whole milliseconds, at least 1; -1 for none."""
-    return -1 if deadline == math.inf else max(1, int((deadline - trio.current_time()) * 1000))
+    return -1 if deadline == math.inf else max(1, int((deadline - now) * 1000))

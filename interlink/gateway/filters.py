@@ -13,7 +13,7 @@ are added after them by the features that need them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from interlink.model import Refusal, Status
 from interlink.routes import Snapshot
@@ -42,16 +42,20 @@ class AccessDomainFilter(Filter):
         if ours is None:
             raise Refusal(Status.PERMISSION_DENIED,
                           f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)")
+        authority = call.authority
+        if authority is not None and authority != ours:
+            _refuse_domain(peer, "access domain", authority)
         sni = call.down.endpoint.attributes.get("sni")
         used_sni = sni.encode() if isinstance(sni, str) else None
-        authority = call.authority
-        checks = ([("access domain", authority)] if authority is not None else []) + [("TLS SNI", used_sni)]
-        for what, used in checks:
-            if used != ours:
-                # Never say whose domain it is: a tenant learns nothing about the others.
-                shown = used.decode(errors="replace") if used else "(none)"
-                raise Refusal(Status.PERMISSION_DENIED,
-                              f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}")
+        if used_sni != ours:
+            _refuse_domain(peer, "TLS SNI", used_sni)
+
+
+def _refuse_domain(peer: str, what: str, used: bytes | None) -> NoReturn:
+    # Never say whose domain it is: a tenant learns nothing about the others.
+    shown = used.decode(errors="replace") if used else "(none)"
+    raise Refusal(Status.PERMISSION_DENIED,
+                  f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}")
 
 
 class ExportAclFilter(Filter):

@@ -5,7 +5,7 @@ batch, answers heartbeats itself (they are hop-by-hop, never forwarded), hands r
 the owner's callback and matches responses (client side) to the calls waiting for them by request id; then
 every connection written to is flushed (`FlushQueue`, shared with the HTTP/2 endpoints).
 
-Client side, the endpoint owns request ids: `send_request` stamps a fresh id into the frame and keeps
+Client side, the endpoint owns request ids: `send_request` encodes a frame under a fresh id and keeps
 `id -> BoltCall` until the response, the connection's end, or `forget` (a caller's deadline passed).
 A response for an id nobody waits for any more (late, or for a oneway call) is an orphan and is dropped.
 
@@ -134,7 +134,9 @@ class BoltEndpoint(Connection):
         return self.max_pending
 
     def has_capacity(self) -> bool:
-        return self.usable and len(self.streams) < self.max_pending and not self.congested
+        # usable and not congested, spelled out: asked for every call a pool routes
+        return (not self.closed and not self.draining and len(self.streams) < self.max_pending
+                and self.transport.buffered < self.policy.output_limit)
 
     def call_started(self, request_id: int, call: InboundCall) -> None:
         self.calls += 1
@@ -166,13 +168,13 @@ class BoltEndpoint(Connection):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self._out.append(data)
-            self._mark()
+            self._flush_queue.add(self)  # sent once this read batch (or timer) is done
 
-    def send_request(self, frame: bolt.BoltFrame, raw: bytes, call: BoltCall | None) -> int:
-        """Send a request under a fresh id of this connection; `call` waits for the response (None for a
-        oneway request: nothing waits, whatever comes back is an orphan)."""
+    def send_request(self, frame: bolt.BoltFrame, call: BoltCall | None) -> int:
+        """Send a request under a fresh id of this connection (encoded once, with that id); `call` waits for
+        the response (None for a oneway request: nothing waits, whatever comes back is an orphan)."""
         request_id = self._fresh_id()
-        self.write(bolt.patch_request_id(raw, request_id) if frame.request_id != request_id else raw)
+        self.write(bolt.encode(frame, request_id))
         if call is not None:
             self.streams[request_id] = call
         return request_id
@@ -263,14 +265,15 @@ class BoltEndpoint(Connection):
         return kept
 
     def _dispatch(self, frame: bolt.BoltFrame) -> None:
-        if frame.is_heartbeat:
-            if frame.is_request:
+        is_response = frame.type == bolt.TYPE_RESPONSE  # (frame.is_response, without a property call per frame)
+        if frame.cmdcode == bolt.CMD_HEARTBEAT:
+            if not is_response:
                 self.write(bolt.encode(bolt.heartbeat_ack(frame)))
             else:
                 self._probe_outstanding = False
             return
         try:
-            if frame.is_response:
+            if is_response:
                 call = self.streams.pop(frame.request_id, None)
                 if call is None:
                     # Late (the caller gave up) or an answer to a oneway call (sofa-rpc-node answers those).
@@ -287,7 +290,7 @@ class BoltEndpoint(Connection):
     def _admit(self, frame: bolt.BoltFrame) -> None:
         """A request is dispatched only if it is an RPC request and the connection admits a new call;
         otherwise it gets an error response of its own (a oneway request: nothing) and the owner is told."""
-        if frame.cmdcode != bolt.CMD_RPC_REQUEST or not frame.is_request:
+        if frame.cmdcode != bolt.CMD_RPC_REQUEST:  # (a response never gets here)
             log.debug("bolt.unexpected_frame", endpoint=self.name, cmdcode=frame.cmdcode, type=frame.type)
             return
         refusal = self.admission_refusal()

@@ -132,7 +132,8 @@ class Connection:
         """Hook: the transport sent its backlog; producers paused by congestion may go on."""
 
     async def _before_read(self) -> None:
-        """Hook: wait, if the connection should not be read from now (Bolt callers with answers unread)."""
+        """Hook, awaited before a read while the connection is congested: wait, if it should not be read from
+        now (Bolt callers with answers unread)."""
 
     @property
     def inbound_calls(self) -> tuple[int, int]:
@@ -200,7 +201,8 @@ class Connection:
                 self._start()
                 self._flush_queue.flush()
                 while not self.closed:
-                    await self._before_read()
+                    if self.congested:
+                        await self._before_read()
                     data = await self.transport.receive()
                     if self.closed:
                         break

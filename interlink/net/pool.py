@@ -192,7 +192,12 @@ class PoolGroup:
 
     def capacity(self) -> int:
         """Call slots of the usable connections of this group."""
-        return sum(endpoint.slots for pool in self.pools for endpoint in pool.endpoints if endpoint.usable)
+        total = 0  # (loops, not a generator: asked per call once a caller holds MIN_SHARE)
+        for pool in self.pools:
+            for endpoint in pool.endpoints:
+                if endpoint.usable:
+                    total += endpoint.slots
+        return total
 
     def share(self, capacity: int | None = None) -> int:
         """How many calls one caller connection may have in flight through this group now."""
@@ -221,9 +226,12 @@ class PoolGroup:
             del self.holders[caller]
 
     def pick(self) -> PooledConnection | None:
-        count = len(self.pools)
+        pools = self.pools
+        count = len(pools)
+        if count == 1:  # one address: nothing to rotate
+            return pools[0].pick()
         for offset in range(count):
-            pool = self.pools[(self._next + offset) % count]
+            pool = pools[(self._next + offset) % count]
             endpoint = pool.pick()
             if endpoint is not None:
                 self._next = (self._next + offset + 1) % count

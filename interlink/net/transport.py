@@ -150,13 +150,14 @@ def remote_of(sock: socket.socket) -> str:
 class SocketTransport(Transport):
     """TCP on a non-blocking socket."""
 
-    __slots__ = ("socket",)
+    __slots__ = ("socket", "_emptied")
 
     def __init__(self, sock: socket.socket, name: str = "") -> None:
         super().__init__(name)
         sock.setblocking(False)
         self.socket = sock
         self.remote = remote_of(sock)
+        self._emptied = False  # the last read took all there was: the next one waits for readability first
 
     # --- writing --------------------------------------------------------------------------------------
 
@@ -208,22 +209,26 @@ class SocketTransport(Transport):
 
     # --- reading --------------------------------------------------------------------------------------
 
-    async def receive(self) -> bytes:
-        data = await self._receive_raw()
-        return data
-
     async def _receive_raw(self) -> bytes:
         sock = self.socket
+        waited = False
         while True:
             if self.closed:
                 raise TransportClosed(self.error or "closed")
-            try:
-                size = sock.recv_into(_READ_VIEW)
-            except BlockingIOError:
+            if self._emptied:
+                # The last read took everything the socket held, so a recv now would almost always fail
+                # (EAGAIN): wait until there is something first. (One system call and one exception less
+                # per read; data that is already there wakes the wait at once.)
                 try:
                     await trio.lowlevel.wait_readable(sock)
                 except (trio.ClosedResourceError, OSError):
                     raise TransportClosed(self.error or "closed") from None
+                waited = True
+                self._emptied = False
+            try:
+                size = sock.recv_into(_READ_VIEW)
+            except BlockingIOError:
+                self._emptied = True
                 continue
             except OSError as exc:
                 self._broken(describe_os_error(exc))
@@ -231,9 +236,15 @@ class SocketTransport(Transport):
             data = _READ_VIEW[:size].tobytes()
             if size == READ_SIZE:
                 data = self._read_more(data)
-            # Yield once per read even when data was waiting: a busy connection must not starve the others.
-            await trio.lowlevel.checkpoint()
+            else:
+                self._emptied = True
+            if not waited:
+                # Yield once per read even when data was waiting: a busy connection must not starve the
+                # others. (A read that waited has yielded already: a second yield would be a second wake-up.)
+                await trio.lowlevel.checkpoint()
             return data
+
+    receive = _receive_raw  # TCP reads are the raw reads (TLS decrypts them: TlsTransport.receive)
 
     def _read_more(self, first: bytes) -> bytes:
         """More of what is already waiting, up to MAX_BATCH, without waiting."""
@@ -435,6 +446,7 @@ class MemoryTransport(Transport):
         await self._space.wait()
 
     async def receive(self) -> bytes:
+        waited = False
         while not self._inbound:
             if self.closed:
                 raise TransportClosed(self.error or "closed")
@@ -442,11 +454,13 @@ class MemoryTransport(Transport):
                 return b""
             self._readable = trio.Event()
             await self._readable.wait()
+            waited = True
         data = bytes(self._inbound)
         self._inbound.clear()
         if self._space is not None:
             self._space.set()
-        await trio.lowlevel.checkpoint()
+        if not waited:  # yield once per read, as SocketTransport does
+            await trio.lowlevel.checkpoint()
         return data
 
     def close(self) -> None:

@@ -42,12 +42,16 @@ __all__ = [
     "encode",
     "encode_header_map",
     "header_get",
+    "header_rewrite",
+    "header_scan",
     "header_set",
+    "header_values",
     "heartbeat",
     "heartbeat_ack",
     "patch_request_id",
     "patch_timeout",
     "response_for",
+    "with_request_id",
     "with_header",
 ]
 
@@ -143,6 +147,7 @@ _VALID_COMMANDS = frozenset(
 )
 _RESPONSE, _REQUEST, _ONEWAY = 0, 1, 2  # plain ints for the decoder's inner loop
 _STATUS_BY_VALUE: dict[int, ResponseStatus] = {status.value: status for status in ResponseStatus}
+_SUCCESS = ResponseStatus.SUCCESS
 
 # Fixed headers. Lengths are signed (Java short/short/int) so that negative values can be seen and refused.
 _V1_REQUEST = struct.Struct(">BBHBiBihhi")  # proto type cmdcode ver2 id codec timeout classLen headerLen contentLen
@@ -232,18 +237,19 @@ class BoltFrame:
 # --- encoding ----------------------------------------------------------------------------------------------
 
 
-def encode(frame: BoltFrame) -> bytes:
-    """Wire bytes built from the fields (never from `raw`, which may be stale after an edit)."""
-    return _encode(frame, frame.header)
+def encode(frame: BoltFrame, request_id: int | None = None) -> bytes:
+    """Wire bytes built from the fields (never from `raw`, which may be stale after an edit); under
+    `request_id` instead of the frame's own when given (a request sent under an id of its connection)."""
+    return _encode(frame, frame.header, frame.request_id if request_id is None else request_id)
 
 
 def with_header(frame: BoltFrame, header: bytes) -> bytes:
     """The frame with another header map, without touching the frame object (the original request stays
     intact for logging and for answering the caller)."""
-    return _encode(frame, header)
+    return _encode(frame, header, frame.request_id)
 
 
-def _encode(frame: BoltFrame, header: bytes) -> bytes:
+def _encode(frame: BoltFrame, header: bytes, request_id: int) -> bytes:
     class_name = frame.class_name
     content = frame.content
     class_len, header_len, content_len = len(class_name), len(header), len(content)
@@ -255,7 +261,7 @@ def _encode(frame: BoltFrame, header: bytes) -> bytes:
             f"class name ({class_len} B) and header ({header_len} B) must fit in int16, "
             f"content ({content_len} B) in int32"
         )
-    is_response = frame.type == CommandType.RESPONSE
+    is_response = frame.type == _RESPONSE
     if is_response and frame.status not in _STATUS_BY_VALUE:
         raise ValueError(f"response status {frame.status!r} is not a Bolt ResponseStatus")
     try:
@@ -263,12 +269,12 @@ def _encode(frame: BoltFrame, header: bytes) -> bytes:
             crc = False
             if is_response:
                 fixed = _V1_RESPONSE.pack(
-                    1, 0, frame.cmdcode, frame.ver2, frame.request_id, frame.codec, frame.status,
+                    1, 0, frame.cmdcode, frame.ver2, request_id, frame.codec, frame.status,
                     class_len, header_len, content_len,
                 )
             else:
                 fixed = _V1_REQUEST.pack(
-                    1, frame.type, frame.cmdcode, frame.ver2, frame.request_id, frame.codec, frame.timeout,
+                    1, frame.type, frame.cmdcode, frame.ver2, request_id, frame.codec, frame.timeout,
                     class_len, header_len, content_len,
                 )
         elif proto == PROTO_V2:
@@ -280,12 +286,12 @@ def _encode(frame: BoltFrame, header: bytes) -> bytes:
             crc = ver1 == 2 and bool(switch & 1)
             if is_response:
                 fixed = _V2_RESPONSE.pack(
-                    2, ver1, 0, frame.cmdcode, frame.ver2, frame.request_id, frame.codec, switch, frame.status,
+                    2, ver1, 0, frame.cmdcode, frame.ver2, request_id, frame.codec, switch, frame.status,
                     class_len, header_len, content_len,
                 )
             else:
                 fixed = _V2_REQUEST.pack(
-                    2, ver1, frame.type, frame.cmdcode, frame.ver2, frame.request_id, frame.codec, switch,
+                    2, ver1, frame.type, frame.cmdcode, frame.ver2, request_id, frame.codec, switch,
                     frame.timeout, class_len, header_len, content_len,
                 )
         else:
@@ -311,6 +317,15 @@ def patch_request_id(raw: bytes, new_id: int) -> bytes:
     1.13), with the CRC trailer recomputed when there is one. One copy of the frame, no field decoding."""
     proto, _, crc = _frame_layout(raw)
     return _splice(raw, _REQUEST_ID_OFFSET[proto], _pack_i32(new_id, "request id"), crc)
+
+
+def with_request_id(frame: BoltFrame, new_id: int) -> bytes:
+    """A decoded frame's bytes under another request id (a response relayed to the caller that asked): its
+    `raw` bytes with the id spliced in, as `patch_request_id` does, without reading their layout again (the
+    decoder checked it); encoded from the fields when the frame has no `raw`."""
+    if frame.raw is None:
+        return encode(frame, new_id)
+    return _splice(frame.raw, _REQUEST_ID_OFFSET[frame.proto], _pack_i32(new_id, "request id"), frame.has_crc)
 
 
 def patch_timeout(raw: bytes, new_timeout_ms: int) -> bytes:
@@ -505,7 +520,7 @@ class BoltDecoder:
                 except KeyError:
                     raise BoltProtocolError(f"unknown Bolt response status 0x{status:04x}") from None
             else:
-                status = ResponseStatus.SUCCESS
+                status = _SUCCESS
             fixed = layout.size
             total = fixed + class_len + header_len + content_len + (CRC_SIZE if crc else 0)
             if total > self.max_frame_size:
@@ -623,29 +638,42 @@ def encode_header_map(items: Mapping[str, str | None] | Iterable[tuple[str | Non
 
 
 class HeaderKeys:
-    """The keys a caller reads from header maps, prepared once (a module constant), for header_values."""
+    """The keys a caller reads from header maps, prepared once (a module constant), for header_scan and
+    header_values. With `prefix`, header_scan also finds the entries whose key starts with it (the keys a
+    gateway replaces or drops on the way upstream), and with `spans_of_keys` the entries of `keys` too."""
 
-    __slots__ = ("keys", "index", "lengths")
+    __slots__ = ("keys", "index", "lengths", "prefix", "spans_of_keys")
 
-    def __init__(self, keys: tuple[bytes, ...]) -> None:
+    def __init__(self, keys: tuple[bytes, ...], prefix: bytes | None = None, *, spans_of_keys: bool = False) -> None:
         self.keys = keys
         self.index = {key: position for position, key in enumerate(keys)}
         self.lengths = frozenset(len(key) for key in keys)
+        self.prefix = prefix
+        self.spans_of_keys = spans_of_keys
 
 
-def header_values(data: bytes, keys: HeaderKeys) -> list[bytes | None]:
-    """The values of `keys` as raw bytes, in one pass and without decoding the map; None when absent or null.
+HeaderSpan = tuple[int, int, bytes]  # one entry of a header map: (start, end, key)
+
+
+def header_scan(data: bytes, keys: HeaderKeys) -> tuple[list[bytes | None], list[HeaderSpan]]:
+    """One pass over a header map, without decoding it: the values of `keys` as raw bytes (None when absent
+    or null), and where the entries under `keys.prefix` (and those of `keys`, with `keys.spans_of_keys`) are,
+    so that `header_rewrite` can edit the map without reading it again.
 
     The request path needs three or four keys per call and most maps hold more; comparing bytes in place
     skips building and UTF-8-decoding the whole dict. Consistent with `decode_header_map` (the last non-null
     value of a duplicated key wins); it checks the map's structure but not its UTF-8.
     """
     found: list[bytes | None] = [None] * len(keys.keys)
-    index, lengths = keys.index, keys.lengths
+    spans: list[HeaderSpan] = []
+    index, lengths, prefix, spans_of_keys = keys.index, keys.lengths, keys.prefix, keys.spans_of_keys
+    if prefix is not None and prefix not in data:
+        prefix = None  # no key under it (one substring search instead of a test per key)
     size = len(data)
     pos = 0
     unpack = _I32.unpack_from
     while pos < size:  # inline rather than over _entries: a generator costs more than the lookups
+        start = pos
         if pos + 8 > size:
             raise BoltProtocolError(f"header map: truncated entry at offset {pos}")
         (key_len,) = unpack(data, pos)
@@ -662,11 +690,25 @@ def header_values(data: bytes, keys: HeaderKeys) -> list[bytes | None]:
         pos = value_start + value_len if value_len > 0 else value_start
         if pos > size:
             raise BoltProtocolError(f"header map: value at offset {value_start} runs past the end")
-        if value_len >= 0 and key_len in lengths:  # a null key (-1) is never one of ours
-            position = index.get(data[key_start : key_start + key_len])
+        if key_len < 0:
+            continue  # a null key is never one of ours
+        if key_len in lengths:
+            key = data[key_start : key_start + key_len]
+            position = index.get(key)
             if position is not None:
-                found[position] = data[value_start:pos]
-    return found
+                if value_len >= 0:
+                    found[position] = data[value_start:pos]
+                if spans_of_keys:
+                    spans.append((start, pos, key))
+                    continue
+        if prefix is not None and data.startswith(prefix, key_start, key_start + key_len):
+            spans.append((start, pos, data[key_start : key_start + key_len]))
+    return found, spans
+
+
+def header_values(data: bytes, keys: HeaderKeys) -> list[bytes | None]:
+    """The values of `keys` (header_scan's first half)."""
+    return header_scan(data, keys)[0]
 
 
 @functools.lru_cache(maxsize=64)
@@ -687,28 +729,32 @@ def header_set(data: bytes, updates: Mapping[bytes, bytes | None], drop_prefix: 
     understand, null entries, their order)."""
     if drop_prefix is not None and drop_prefix not in data:
         drop_prefix = None  # nothing to drop (one substring search instead of a test per key)
+    _, spans = header_scan(data, HeaderKeys(tuple(updates), drop_prefix, spans_of_keys=True))
     if not updates and drop_prefix is None:
-        _validate_entries(data)
         return data
+    return header_rewrite(data, spans, updates, drop_prefix)
+
+
+def header_rewrite(
+    data: bytes, spans: list[HeaderSpan], updates: Mapping[bytes, bytes | None], drop_prefix: bytes | None
+) -> bytes:
+    """header_set, for a map already scanned: `spans` (from header_scan) must cover the keys of `updates`,
+    under the scan's prefix or as its keys (with spans_of_keys), and `drop_prefix` must be that prefix."""
     parts: list[bytes] = []
     done: set[bytes] = set()
     kept_from = 0  # start of the run of untouched entries not yet copied
-    for start, key_start, key_len, value_start, value_len in _entries(data):
-        if key_len < 0:
-            continue
-        key = data[key_start : key_start + key_len]
-        if key not in updates:
-            if drop_prefix is not None and key.startswith(drop_prefix):
-                parts.append(data[kept_from:start])
-                kept_from = value_start + max(value_len, 0)
-            continue
-        parts.append(data[kept_from:start])
-        kept_from = value_start + max(value_len, 0)
-        value = updates[key]
-        if value is not None and key not in done:
-            parts.append(_entry(key, value))
-        done.add(key)
-    parts.append(data[kept_from:])
+    for start, end, key in spans:
+        if key in updates:
+            parts.append(data[kept_from:start])
+            kept_from = end
+            value = updates[key]
+            if value is not None and key not in done:
+                parts.append(_entry(key, value))
+            done.add(key)
+        elif drop_prefix is not None and key.startswith(drop_prefix):
+            parts.append(data[kept_from:start])
+            kept_from = end
+    parts.append(data[kept_from:] if kept_from else data)
     for key, value in updates.items():
         if value is not None and key not in done:
             parts.append(_entry(key, value))
@@ -717,11 +763,6 @@ def header_set(data: bytes, updates: Mapping[bytes, bytes | None], drop_prefix: 
 
 def _entry(key: bytes, value: bytes) -> bytes:
     return b"".join((_I32.pack(len(key)), key, _I32.pack(len(value)), value))
-
-
-def _validate_entries(data: bytes) -> None:
-    for _ in _entries(data):
-        pass
 
 
 # --- builders --------------------------------------------------------------------------------------------------

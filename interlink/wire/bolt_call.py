@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from interlink.model import RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Refusal, Reply, Status
 from interlink.wire import bolt, link_headers, sofarpc, triple_wrapper
+from interlink.wire.cache import BoundedCache
 from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader
 
 SERVICE = "service"
@@ -46,47 +47,64 @@ _STATUS_OF_BOLT = {
 # --- requests --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs an object.__setattr__ per field, per call
 class BoltRequestHead:
     """What the gateway needs from a Bolt request, read once per call from its header map (and, only when
     the map lacks them, from the SofaRequest head at the start of a hessian2 body; never the arguments).
 
     `app` is who the request says is calling: on a local caller's connection its own `app` key (or the
-    SofaRequest's caller app), on a peer link the app the calling gateway stamped (link_headers.CALLER_APP)."""
+    SofaRequest's caller app), on a peer link the app the calling gateway stamped (link_headers.CALLER_APP).
+    `spans` is where the map holds link keys (x-interlink-*), so that the request is restamped on its way
+    upstream without reading its map again (bolt.header_rewrite); heads of requests with the same map may
+    share it (read only)."""
 
     service: str | None  # the unique name interface:version[:uniqueId] (`service`, else sofa_head_target_service)
     method: str | None
     app: str | None
     timeout: float | None  # seconds; None when the caller set none
+    spans: list[bolt.HeaderSpan]
 
 
 # The keys a request's head is read from: service, target service, method, then the caller's app (its own
 # `app` key on a local caller's connection; the stamped one, and the stamped method first, on a peer link).
-_LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode()))
+_LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode()),
+                              link_headers.PREFIX)
 _LINK_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
-                              link_headers.METHOD))
+                              link_headers.METHOD), link_headers.PREFIX)
 _HEADS = sofarpc.RequestHeadCache()
+
+# What a header map says (service, method, app, spans), remembered per exact map bytes, one cache per kind of
+# connection: callers of a service send the same map over and over, so most reads are one lookup. (A map that
+# carries per-call values, such as the trace ids of Java callers, is scanned every time; its miss costs one
+# lookup more.)
+_HeaderRead = tuple[str | None, str | None, str | None, list[bolt.HeaderSpan]]
+_LOCAL_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
+_LINK_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
 
 
 def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltRequestHead:
     """The head of `request`; `from_link`: it came from a peer gateway (trust its stamps, not the caller's
     own keys). Raises BoltProtocolError or HessianError for a header map or head that cannot be read."""
-    values = bolt.header_values(request.header, _LINK_KEYS if from_link else _LOCAL_KEYS)
-    service = _text(values[0] or values[1])
-    method = _text(values[2])
-    app = _text(values[3])
-    if from_link:
-        method = _text(values[4]) or method
-        need_body = method is None
-    else:
-        need_body = method is None or app is None
+    service, method, app, spans = _read_header(request.header, from_link)
+    need_body = method is None if from_link else method is None or app is None
     if need_body and request.codec == bolt.CODEC_HESSIAN2 and request.content and service is not None:
         body_head = _HEADS.read(request.content)
         method = method or body_head.method_name
         if not from_link:
             app = app or sofarpc.caller_app(body_head)
     timeout = request.timeout / 1000 if request.timeout > 0 else None
-    return BoltRequestHead(service, method, app, timeout)
+    return BoltRequestHead(service, method, app, timeout, spans)
+
+
+def _read_header(header: bytes, from_link: bool) -> _HeaderRead:
+    reads = _LINK_READS if from_link else _LOCAL_READS
+    read = reads.get(header)
+    if read is None:
+        values, spans = bolt.header_scan(header, _LINK_KEYS if from_link else _LOCAL_KEYS)
+        method = (_text(values[4]) or _text(values[2])) if from_link else _text(values[2])
+        read = (_text(values[0] or values[1]), method, _text(values[3]), spans)
+        reads.put(header, read, 2 * len(header) + 64 * len(spans))
+    return read
 
 
 def _text(value: bytes | None) -> str | None:

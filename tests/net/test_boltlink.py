@@ -63,8 +63,8 @@ async def test_responses_match_by_fresh_ids_and_orphans_are_dropped():
     request = bolt.decode(vector("bolt_v1_req_echo"))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
-        id1 = endpoint.send_request(request, request.raw, first)
-        id2 = endpoint.send_request(request, request.raw, second)
+        id1 = endpoint.send_request(request, first)
+        id2 = endpoint.send_request(request, second)
         endpoint.flush()
         sent = await read_frames(theirs, 2)
         assert [f.request_id for f in sent] == [id1, id2] and id1 != id2
@@ -90,7 +90,7 @@ async def test_connection_loss_fails_every_pending_call():
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
         for call in calls:
-            endpoint.send_request(request, request.raw, call)
+            endpoint.send_request(request, call)
         theirs.close()
         with trio.fail_after(5):
             while not all(call.lost for call in calls):
@@ -158,7 +158,7 @@ async def test_forgetting_a_call_on_a_link_tells_the_other_gateway():
     request = bolt.decode(vector("bolt_v1_req_echo"))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
-        request_id = endpoint.send_request(request, request.raw, Recorder())
+        request_id = endpoint.send_request(request, Recorder())
         endpoint.forget(request_id)
         endpoint.flush()
         sent = await read_frames(theirs, 2)
@@ -362,8 +362,8 @@ async def test_a_retired_client_closes_when_its_last_call_is_answered_or_forgott
     async with trio.open_nursery() as nursery:
         nursery.start_soon(endpoint.run)
         assert endpoint.has_capacity() and endpoint.slots == 4
-        first = endpoint.send_request(echo, echo.raw, answered)
-        second = endpoint.send_request(echo, echo.raw, forgotten)
+        first = endpoint.send_request(echo, answered)
+        second = endpoint.send_request(echo, forgotten)
         endpoint.retire("certificates reloaded")
         assert endpoint.draining and not endpoint.has_capacity() and not endpoint.closed
         endpoint.forget(second)
@@ -388,7 +388,7 @@ async def test_request_ids_wrap_around_before_the_int32_limit():
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue())
     echo = bolt.decode(vector("bolt_v1_req_echo"))
     endpoint._next_id = MAX_REQUEST_ID - 1  # noqa: SLF001 - two billion requests later
-    ids = [endpoint.send_request(echo, echo.raw, None) for _ in range(3)]
+    ids = [endpoint.send_request(echo, None) for _ in range(3)]
     assert ids == [MAX_REQUEST_ID, 1, 2] and endpoint.streams == {}  # oneway: nothing waits
     endpoint.flush()
     assert [f.request_id for f in await read_frames(theirs, 3)] == ids
@@ -407,10 +407,49 @@ async def test_a_bug_in_a_call_told_of_the_loss_does_not_keep_the_others_from_he
     endpoint = BoltEndpoint(ours, flush_queue=FlushQueue(), on_request=Server().on_request)
     echo = bolt.decode(vector("bolt_v1_req_echo"))
     told = Recorder()
-    endpoint.send_request(echo, echo.raw, Failing())
-    endpoint.send_request(echo, echo.raw, told)
+    endpoint.send_request(echo, Failing())
+    endpoint.send_request(echo, told)
     endpoint.call_started(9, FailingInbound())
     with structlog.testing.capture_logs() as logs:
         endpoint.close("test over")
     assert told.lost == ["test over"]
     assert len([e for e in logs if e["event"] == "bolt.handler_failed"]) == 2
+
+
+async def test_a_read_that_waited_for_data_costs_one_wake_up_of_the_reader():
+    """Count wake-ups: a reader that waited for its data has been scheduled once already and does not yield
+    again before it dispatches (the yield per read is for data that was waiting: fairness, not a second trip
+    through the scheduler per read)."""
+
+    class ReaderSteps(trio.abc.Instrument):
+        def __init__(self) -> None:
+            self.task: trio.lowlevel.Task | None = None
+            self.steps = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            if task is self.task:
+                self.steps += 1
+
+    ours, theirs = memory_transport_pair()
+    owner = Server()
+    endpoint = serving(ours, owner)
+    counter = ReaderSteps()
+
+    async def reader() -> None:
+        counter.task = trio.lowlevel.current_task()
+        await endpoint.run()
+
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()  # the reader waits for its first bytes
+            before = counter.steps
+            for request_id in range(1, 11):
+                theirs.write(request(request_id))
+                await eventually(lambda: len(owner.requests) == request_id)
+                await trio.testing.wait_all_tasks_blocked()
+            assert counter.steps - before == 10  # one per read (each read here waited for its request)
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)

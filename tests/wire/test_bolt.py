@@ -287,6 +287,25 @@ def test_patch_helpers_refuse_what_they_cannot_patch():
             bolt.patch_request_id(not_a_frame, 1)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_with_request_id_is_patch_request_id_of_a_decoded_frame(name):
+    """A relayed frame under another id: the same bytes as patching its raw bytes (CRC recomputed), without
+    reading the layout again; a frame without raw bytes (built, or edited) is encoded from its fields."""
+    data = VECTORS[name]
+    frame = bolt.decode(data)
+    assert bolt.with_request_id(frame, 4242) == bolt.patch_request_id(data, 4242)
+    built = dataclasses.replace(frame, raw=None)
+    assert bolt.with_request_id(built, 4242) == bolt.patch_request_id(data, 4242)
+    assert frame.request_id == bolt.decode(data).request_id  # the frame is left alone
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_encode_under_another_request_id(name):
+    frame = bolt.decode(VECTORS[name])
+    assert bolt.encode(frame, 77) == bolt.patch_request_id(VECTORS[name], 77)
+    assert bolt.encode(frame) == VECTORS[name] and frame == bolt.decode(VECTORS[name])
+
+
 def test_with_header_rewrites_header_length_and_crc():
     for name in ("bolt_v1_req_echo", "bolt_v2_crc_req_echo", "bolt_v2_crc_resp_echo"):
         frame = bolt.decode(VECTORS[name])
@@ -563,6 +582,22 @@ def test_header_set_drops_the_prefix_it_does_not_set(entries, updates):
     assert stamped == bolt.header_set(data, by_name)
     for key, value in by_name.items():
         assert bolt.header_get(stamped, key) == (updates.get(key) if key in updates else None)
+
+
+_PREFIXED = st.sampled_from([b"x-interlink-app", b"x-interlink-site", b"x-interlink-"])
+
+
+@given(_ENTRIES, st.lists(_KEYS, max_size=4, unique=True),
+       st.dictionaries(_PREFIXED, st.one_of(st.none(), st.binary(max_size=4)), max_size=3))
+def test_header_scan_then_rewrite_is_header_set(entries, keys, updates):
+    """The request path's one walk: read some keys and find the entries under the prefix (header_scan), then
+    restamp from what the scan found (header_rewrite): the same map as header_set, the same values as
+    header_values."""
+    data = _encode_entries(entries)
+    prefix = b"x-interlink-"
+    values, spans = bolt.header_scan(data, bolt.HeaderKeys(tuple(keys), prefix))
+    assert values == bolt.header_values(data, bolt.HeaderKeys(tuple(keys)))
+    assert bolt.header_rewrite(data, spans, updates, prefix) == bolt.header_set(data, updates, drop_prefix=prefix)
 
 
 def test_header_map_non_bmp_text():
