@@ -38,7 +38,10 @@ _MAX_INTEGER_BYTES = 5  # enough for 2**28; anything longer is an attack or garb
 FIELDS: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(max_entries=4096, max_bytes=1 << 20, max_item=512)
 HUFFMAN: BoundedCache[bytes, bytes] = BoundedCache(max_entries=4096, max_bytes=512 << 10, max_item=256)
 # A stateless block -> (its header list, the list's RFC 7541 size, for each decoder's own limit).
-BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int]] = BoundedCache(
+# A block's "inserts" flag: it holds literals with incremental indexing that changed nothing because the table
+# was of size 0 (what nginx and others send once told SETTINGS_HEADER_TABLE_SIZE 0): the cached result stands
+# for a decoder whose table is of size 0, and only for one.
+BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int, bool]] = BoundedCache(
     max_entries=4096, max_bytes=4 << 20, max_item=2048
 )
 
@@ -133,6 +136,7 @@ class HeaderBlockDecoder:
         self._table_size = 0
         self._table_limit = DEFAULT_TABLE_SIZE  # current maximum, changed by size updates
         self._table_touches = 0  # reads and writes of the dynamic table, to tell stateless blocks
+        self._empty_inserts = 0  # insertions into a table of size 0 (which keeps nothing)
 
     @property
     def header_table_size(self) -> int:
@@ -149,15 +153,16 @@ class HeaderBlockDecoder:
     def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:  # noqa: ARG002
         data = bytes(data)
         cached = BLOCKS.get(data)
-        if cached is not None:
-            headers, list_size = cached
+        if cached is not None and (not cached[2] or not self._table_limit):
+            headers, list_size, _ = cached
             if list_size > self._max_header_list_size:
                 raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
             return list(headers)
-        touches = self._table_touches
+        touches, empty_inserts = self._table_touches, self._empty_inserts
         headers, list_size = self._decode(data)
         if self._table_touches == touches:
-            BLOCKS.put(data, (tuple(headers), list_size), 2 * len(data) + 64 * len(headers))
+            inserts = self._empty_inserts != empty_inserts
+            BLOCKS.put(data, (tuple(headers), list_size, inserts), 2 * len(data) + 64 * len(headers))
         return headers
 
     def _decode(self, data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
@@ -228,6 +233,9 @@ class HeaderBlockDecoder:
         return decoded, end
 
     def _insert(self, field: tuple[bytes, bytes]) -> None:
+        if not self._table_limit:  # a table of size 0 is empty and stays so: nothing changes
+            self._empty_inserts += 1
+            return
         self._table_touches += 1
         size = len(field[0]) + len(field[1]) + ENTRY_OVERHEAD
         if size > self._table_limit:  # RFC 7541 4.4: an oversized entry empties the table

@@ -163,3 +163,23 @@ def test_caches_keep_neither_big_nor_one_off_values():
         decoder.decode(HeaderBlockEncoder().encode([(b"x-once", f"{index}".encode())]))
     assert BLOCKS.bytes + HUFFMAN.bytes + FIELDS.bytes - before[3] < 64 * 1024
     assert all(cache.bytes <= cache.max_bytes for cache in (BLOCKS, HUFFMAN, FIELDS))
+
+
+def test_blocks_that_index_into_a_table_of_size_0_are_cached_for_such_tables_only():
+    """nginx (and others) keep sending literals *with* incremental indexing once told SETTINGS_HEADER_TABLE_SIZE
+    0: nothing is kept, so the block is a pure function of its bytes for a decoder whose table is of size 0,
+    and is cached; a decoder with a table must still insert (found by bench --profile: every nginx response
+    head was decoded again, 5 insertions per call)."""
+    from interlink.wire import hpack as ours
+
+    block = b"\x40\x0ax-indexed1\x01v" + b"\x40\x0ax-indexed2\x01w"
+    empty = HeaderBlockDecoder()
+    assert empty.decode(b"\x20") == []  # the size update to 0 the encoder sends first
+    ours.BLOCKS.clear()
+    for _ in range(3):  # kept the second time it is seen, then a hit
+        assert empty.decode(block) == [(b"x-indexed1", b"v"), (b"x-indexed2", b"w")]
+    assert ours.BLOCKS.get(block) is not None and ours.BLOCKS.get(block)[2] is True
+    with_table = HeaderBlockDecoder()
+    assert with_table.decode(block) == [(b"x-indexed1", b"v"), (b"x-indexed2", b"w")]
+    # the fields were inserted (62 is the newest dynamic entry), not skipped by the cache
+    assert with_table.decode(b"\xbe\xbf") == [(b"x-indexed2", b"w"), (b"x-indexed1", b"v")]
