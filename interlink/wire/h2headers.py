@@ -53,15 +53,20 @@ def _check_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
 def check_request(headers: Headers) -> None:
     seen: set[bytes] = set()
     index = 0
-    for name, value in headers:
+    known = _GOOD_FIELDS.get
+    for field in headers:
+        name = field[0]
         if name[:1] != b":":
             break
         if name not in _REQUEST_PSEUDO:
             raise MalformedHeaders(f"pseudo-header {name!r} is not allowed in a request")
         if name in seen:
             raise MalformedHeaders(f"pseudo-header {name!r} appears twice")
-        if _FORBIDDEN_BYTES.search(value):
-            raise MalformedHeaders(f"pseudo-header {name!r} has a NUL, CR or LF in its value")
+        if known(field) is None:  # the value checked once (the cache holds fields of any kind that passed)
+            value = field[1]
+            if _FORBIDDEN_BYTES.search(value):
+                raise MalformedHeaders(f"pseudo-header {name!r} has a NUL, CR or LF in its value")
+            _GOOD_FIELDS.put(field, True, len(name) + len(value) + 64)
         seen.add(name)
         index += 1
     regular = headers[index:]

@@ -54,3 +54,15 @@ def test_malformed_responses(block, rule):
 def test_trailers_may_not_carry_pseudo_headers():
     with pytest.raises(MalformedHeaders):
         check_trailers([(b":status", b"200")])
+
+
+def test_a_field_remembered_as_good_elsewhere_is_still_judged_by_its_place():
+    """The cache of good fields holds fields of any kind: a response pseudo-header seen (and refused) after a
+    regular field of a request must still be refused as a request pseudo-header later."""
+    base = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/s/m")]
+    for _ in range(3):
+        with pytest.raises(MalformedHeaders):
+            check_request([*base, (b"x-a", b"1"), (b":status", b"200")])
+    for _ in range(3):
+        with pytest.raises(MalformedHeaders, match="not allowed in a request"):
+            check_request([(b":status", b"200"), *base])
