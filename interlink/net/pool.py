@@ -71,7 +71,10 @@ class ConnectionPool:
         self.last_error = "not connected yet"
         self._logged_error = ""
         self.ever_connected = False
-        self.connecting = 0
+        # Slots whose connection is being made. A slot counts from the moment its loop is scheduled (here
+        # for the pool's own slots, in `recycle` for a replacement): a call that arrives before the loop has
+        # run waits for that attempt instead of failing with "not connected yet".
+        self.connecting = size
         self._connect = connect
         self._connect_timeout = connect_timeout
         self._keepalive = (keepalive_interval, keepalive_timeout)
@@ -112,14 +115,17 @@ class ConnectionPool:
             return
         self._recycled.add(id(endpoint))
         log.info("pool.recycled", pool=self.name, endpoint=endpoint.name, reason=reason)
+        self.connecting += 1  # the replacement's attempt, counted before its loop runs
         endpoint.retire(reason)
         self._nursery.start_soon(self._keep_slot_connected, -1)
 
     async def _keep_slot_connected(self, slot: int) -> None:
         initial, ceiling = self._backoff
         delay = initial
+        counted = True  # this loop's first attempt was counted when it was scheduled
         while not self.retired:
-            endpoint = await self._connect_once(slot)
+            endpoint = await self._connect_once(slot, counted)
+            counted = False
             if endpoint is None:
                 await trio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, ceiling)
@@ -138,9 +144,12 @@ class ConnectionPool:
             else:  # one that ends as soon as it is made (refused after TLS, a crash-looping provider): back off
                 await trio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, ceiling)
+        if counted:  # retired before its first attempt
+            self.connecting -= 1
 
-    async def _connect_once(self, slot: int) -> PooledConnection | None:
-        self.connecting += 1
+    async def _connect_once(self, slot: int, counted: bool = False) -> PooledConnection | None:
+        if not counted:
+            self.connecting += 1
         try:
             with trio.fail_after(self._connect_timeout):
                 endpoint = await self._connect()

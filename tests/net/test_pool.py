@@ -311,3 +311,31 @@ async def test_group_wait_settled_returns_when_the_attempts_failed(autojump_cloc
         assert trio.current_time() - dialer.attempts[0] >= 1.0
         assert not group.up and not group.connecting and group.last_error == "p: refused"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_slot_counts_as_connecting_from_the_moment_it_is_scheduled(autojump_clock):
+    """A call that arrives between a pool's creation (or a recycle) and the first step of the slot's loop
+    must wait for that attempt, not fail with "not connected yet" (the CA rotation e2e test lost a call in
+    that window once scheduling changed)."""
+    dialer = Dialer(delay=1.0)
+    pool = ConnectionPool("p", dialer, size=2)
+    group = PoolGroup("g", [pool])
+    assert pool.connecting == 2 and group.first_connect_pending  # created, not yet run
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await eventually(lambda: len(pool.endpoints) == 2)
+        assert pool.connecting == 0
+        for endpoint in list(pool.endpoints):
+            pool.recycle(endpoint, "certificates reloaded")
+        assert not group.up and group.connecting and pool.connecting == 2  # no step has run since
+        with trio.fail_after(5):
+            await group.wait_settled()
+        assert group.up and pool.connecting == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pool_retired_before_its_slots_ran_is_not_left_connecting(autojump_clock):
+    pool = ConnectionPool("p", Dialer(), size=3)
+    pool.retired = True
+    await pool.run()
+    assert pool.connecting == 0
