@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from interlink.model import Refusal, Status
 from interlink.wire import link_headers
+from interlink.wire.cache import BoundedCache
 
 PREFIX = struct.Struct(">BI")
 PREFIX_SIZE = PREFIX.size  # 5
@@ -246,21 +247,39 @@ _NOT_FORWARDED = frozenset(
 )
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RequestHead:
-    """What the gateway needs from a gRPC request's HEADERS; `metadata` is what may travel on."""
+    """What the gateway needs from a gRPC request's HEADERS; `metadata` is what may travel on. Shared by the
+    calls whose heads are the same (parse_request_head remembers them): read-only."""
 
     path: bytes
     service: str
     method: str
     authority: bytes
     timeout: float | None
-    metadata: list[tuple[bytes, bytes]]
+    metadata: tuple[tuple[bytes, bytes], ...]
     consumer_app: str | None
     caller_app: str | None  # as stamped by a peer gateway (only believed on the peer link)
 
 
+# Request heads by their header lists: callers send the same heads call after call (bounded like every cache
+# keyed by what callers send; a head is kept the second time it is seen).
+_HEADS: BoundedCache[tuple[tuple[bytes, bytes], ...], RequestHead] = BoundedCache(
+    max_entries=2048, max_bytes=2 << 20, max_item=4096
+)
+
+
 def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+    """The head of a gRPC request (Refusal when it is not one)."""
+    key = tuple(headers)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _parse_request_head(headers)
+        _HEADS.put(key, head, 256 + sum(len(name) + len(value) + 32 for name, value in headers))
+    return head
+
+
+def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     path = authority = method = content_type = timeout_raw = None
     consumer_app = caller_app = None
     metadata: list[tuple[bytes, bytes]] = []
@@ -306,7 +325,7 @@ def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         method=target[1],
         authority=_host_only(authority or b""),
         timeout=timeout,
-        metadata=metadata,
+        metadata=tuple(metadata),
         consumer_app=consumer_app,
         caller_app=caller_app,
     )

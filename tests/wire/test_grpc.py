@@ -186,7 +186,7 @@ def test_parse_request_head_strips_identity_and_hop_headers():
     assert head.authority == b"site-b.gw.site-a.test"
     assert head.consumer_app == "order-app"
     assert head.caller_app == "forged"  # reported, but only the peer ingress believes it
-    assert head.metadata == [(b"content-type", b"application/grpc"), (b"tri-consumer-appname", b"order-app"), (b"x-custom", b"1")]
+    assert head.metadata == ((b"content-type", b"application/grpc"), (b"tri-consumer-appname", b"order-app"), (b"x-custom", b"1"))
     forwarded = grpc.request_headers(
         head, scheme=b"https", authority=b"a.test", timeout=1.5, stamps=[(link_headers.CALLER_APP, b"order-app")]
     )
@@ -215,3 +215,13 @@ def test_parse_request_head_errors(headers, status, http):
     with pytest.raises(Refusal) as info:
         grpc.parse_request_head(headers)
     assert (info.value.status, info.value.http_status) == (status, http)
+
+
+def test_request_heads_are_remembered_and_shared_read_only():
+    """A head seen again is the same (frozen) object: callers send the same heads call after call."""
+    headers = _request((b"x-custom", b"again"))
+    first, second, third = (grpc.parse_request_head(list(headers)) for _ in range(3))
+    assert first == second == third and third is second  # kept the second time it was seen
+    with pytest.raises(AttributeError):
+        third.service = "other"  # type: ignore[misc]
+    assert grpc.parse_request_head(_request((b"x-custom", b"other"))).metadata[-1] == (b"x-custom", b"other")
