@@ -36,12 +36,13 @@ class DeadlineTimers:
         self._counter = itertools.count()
         self._cancelled = 0
         self._scope: trio.CancelScope | None = None
+        self._wake_at = -math.inf  # the scope's deadline, mirrored (a plain float compare per call, not a property)
 
     def add(self, deadline: float, item: Expiring) -> list:
         entry = [deadline, next(self._counter), item]
         heapq.heappush(self._heap, entry)
-        if self._scope is not None and deadline < self._scope.deadline:
-            self._scope.deadline = deadline
+        if deadline < self._wake_at:  # earlier than the task's wake-up (never while it is not sleeping)
+            self._wake_at = self._scope.deadline = deadline  # type: ignore[union-attr]
         return entry
 
     def cancel(self, entry: list) -> None:
@@ -60,9 +61,10 @@ class DeadlineTimers:
         while True:
             with trio.CancelScope() as scope:
                 self._scope = scope
-                scope.deadline = self._heap[0][0] if self._heap else math.inf
+                self._wake_at = scope.deadline = self._heap[0][0] if self._heap else math.inf
                 await trio.sleep_forever()
             self._scope = None
+            self._wake_at = -math.inf
             now = trio.current_time()
             while self._heap and self._heap[0][0] <= now:
                 _, _, item = heapq.heappop(self._heap)
