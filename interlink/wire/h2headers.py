@@ -40,12 +40,16 @@ def _check_regular(name: bytes, value: bytes) -> None:
         raise MalformedHeaders("te may only be 'trailers' in HTTP/2")
 
 
-def _check_fields(fields: Iterable[tuple[bytes, bytes]]) -> None:
-    """Regular fields; those checked before (the same names and values come call after call) are known good."""
+def _check_fields(fields: Iterable[tuple[bytes, bytes]], misplaced_pseudo: str) -> None:
+    """Regular fields, in one pass: a pseudo-header among them is refused with `misplaced_pseudo`; those
+    checked before (the same names and values come call after call) are known good."""
     known = _GOOD_FIELDS.get
     for field in fields:
+        name = field[0]
+        if name[:1] == b":":
+            raise MalformedHeaders(f"pseudo-header {name!r} {misplaced_pseudo}")
         if known(field) is None:
-            name, value = field
+            value = field[1]
             _check_regular(name, value)
             _GOOD_FIELDS.put(field, True, len(name) + len(value) + 64)
 
@@ -62,18 +66,14 @@ def check_request(headers: Headers) -> None:
             raise MalformedHeaders(f"pseudo-header {name!r} is not allowed in a request")
         if name in seen:
             raise MalformedHeaders(f"pseudo-header {name!r} appears twice")
-        if known(field) is None:  # the value checked once (the cache holds fields of any kind that passed)
+        if known(field) is None:  # the value checked once (the cache holds pseudo and regular fields that passed)
             value = field[1]
             if _FORBIDDEN_BYTES.search(value):
                 raise MalformedHeaders(f"pseudo-header {name!r} has a NUL, CR or LF in its value")
             _GOOD_FIELDS.put(field, True, len(name) + len(value) + 64)
         seen.add(name)
         index += 1
-    regular = headers[index:]
-    _check_fields(regular)
-    for name, _ in regular:
-        if name[:1] == b":":
-            raise MalformedHeaders(f"pseudo-header {name!r} after a regular header")
+    _check_fields(headers[index:], "after a regular header")
     if len(seen) < 3 or (len(seen) == 3 and b":authority" in seen):
         missing = {b":method", b":scheme", b":path"} - seen
         if missing and seen != {b":method", b":authority"}:  # CONNECT has only :method and :authority
@@ -90,7 +90,4 @@ def check_response(headers: Headers) -> None:
 
 
 def check_trailers(headers: Headers) -> None:
-    _check_fields(headers)
-    for name, _ in headers:
-        if name[:1] == b":":
-            raise MalformedHeaders(f"pseudo-header {name!r} is not allowed here")
+    _check_fields(headers, "is not allowed here")

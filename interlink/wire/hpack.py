@@ -91,9 +91,6 @@ def _encode_string(value: bytes) -> bytes:
 class HeaderBlockEncoder:
     """Encodes header lists without Huffman and without dynamic-table insertions."""
 
-    def __init__(self) -> None:
-        self.header_table_size = DEFAULT_TABLE_SIZE  # we never index: the peer's table size does not matter
-
     def encode(self, headers, huffman: bool = True) -> bytes:  # noqa: ARG002 - hpack's signature
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)
