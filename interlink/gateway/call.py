@@ -175,16 +175,15 @@ class GatewayCall:
     # --- the phases -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        now = trio.current_time()  # one clock reading for the phases that run now (admit and forward)
         try:
-            self._admit(now)
+            self._admit(trio.current_time())
             self._identify()
             self._route()
             self._filter()
             self._choose_codec()
             if self._request_pending():
                 return  # a translated Triple request: forwarded once its one message is complete
-            self._forward(now)
+            self._forward(trio.current_time())  # read again: the next hop is given what is left after our work
         except Refusal as refusal:
             self.fail(refusal.status, refusal.message, refusal.http_status)
         except bolt_call.UNREADABLE as exc:  # a header map that can be scanned but not rewritten

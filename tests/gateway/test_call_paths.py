@@ -8,6 +8,7 @@ import gc
 
 import pytest
 import trio
+import trio.testing
 
 from interlink.gateway.call import CallState
 from interlink.gateway.filters import AccessDomainFilter, ExportAclFilter, Filter, FilterChains
@@ -324,6 +325,30 @@ async def test_filters_see_each_call_end_exactly_once_and_a_broken_one_harms_not
         assert line.get("stage") == (None if outcome == "refused" and not peer else "canary") or peer
         broken = [entry for entry in world.logs if entry["event"] == "filter.finish_failed"]
         assert [entry["filter"] for entry in broken] == ["Broken"]
+        world.assert_clean()
+
+
+class SlowAdmission(Filter):
+    """Spends `seconds` of (mock) time looking at each call, as a busy gateway would."""
+
+    def __init__(self, clock: trio.testing.MockClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def on_request(self, call) -> None:
+        self.clock.jump(self.seconds)
+
+
+@pytest.mark.parametrize("ingress", ["local", "peer"])
+async def test_the_next_hop_is_given_what_is_left_of_the_deadline_after_this_gateways_own_work(ingress, autojump_clock):
+    async with open_world(ingress, "h2") as world:
+        slow = SlowAdmission(autojump_clock, 0.25)
+        world.core.chains = FilterChains((slow,), (AccessDomainFilter(), ExportAclFilter(), slow), (), ())
+        unary(world, timeout=b"2S", peer=ingress == "peer")
+        stream_id = await provider_request(world)
+        given = grpc.parse_timeout(world.provider.stream(stream_id).header(b"grpc-timeout"))
+        assert 1.748 <= given <= 1.75  # 2 s less the 0.25 s spent here, rounded down (at most 0.1%)
+        world.provider.send_headers(stream_id, RESPONSE_HEAD + grpc_trailers(0), end=True)
+        await finished(world)
         world.assert_clean()
 
 
