@@ -236,6 +236,7 @@ class Pair:
         ours = self.ours
         return {
             "resets": set(ours._resets), "streams": {s: (st.local_closed, st.remote_closed) for s, st in ours.streams.items()},
+            "send_windows": [st.send_window for st in ours.streams.values()], "initial": ours.remote_initial_window,
             "goaway": ours.goaway_received, "highest": ours.highest_remote, "next_local": ours.next_local,
             "block_stream": ours._block_stream, "idle": bool(stream_id) and ours._idle(stream_id),
             "table": ours.decoder.header_table_size, "table_limit": ours.decoder.max_allowed_table_size,
@@ -314,6 +315,19 @@ def _completes_block(step: Step, before: dict) -> bool:
     return step.frame_type == T_CONT and step.flags & END_HEADERS and before["block_stream"] == step.stream_id
 
 
+def _windows_fit(step: Step, before: dict) -> bool:
+    """Whether the INITIAL_WINDOW_SIZE values of a SETTINGS frame keep every open stream's window in range."""
+    payload, initial, largest = step.data[9:], before["initial"], max(before["send_windows"], default=0)
+    for offset in range(0, len(payload) - len(payload) % 6, 6):
+        if int.from_bytes(payload[offset : offset + 2], "big") == 4:
+            value = int.from_bytes(payload[offset + 2 : offset + 6], "big")
+            largest += value - initial
+            initial = value
+            if largest > 0x7FFFFFFF:
+                return False
+    return True
+
+
 def _only_rst(outcome: Outcome, stream_id: int, code: int) -> bool:
     return outcome.error is None and not outcome.events and outcome.answers in ([], [("rst", stream_id, code)])
 
@@ -358,6 +372,11 @@ def difference(step: Step, before: dict, ours: Outcome, theirs: Outcome, client_
             return "frames-on-a-stream-we-reset-are-ignored", True
         if ours == Outcome(None) and theirs.error is not None:
             return "frames-on-a-stream-we-reset-are-ignored-where-h2-closes-the-connection", False
+    if ftype == T_SETTINGS and theirs.error == FLOW_CONTROL_ERROR and ours.error is None and _windows_fit(step, before):
+        # 6.9.2: a new SETTINGS_INITIAL_WINDOW_SIZE must not push "any flow-control window" past 2^31-1; h2
+        # still counts the windows of closed streams (ours reset, or ended both ways) that it keeps until they
+        # are cleaned up; we do not: those streams never carry DATA again. The open ones fit (checked here).
+        return "h2-counts-the-windows-of-closed-streams", False
     if ftype == T_RST and len(step.data) == 13 and before["idle"] and ours.error == PROTOCOL_ERROR:
         if theirs.error is None:
             return "h2-ignores-rst-stream-on-an-idle-stream", False
@@ -771,6 +790,12 @@ PINNED = [
     ("trailers-on-a-stream-we-reset", False, [request(), Step("reset", args=(8,))],
      frame(T_HEADERS, END_HEADERS | END_STREAM, 1, block(TRAIL)),
      Outcome(None), Outcome(None, [], [("rst", 1, STREAM_CLOSED)]), "frames-on-a-stream-we-reset-are-ignored"),
+    # 6.9.2: a new initial window must not push "any flow-control window" past 2^31-1. h2 still counts the
+    # window of a closed stream (here one we reset, +1); we do not: it will never carry DATA again.
+    ("initial-window-after-a-stream-we-reset", False,
+     [request(), frame(T_WINDOW, 0, 1, u32(1)), Step("reset", args=(8,))],
+     frame(T_SETTINGS, 0, 0, b"\x00\x04" + u32(0x7FFFFFFF)),
+     Outcome(None, [], [("settings-ack",)]), refused(FLOW_CONTROL_ERROR), "h2-counts-the-windows-of-closed-streams"),
     # ... and where h2 never saw the stream: its RST_STREAM answered DATA on an implicitly closed stream
     ("headers-on-a-stream-we-reset-h2-never-opened", False, [request(3), frame(T_DATA, 0, 1, b"x")], request(1),
      Outcome(None), refused(PROTOCOL_ERROR), "frames-on-a-stream-we-reset-are-ignored-where-h2-closes-the-connection"),
