@@ -27,6 +27,7 @@ from interlink.model import Status
 from interlink.net.connection import OUTBOUND, Connection, ConnectionPolicy, FlushQueue
 from interlink.net.transport import Transport
 from interlink.wire import bolt, bolt_call
+from interlink.net import trips
 
 log = structlog.get_logger("interlink.net.bolt")
 
@@ -74,6 +75,7 @@ class PartialFrameBudget:
             stalest = min(self._held, key=lambda held: held.partial_since or held.last_receive)
             log.warning("bolt.partial_frames_over_budget", endpoint=stalest.name, remote=stalest.remote,
                         held=self._held[stalest], total=self.total, limit=self.limit)
+            trips.trip(trips.BOLT_PARTIAL_FRAME_BUDGET)
             self.release(stalest)
             stalest.close(f"incomplete frames of all connections exceed {self.limit} bytes; this one waited longest")
 
@@ -219,6 +221,7 @@ class BoltEndpoint(Connection):
             for frame in exc.frames or ():
                 self._dispatch(frame)
             log.warning("bolt.protocol_error", endpoint=self.name, remote=self.remote, error=str(exc))
+            trips.trip(trips.BOLT_PROTOCOL_ERROR)
             self.close(f"Bolt protocol error from the remote side: {exc}")
             return
         if frames and not self.preface_done:
@@ -270,7 +273,7 @@ class BoltEndpoint(Connection):
             if not is_response:
                 self.write(bolt.encode(bolt.heartbeat_ack(frame)))
             else:
-                self._probe_outstanding = False
+                self._probe_answered()
             return
         try:
             if is_response:
@@ -298,6 +301,8 @@ class BoltEndpoint(Connection):
             self._on_request(self, frame)  # type: ignore[misc]
             return
         status, reason = refusal
+        if status is Status.RESOURCE_EXHAUSTED:
+            trips.trip(trips.BOLT_PENDING_CALLS)
         if not frame.is_oneway:
             self.write(bolt.encode(bolt_call.error_frame(frame, status, f"interlink {status.name}: {reason}")))
         if self._on_refused is not None:

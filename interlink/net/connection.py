@@ -24,6 +24,7 @@ import trio
 from interlink.model import Status
 from interlink.net.heap import HeapTrimmer
 from interlink.net.transport import Transport, TransportClosed
+from interlink.net import trips
 
 log = structlog.get_logger("interlink.net")
 
@@ -77,13 +78,13 @@ OUTBOUND = ConnectionPolicy(partial_frame_timeout=30.0, write_timeout=30.0)
 class Connection:
     """Base of H2Endpoint and BoltEndpoint. Subclasses provide `_pending_output()` (bytes to send, or b""),
     `_received(data)` (a read batch), `_send_probe()`, `_fail_open_calls(reason)` and `in_flight`; they set
-    `_probe_outstanding = False` when the probe is answered, `preface_done` when the first frame arrived,
+    `_probe_answered()` when the probe is answered, `preface_done` when the first frame arrived,
     `partial_since` while a frame is incomplete and `idle_since` when their last call ended."""
 
     __slots__ = (
         "name", "transport", "policy", "closed", "draining", "close_reason", "opened_at", "last_receive",
         "idle_since", "preface_done", "partial_since", "attributes", "_flush_queue", "_probe_outstanding",
-        "__weakref__"
+        "_probe_sent", "rtt", "__weakref__"
     )
 
     probe_name = "keep-alive"
@@ -105,6 +106,8 @@ class Connection:
         self.attributes: dict[str, object] = {}  # owner's per-connection facts (peer site, SNI domain ...)
         self._flush_queue = flush_queue
         self._probe_outstanding = False
+        self._probe_sent = 0.0
+        self.rtt: float | None = None  # seconds from the last answered keep-alive probe to its answer
         transport.on_drained = self._on_drained
 
     # --- what subclasses provide ------------------------------------------------------------------------
@@ -227,6 +230,7 @@ class Connection:
                 await trio.sleep(interval - idle)
                 continue
             self._probe_outstanding = True
+            self._probe_sent = trio.current_time()
             self._send_probe()
             self._flush_queue.flush()
             with trio.move_on_after(timeout):
@@ -235,6 +239,11 @@ class Connection:
             if self._probe_outstanding and not self.closed:
                 self.close(f"no {self.probe_name} acknowledgement within {timeout:g}s")
                 return
+
+    def _probe_answered(self) -> None:
+        if self._probe_outstanding:
+            self._probe_outstanding = False
+            self.rtt = trio.current_time() - self._probe_sent
 
     # --- ending -----------------------------------------------------------------------------------------
 
@@ -336,6 +345,7 @@ class ConnectionTable:
                     connection.transport.close()
                     continue
                 log.info("connection.timeout", endpoint=connection.name, remote=connection.remote, reason=reason)
+                trips.trip(trips.timeout_limit(reason))
                 if reason.startswith("idle"):
                     connection.shutdown(reason)
                 else:

@@ -36,6 +36,7 @@ from interlink.net.transport import Transport
 from interlink.wire import h2conn, h2headers
 from interlink.wire.h2conn import H2Connection, H2ConnectionError, StreamGone
 from interlink.wire.h2frames import FloodBudget
+from interlink.net import trips
 
 log = structlog.get_logger("interlink.net.h2")
 
@@ -299,6 +300,7 @@ class H2Endpoint(Connection):
             error_code=h2conn.error_name(error_code), streams=self.streams_opened, premature_resets=self.premature_resets,
             control_frames=self.conn.control_frames,
         )
+        trips.trip(trips.H2_ABUSE)
         self._queue_goaway(error_code, reason.encode()[:200])
         if self._on_refused is not None:
             self._on_refused(self, 0, reason)
@@ -354,6 +356,7 @@ class H2Endpoint(Connection):
                 "h2.protocol_error", endpoint=self.name, remote=self.remote, error=exc.reason,
                 error_code=h2conn.error_name(exc.error_code),
             )
+            trips.trip(trips.H2_PROTOCOL_ERROR)
             if self._on_refused is not None:
                 self._on_refused(self, 0, reason)
             self._queue_goaway(exc.error_code, exc.reason.encode()[:200])
@@ -412,7 +415,7 @@ class H2Endpoint(Connection):
                     if event[1] == _GOAWAY_PING:
                         self._final_goaway()
                     else:
-                        self._probe_outstanding = False
+                        self._probe_answered()
                 elif kind == _GOAWAY:
                     self._on_goaway(event[1], event[2])
             except Exception:
@@ -466,6 +469,7 @@ class H2Endpoint(Connection):
             check(headers)
         except h2headers.MalformedHeaders as exc:
             log.warning("h2.malformed_headers", endpoint=self.name, stream_id=stream_id, error=str(exc))
+            trips.trip(trips.H2_MALFORMED_HEADERS)
             self.reset(stream_id, h2conn.PROTOCOL_ERROR)
             if self._on_refused is not None and handler is None:
                 self._on_refused(self, stream_id, f"malformed request headers: {exc}")

@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from interlink.net.connection import ConnectionTable
+from interlink.net import trips
 
 log = structlog.get_logger("interlink.net.listener")
 
@@ -148,9 +149,11 @@ class Listener:
         if full is not None:
             if not shed:  # every connection is busy: the newcomer is the one turned away
                 self._refused.add(reason=full, remote=host)
+                trips.trip(trips.CONNECTION_CAP)
                 conn.close()
                 return
             self._shed.add(reason=f"{full}: the longest-idle connection made room")
+            trips.trip(trips.CONNECTION_SHED)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
