@@ -98,3 +98,96 @@ def test_lab_netns_refuses_to_run_without_root(monkeypatch):
     with capture_logs() as events:
         assert labnet.run_netns_lab() == 1
     assert [e["event"] for e in events] == ["lab.netns_unavailable"] and "needs root" in events[0]["error"]
+
+
+# --- interlink --version, the help examples, interlink status --------------------------------------------
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    done = interlink("--version", timeout=30)
+    assert done.returncode == 0 and done.stdout == f"interlink {version('interlink')}\n"
+
+
+@pytest.mark.parametrize("command", [["run"], ["check"], ["certs", "init-site"], ["certs", "issue"], ["lab"],
+                                     ["lab", "call"], ["status"]])
+def test_every_command_shows_an_example_in_its_help(command):
+    done = interlink(*command, "--help", timeout=30)
+    assert done.returncode == 0
+    example = re.search(r"^examples?:\n  (interlink .+)$", done.stdout, re.MULTILINE)
+    assert example and example[1].split()[1:1 + len(command)] == command, done.stdout
+
+
+@pytest.fixture
+def admin_sources():
+    from tests.control.test_admin import FakeSources
+
+    return FakeSources()
+
+
+@pytest.fixture
+def admin_address(admin_sources):
+    from tests.control.test_admin import admin_server_in_thread
+
+    with admin_server_in_thread(admin_sources) as (host, port):
+        yield f"{host}:{port}"
+
+
+def test_status_prints_the_table_and_exits_0_when_ready(admin_address):
+    done = interlink("status", "--admin", admin_address, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("site site-a  version 0.1.0") and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines.index("PEERS AND LINKS") < lines.index("EXPORTS") < lines.index("COUNTERS")
+    assert any(re.match(r"site-b +127\.0\.0\.1:9443 +triple +up +1/1 ", line) for line in lines), done.stdout
+
+
+def test_status_json_prints_the_document(admin_address, admin_sources):
+    done = interlink("status", "--admin", admin_address, "--json", timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == admin_sources.status_document
+
+
+def test_status_exits_1_with_the_reasons_when_not_ready(admin_address, admin_sources):
+    admin_sources.ready = (False, ["no link to site-b is up", "registry not synced"])
+    done = interlink("status", "--admin", admin_address, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == "not ready: no link to site-b is up\nnot ready: registry not synced\n"
+    assert "PEERS AND LINKS" in done.stdout  # the table still says what is going on
+
+
+def test_status_reads_the_admin_address_from_the_site_file(admin_address, tmp_path):
+    site = tmp_path / "site-a.yaml"
+    site.write_text(SITE_WITHOUT_ADMIN.replace("listen:\n", f"listen:\n  admin: {admin_address}\n"))
+    done = interlink("status", "-c", str(site), timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("site site-a")
+
+
+def test_status_exits_2_and_says_how_to_fix_it_when_nothing_answers(free_port):
+    done = interlink("status", "--admin", f"127.0.0.1:{free_port}", "--timeout", "2", timeout=30)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"http://127.0.0.1:{free_port}/status" in done.stderr and "is the gateway running" in done.stderr
+
+
+SITE_WITHOUT_ADMIN = """\
+site: site-a
+listen:
+  peer: 127.0.0.1:8443
+tls: {ca: certs/ca.pem, cert: certs/gateway.pem, key: certs/gateway.key}
+registry: {kind: static}
+"""
+
+
+def test_status_exits_2_when_the_site_file_has_no_admin_address(tmp_path):
+    site = tmp_path / "site-a.yaml"
+    site.write_text(SITE_WITHOUT_ADMIN)
+    done = interlink("status", "-c", str(site), timeout=30)
+    assert done.returncode == 2
+    assert f"{site} has no listen.admin; add `listen: {{admin: 127.0.0.1:9901}}`" in done.stderr
+
+
+def test_status_needs_an_admin_address_or_a_site_file():
+    done = interlink("status", timeout=30)
+    assert done.returncode == 2 and "--admin HOST:PORT, or -c SITE.yaml" in done.stderr
