@@ -57,6 +57,22 @@ class PeerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """`tracing:` — trace ids are always propagated and logged; spans are exported only with an endpoint."""
+
+    otlp_endpoint: str | None = None  # OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces
+    sample_ratio: float = 1.0  # share of traces whose spans are exported (decided by the trace id)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTestConfig:
+    """`loadtest:` — what marks a call as load-test traffic (SOFAGW's traffic mark), on either protocol."""
+
+    header: str = "x-interlink-loadtest"  # gRPC header / Bolt header-map key; value 1 or true marks the call
+    baggage: str = "mark=T"  # SOFATracer system-baggage pair (Triple tri-trace-sys-baggage, Bolt sysPenAttrs)
+
+
+@dataclass(frozen=True, slots=True)
 class AclRule:
     """Who in one peer site may call an export. None means "any"."""
 
@@ -81,6 +97,9 @@ class ExportConfig:
     providers: tuple[HostPort, ...] = ()
     allow: Mapping[str, AclRule] = field(default_factory=dict)  # peer site -> rule
     timeout_ms: int | None = None  # default deadline when the caller sets none
+    # Load-test calls (LoadTestConfig marks them): sent to these providers instead, when there are any...
+    shadow_providers: tuple[HostPort, ...] = ()
+    loadtest: str = "allow"  # ... and refused (FAILED_PRECONDITION) with "deny"; unmarked calls never go there
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,5 +161,7 @@ class SiteConfig:
     imports: tuple[ImportConfig, ...] = ()
     default_timeout_ms: int = 30_000  # deadline for calls that carry none
     limits: Limits = Limits()
+    tracing: TracingConfig = TracingConfig()
+    loadtest: LoadTestConfig = LoadTestConfig()
     # YAML location of each key, e.g. lines["peers.site-b.domain"] == 17, for cross-file errors.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

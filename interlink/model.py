@@ -133,10 +133,11 @@ class Refusal(Exception):
     what to do, and for HTTP/2 callers the HTTP status (200 unless the request was not gRPC at all).
     Raised by the wire adapters and filters; the call core turns it into the caller's protocol's error."""
 
-    __slots__ = ("status", "message", "http_status")
+    __slots__ = ("status", "message", "http_status", "kind")
 
-    def __init__(self, status: Status, message: str, http_status: bytes = b"200") -> None:
+    def __init__(self, status: Status, message: str, http_status: bytes = b"200", kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.http_status = http_status
+        self.kind = kind  # what refused it, for metrics and audit ("acl", "access_domain" ...); None: the status

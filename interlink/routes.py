@@ -43,16 +43,21 @@ class ExportRoute:
     version: str | None = None
     unique_id: str | None = None
     group: str | None = None
+    shadow_providers: tuple[HostPort, ...] = ()  # where load-test calls go instead (none: the providers)
+    loadtest_denied: bool = False  # load-test calls are refused
 
     # Derived once here, not per call: the names the request path and the registry use.
     bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)
     pool_key: str = field(init=False)  # which provider pool group serves it (one per export)
+    shadow_pool_key: str | None = field(init=False)  # ... and its load-test calls, with shadow providers
     registry_key: ServiceKey = field(init=False)  # what the registry knows its providers by
 
     def __post_init__(self) -> None:
         bolt_name = bolt_unique_name(self.service, self.version, self.unique_id)
         object.__setattr__(self, "bolt_name", bolt_name)
-        object.__setattr__(self, "pool_key", f"{self.protocol}:{bolt_name if self.protocol == 'bolt' else self.service}")
+        pool_key = f"{self.protocol}:{bolt_name if self.protocol == 'bolt' else self.service}"
+        object.__setattr__(self, "pool_key", pool_key)
+        object.__setattr__(self, "shadow_pool_key", f"{pool_key}#loadtest" if self.shadow_providers else None)
         object.__setattr__(self, "registry_key", _registry_key(self))
 
 

@@ -25,7 +25,7 @@ from interlink.config import ExportConfig, HostPort, ImportConfig, SiteConfig
 from interlink.control.sitefile import Problem, SiteFileError, canonical_host, listen_addresses, load_site
 from interlink.net.tls import certificate_refusal
 
-__all__ = ["check_between", "check_certificates", "check_files"]
+__all__ = ["check_between", "check_certificates", "check_files", "check_shadow_providers"]
 
 MAX_CHAIN_LENGTH = 4  # intermediates we follow from tls.cert up to tls.ca
 
@@ -44,6 +44,7 @@ def check_files(paths: list[Path]) -> list[Problem]:
     for site in sites:
         problems.extend(check_certificates(site))
         problems.extend(check_registry(site))
+        problems.extend(check_shadow_providers(site))
     problems.extend(check_between(sites))
     return problems
 
@@ -72,6 +73,32 @@ def check_registry(site: SiteConfig) -> list[Problem]:
     except RegistryConfigError as exc:
         return [Problem(site.path, exc.line, f"{exc.key}: {exc.detail}")]
     return []
+
+
+def check_shadow_providers(site: SiteConfig) -> list[Problem]:
+    """Load-test calls go to an export's shadow_providers, real calls to its providers: never the same one."""
+    problems: list[Problem] = []
+    for index, export in enumerate(site.exports):
+        real: dict[tuple[str, int], int] = {}  # (host, port) -> index of its first entry in providers
+        for provider_index, address in enumerate(export.providers):
+            real.setdefault((canonical_host(address.host), address.port), provider_index)
+        for shadow_index, shadow in enumerate(export.shadow_providers):
+            provider_index = real.get((canonical_host(shadow.host), shadow.port))
+            if provider_index is None:
+                continue
+            key = f"exports[{index}].shadow_providers[{shadow_index}]"
+            provider_key = f"exports[{index}].providers[{provider_index}]"
+            provider_line = site.lines.get(provider_key)
+            where = f"{provider_key} (line {provider_line})" if provider_line is not None else provider_key
+            problems.append(
+                Problem(
+                    site.path,
+                    site.lines.get(key) or site.lines.get(f"exports[{index}]"),
+                    f"{key}: {shadow} is also {where}, but a shadow provider must not also serve real calls;"
+                    " give load-test calls providers of their own, or remove it from one of the lists",
+                )
+            )
+    return problems
 
 
 class _UnusableFile(Exception):

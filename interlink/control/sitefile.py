@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from interlink.config import (
     ImportConfig,
     Limits,
     Listen,
+    LoadTestConfig,
     PeerConfig,
     RegistryConfig,
     SiteConfig,
     TlsFiles,
+    TracingConfig,
 )
 
 __all__ = [
@@ -67,6 +70,8 @@ SITE_KEYS = (
     "imports",
     "default_timeout_ms",
     "limits",
+    "tracing",
+    "loadtest",
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
 TLS_KEYS = ("ca", "cert", "key", "expiry_warning_days")
@@ -74,10 +79,14 @@ PEER_KEYS = (
     "endpoints", "ca", "domain", "connections", "max_concurrent_streams", "keepalive_interval_ms", "keepalive_timeout_ms"
 )
 EXPORT_KEYS = (
-    "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms"
+    "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
+    "shadow_providers", "loadtest",
 )
 IMPORT_KEYS = ("service", "from", "protocol", "version")
 ACL_KEYS = ("apps", "methods")
+TRACING_KEYS = ("otlp_endpoint", "sample_ratio")
+LOADTEST_KEYS = ("header", "baggage")
+LOADTEST_MODES = ("allow", "deny")  # exports[].loadtest
 
 # limits: site-file key -> (Limits field, scale from the file's unit, lowest, highest). Keys ending in _ms
 # are milliseconds in the file and seconds in Limits.
@@ -112,11 +121,21 @@ MAX_CONCURRENT_STREAMS = 100_000
 
 _TAG_NULL = "tag:yaml.org,2002:null"
 _TAG_INT = "tag:yaml.org,2002:int"
+_TAG_FLOAT = "tag:yaml.org,2002:float"
 _TAG_MERGE = "tag:yaml.org,2002:merge"
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _IPV4_LOOKALIKE = re.compile(r"[0-9.]+")
 _NAME_TEXT = re.compile(r"[^\s/:]+")  # service names and versions end up in :path and Bolt unique names
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+_HEADER_NAME = re.compile(r"[a-z0-9-]+")  # what loadtest.header may be: a lower-case HTTP/2 header name
+# Header names that already mean something to HTTP/2, gRPC or trace propagation: never a load-test mark.
+_TAKEN_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "host",
+    "content-type", "content-length", "user-agent", "traceparent", "tracestate",
+})
+_OTLP_EXAMPLE = "http://127.0.0.1:4318/v1/traces"
+_MARK_EXAMPLE = "x-interlink-loadtest"
+_BAGGAGE_EXAMPLE = "mark=T"
 
 T = TypeVar("T")
 
@@ -299,6 +318,10 @@ def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
         optional["default_timeout_ms"] = r.integer(fields["default_timeout_ms"], "default_timeout_ms", 1, None, 30_000)
     if "limits" in fields:
         optional["limits"] = _read_limits(r, fields["limits"])
+    if "tracing" in fields:
+        optional["tracing"] = _read_tracing(r, fields["tracing"])
+    if "loadtest" in fields:
+        optional["loadtest"] = _read_loadtest(r, fields["loadtest"])
     listen = _read_listen(r, fields["listen"]) if "listen" in fields else None
     tls = _read_tls(r, fields["tls"]) if "tls" in fields else None
 
@@ -435,6 +458,44 @@ def _read_limits(r: _SiteFileReader, node: Node) -> Limits | None:
     if None in values.values():
         return None
     return Limits(**values)  # type: ignore[arg-type]
+
+
+def _read_tracing(r: _SiteFileReader, node: Node) -> TracingConfig | None:
+    """`tracing:` — both keys optional; spans are exported only when otlp_endpoint is set."""
+    if _is_null(node):
+        return TracingConfig()
+    fields = r.mapping(
+        node, "tracing", f"tracing: {{otlp_endpoint: {_OTLP_EXAMPLE}, sample_ratio: 0.1}}", known=TRACING_KEYS
+    )
+    if fields is None:
+        return None
+    values: dict[str, object] = {}
+    if "otlp_endpoint" in fields:
+        values["otlp_endpoint"] = r.otlp_endpoint(fields["otlp_endpoint"], "tracing.otlp_endpoint")
+    if "sample_ratio" in fields:
+        values["sample_ratio"] = r.ratio(fields["sample_ratio"], "tracing.sample_ratio", 0.1)
+    if None in values.values():
+        return None
+    return TracingConfig(**values)  # type: ignore[arg-type]
+
+
+def _read_loadtest(r: _SiteFileReader, node: Node) -> LoadTestConfig | None:
+    """`loadtest:` — what marks a call as load-test traffic; both keys optional."""
+    if _is_null(node):
+        return LoadTestConfig()
+    fields = r.mapping(
+        node, "loadtest", f"loadtest: {{header: {_MARK_EXAMPLE}, baggage: {_BAGGAGE_EXAMPLE}}}", known=LOADTEST_KEYS
+    )
+    if fields is None:
+        return None
+    values: dict[str, str | None] = {}
+    if "header" in fields:
+        values["header"] = r.header_name(fields["header"], "loadtest.header")
+    if "baggage" in fields:
+        values["baggage"] = r.baggage_pair(fields["baggage"], "loadtest.baggage")
+    if None in values.values():
+        return None
+    return LoadTestConfig(**values)  # type: ignore[arg-type]
 
 
 def _read_registry(r: _SiteFileReader, node: Node | None) -> RegistryConfig | None:
@@ -584,6 +645,17 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["allow"] = _read_allow(r, f"{where}.allow", fields["allow"], names)
     if "timeout_ms" in fields:
         values["timeout_ms"] = r.integer(fields["timeout_ms"], f"{where}.timeout_ms", 1, None, 5000)
+    if "shadow_providers" in fields:
+        shadow = r.host_port_list(fields["shadow_providers"], f"{where}.shadow_providers", required=False)
+        values["shadow_providers"] = tuple(shadow) if shadow is not None else None
+    if "loadtest" in fields:
+        values["loadtest"] = r.choice(fields["loadtest"], f"{where}.loadtest", LOADTEST_MODES)
+        if values["loadtest"] == "deny" and values.get("shadow_providers"):
+            r.report(
+                r.lines.get(f"{where}.loadtest"),
+                f"{where}.loadtest",
+                "shadow_providers are never used when load-test calls are denied; remove one of them",
+            )
     if service is None or None in values.values():
         return None
     return ExportConfig(service=service, **values)  # type: ignore[arg-type]
@@ -935,6 +1007,41 @@ class _SiteFileReader:
             return None
         return value
 
+    def ratio(self, node: Node, where: str, example: float) -> float | None:
+        """A number from 0.0 to 1.0 (the YAML whole numbers 0 and 1 too), as a float."""
+        leaf = where.rsplit(".", 1)[-1]
+        wanted = "expected a number from 0.0 to 1.0"
+        if not (isinstance(node, ScalarNode) and node.tag in (_TAG_FLOAT, _TAG_INT)):
+            hint = ""
+            if isinstance(node, ScalarNode) and _is_number_text(node.value):
+                # "0.5" in quotes, or 1e-1 (YAML 1.1 reads an exponent without a "." as text)
+                hint = " (without quotes)" if node.style in ("'", '"') else " (a plain decimal; YAML reads this as text)"
+            self.report(node, where, f"{wanted}, got {_describe(node)}; write e.g. {leaf}: {example}{hint}")
+            return None
+        try:
+            value = self._constructor.construct_object(node)
+        except (ValueError, IndexError, ConstructorError):
+            # `!!float abc` / `!!int ''` carry a number tag but no number (as in integer()): start afresh.
+            self._constructor = SafeConstructor()
+            self.report(node, where, f"{wanted}, got {_short(node.value)}; write e.g. {leaf}: {example}")
+            return None
+        if not 0 <= value <= 1:  # NaN (.nan) is refused here too
+            shown = node.value if len(node.value) <= 40 else _short(node.value)
+            self.report(node, where, f"{shown} is out of range; use a number from 0.0 to 1.0, e.g. {leaf}: {example}")
+            return None
+        return float(value)
+
+    def otlp_endpoint(self, node: Node, where: str) -> str | None:
+        return self._checked_text(
+            node, where, f"{_OTLP_EXAMPLE} (or remove the key to export no spans)", _check_otlp_endpoint
+        )
+
+    def header_name(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, _MARK_EXAMPLE, _check_mark_header)
+
+    def baggage_pair(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, _BAGGAGE_EXAMPLE, _check_baggage_pair)
+
     def host_port_list(self, node: Node, where: str, *, required: bool) -> list[HostPort] | None:
         items = self.sequence(node, where, f"{where.rsplit('.', 1)[-1]}: [10.0.0.2:8443]")
         if items is None:
@@ -1033,6 +1140,107 @@ def _unknown_key_message(key: str, known: Collection[str]) -> str:
     return f"unknown key; known keys here are: {', '.join(known)}"
 
 
+def _is_number_text(text: str) -> bool:
+    """True for text that reads as a number ("0.5", "1"), e.g. a number written in quotes."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return text.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity")
+
+
+def _check_otlp_endpoint(text: str) -> str:
+    """An OTLP/HTTP traces URL: http:// or https://, a host, a path (the rules interlink.net.otlp applies)."""
+    if any(char.isspace() for char in text):
+        raise ValueError(f"{_short(text)} must not contain spaces; write e.g. {_OTLP_EXAMPLE}")
+    scheme, separator, _ = text.partition("://")
+    if not separator:
+        example = f"http://{text}/v1/traces" if _looks_like_host_port(text) else _OTLP_EXAMPLE
+        raise ValueError(f"{_short(text)} is not a URL; write http://HOST:PORT/PATH, e.g. {example}")
+    if scheme.lower() not in ("http", "https"):
+        raise ValueError(
+            f"{_short(text)} uses {_short(scheme + '://')}, but spans are exported over OTLP/HTTP only;"
+            f" write an http:// or https:// URL, e.g. {_OTLP_EXAMPLE}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:  # a bracketed host that is no IPv6 address, a port that is no number or too big
+        raise ValueError(f"{_short(text)} is not a valid URL ({exc}); write e.g. {_OTLP_EXAMPLE}") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{_short(text)} has no host; write e.g. {_OTLP_EXAMPLE}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"{_short(text)} holds a user name or password, which interlink does not send; remove the part"
+            f" before @, e.g. {scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        )
+    if _IPV4_LOOKALIKE.fullmatch(host) and not _is_ipv4(host):
+        raise ValueError(f'"{host}" in {_short(text)} is not a valid IPv4 address (four numbers 0-255, e.g. 10.0.0.2)')
+    if not _is_ipv6(host) and not _is_ipv4(host) and not _is_domain_name(host):
+        raise ValueError(
+            f'"{host}" in {_short(text)} is neither an IP address nor a host name; write e.g. {_OTLP_EXAMPLE}'
+        )
+    if port == 0:
+        raise ValueError(f"port 0 in {_short(text)} is out of range; use a number from 1 to 65535")
+    if parts.fragment:
+        raise ValueError(f"{_short(text)} ends in a #fragment, which is never sent; remove it")
+    if not parts.path:
+        raise ValueError(f"{_short(text)} has no path; give the full traces URL, e.g. {text.rstrip('/')}/v1/traces")
+    return text
+
+
+def _looks_like_host_port(text: str) -> bool:
+    try:
+        parse_host_port(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_mark_header(text: str) -> str:
+    """loadtest.header: a lower-case HTTP/2 header name of the user's own (also a Bolt header-map key)."""
+    if text.startswith(":"):
+        raise ValueError(
+            f'"{text}" is an HTTP/2 pseudo-header, not a header name of your own; write e.g. {_MARK_EXAMPLE}'
+        )
+    if text.lower().startswith("grpc-"):
+        raise ValueError(f'"{text}": grpc-* headers are reserved for gRPC itself; write e.g. {_MARK_EXAMPLE}')
+    if text != text.lower() and _HEADER_NAME.fullmatch(text.lower()):
+        raise ValueError(f'"{text}" must be lower case (HTTP/2 header names are); write "{text.lower()}"')
+    if not _HEADER_NAME.fullmatch(text):
+        raise ValueError(
+            f"{_short(text)} is not a header name; use lower-case letters, digits and '-', e.g. {_MARK_EXAMPLE}"
+        )
+    if text in _TAKEN_HEADERS:
+        raise ValueError(
+            f'"{text}" already means something to HTTP/2, gRPC or tracing; pick a name of your own,'
+            f" e.g. {_MARK_EXAMPLE}"
+        )
+    return text
+
+
+def _check_baggage_pair(text: str) -> str:
+    """loadtest.baggage: one SOFATracer baggage pair `key=value` (pairs are joined with "&" on the wire)."""
+    if any(char.isspace() for char in text):
+        squeezed = "".join(text.split())
+        raise ValueError(f'{_short(text)} must not contain spaces; write e.g. {squeezed or _BAGGAGE_EXAMPLE}')
+    if "&" in text:
+        raise ValueError(
+            f'{_short(text)} holds "&", which separates baggage pairs; give one key=value pair, e.g. {_BAGGAGE_EXAMPLE}'
+        )
+    key, equals, value = text.partition("=")
+    if not equals:
+        raise ValueError(f"{_short(text)} is not a key=value pair; write e.g. {_BAGGAGE_EXAMPLE}")
+    if not key:
+        raise ValueError(f"{_short(text)} has an empty key; write e.g. {_BAGGAGE_EXAMPLE}")
+    if not value:
+        raise ValueError(f"{_short(text)} has an empty value; write e.g. {key}=T")
+    if "=" in value:
+        raise ValueError(f'{_short(text)} holds more than one "="; write one key=value pair, e.g. {_BAGGAGE_EXAMPLE}')
+    return text
+
+
 def _present(mapping: Mapping[str, T | None]) -> dict[str, T]:
     return {key: value for key, value in mapping.items() if value is not None}
 
@@ -1098,6 +1306,14 @@ def _parse_port(port_text: str, text: str) -> int:
 def _is_ipv6(text: str) -> bool:
     try:
         ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
     except ValueError:
         return False
     return True

@@ -125,6 +125,8 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         version=item.version,
         unique_id=item.unique_id,
         group=item.group,
+        shadow_providers=item.shadow_providers,
+        loadtest_denied=item.loadtest == "deny",
     )
 
 

@@ -41,7 +41,8 @@ class AccessDomainFilter(Filter):
         ours = snapshot.domain_of_peer.get(peer)
         if ours is None:
             raise Refusal(Status.PERMISSION_DENIED,
-                          f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)")
+                          f"site {peer} has no access domain on site {snapshot.site} (domains: in the site file)",
+                          kind="access_domain")
         authority = call.authority
         if authority is not None and authority != ours:
             _refuse_domain(peer, "access domain", authority)
@@ -55,7 +56,8 @@ def _refuse_domain(peer: str, what: str, used: bytes | None) -> NoReturn:
     # Never say whose domain it is: a tenant learns nothing about the others.
     shown = used.decode(errors="replace") if used else "(none)"
     raise Refusal(Status.PERMISSION_DENIED,
-                  f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}")
+                  f"site {peer} may not use {what} {shown}: it is not the access domain of site {peer}",
+                  kind="access_domain")
 
 
 class ExportAclFilter(Filter):
@@ -65,13 +67,28 @@ class ExportAclFilter(Filter):
     def on_request(self, call: GatewayCall) -> None:
         route, peer, service = call.route, call.caller_site, call.service
         if route is None:
-            raise Refusal(Status.UNIMPLEMENTED, f"service {service} is not exported by site {call.snapshot.site}")
+            raise Refusal(Status.UNIMPLEMENTED, f"service {service} is not exported by site {call.snapshot.site}",
+                          kind="not_exported")
         rule = route.allow.get(peer)
         if rule is None:
-            raise Refusal(Status.PERMISSION_DENIED, f"service {service} is not exported to site {peer}")
+            raise Refusal(Status.PERMISSION_DENIED, f"service {service} is not exported to site {peer}", kind="not_exported")
         app, method = call.caller_app, call.method or ""
         if not rule.permits(app, method):
-            raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {service}/{method}")
+            raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {service}/{method}",
+                          kind="acl")
+
+
+class LoadTestFilter(Filter):
+    """Load-test calls to an export that says `loadtest: deny` are refused (FAILED_PRECONDITION); where they
+    go otherwise (shadow providers, or the providers) is the call core's choice of upstream."""
+
+    def on_request(self, call: GatewayCall) -> None:
+        route = call.route
+        if call.loadtest and route is not None and route.loadtest_denied:
+            site = call.snapshot.site
+            raise Refusal(Status.FAILED_PRECONDITION,
+                          f"service {call.service} of site {site} takes no load-test calls (loadtest: deny); send it "
+                          f"unmarked, or ask site {site} for shadow_providers", kind="loadtest")
 
 
 @dataclass(frozen=True)
@@ -87,7 +104,8 @@ class FilterChains:
     def of(cls, snapshot: Snapshot) -> FilterChains:
         configured: tuple[Filter, ...] = ()  # the filters the site file configures (none yet)
         local = configured
-        peer = (AccessDomainFilter(), ExportAclFilter(), *configured)
+        loadtest = (LoadTestFilter(),) if any(route.loadtest_denied for route in snapshot.export_routes) else ()
+        peer = (AccessDomainFilter(), ExportAclFilter(), *loadtest, *configured)
         return cls(local, peer, _observers(local), _observers(peer))
 
 

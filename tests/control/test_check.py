@@ -450,3 +450,39 @@ def test_site_file_problems_are_collected_with_the_rest(certs: dict[str, SitePat
         (broken, 2),
         (path_a, line_of(text_a, "nope.pem")),
     ]
+
+
+# --- shadow providers -----------------------------------------------------------------------------------
+
+
+def test_shadow_providers_of_their_own_are_fine(certs: dict[str, SitePaths], write_site: WriteSite) -> None:
+    text = replaced(
+        SITE_A,
+        "    providers: [127.0.0.1:50061]\n",
+        "    providers: [127.0.0.1:50061]\n    shadow_providers: [127.0.0.1:50071]\n",
+    )
+
+    assert check_files([write_site("site-a", text)]) == []
+
+
+def test_shadow_provider_that_also_serves_real_calls_is_refused(
+    certs: dict[str, SitePaths], write_site: WriteSite
+) -> None:
+    text = replaced(
+        SITE_A,
+        "    providers: [127.0.0.1:50061]\n",
+        "    providers: [127.0.0.1:50061]\n    shadow_providers:\n      - 127.0.0.1:50071\n      - localhost:50061\n",
+    )
+    path = write_site("site-a", text)
+
+    problems = check_files([path])
+
+    assert lines_and_messages(problems) == [
+        (
+            path,
+            line_of(text, "- localhost:50061"),
+            "exports[0].shadow_providers[1]: localhost:50061 is also exports[0].providers[0] (line"
+            f" {line_of(text, 'providers: [127.0.0.1:50061]')}), but a shadow provider must not also serve real"
+            " calls; give load-test calls providers of their own, or remove it from one of the lists",
+        )
+    ]

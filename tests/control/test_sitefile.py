@@ -13,10 +13,12 @@ from interlink.config import (
     HostPort,
     ImportConfig,
     Listen,
+    LoadTestConfig,
     PeerConfig,
     RegistryConfig,
     SiteConfig,
     TlsFiles,
+    TracingConfig,
 )
 from interlink.control.sitefile import (
     Problem,
@@ -733,3 +735,315 @@ def test_check_domain_name() -> None:
 )
 def test_binds_overlap(a: str, b: str, overlap: bool) -> None:
     assert binds_overlap(parse_host_port(a), parse_host_port(b)) is overlap
+
+
+# --- tracing, load-test marks and shadow providers ------------------------------------------------------
+
+MARKED_SITE = (
+    FULL_SITE.replace(
+        "    timeout_ms: 2000\n",
+        '    timeout_ms: 2000\n    shadow_providers: [127.0.0.1:50071, "[::1]:50072"]\n    loadtest: allow\n',
+    ).replace("    allow: [site-b, site-c]\n", "    allow: [site-b, site-c]\n    loadtest: deny\n")
+    + "tracing:\n  otlp_endpoint: http://127.0.0.1:4318/v1/traces\n  sample_ratio: 0.25\n"
+    + "loadtest:\n  header: x-load-mark\n  baggage: stress=1\n"
+)
+
+
+def marked(old: str, new: str) -> str:
+    assert MARKED_SITE.count(old) == 1, f"{old!r} occurs {MARKED_SITE.count(old)} times in MARKED_SITE"
+    return MARKED_SITE.replace(old, new)
+
+
+def test_tracing_loadtest_and_shadow_providers_load_into_the_dataclasses(write_site: WriteSite) -> None:
+    config = load_site(write_site("site-a", MARKED_SITE))
+
+    assert config.tracing == TracingConfig(otlp_endpoint="http://127.0.0.1:4318/v1/traces", sample_ratio=0.25)
+    assert config.loadtest == LoadTestConfig(header="x-load-mark", baggage="stress=1")
+    assert [(export.shadow_providers, export.loadtest) for export in config.exports] == [
+        ((HostPort("127.0.0.1", 50071), HostPort("::1", 50072)), "allow"),
+        ((), "deny"),
+    ]
+    assert config.exports[0].providers == (HostPort("127.0.0.1", 50061),)  # the real providers stay as they were
+    expected_lines = {
+        "tracing.sample_ratio": line_of(MARKED_SITE, "sample_ratio: 0.25"),
+        "loadtest.header": line_of(MARKED_SITE, "header: x-load-mark"),
+        "exports[0].shadow_providers[1]": line_of(MARKED_SITE, "shadow_providers: ["),
+        "exports[1].loadtest": line_of(MARKED_SITE, "loadtest: deny"),
+    }
+    assert {key: config.lines.get(key) for key in expected_lines} == expected_lines
+
+
+def test_without_the_new_keys_the_defaults_apply(write_site: WriteSite) -> None:
+    config = load_site(write_site("site-a", FULL_SITE))
+
+    assert config.tracing == TracingConfig(otlp_endpoint=None, sample_ratio=1.0)
+    assert config.loadtest == LoadTestConfig(header="x-interlink-loadtest", baggage="mark=T")
+    assert {(export.shadow_providers, export.loadtest) for export in config.exports} == {((), "allow")}
+
+
+@pytest.mark.parametrize("section", ["tracing:\n", "tracing: ~\n", "tracing: {}\n", "loadtest:\n", "loadtest: {}\n"])
+def test_empty_tracing_and_loadtest_sections_take_the_defaults(write_site: WriteSite, section: str) -> None:
+    config = load_site(write_site("site-a", FULL_SITE + section))
+
+    assert (config.tracing, config.loadtest) == (TracingConfig(), LoadTestConfig())
+
+
+@pytest.mark.parametrize(
+    ("written", "ratio"), [("0", 0.0), ("1", 1.0), ("0.0", 0.0), ("1.0", 1.0), (".5", 0.5), ("0.001", 0.001)]
+)
+def test_sample_ratio_takes_numbers_from_zero_to_one(write_site: WriteSite, written: str, ratio: float) -> None:
+    config = load_site(write_site("site-a", marked("sample_ratio: 0.25", f"sample_ratio: {written}")))
+
+    assert config.tracing.sample_ratio == ratio
+    assert type(config.tracing.sample_ratio) is float
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://otel-collector.observability.example/v1/traces",
+        "http://[::1]:4318/v1/traces",
+        "http://localhost:4318/",
+        "http://127.0.0.1:4318/otlp/v1/traces?tenant=gw",
+    ],
+)
+def test_otlp_endpoint_forms(write_site: WriteSite, endpoint: str) -> None:
+    text = marked("otlp_endpoint: http://127.0.0.1:4318/v1/traces", f'otlp_endpoint: "{endpoint}"')
+
+    assert load_site(write_site("site-a", text)).tracing.otlp_endpoint == endpoint
+
+
+# (old text, new text, text on the line expected in the problem, fragment of the expected message)
+MARKED_PROBLEMS = {
+    "endpoint without scheme": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: 127.0.0.1:4318",
+        "otlp_endpoint: 127.0.0.1:4318",
+        'tracing.otlp_endpoint: "127.0.0.1:4318" is not a URL; write http://HOST:PORT/PATH,'
+        " e.g. http://127.0.0.1:4318/v1/traces",
+    ),
+    "endpoint over grpc": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: grpc://127.0.0.1:4317",
+        "otlp_endpoint: grpc://127.0.0.1:4317",
+        'tracing.otlp_endpoint: "grpc://127.0.0.1:4317" uses "grpc://", but spans are exported over OTLP/HTTP'
+        " only; write an http:// or https:// URL, e.g. http://127.0.0.1:4318/v1/traces",
+    ),
+    "endpoint without host": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://:4318/v1/traces",
+        "otlp_endpoint: http://:4318/v1/traces",
+        'tracing.otlp_endpoint: "http://:4318/v1/traces" has no host; write e.g. http://127.0.0.1:4318/v1/traces',
+    ),
+    "endpoint without path": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://127.0.0.1:4318",
+        "otlp_endpoint: http://127.0.0.1:4318",
+        'tracing.otlp_endpoint: "http://127.0.0.1:4318" has no path; give the full traces URL,'
+        " e.g. http://127.0.0.1:4318/v1/traces",
+    ),
+    "endpoint port not a number": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://127.0.0.1:otlp/v1/traces",
+        "otlp_endpoint: http://127.0.0.1:otlp/v1/traces",
+        'tracing.otlp_endpoint: "http://127.0.0.1:otlp/v1/traces" is not a valid URL',
+    ),
+    "endpoint bad host": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://otel_collector:4318/v1/traces",
+        "otlp_endpoint: http://otel_collector:4318/v1/traces",
+        'tracing.otlp_endpoint: "otel_collector" in "http://otel_collector:4318/v1/traces" is neither an IP'
+        " address nor a host name",
+    ),
+    "endpoint with a password": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://gw:secret@127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: http://gw:secret@127.0.0.1:4318/v1/traces",
+        "holds a user name or password, which interlink does not send; remove the part before @,"
+        " e.g. http://127.0.0.1:4318/v1/traces",
+    ),
+    "endpoint empty": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint:",
+        "otlp_endpoint:",
+        "tracing.otlp_endpoint: is empty; write e.g. http://127.0.0.1:4318/v1/traces (or remove the key to"
+        " export no spans)",
+    ),
+    "endpoint is a list": (
+        "otlp_endpoint: http://127.0.0.1:4318/v1/traces",
+        "otlp_endpoint: [http://127.0.0.1:4318/v1/traces]",
+        "otlp_endpoint: [http",
+        "tracing.otlp_endpoint: expected a single value, got a list; write e.g. http://127.0.0.1:4318/v1/traces",
+    ),
+    "ratio above one": (
+        "sample_ratio: 0.25",
+        "sample_ratio: 1.5",
+        "sample_ratio: 1.5",
+        "tracing.sample_ratio: 1.5 is out of range; use a number from 0.0 to 1.0, e.g. sample_ratio: 0.1",
+    ),
+    "ratio whole number above one": (
+        "sample_ratio: 0.25",
+        "sample_ratio: 10",
+        "sample_ratio: 10",
+        "tracing.sample_ratio: 10 is out of range; use a number from 0.0 to 1.0",
+    ),
+    "ratio negative": ("sample_ratio: 0.25", "sample_ratio: -0.1", "sample_ratio: -0.1", "-0.1 is out of range"),
+    "ratio not a number": ("sample_ratio: 0.25", "sample_ratio: .nan", "sample_ratio: .nan", ".nan is out of range"),
+    "ratio quoted": (
+        "sample_ratio: 0.25",
+        'sample_ratio: "0.25"',
+        'sample_ratio: "0.25"',
+        'tracing.sample_ratio: expected a number from 0.0 to 1.0, got the text "0.25"; write e.g.'
+        " sample_ratio: 0.1 (without quotes)",
+    ),
+    "ratio as a percentage": (
+        "sample_ratio: 0.25",
+        "sample_ratio: 25%",
+        "sample_ratio: 25%",
+        'tracing.sample_ratio: expected a number from 0.0 to 1.0, got the text "25%"; write e.g. sample_ratio: 0.1',
+    ),
+    "ratio yes": ("sample_ratio: 0.25", "sample_ratio: yes", "sample_ratio: yes", "got the yes/no value yes"),
+    "tracing key typo": (
+        "sample_ratio: 0.25",
+        "sample_rate: 0.25",
+        "sample_rate: 0.25",
+        'tracing.sample_rate: unknown key; did you mean "sample_ratio"?',
+    ),
+    "tracing not a mapping": (
+        "tracing:\n  otlp_endpoint: http://127.0.0.1:4318/v1/traces\n  sample_ratio: 0.25\n",
+        "tracing: http://127.0.0.1:4318/v1/traces\n",
+        "tracing: http",
+        'tracing: expected a mapping of keys, got the text "http://127.0.0.1:4318/v1/traces"; write e.g.'
+        " tracing: {otlp_endpoint: http://127.0.0.1:4318/v1/traces, sample_ratio: 0.1}",
+    ),
+    "header upper case": (
+        "header: x-load-mark",
+        "header: X-Load-Mark",
+        "header: X-Load-Mark",
+        'loadtest.header: "X-Load-Mark" must be lower case (HTTP/2 header names are); write "x-load-mark"',
+    ),
+    "header pseudo": (
+        "header: x-load-mark",
+        'header: ":authority"',
+        'header: ":authority"',
+        'loadtest.header: ":authority" is an HTTP/2 pseudo-header, not a header name of your own;'
+        " write e.g. x-interlink-loadtest",
+    ),
+    "header grpc": (
+        "header: x-load-mark",
+        "header: grpc-loadtest",
+        "header: grpc-loadtest",
+        'loadtest.header: "grpc-loadtest": grpc-* headers are reserved for gRPC itself;'
+        " write e.g. x-interlink-loadtest",
+    ),
+    "header underscore": (
+        "header: x-load-mark",
+        "header: x_load_mark",
+        "header: x_load_mark",
+        "loadtest.header: \"x_load_mark\" is not a header name; use lower-case letters, digits and '-',"
+        " e.g. x-interlink-loadtest",
+    ),
+    "header of http2 itself": (
+        "header: x-load-mark",
+        "header: te",
+        "header: te",
+        'loadtest.header: "te" already means something to HTTP/2, gRPC or tracing; pick a name of your own',
+    ),
+    "baggage without =": (
+        "baggage: stress=1",
+        "baggage: stress",
+        "baggage: stress",
+        'loadtest.baggage: "stress" is not a key=value pair; write e.g. mark=T',
+    ),
+    "baggage empty key": (
+        "baggage: stress=1",
+        "baggage: =1",
+        "baggage: =1",
+        'loadtest.baggage: "=1" has an empty key; write e.g. mark=T',
+    ),
+    "baggage empty value": (
+        "baggage: stress=1",
+        "baggage: stress=",
+        "baggage: stress=",
+        'loadtest.baggage: "stress=" has an empty value; write e.g. stress=T',
+    ),
+    "baggage two pairs": (
+        "baggage: stress=1",
+        "baggage: stress=1&mark=T",
+        "baggage: stress=1&mark=T",
+        'loadtest.baggage: "stress=1&mark=T" holds "&", which separates baggage pairs; give one key=value pair,'
+        " e.g. mark=T",
+    ),
+    "loadtest key typo": (
+        "header: x-load-mark",
+        "headers: x-load-mark",
+        "headers: x-load-mark",
+        'loadtest.headers: unknown key; did you mean "header"?',
+    ),
+    "top-level key typo": ("tracing:\n", "tracng:\n", "tracng:", 'tracng: unknown key; did you mean "tracing"?'),
+    "export loadtest typo": (
+        "loadtest: deny",
+        "loadtest: denied",
+        "loadtest: denied",
+        'exports[1].loadtest: "denied" is not one of allow, deny; did you mean "deny"?',
+    ),
+    "export loadtest denied with shadow providers": (
+        "    loadtest: allow\n",
+        '    loadtest: "deny"\n',
+        'loadtest: "deny"',
+        "exports[0].loadtest: shadow_providers are never used when load-test calls are denied; remove one of them",
+    ),
+    "shadow provider without port": (
+        "127.0.0.1:50071",
+        "127.0.0.1",
+        "shadow_providers: [127.0.0.1,",
+        'exports[0].shadow_providers[0]: "127.0.0.1" has no port; write host:port, e.g. 127.0.0.1:9443',
+    ),
+    "shadow providers not a list": (
+        'shadow_providers: [127.0.0.1:50071, "[::1]:50072"]',
+        "shadow_providers: 127.0.0.1:50071",
+        "shadow_providers: 127.0.0.1:50071",
+        'exports[0].shadow_providers: expected a list, got the text "127.0.0.1:50071"; write e.g.'
+        " shadow_providers: [10.0.0.2:8443]",
+    ),
+    "shadow providers key typo": (
+        "shadow_providers:",
+        "shadow_provider:",
+        "shadow_provider:",
+        'exports[0].shadow_provider: unknown key; did you mean "shadow_providers"?',
+    ),
+}
+
+
+@pytest.mark.parametrize(("old", "new", "line_text", "message"), MARKED_PROBLEMS.values(), ids=MARKED_PROBLEMS.keys())
+def test_one_tracing_or_loadtest_mistake_gives_one_problem_at_its_line(
+    write_site: WriteSite, old: str, new: str, line_text: str, message: str
+) -> None:
+    text = marked(old, new)
+
+    problems = load_problems(write_site, text)
+
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    (problem,) = problems
+    assert (problem.line, message in problem.message) == (line_of(text, line_text), True), str(problem)
+
+
+def test_loadtest_problem_renders_as_path_line_message(write_site: WriteSite) -> None:
+    text = marked("header: x-load-mark", "header: X-Load")
+    path = write_site("site-a", text)
+
+    with pytest.raises(SiteFileError) as caught:
+        load_site(path)
+
+    assert str(caught.value) == (
+        f'{path}:{line_of(text, "header: X-Load")}: loadtest.header: "X-Load" must be lower case (HTTP/2 header'
+        ' names are); write "x-load"'
+    )
+
+
+def test_shadow_providers_may_be_empty_with_loadtest_deny(write_site: WriteSite) -> None:
+    text = marked('shadow_providers: [127.0.0.1:50071, "[::1]:50072"]', "shadow_providers: []")
+
+    config = load_site(write_site("site-a", text.replace("    loadtest: allow\n", "    loadtest: deny\n")))
+
+    assert (config.exports[0].shadow_providers, config.exports[0].loadtest) == ((), "deny")
