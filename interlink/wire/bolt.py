@@ -640,16 +640,18 @@ def encode_header_map(items: Mapping[str, str | None] | Iterable[tuple[str | Non
 class HeaderKeys:
     """The keys a caller reads from header maps, prepared once (a module constant), for header_scan and
     header_values. With `prefix`, header_scan also finds the entries whose key starts with it (the keys a
-    gateway replaces or drops on the way upstream), and with `spans_of_keys` the entries of `keys` too."""
+    gateway replaces or drops on the way upstream), and with `spans_of_keys` the entries of `keys` too (all of
+    them, or those listed)."""
 
-    __slots__ = ("keys", "index", "lengths", "prefix", "spans_of_keys")
+    __slots__ = ("keys", "index", "lengths", "prefix", "span_keys")
 
-    def __init__(self, keys: tuple[bytes, ...], prefix: bytes | None = None, *, spans_of_keys: bool = False) -> None:
+    def __init__(self, keys: tuple[bytes, ...], prefix: bytes | None = None, *,
+                 spans_of_keys: bool | tuple[bytes, ...] = False) -> None:
         self.keys = keys
         self.index = {key: position for position, key in enumerate(keys)}
         self.lengths = frozenset(len(key) for key in keys)
         self.prefix = prefix
-        self.spans_of_keys = spans_of_keys
+        self.span_keys = frozenset(keys if spans_of_keys is True else spans_of_keys or ())
 
 
 HeaderSpan = tuple[int, int, bytes]  # one entry of a header map: (start, end, key)
@@ -666,7 +668,7 @@ def header_scan(data: bytes, keys: HeaderKeys) -> tuple[list[bytes | None], list
     """
     found: list[bytes | None] = [None] * len(keys.keys)
     spans: list[HeaderSpan] = []
-    index, lengths, prefix, spans_of_keys = keys.index, keys.lengths, keys.prefix, keys.spans_of_keys
+    index, lengths, prefix, span_keys = keys.index, keys.lengths, keys.prefix, keys.span_keys
     if prefix is not None and prefix not in data:
         prefix = None  # no key under it (one substring search instead of a test per key)
     size = len(data)
@@ -698,7 +700,7 @@ def header_scan(data: bytes, keys: HeaderKeys) -> tuple[list[bytes | None], list
             if position is not None:
                 if value_len >= 0:
                     found[position] = data[value_start:pos]
-                if spans_of_keys:
+                if key in span_keys:
                     spans.append((start, pos, key))
                     continue
         if prefix is not None and data.startswith(prefix, key_start, key_start + key_len):

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from interlink.model import RPC_ID, TRACE_ID, Call, Identity, Payload, PayloadKind, Refusal, Reply, Status
-from interlink.wire import bolt, link_headers, sofarpc, triple_wrapper
+from interlink.model import RPC_ID, SYS_BAGGAGE, TRACE_ID, Call, Identity, Payload, PayloadKind, Refusal, Reply, Status
+from interlink.wire import bolt, link_headers, sofarpc, tracecontext, triple_wrapper
 from interlink.wire.cache import BoundedCache
 from interlink.wire.hessian2 import HessianError, HessianObject, SofaHessianReader
 
@@ -24,7 +24,8 @@ APP = "app"
 RESPONSE_ERROR = "sofa_head_response_error"
 NEW_TRACE = "new_rpc_trace_context"
 # Keys a Call carries in its own fields (or that are rebuilt per hop), never as metadata.
-_NOT_METADATA = frozenset({SERVICE, TARGET_SERVICE, METHOD_NAME, TARGET_APP, APP, RESPONSE_ERROR, "sofa_head_method_argsigs"})
+_NOT_METADATA = frozenset({SERVICE, TARGET_SERVICE, METHOD_NAME, TARGET_APP, APP, RESPONSE_ERROR, "sofa_head_method_argsigs",
+                           "traceparent"})  # (each hop stamps its own traceparent)
 
 # What reading a request's head can fail with; and what translating a body can fail with besides a
 # Refusal (bodies the codecs cannot read or write).
@@ -63,21 +64,31 @@ class BoltRequestHead:
     app: str | None
     timeout: float | None  # seconds; None when the caller set none
     spans: list[bolt.HeaderSpan]
+    # Trace context and load-test mark, as in grpc.RequestHead (gateway/tracing.py decides what they mean).
+    traceparent: bytes | None = None
+    sofa_trace_id: bytes | None = None  # rpc_trace_context.sofaTraceId, else new_rpc_trace_context's tcid
+    sys_baggage: bytes | None = None  # rpc_trace_context.sysPenAttrs, else the whole new_rpc_trace_context
+    loadtest_mark: bytes | None = None  # x-interlink-loadtest
 
 
 # The keys a request's head is read from: service, target service, method, then the caller's app (its own
 # `app` key on a local caller's connection; the stamped one, and the stamped method first, on a peer link).
-_LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode()),
-                              link_headers.PREFIX)
+# Then the trace context and the load-test mark (the same on both): their entries' places are kept too
+# (spans_of_keys), so that our own traceparent replaces the caller's instead of adding a second one.
+_TRACE_KEYS = (tracecontext.TRACEPARENT, TRACE_ID.encode(), NEW_TRACE.encode(), SYS_BAGGAGE.encode(), link_headers.LOADTEST)
+_LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode(), *_TRACE_KEYS),
+                              link_headers.PREFIX, spans_of_keys=(tracecontext.TRACEPARENT,))
 _LINK_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
-                              link_headers.METHOD), link_headers.PREFIX)
+                              link_headers.METHOD, *_TRACE_KEYS), link_headers.PREFIX,
+                             spans_of_keys=(tracecontext.TRACEPARENT,))
+_TRACE_AT = {False: 4, True: 5}  # where the trace keys start in each list
 _HEADS = sofarpc.RequestHeadCache()
 
 # What a header map says (service, method, app, spans), remembered per exact map bytes, one cache per kind of
 # connection: callers of a service send the same map over and over, so most reads are one lookup. (A map that
 # carries per-call values, such as the trace ids of Java callers, is scanned every time; its miss costs one
 # lookup more.)
-_HeaderRead = tuple[str | None, str | None, str | None, list[bolt.HeaderSpan]]
+_HeaderRead = tuple[str | None, str | None, str | None, list[bolt.HeaderSpan], tuple[bytes | None, ...]]
 _LOCAL_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
 _LINK_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
 
@@ -85,15 +96,32 @@ _LINK_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, m
 def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltRequestHead:
     """The head of `request`; `from_link`: it came from a peer gateway (trust its stamps, not the caller's
     own keys). Raises BoltProtocolError or HessianError for a header map or head that cannot be read."""
-    service, method, app, spans = _read_header(request.header, from_link)
+    service, method, app, spans, trace = _read_header(request.header, from_link)
     need_body = method is None if from_link else method is None or app is None
     if need_body and request.codec == bolt.CODEC_HESSIAN2 and request.content and service is not None:
         body_head = _HEADS.read(request.content)
         method = method or body_head.method_name
         if not from_link:
             app = app or sofarpc.caller_app(body_head)
+            if trace[1] is None and trace[2] is None:  # sofa-rpc-node sends its trace context only in the body
+                trace = (trace[0], *_body_trace(body_head.request_props), trace[3])
     timeout = request.timeout / 1000 if request.timeout > 0 else None
-    return BoltRequestHead(service, method, app, timeout, spans)
+    return BoltRequestHead(service, method, app, timeout, spans, *trace)
+
+
+def _body_trace(props: Mapping[str, object]) -> tuple[bytes | None, bytes | None]:
+    """(SOFA trace id, system baggage) from a SofaRequest's requestProps: the `rpc_trace_context` map (or
+    its flattened keys), else `new_rpc_trace_context`."""
+    context = props.get("rpc_trace_context")
+    context = context if isinstance(context, Mapping) else {}
+    trace_id = context.get("sofaTraceId", props.get(TRACE_ID))
+    baggage = context.get("sysPenAttrs", props.get(SYS_BAGGAGE))
+    new_context = props.get(NEW_TRACE)
+    if not isinstance(trace_id, str) and isinstance(new_context, str):
+        return (tracecontext.sofa_trace_id_of_new_context(new_context.encode()),
+                (baggage if isinstance(baggage, str) else new_context).encode())
+    return (trace_id.encode() if isinstance(trace_id, str) and trace_id else None,
+            baggage.encode() if isinstance(baggage, str) and baggage else None)
 
 
 def _read_header(header: bytes, from_link: bool) -> _HeaderRead:
@@ -102,7 +130,12 @@ def _read_header(header: bytes, from_link: bool) -> _HeaderRead:
     if read is None:
         values, spans = bolt.header_scan(header, _LINK_KEYS if from_link else _LOCAL_KEYS)
         method = (_text(values[4]) or _text(values[2])) if from_link else _text(values[2])
-        read = (_text(values[0] or values[1]), method, _text(values[3]), spans)
+        at = _TRACE_AT[from_link]
+        traceparent, sofa_trace_id, new_trace, sys_baggage, loadtest = values[at:]
+        if sofa_trace_id is None and new_trace is not None:
+            sofa_trace_id = tracecontext.sofa_trace_id_of_new_context(new_trace)
+        trace = (traceparent, sofa_trace_id, sys_baggage or new_trace, loadtest)
+        read = (_text(values[0] or values[1]), method, _text(values[3]), spans, trace)
         reads.put(header, read, 2 * len(header) + 64 * len(spans))
     return read
 

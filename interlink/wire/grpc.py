@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from interlink.model import Refusal, Status
-from interlink.wire import link_headers
+from interlink.wire import link_headers, tracecontext
 from interlink.wire.cache import BoundedCache
 
 PREFIX = struct.Struct(">BI")
@@ -241,6 +241,8 @@ def split_path(path: bytes) -> tuple[str, str] | None:
 
 CONSUMER_APP = b"tri-consumer-appname"  # Triple / Dubbo consumer application name
 
+_TRACE_PREFIXES = frozenset({b"tra", b"sof", b"tri"})  # traceparent, sofa-traceid, tri-trace-*: one test for most headers
+
 # Never forwarded: HTTP/2 pseudo-headers are rebuilt, these are hop-by-hop or rewritten per hop.
 _NOT_FORWARDED = frozenset(
     {b"te", b"grpc-timeout", b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
@@ -260,17 +262,37 @@ class RequestHead:
     metadata: tuple[tuple[bytes, bytes], ...]
     consumer_app: str | None
     caller_app: str | None  # as stamped by a peer gateway (only believed on the peer link)
+    # Trace context and load-test mark (the call core decides what they mean; `traceparent` comes with the head
+    # from read_request_head, out of the metadata: each hop sends its own). The SOFA trace id and baggage
+    # travel on unchanged.
+    sofa_trace_id: bytes | None = None  # sofa-traceid, else tri-trace-traceid
+    sys_baggage: bytes | None = None  # tri-trace-sys-baggage (SOFATracer system baggage)
+    loadtest_mark: bytes | None = None  # x-interlink-loadtest (a caller may set it; a peer gateway does)
 
 
-# Request heads by their header lists: callers send the same heads call after call (bounded like every cache
-# keyed by what callers send; a head is kept the second time it is seen).
-_HEADS: BoundedCache[tuple[tuple[bytes, bytes], ...], RequestHead] = BoundedCache(
+# Request heads (and their traceparent) by their header lists: callers send the same heads call after call
+# (bounded like every cache keyed by what callers send; a head is kept the second time it is seen).
+_HEADS: BoundedCache[tuple[tuple[bytes, bytes], ...], tuple[RequestHead, bytes | None]] = BoundedCache(
     max_entries=2048, max_bytes=2 << 20, max_item=4096
 )
 
 
 def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     """The head of a gRPC request (Refusal when it is not one)."""
+    return read_request_head(headers)[0]
+
+
+def read_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, bytes | None]:
+    """The head of a gRPC request and its `traceparent` (Refusal when it is not a gRPC request).
+
+    A traceparent differs in every call. When it is the last field, as gateways send it, the head is found by
+    the fields before it, which repeat; the answer is the same (the last traceparent of a list counts)."""
+    if headers and headers[-1][0] == tracecontext.TRACEPARENT:
+        return _head_of(headers[:-1])[0], headers[-1][1]
+    return _head_of(headers)
+
+
+def _head_of(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, bytes | None]:
     key = tuple(headers)
     head = _HEADS.get(key)
     if head is None:
@@ -279,9 +301,9 @@ def parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
     return head
 
 
-def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
+def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, bytes | None]:
     path = authority = method = content_type = timeout_raw = None
-    consumer_app = caller_app = None
+    consumer_app = caller_app = traceparent = sofa_trace_id = tri_trace_id = sys_baggage = loadtest_mark = None
     metadata: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name[:1] == b":":
@@ -302,9 +324,21 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         elif name.startswith(link_headers.PREFIX):  # the gateway's own keys: never forwarded as metadata
             if name == link_headers.CALLER_APP:
                 caller_app = value.decode("ascii", "replace")
+            elif name == link_headers.LOADTEST:
+                loadtest_mark = value
             continue
         elif name == CONSUMER_APP:
             consumer_app = value.decode("ascii", "replace")
+        elif name[:3] in _TRACE_PREFIXES:
+            if name == tracecontext.TRACEPARENT:
+                traceparent = value
+                continue
+            if name == b"sofa-traceid":
+                sofa_trace_id = value
+            elif name == b"tri-trace-traceid":
+                tri_trace_id = value
+            elif name == b"tri-trace-sys-baggage":
+                sys_baggage = value
         metadata.append((name, value))
     if method != b"POST":
         raise Refusal(Status.UNIMPLEMENTED, "gRPC requests must use POST", b"405")
@@ -319,7 +353,7 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
             timeout = parse_timeout(timeout_raw)
         except ValueError as exc:
             raise Refusal(Status.INTERNAL, str(exc)) from None
-    return RequestHead(
+    head = RequestHead(
         path=path,  # type: ignore[arg-type]
         service=target[0],
         method=target[1],
@@ -328,7 +362,11 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> RequestHead:
         metadata=tuple(metadata),
         consumer_app=consumer_app,
         caller_app=caller_app,
+        sofa_trace_id=sofa_trace_id or tri_trace_id,
+        sys_baggage=sys_baggage,
+        loadtest_mark=loadtest_mark,
     )
+    return head, traceparent
 
 
 def _host_only(authority: bytes) -> bytes:

@@ -45,6 +45,14 @@ BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int, bool]] =
     max_entries=4096, max_bytes=4 << 20, max_item=2048
 )
 
+# Fields that differ in every request (the trace context): never offered to FIELDS. A gateway sends its
+# traceparent last, written as below (a literal without indexing, 55-byte value); a decoder whose table is of
+# size 0 looks up the block without it, which repeats (HeaderBlockDecoder.decode).
+PER_CALL_NAMES = frozenset({b"traceparent"})
+_TRACEPARENT_FIELD = b"\x00\x0btraceparent\x37"
+_TRACEPARENT_TAIL = len(_TRACEPARENT_FIELD) + 55
+_TRACEPARENT_SIZE = len(b"traceparent") + 55 + ENTRY_OVERHEAD
+
 _STATIC_FIELD_INDEX = {field: index for index, field in enumerate(STATIC_TABLE, start=1)}
 _STATIC_NAME_INDEX: dict[bytes, int] = {}
 for _index, (_name, _) in enumerate(STATIC_TABLE, start=1):
@@ -94,6 +102,11 @@ class HeaderBlockEncoder:
     def encode(self, headers, huffman: bool = True) -> bytes:  # noqa: ARG002 - hpack's signature
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)
+        tail = None
+        if headers and headers[-1][0] in PER_CALL_NAMES:  # a gateway's traceparent, last (see PER_CALL_NAMES)
+            name, value = headers[-1]
+            tail = _TRACEPARENT_FIELD + value if len(value) == 55 else self._encode_field(name, value)
+            headers = headers[:-1]
         known = FIELDS.get
         parts = [known(field) for field in headers]  # fields are (name, value) tuples: the cache's keys
         if None in parts:
@@ -101,7 +114,10 @@ class HeaderBlockEncoder:
                 if encoded is None:
                     name, value = headers[index]
                     encoded = parts[index] = self._encode_field(name, value)
-                    FIELDS.put((name, value), encoded, 2 * len(encoded))
+                    if name not in PER_CALL_NAMES:
+                        FIELDS.put((name, value), encoded, 2 * len(encoded))
+        if tail is not None:
+            parts.append(tail)
         return b"".join(parts)
 
     @staticmethod
@@ -155,12 +171,36 @@ class HeaderBlockDecoder:
             if list_size > self._max_header_list_size:
                 raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
             return list(headers)
+        cut = len(data) - _TRACEPARENT_TAIL
+        if cut > 0 and not self._table_limit and data.startswith(_TRACEPARENT_FIELD, cut):
+            # A gateway's request: the fields before its traceparent repeat. When they decode on their own they
+            # end where a field ends, so the block is them plus that last field (else: decoded whole, below).
+            try:
+                headers, list_size = self._decode_cached(data[:cut])
+            except HPACKDecodingError:
+                pass
+            else:
+                list_size += _TRACEPARENT_SIZE
+                if list_size > self._max_header_list_size:
+                    raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
+                headers.append((b"traceparent", data[cut + len(_TRACEPARENT_FIELD):]))
+                return headers
+        return self._decode_cached(data)[0]
+
+    def _decode_cached(self, data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+        """Decode `data` (remembered when it is stateless); the header list and its size."""
+        cached = BLOCKS.get(data)
+        if cached is not None and (not cached[2] or not self._table_limit):
+            headers, list_size, _ = cached
+            if list_size > self._max_header_list_size:
+                raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
+            return list(headers), list_size
         touches, empty_inserts = self._table_touches, self._empty_inserts
         headers, list_size = self._decode(data)
         if self._table_touches == touches:
             inserts = self._empty_inserts != empty_inserts
             BLOCKS.put(data, (tuple(headers), list_size, inserts), 2 * len(data) + 64 * len(headers))
-        return headers
+        return headers, list_size
 
     def _decode(self, data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
         headers: list[tuple[bytes, bytes]] = []

@@ -10,6 +10,8 @@ certificate (the caller site is always the certificate's site, never a header).
     x-interlink-method         Bolt requests         caller's gateway     the method (so the peer need not read the body)
     x-interlink-status         Bolt responses        either gateway       a gateway-made error's status name
     x-interlink-cancel         Bolt oneway (link)    caller's gateway     the request id the caller gave up on
+    x-interlink-loadtest       HTTP/2 and Bolt req.  either gateway       "1": a load-test call (a local caller may
+                                                                          set it too: it marks, it grants nothing)
 
 HTTP/2 header names are bytes; Bolt header maps are decoded to str by the translation adapters, hence the
 `*_TEXT` spellings.
@@ -21,12 +23,14 @@ CALLER_SITE = b"x-interlink-caller-site"
 METHOD = b"x-interlink-method"
 STATUS = b"x-interlink-status"
 CANCEL = b"x-interlink-cancel"
+LOADTEST = b"x-interlink-loadtest"
 
 PREFIX_TEXT = PREFIX.decode()
 CALLER_APP_TEXT = CALLER_APP.decode()
 CALLER_SITE_TEXT = CALLER_SITE.decode()
 STATUS_TEXT = STATUS.decode()
 CANCEL_TEXT = CANCEL.decode()
+LOADTEST_TEXT = LOADTEST.decode()
 
 
 def identity_stamps(site: str, app: str | None, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:

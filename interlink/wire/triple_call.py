@@ -56,7 +56,7 @@ _RESERVED = frozenset(
         b"accept-encoding", b"grpc-status", b"grpc-message", b"grpc-status-details-bin",
         SERVICE_VERSION, SERVICE_GROUP, HEADER_CONVERT, EXCEPTION_CODE, CONSUMER_APP, CURRENT_APP,
         TARGET_SERVICE, METHOD_NAME, TARGET_APP, b"tri-type", b"tri-trace-protocol-type", b"tri-trace-invoke-type",
-        b"service", b"app", b"grpc-version",
+        b"service", b"app", b"grpc-version", b"traceparent",
     }
 )
 _METADATA_KEY = re.compile(rb"[0-9a-z_.\-]+")

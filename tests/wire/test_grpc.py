@@ -226,3 +226,14 @@ def test_request_heads_are_remembered_and_shared_read_only():
     with pytest.raises(AttributeError):
         third.service = "other"  # type: ignore[misc]
     assert grpc.parse_request_head(_request((b"x-custom", b"other"))).metadata[-1] == (b"x-custom", b"other")
+
+
+def test_a_trailing_traceparent_comes_with_the_head_the_rest_of_the_list_names():
+    trace = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    for _ in range(3):  # parsed, then remembered: the head without the trace context is what repeats
+        head, traceparent = grpc.read_request_head(_request(trace))
+        assert traceparent == trace[1]
+        assert head == grpc.parse_request_head(_request())
+        assert all(name != b"traceparent" for name, _ in head.metadata)
+    inner, traceparent = grpc.read_request_head(_request(trace, (b"x-after", b"1")))  # anywhere: the same answer
+    assert traceparent == trace[1] and (b"x-after", b"1") in inner.metadata

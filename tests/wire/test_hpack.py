@@ -183,3 +183,55 @@ def test_blocks_that_index_into_a_table_of_size_0_are_cached_for_such_tables_onl
     assert with_table.decode(block) == [(b"x-indexed1", b"v"), (b"x-indexed2", b"w")]
     # the fields were inserted (62 is the newest dynamic entry), not skipped by the cache
     assert with_table.decode(b"\xbe\xbf") == [(b"x-indexed2", b"w"), (b"x-indexed1", b"v")]
+
+
+# --- a gateway's traceparent, last in its block ---------------------------------------------------------------
+
+_TRACE = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+_REQUEST = [(b":method", b"POST"), (b":path", b"/svc/m"), (b"content-type", b"application/grpc"), (b"x-k", b"v")]
+
+
+def _size_zero_decoder() -> HeaderBlockDecoder:
+    decoder = HeaderBlockDecoder()
+    decoder.max_allowed_table_size = 0
+    decoder.decode(b"\x20")  # the size update a peer owes after our SETTINGS_HEADER_TABLE_SIZE 0
+    return decoder
+
+
+def test_the_traceparent_is_encoded_last_without_entering_the_field_cache():
+    FIELDS.clear()
+    block = HeaderBlockEncoder().encode([*_REQUEST, _TRACE])
+    assert block.endswith(b"\x00\x0btraceparent\x37" + _TRACE[1])
+    assert _TRACE not in FIELDS._entries and len(FIELDS._seen) == len(_REQUEST)  # offered: all but the trace
+    assert hpack.Decoder().decode(block, raw=True) == [*_REQUEST, _TRACE]
+
+
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=20), st.binary(max_size=120)), max_size=6),
+       st.binary(min_size=55, max_size=55))
+def test_a_block_ending_in_a_traceparent_decodes_as_a_whole_block_does(fields, value):
+    fields = [(name.lower().replace(b":", b"x"), item) for name, item in fields]
+    block = HeaderBlockEncoder().encode([*fields, (b"traceparent", value)])
+    whole = hpack.Decoder().decode(block, raw=True)
+    for _ in range(2):  # the second time, the part before the traceparent comes from the cache
+        assert _size_zero_decoder().decode(block) == whole
+
+
+def test_bytes_that_only_look_like_a_trailing_traceparent_are_decoded_whole():
+    tail = b"\x00\x0btraceparent\x37" + b"z" * 55
+    # one literal field whose value holds what looks like a traceparent field at the end of the block
+    block = b"\x00\x01k" + bytes([len(tail) + 3]) + b"abc" + tail
+    assert _size_zero_decoder().decode(block) == [(b"k", b"abc" + tail)]
+
+
+def test_a_decoder_with_a_dynamic_table_decodes_the_whole_block():
+    decoder = HeaderBlockDecoder()  # table of 4096: the first field may be inserted and read back
+    block = b"\x40\x01k\x01v" + b"\xbe" + b"\x00\x0btraceparent\x37" + b"0" * 55
+    assert decoder.decode(block) == [(b"k", b"v"), (b"k", b"v"), (b"traceparent", b"0" * 55)]
+
+
+def test_the_header_list_limit_counts_the_traceparent():
+    decoder = _size_zero_decoder()
+    block = HeaderBlockEncoder().encode([(b"a", b"b"), _TRACE])
+    decoder.max_header_list_size = 34 + 98 - 1
+    with pytest.raises(hpack.exceptions.OversizedHeaderListError):
+        decoder.decode(block)
