@@ -23,6 +23,10 @@ if [ "${1:-}" = "--test" ]; then
   # Independent HTTP/2 clients for tests/e2e/test_h2_interop.py: h2load and nghttp (nghttp2-client), curl.
   { command -v h2load >/dev/null 2>&1 && command -v nghttp >/dev/null 2>&1; } || missing+=(nghttp2-client)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # Headless Chromium renders the admin page in tests/e2e/test_admin_chromium.py.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # A real Prometheus scrapes two gateways in tests/e2e/test_observability.py; promtool checks the exposition.
+  { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
       echo "setup: installing ${missing[*]} (Debian packages)" >&2

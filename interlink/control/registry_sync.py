@@ -374,5 +374,6 @@ async def _publish_import(registry: Registry, gateway: Gateway, settings: Regist
     except RegistryError as exc:
         log.error("registry.publish_failed", service=item.service, error=str(exc))
         return
+    gateway.published.add((item.service, item.protocol))
     log.info("registry.published", service=item.service, protocol=item.protocol, address=f"{host}:{listener.port}",
              registry=registry.name, liveness=publication.liveness)

@@ -55,12 +55,34 @@ def run_gateway(
     return 0
 
 
-async def _serve_until_signalled(gateway, registry_settings, drain_seconds: float) -> None:
-    from interlink.control.registry_sync import run_registry
+def admin_port(port: int, worker: int) -> int:
+    """With --workers N, worker i serves its own admin endpoint on listen.admin's port + i (port 0: any)."""
+    return port + worker if port else 0
 
+
+async def _serve_until_signalled(gateway, registry_settings, drain_seconds: float) -> None:
+    from interlink.control.admin import AdminServer
+    from interlink.control.registry_sync import run_registry
+    from interlink.control.status import GatewayStatus
+    from interlink.net.otlp import SpanExporter
+
+    config = gateway.config
+    worker = int(os.environ.get(WORKER_ENV, "0"))
+    status = GatewayStatus(gateway, worker=worker)
     registry = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            if config.tracing.otlp_endpoint:
+                exporter = SpanExporter(config.tracing.otlp_endpoint, service_name="interlink",
+                                        resource_attributes={"interlink.site": config.site,
+                                                             "service.instance.id": f"{config.site}/{os.getpid()}"})
+                gateway.calls.spans = status.exporter = exporter
+                nursery.start_soon(exporter.run)
+            if config.listen.admin is not None:  # first: /healthz and /readyz answer while the rest starts
+                admin = config.listen.admin
+                host, port = await nursery.start(AdminServer(status).run, admin.host, admin_port(admin.port, worker))
+                status.admin_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                log.info("admin.listening", site=config.site, address=status.admin_address, worker=worker)
             await nursery.start(gateway.run)
 
             # With --workers N every worker follows the registry for its exports; worker 0 alone publishes
@@ -73,19 +95,27 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
                     await run_registry(gateway, registry_settings, publish=publish, task_status=task_status)
 
             await nursery.start(follow_registry)
+            status.registry_ready = True
             log.info("gateway.ready", site=gateway.config.site, registry=registry_settings.kind)
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    reload(gateway)
+                    status.reloaded(reload(gateway))
                     continue
                 log.info("gateway.signal", signal=signal.Signals(signum).name)
                 registry.cancel()  # withdraw first, so callers stop choosing this gateway; then drain
-                nursery.start_soon(gateway.drain, drain_seconds)
+                nursery.start_soon(_drain_then_stop, gateway, drain_seconds, nursery.cancel_scope)
                 break
 
 
-def reload(gateway) -> None:
-    """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving."""
+async def _drain_then_stop(gateway, drain_seconds: float, everything: trio.CancelScope) -> None:
+    """Drain the gateway; then the admin endpoint and the span export (its last flush) end with it."""
+    await gateway.drain(drain_seconds)
+    everything.cancel()
+
+
+def reload(gateway) -> str | None:
+    """SIGHUP: read the site file again and swap the snapshot; any problem leaves the old one serving (and is
+    returned)."""
     from interlink.control.sitefile import SiteFileError, load_site
     from interlink.control.snapshot import SnapshotError, build_snapshot, log_expiring_certificates, restart_needed
 
@@ -102,6 +132,8 @@ def reload(gateway) -> None:
         log_expiring_certificates(snapshot)
     except (SiteFileError, SnapshotError) as exc:
         log.error("config.reload_failed", path=str(gateway.config.path), error=str(exc))
+        return str(exc)
+    return None
 
 
 def _supervise_workers(config_path: Path, workers: int, log_level: str, log_format: str, drain_seconds: float) -> int:

@@ -34,16 +34,18 @@ from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_fr
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
+from interlink.gateway.metrics import CallMetrics
 from interlink.model import Identity, Refusal, Reply, Status
+from interlink.net import trips
 from interlink.net.connection import FlushQueue
+from interlink.net.otlp import SpanExporter, SpanRecord
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.routes import ExportRoute, ImportRoute, Snapshot
-from interlink.wire import bolt_call, grpc, link_headers
+from interlink.wire import bolt, bolt_call, grpc, link_headers, tracecontext
 
 if TYPE_CHECKING:
     from interlink.net.boltlink import BoltEndpoint
     from interlink.net.h2link import H2Endpoint, Headers
-    from interlink.wire import bolt
 
 access_log = structlog.get_logger("interlink.access")
 audit_log = structlog.get_logger("interlink.audit")
@@ -87,20 +89,55 @@ class CallCore:
         timers: DeadlineTimers,
         flush_queue: FlushQueue,
         nursery: trio.Nursery | None = None,
+        spans: SpanExporter | None = None,
     ) -> None:
         """`peer_group(protocol, site)`: the pools to a peer's gateways for calls in that protocol;
-        `provider_group(pool_key)`: the pools to an export's providers."""
-        self.snapshot = snapshot
-        self.chains = FilterChains.of(snapshot)
+        `provider_group(pool_key)`: the pools to an export's providers; `spans`: where sampled calls' spans
+        go (tracing: otlp_endpoint), or None."""
         self.peer_group = peer_group
         self.provider_group = provider_group
         self.timers = timers
         self.flush_queue = flush_queue
         self.nursery = nursery
+        self.metrics = CallMetrics()
+        self.spans = spans
+        self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
         """New calls use `snapshot` (and its filters); calls in flight keep theirs."""
         self.chains, self.snapshot = FilterChains.of(snapshot), snapshot
+        self.metrics.install(snapshot)
+        config = snapshot.config
+        # Spans of a trace are exported when its id falls under the ratio: the same choice on every gateway.
+        self.sample_below = int(config.tracing.sample_ratio * 0x1_0000_0000)
+        marks = config.loadtest
+        header = marks.header.encode()
+        self.loadtest_header = None if header == link_headers.LOADTEST else header  # (the default is read always)
+        self.loadtest_baggage = marks.baggage.encode()
+
+    def audit(self, decision: str, fields: dict[str, object], reason: str, kind: str = "") -> None:
+        """One audit line (every call on the peer port, every refused peer connection), counted."""
+        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+        peer = fields.get("peer")
+        self.metrics.decided(peer, decision, kind)
+        if decision == "deny":
+            self.metrics.denied(peer, fields.get("caller_app"), fields.get("service"), reason)
+
+    def export_span(self, call: GatewayCall, status: str, message: str, seconds: float) -> None:
+        """One sampled call as one span (each gateway hop is one; the caller's span is its parent)."""
+        fields = call.log_fields
+        end = time.time_ns()
+        attributes = [(f"interlink.{key}", value) for key, value in fields.items()
+                      if isinstance(value, (str, bool)) and key not in ("trace_id", "span_id")]
+        attributes.append(("rpc.system", "grpc" if call.down.protocol == "triple" else "sofarpc"))
+        assert self.spans is not None
+        self.spans.submit(SpanRecord(
+            trace_id=bytes.fromhex(call.trace_id), span_id=bytes.fromhex(call.span_id),
+            parent_span_id=bytes.fromhex(call.parent_span_id) if call.parent_span_id else b"",
+            name=f"{call.service}/{call.method}", kind=2, start_ns=end - int(seconds * 1e9), end_ns=end,
+            status_ok=status == "OK", status_message=message if status == "OK" else f"{status}: {message}",
+            attributes=tuple(attributes),
+        ))
 
     # --- the endpoints' request callbacks ---------------------------------------------------------------
 
@@ -129,8 +166,9 @@ class CallCore:
         fields: dict[str, object] = {"site": self.snapshot.site, "ingress": _ingress_name(ingress, "bolt")}
         if ingress is PEER:
             fields["peer"] = endpoint.attributes.get("site")
-            _audit("deny", fields, reason)
+            self.audit("deny", fields, reason, status.name.lower())
         access_log.info("call", status=status.name, ms=0.0, error=reason, **fields)
+        self.metrics.observe(fields["ingress"], fields.get("peer"), "", None, "bolt", status.name, None, False, 0.0)
 
 
 class GatewayCall:
@@ -139,7 +177,7 @@ class GatewayCall:
     __slots__ = (
         "core", "ingress", "down", "up", "snapshot", "chain", "caller_site", "caller_app", "service", "method", "authority", "route",
         "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
-        "_answer", "_authorized",
+        "_answer", "_authorized", "trace_id", "span_id", "parent_span_id", "trace_flags", "loadtest",
     )
 
     def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
@@ -166,6 +204,11 @@ class GatewayCall:
         self._timer: list | None = None
         self._answer = ("UNKNOWN", "")  # status and message of an answer still being written (ANSWERING)
         self._authorized = ingress is LOCAL  # peer calls are audited until they pass the filters
+        self.trace_id: str | None = None  # W3C trace id (32 hex digits), once the head is read (identify)
+        self.span_id = ""  # this hop's span
+        self.parent_span_id: str | None = None  # the caller's span, when it sent a traceparent
+        self.trace_flags = tracecontext.SAMPLED
+        self.loadtest = False  # marked as load-test traffic
         down.attach(self)
 
     @property
@@ -185,7 +228,7 @@ class GatewayCall:
                 return  # a translated Triple request: forwarded once its one message is complete
             self._forward(trio.current_time())  # read again: the next hop is given what is left after our work
         except Refusal as refusal:
-            self.fail(refusal.status, refusal.message, refusal.http_status)
+            self.fail(refusal.status, refusal.message, refusal.http_status, refusal.kind)
         except bolt_call.UNREADABLE as exc:  # a header map that can be scanned but not rewritten
             self.fail(Status.INTERNAL, f"malformed request: {exc}")
 
@@ -209,18 +252,64 @@ class GatewayCall:
 
     def _identify(self) -> None:
         down = self.down
+        head: grpc.RequestHead | bolt_call.BoltRequestHead | None
         if isinstance(down, H2Downstream):
             head = down.head
             assert head is not None
             app = head.consumer_app if self.ingress is LOCAL else head.caller_app
+            traceparent = down.traceparent
         else:
-            assert down.head is not None
-            app = down.head.app
+            head = down.head
+            assert head is not None
+            app = head.app
+            traceparent = head.traceparent
         self.caller_site = str(down.endpoint.attributes["site"]) if self.ingress is PEER else self.snapshot.site
         self.caller_app = app
         fields = self.log_fields
         fields["method"] = self.method
         fields["caller_app"] = app
+        # The trace this hop is a span of: the caller's W3C context, else its SOFATracer id, else a new trace
+        # (wire/tracecontext.py).
+        sofa_trace_id = head.sofa_trace_id
+        if traceparent is None and sofa_trace_id is None:
+            fields["trace_id"], fields["span_id"] = self.trace_id, self.span_id = tracecontext.new_trace_and_span()
+        else:
+            self._continue_trace(traceparent, sofa_trace_id)
+            fields["trace_id"], fields["span_id"] = self.trace_id, self.span_id
+        if head.loadtest_mark is not None or head.sys_baggage is not None or self.core.loadtest_header is not None:
+            if self._marked(head):
+                self.loadtest = fields["loadtest"] = True
+
+    def _continue_trace(self, traceparent: bytes | None, sofa_trace_id: bytes | None) -> None:
+        context = tracecontext.parse_traceparent(traceparent) if traceparent is not None else None
+        if context is not None:
+            self.trace_id, self.parent_span_id, self.trace_flags = context
+            self.span_id = tracecontext.new_span_id()
+            return
+        trace_id = tracecontext.trace_id_of_sofa(sofa_trace_id) if sofa_trace_id is not None else None
+        if trace_id is None:
+            self.trace_id, self.span_id = tracecontext.new_trace_and_span()
+        else:
+            self.trace_id, self.span_id = trace_id, tracecontext.new_span_id()
+
+    def _marked(self, head: grpc.RequestHead | bolt_call.BoltRequestHead) -> bool:
+        """Load-test traffic: the mark header (ours, or the one the site file names) says 1 or true, or the
+        SOFATracer system baggage holds the mark pair."""
+        mark = head.loadtest_mark
+        if mark is not None:
+            return mark.lower() in _TRUE
+        core = self.core
+        baggage = head.sys_baggage
+        if baggage is not None and tracecontext.baggage_has(baggage, core.loadtest_baggage):
+            return True
+        custom = core.loadtest_header
+        if custom is None:
+            return False
+        if isinstance(head, grpc.RequestHead):
+            return any(name == custom and value.lower() in _TRUE for name, value in head.metadata)
+        request = self.down.request  # type: ignore[union-attr]
+        value = bolt.header_get(request.header, custom) if request.header else None
+        return value is not None and value.lower() in _TRUE
 
     def _route(self) -> None:
         snapshot, fields, protocol = self.snapshot, self.log_fields, self.down.protocol
@@ -241,7 +330,7 @@ class GatewayCall:
             item.on_request(self)
         if not self._authorized:
             self._authorized = True
-            _audit("allow", self.log_fields, "")
+            self.core.audit("allow", self.log_fields, "")
 
     def _choose_codec(self) -> None:
         """Calls cross the peer link in their caller's protocol; at the export, translation when the
@@ -264,7 +353,7 @@ class GatewayCall:
             try:
                 self._forward(trio.current_time())
             except Refusal as refusal:
-                self.fail(refusal.status, refusal.message, refusal.http_status)
+                self.fail(refusal.status, refusal.message, refusal.http_status, refusal.kind)
 
     def _forward(self, now: float) -> None:
         """Build the upstream request (the next hop's timeout is what is left at `now`), then choose an upstream
@@ -272,17 +361,30 @@ class GatewayCall:
         route, down = self.route, self.down
         if isinstance(route, ImportRoute):
             group = self.core.peer_group(down.protocol, route.peer)
-            stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=True)
+            stamps = self._stamps(to_peer=True)
             self.up = self._passthrough(stamps, now)
         else:
             assert route is not None
-            group = self.core.provider_group(route.pool_key)
-            stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=False)
+            shadow = route.shadow_pool_key if self.loadtest else None  # never for an unmarked call
+            group = self.core.provider_group(shadow or route.pool_key)
+            if shadow is not None:
+                self.upstream_name = self.log_fields["upstream"] = f"shadow providers of {self.service}"
+            stamps = self._stamps(to_peer=False)
             self.up = (self._passthrough(stamps, now) if route.protocol == down.protocol
                        else self._translate(route, stamps, now))
         if isinstance(down, BoltDownstream):
             down.forwarded()
         self._choose_upstream(group, now)
+
+    def _stamps(self, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:
+        """The keys this gateway sets on the upstream request: who calls (link_headers.identity_stamps), the
+        trace context with this hop as the parent, and the load-test mark (removed when not marked)."""
+        stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=to_peer)
+        stamps.append((link_headers.LOADTEST, b"1" if self.loadtest else None))
+        # last: the next hop finds the rest of the head in its caches (grpc.read_request_head, hpack, bolt_call)
+        stamps.append((tracecontext.TRACEPARENT,
+                       tracecontext.format_traceparent(self.trace_id, self.span_id, self.trace_flags)))  # type: ignore[arg-type]
+        return stamps
 
     def _passthrough(self, stamps: list[tuple[bytes, bytes | None]], now: float) -> Upstream:
         """Same protocol on both sides: the request travels as it came, with our link headers."""
@@ -334,6 +436,7 @@ class GatewayCall:
         if upstream is not None:
             self._dispatch(group, upstream)
         elif group.up:
+            trips.trip(trips.UPSTREAM_FULL)
             raise Refusal(Status.RESOURCE_EXHAUSTED,
                           f"all connections to {group.name} are at their concurrent call limit; retry later")
         elif group.connecting and self.core.nursery is not None:
@@ -358,12 +461,13 @@ class GatewayCall:
                 try:
                     self._dispatch(group, upstream)
                 except Refusal as refusal:
-                    self.fail(refusal.status, refusal.message)
+                    self.fail(refusal.status, refusal.message, kind=refusal.kind)
         self.core.flush_queue.flush()
 
     def _dispatch(self, group: PoolGroup, connection: object) -> None:
         """One caller connection may hold only its fair share of an upstream's call slots."""
         if not group.acquire(self.down.endpoint):
+            trips.trip(trips.UPSTREAM_SHARE)
             raise Refusal(Status.RESOURCE_EXHAUSTED,
                           f"this connection already has its share ({group.share()}) of the calls to {group.name} "
                           "in flight; retry later or spread calls over more connections")
@@ -405,14 +509,15 @@ class GatewayCall:
         else:
             self._finish(*down.answer(reply))
 
-    def fail(self, status: Status, message: str, http_status: bytes = b"200") -> None:
-        """End the call with a gateway-made error, whatever its state (upstream given up, caller answered)."""
+    def fail(self, status: Status, message: str, http_status: bytes = b"200", kind: str | None = None) -> None:
+        """End the call with a gateway-made error, whatever its state (upstream given up, caller answered).
+        `kind`: what refused it (Refusal.kind), for the audit counters."""
         if self.state is DONE:
             return
         if self.up is not None:
             self.up.cancel()
         if not self._authorized:  # every refusal on the peer port is audited
-            _audit("deny", self.log_fields, message)
+            self.core.audit("deny", self.log_fields, message, kind or status.name.lower())
         self.down.answer_error(Refusal(status, message, http_status))
         self._finish(status.name, message)
 
@@ -448,11 +553,19 @@ class GatewayCall:
         if up is not None:
             up.release()
         down.release(caller_alive)
-        elapsed_ms = round((time.perf_counter() - self.started) * 1000, 3)
+        seconds = time.perf_counter() - self.started
+        fields = self.log_fields
         if message:
-            access_log.info("call", status=status, ms=elapsed_ms, error=message, **self.log_fields)
+            access_log.info("call", status=status, ms=round(seconds * 1000, 3), error=message, **fields)
         else:
-            access_log.info("call", status=status, ms=elapsed_ms, **self.log_fields)
+            access_log.info("call", status=status, ms=round(seconds * 1000, 3), **fields)
+        core = self.core
+        core.metrics.observe(fields["ingress"], fields.get("peer"), self.service, self.method, down.protocol, status,  # type: ignore[arg-type]
+                             fields.get("translated"), self.loadtest, seconds)
+        trace_id = self.trace_id
+        if (core.spans is not None and trace_id is not None and self.trace_flags & tracecontext.SAMPLED
+                and int(trace_id[24:], 16) < core.sample_below):
+            core.export_span(self, status, message, seconds)
         for item in self.chain.local_finish if self.ingress is LOCAL else self.chain.peer_finish:
             _observe(item, self, status, message)
         # The legs point back at the call: unlinked here, the call and its legs are freed by reference
@@ -473,8 +586,7 @@ def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None
         structlog.get_logger("interlink.gateway").exception("filter.finish_failed", filter=type(item).__name__)
 
 
-def _audit(decision: str, fields: dict[str, object], reason: str) -> None:
-    audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+_TRUE = frozenset({b"1", b"true"})
 
 
 def _remaining(deadline: float, now: float) -> float | None:

@@ -42,7 +42,6 @@ from registry_adapters.model import Instance, ServiceKey
 from registry_adapters.static import StaticRegistry
 
 log = structlog.get_logger("interlink.gateway")
-audit_log = structlog.get_logger("interlink.audit")
 
 PROVIDER_CONNECTIONS = 1
 PROVIDER_MAX_STREAMS = 1000
@@ -146,6 +145,8 @@ class Gateway:
         )
         self._listener_scopes: list[trio.CancelScope] = []
         self._ingress: set[H2Endpoint | BoltEndpoint] = set()
+        self.listening = False  # every configured listener is open
+        self.published: set[tuple[str, str]] = set()  # (service, protocol) of the imports in our registry
 
     def _peer_group(self, protocol: str, site: str) -> PoolGroup | None:
         return (self.peer_groups if protocol == "triple" else self.bolt_peer_groups).get(site)
@@ -169,6 +170,12 @@ class Gateway:
                     self.providers.follow, self.static_registry, route.pool_key, route.protocol, route.registry_key
                 )
 
+    def _set_shadow_providers(self, snapshot: Snapshot) -> None:
+        """Load-test calls' providers (exports with shadow_providers:), from the site file only."""
+        for route in snapshot.export_routes:
+            if route.shadow_pool_key is not None:
+                self.providers.set_providers(route.shadow_pool_key, route.protocol, route.shadow_providers)
+
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -182,6 +189,7 @@ class Gateway:
         self.static_registry.replace(_static_sets(snapshot))  # removed exports get an empty set
         if self._nursery is not None:
             self._nursery.start_soon(self._follow_static, self._nursery, snapshot)
+        self._set_shadow_providers(snapshot)
         previous, self._snapshot = self._snapshot, snapshot
         self.calls.install(snapshot)
         self.config = config
@@ -202,8 +210,8 @@ class Gateway:
             reason = _inbound_refusal(snapshot, site, endpoint.attributes.get("sni"), endpoint.attributes.get("chain"))
             if reason is not None:
                 log.warning("peer.revoked", peer=site, remote=endpoint.remote, reason=reason)
-                audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", peer=site,
-                               remote=endpoint.remote, reason=f"connection closed after reload: {reason}")
+                self.calls.audit("deny", {"site": snapshot.site, "ingress": "peer", "peer": site, "remote": endpoint.remote},
+                                 f"connection closed after reload: {reason}", "revoked")
                 endpoint.shutdown(f"no longer trusted: {reason}")
         for name, group in [*self.peer_groups.items(), *self.bolt_peer_groups.items()]:
             for pool in group.pools:
@@ -224,6 +232,7 @@ class Gateway:
             nursery.start_soon(self.connections.run)
             await nursery.start(self.providers.run)
             await self._follow_static(nursery, self._snapshot)
+            self._set_shadow_providers(self._snapshot)
             for pool in self._all_pools:
                 nursery.start_soon(pool.run)
             listen = self.config.listen
@@ -244,6 +253,7 @@ class Gateway:
                 imports=sorted([*self._snapshot.imports, *self._snapshot.bolt_imports]),
                 fd_limit=fd_limit,
             )
+            self.listening = True
             task_status.started(self)
 
     def stop(self) -> None:
@@ -254,11 +264,23 @@ class Gateway:
     def calls_in_flight(self) -> int:
         return sum(endpoint.in_flight for endpoint in self._ingress)
 
+    @property
+    def ingress(self) -> frozenset[H2Endpoint | BoltEndpoint]:
+        """The connections callers and peers opened to us (a peer's carry attributes["site"])."""
+        return frozenset(self._ingress)
+
+    def calls_in_flight_by_ingress(self) -> dict[str, int]:
+        counts = {"local": 0, "peer": 0}
+        for endpoint in self._ingress:
+            counts["peer" if "site" in endpoint.attributes else "local"] += endpoint.in_flight
+        return counts
+
     async def drain(self, grace: float) -> None:
         """Stop accepting, tell every caller and peer (GOAWAY) to go elsewhere, let in-flight calls finish
         for up to `grace` seconds, then stop."""
         for scope in self._listener_scopes:
             scope.cancel()
+        self.listening = False
         for endpoint in list(self._ingress):
             endpoint.goaway()
         self.flush_queue.flush()
@@ -334,7 +356,7 @@ class Gateway:
             )
         except PeerRefused as exc:
             log.warning("peer.handshake_refused", remote=remote, error=str(exc))
-            audit_log.info("audit", decision="deny", site=snapshot.site, ingress="peer", remote=remote, reason=str(exc))
+            self.calls.audit("deny", {"site": snapshot.site, "ingress": "peer", "remote": remote}, str(exc), "handshake")
             return
         transport, site, sni, alpn = link.transport, link.site, link.sni, link.alpn
         chain = transport.verified_chain()
@@ -343,8 +365,8 @@ class Gateway:
             reason = _inbound_refusal(current, site, sni, chain)
             if reason is not None:
                 log.warning("peer.revoked", peer=site, remote=remote, reason=reason)
-                audit_log.info("audit", decision="deny", site=current.site, ingress="peer", peer=site, remote=remote,
-                               reason=f"handshake finished after a reload: {reason}")
+                self.calls.audit("deny", {"site": current.site, "ingress": "peer", "peer": site, "remote": remote},
+                                 f"handshake finished after a reload: {reason}", "revoked")
                 transport.close()
                 return
         endpoint: H2Endpoint | BoltEndpoint
@@ -376,10 +398,8 @@ class Gateway:
 
     def _audit_peer_refusal(self, endpoint: H2Endpoint, stream_id: int, reason: str) -> None:
         """Every refusal on the peer port is audited, malformed requests and cut connections included."""
-        audit_log.info(
-            "audit", decision="deny", site=self.config.site, ingress="peer", peer=endpoint.attributes.get("site"),
-            remote=endpoint.remote, stream_id=stream_id or None, reason=reason,
-        )
+        self.calls.audit("deny", {"site": self.config.site, "ingress": "peer", "peer": endpoint.attributes.get("site"),
+                                  "remote": endpoint.remote, "stream_id": stream_id or None}, reason, "protocol")
 
     # --- dialers ------------------------------------------------------------------------------------------
 

@@ -141,7 +141,7 @@ class H2Downstream(H2Leg):
     """The caller's stream. Its handler for the whole call: the request's DATA goes to the upstream leg (or
     is collected when the call is translated), the answer comes back through `out`."""
 
-    __slots__ = ("headers", "head", "caller_ended", "response_started")
+    __slots__ = ("headers", "head", "traceparent", "caller_ended", "response_started")
 
     oneway = False  # gRPC has no oneway calls
 
@@ -149,12 +149,13 @@ class H2Downstream(H2Leg):
         super().__init__(None, endpoint, sid)
         self.headers = headers
         self.head: grpc.RequestHead | None = None
+        self.traceparent: bytes | None = None  # the caller's trace context (W3C), read with the head
         self.caller_ended = caller_ended  # END_STREAM received from the caller
         self.response_started = False
 
     def read_head(self) -> grpc.RequestHead:
         """Parse the request head, once (Refusal when it is not a gRPC request)."""
-        self.head = grpc.parse_request_head(self.headers)
+        self.head, self.traceparent = grpc.read_request_head(self.headers)
         self.headers = None  # type: ignore[assignment]
         return self.head
 

@@ -12,6 +12,7 @@ export whose set is empty fails its calls at once with UNAVAILABLE ("no provider
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 import structlog
@@ -36,6 +37,8 @@ class ProviderDirectory:
         self._pools: dict[tuple[str, HostPort], ConnectionPool] = {}
         self._scopes: dict[tuple[str, HostPort], trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        # pool_key -> (registry name, unix time of its last set, whether that set was stale), for status
+        self.synced: dict[str, tuple[str, float, bool]] = {}
 
     def group(self, pool_key: str) -> PoolGroup | None:
         return self._groups.get(pool_key)
@@ -87,6 +90,7 @@ class ProviderDirectory:
         started = False
         async with registry.subscribe(key) as sets:
             async for instance_set in sets:
+                self.synced[pool_key] = (registry.name, time.time(), instance_set.stale)
                 if instance_set.stale:
                     log.warning("registry.stale", export=pool_key, revision=instance_set.revision,
                                 keeping=self.addresses(pool_key))
