@@ -189,7 +189,24 @@ def _cmd_certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+_LAB_EXTRA = (
+    "interlink lab needs the lab's demo gRPC peers (grpcio), which a plain install leaves out: "
+    "pip install 'interlink[lab]' (from a checkout: pip install -e '.[lab]', or bash scripts/setup.sh)"
+)
+
+
+def _lab_missing() -> str | None:
+    """Why the lab cannot run here (its optional dependencies are not installed), or None."""
+    from importlib.util import find_spec
+
+    return _LAB_EXTRA if find_spec("grpc") is None else None
+
+
 def _cmd_lab(args: argparse.Namespace) -> int:
+    missing = _lab_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
     if args.netns:
         from interlink import logs
         from interlink.labnet import run_netns_lab
@@ -202,6 +219,10 @@ def _cmd_lab(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab_call(args: argparse.Namespace) -> int:
+    missing = _lab_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 1
     from interlink.lab import run_call
 
     return run_call(registry=args.registry, zone=args.zone, target=args.target, service=args.service, app=args.app,

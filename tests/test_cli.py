@@ -191,3 +191,15 @@ def test_status_exits_2_when_the_site_file_has_no_admin_address(tmp_path):
 def test_status_needs_an_admin_address_or_a_site_file():
     done = interlink("status", timeout=30)
     assert done.returncode == 2 and "--admin HOST:PORT, or -c SITE.yaml" in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["lab"], ["lab", "call", "--target", "127.0.0.1:1"]])
+def test_the_lab_without_its_extra_says_what_to_install(argv, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "grpc" else real(name, *rest))
+    from interlink.cli import main
+
+    assert main(argv) == 1
+    assert "pip install 'interlink[lab]'" in capsys.readouterr().err
