@@ -170,7 +170,7 @@ def provider_site_config(
     allow_bolt = {"site-b": {"apps": [ALLOWED_APP], "methods": BOLT_METHODS}}
     config: dict[str, Any] = {
         "site": "site-a",
-        "listen": {"peer": f"127.0.0.1:{peer_port}"},
+        "listen": {"peer": f"127.0.0.1:{peer_port}", "admin": f"127.0.0.1:{free_port()}"},
         "tls": {"ca": str(own.ca), "cert": str(own.cert), "key": str(own.key)},
         "peers": {
             "site-b": {
@@ -206,6 +206,7 @@ def consumer_site_config(
             "triple": f"127.0.0.1:{triple_port}",
             "bolt": f"127.0.0.1:{bolt_port}",
             "peer": f"127.0.0.1:{peer_port}",
+            "admin": f"127.0.0.1:{free_port()}",
         },
         "tls": {"ca": str(own.ca), "cert": str(own.cert), "key": str(own.key)},
         "peers": {
