@@ -378,9 +378,14 @@ class GatewayCall:
 
     def _stamps(self, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:
         """The keys this gateway sets on the upstream request: who calls (link_headers.identity_stamps), the
-        trace context with this hop as the parent, and the load-test mark (removed when not marked)."""
+        trace context with this hop as the parent, and the load-test mark (removed when not marked). A marked
+        call reaches providers with the mark in its SOFATracer system baggage too, as SOFA applications look
+        for it, when it carries no baggage of its own."""
         stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=to_peer)
         stamps.append((link_headers.LOADTEST, b"1" if self.loadtest else None))
+        if self.loadtest and not to_peer and self.down.head.sys_baggage is None:  # type: ignore[union-attr]
+            route: ExportRoute = self.route  # type: ignore[assignment]
+            stamps.append((_SYS_BAGGAGE_KEY[route.protocol], self.core.loadtest_baggage))
         # last: the next hop finds the rest of the head in its caches (grpc.read_request_head, hpack, bolt_call)
         stamps.append((tracecontext.TRACEPARENT,
                        tracecontext.format_traceparent(self.trace_id, self.span_id, self.trace_flags)))  # type: ignore[arg-type]
@@ -587,6 +592,8 @@ def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None
 
 
 _TRUE = frozenset({b"1", b"true"})
+# Where providers of each protocol read SOFATracer system baggage (wire/triple_call.py TRACE_HEADERS).
+_SYS_BAGGAGE_KEY = {"triple": b"tri-trace-sys-baggage", "bolt": b"rpc_trace_context.sysPenAttrs"}
 
 
 def _remaining(deadline: float, now: float) -> float | None:

@@ -267,3 +267,29 @@ async def test_a_caller_that_says_not_sampled_is_not_exported(autojump_clock):
         await finished(world)
         assert spans.records == []
         assert values(headers, b"traceparent")[0].endswith(b"-00")  # and the decision travels on
+
+
+@pytest.mark.parametrize("caller", ["h2", "bolt"])
+async def test_a_marked_call_reaches_providers_with_the_mark_in_its_sofa_baggage(caller, autojump_clock):
+    async with open_world("peer", caller) as world:
+        if caller == "h2":
+            h2_call(world, peer=True, extra=((link_headers.LOADTEST, b"1"),))
+            headers = await answer_h2(world)
+            assert values(headers, b"tri-trace-sys-baggage") == [b"mark=T"]
+            assert values(headers, link_headers.LOADTEST) == [b"1"]
+        else:
+            world.caller.send(bolt_request(BOLT_NAME, link=True, extra={link_headers.LOADTEST_TEXT: "1"}))
+            await wait_until(lambda: world.provider.requests)
+            header = bolt.decode_header_map(world.provider.requests[0].header)
+            assert header["rpc_trace_context.sysPenAttrs"] == "mark=T"
+            world.provider.send(bolt.response_for(world.provider.requests[0], 0, bolt.SOFA_RESPONSE_CLASS, b"", b"ok"))
+        await finished(world)
+
+
+async def test_a_marked_calls_own_baggage_travels_unchanged(autojump_clock):
+    async with open_world("peer", "h2") as world:
+        h2_call(world, peer=True, extra=((b"tri-trace-sys-baggage", b"mark=T&zone=a"),))
+        headers = await answer_h2(world)
+        await finished(world)
+        assert values(headers, b"tri-trace-sys-baggage") == [b"mark=T&zone=a"]
+        assert world.access()[0]["loadtest"] is True
