@@ -185,7 +185,7 @@ def _link(address: str, protocol: str, pool: ConnectionPool) -> dict:
     for endpoint in pool.endpoints:
         chain = endpoint.attributes.get("chain") or ()
         if chain and peer_certificate is None:
-            peer_certificate = _certificate_der(bytes(chain[0]))  # type: ignore[index]
+            peer_certificate = _with_days_left(_certificate_der(bytes(chain[0])))  # type: ignore[index]
         connections.append({
             "usable": endpoint.usable,
             "streams": len(endpoint.streams),
@@ -222,7 +222,14 @@ def _certificate_file(path: str) -> dict | None:
             data = file.read()
     except OSError:
         return None
-    return _certificate_pem(data)
+    return _with_days_left(_certificate_pem(data))
+
+
+def _with_days_left(described: dict | None) -> dict | None:
+    """A certificate's description (remembered per certificate) with the days it has left, as of now."""
+    if described is None:
+        return None
+    return {**described, "expires_in_days": round((described["not_after_ts"] - time.time()) / 86400, 2)}
 
 
 @lru_cache(maxsize=16)
