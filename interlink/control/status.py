@@ -113,7 +113,9 @@ class GatewayStatus:
             "imports": [
                 {"service": item.service, "from": item.from_site, "protocol": item.protocol,
                  "link_up": _group_up(gateway, item.protocol, item.from_site),
-                 "published": (item.service, item.protocol) in gateway.published}
+                 # (with the static registry nothing is published: callers are given our address)
+                 "published": None if self.registry_kind == "static"
+                 else (item.service, item.protocol) in gateway.published}
                 for item in config.imports
             ],
             "denials": [
