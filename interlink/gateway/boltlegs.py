@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from interlink.model import Call, Refusal, Reply, Status
 from interlink.net.boltlink import BoltEndpoint
 from interlink.routes import ExportRoute
-from interlink.wire import bolt, bolt_call, link_headers
+from interlink.wire import bolt, bolt_call, link_headers, tracecontext
 from interlink.wire.cache import BoundedCache
 
 if TYPE_CHECKING:
@@ -199,11 +199,27 @@ def upstream_frame(
     dropped), timeout reduced."""
     # keys under our prefix that we do not set ourselves (a caller's, or unknown) are dropped; the map was
     # scanned once already, when its head was read
-    key = (request.header, *stamps.items())
-    header = _RESTAMPED.get(key)
-    if header is None:
-        header = bolt.header_rewrite(request.header, head.spans, stamps, link_headers.PREFIX)
-        _RESTAMPED.put(key, header, len(request.header) + len(header) + 128)
+    header, spans = request.header, head.spans
+    traceparent = stamps.pop(tracecontext.TRACEPARENT, None)  # different in every call: not in what is remembered
+    if traceparent is not None and head.traceparent is not None:  # the map has one (of a caller, or a gateway)
+        last = spans[-1]
+        if last[2] == tracecontext.TRACEPARENT and last[1] == len(header):  # a gateway's, last: ours goes there
+            header, spans = header[: last[0]], spans[:-1]
+        elif any(span[2] == tracecontext.TRACEPARENT for span in spans):  # a caller's, among the others
+            stamps[tracecontext.TRACEPARENT], traceparent = traceparent, None  # replaced in place, not remembered
+            header = bolt.header_rewrite(header, spans, stamps, link_headers.PREFIX)
+            return _restamped(request, header, timeout_ms)
+    key = (header, *stamps.items())
+    rewritten = _RESTAMPED.get(key)
+    if rewritten is None:
+        rewritten = bolt.header_rewrite(header, spans, stamps, link_headers.PREFIX)
+        _RESTAMPED.put(key, rewritten, len(header) + len(rewritten) + 128)
+    if traceparent is not None:
+        rewritten += bolt.header_entry(tracecontext.TRACEPARENT, traceparent)
+    return _restamped(request, rewritten, timeout_ms)
+
+
+def _restamped(request: bolt.BoltFrame, header: bytes, timeout_ms: int) -> bolt.BoltFrame:
     return bolt.BoltFrame(  # positional: a third of copy.copy's cost, on every forwarded Bolt call
         bolt.PROTO_V1, request.type, request.cmdcode, request.request_id, request.codec, 0, request.ver2, 0,
         timeout_ms, request.status, request.class_name, header, request.content, False, None,

@@ -751,7 +751,7 @@ def header_rewrite(
             kept_from = end
             value = updates[key]
             if value is not None and key not in done:
-                parts.append(_entry(key, value))
+                parts.append(header_entry(key, value))
             done.add(key)
         elif drop_prefix is not None and key.startswith(drop_prefix):
             parts.append(data[kept_from:start])
@@ -759,11 +759,12 @@ def header_rewrite(
     parts.append(data[kept_from:] if kept_from else data)
     for key, value in updates.items():
         if value is not None and key not in done:
-            parts.append(_entry(key, value))
+            parts.append(header_entry(key, value))
     return b"".join(parts)
 
 
-def _entry(key: bytes, value: bytes) -> bytes:
+def header_entry(key: bytes, value: bytes) -> bytes:
+    """One header-map entry (key and value, each with its length)."""
     return b"".join((_I32.pack(len(key)), key, _I32.pack(len(value)), value))
 
 

@@ -293,3 +293,19 @@ async def test_a_marked_calls_own_baggage_travels_unchanged(autojump_clock):
         await finished(world)
         assert values(headers, b"tri-trace-sys-baggage") == [b"mark=T&zone=a"]
         assert world.access()[0]["loadtest"] is True
+
+
+@pytest.mark.parametrize("ingress", ["local", "peer"])
+async def test_a_bolt_maps_trailing_traceparent_is_replaced_by_ours_at_the_end(ingress, autojump_clock):
+    async with open_world(ingress, "bolt") as world:
+        for request_id in (1, 3):  # the second time, the rest of the map is remembered
+            world.caller.send(bolt_request(BOLT_NAME, link=ingress == "peer", request_id=request_id,
+                                           extra={"k": "v", "traceparent": TRACEPARENT.decode()}))
+            await wait_until(lambda: len(world.provider.requests) == (request_id + 1) // 2)
+            request = world.provider.requests[-1]
+            world.provider.send(bolt.response_for(request, 0, bolt.SOFA_RESPONSE_CLASS, b"", b"ok"))
+            await finished(world, (request_id + 1) // 2)
+            line = world.access()[-1]
+            ours = bolt.header_entry(b"traceparent", f"00-{CALLER_TRACE}-{line['span_id']}-01".encode())
+            assert request.header.endswith(ours) and request.header.count(b"traceparent") == 1
+            assert bolt.decode_header_map(request.header)["k"] == "v"

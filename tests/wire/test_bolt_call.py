@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from interlink.wire import bolt, bolt_call, link_headers
 
@@ -58,3 +60,53 @@ def test_a_malformed_map_is_refused_every_time():
     for _ in range(3):
         with pytest.raises(bolt.BoltProtocolError):
             bolt_call.read_request_head(request, from_link=False)
+
+
+# --- trace context and load-test marks ------------------------------------------------------------------------
+
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def _whole(header: bytes, from_link: bool):
+    bolt_call._LOCAL_READS.clear()
+    bolt_call._LINK_READS.clear()
+    return bolt_call._read_whole_header(header, from_link)
+
+
+@pytest.mark.parametrize("from_link", [False, True])
+def test_a_trailing_traceparent_is_read_with_the_rest_of_the_map_remembered(from_link):
+    mapping = {**LOCAL_MAP, "rpc_trace_context.sofaTraceId": "abc", "rpc_trace_context.sysPenAttrs": "mark=T",
+               link_headers.LOADTEST_TEXT: "1", "traceparent": TRACE}
+    header = bolt.encode_header_map(mapping)
+    expected = _whole(header, from_link)
+    for _ in range(3):  # first read, then the part before the traceparent comes from the cache
+        head = bolt_call.read_request_head(_request(mapping), from_link=from_link)
+        assert (head.service, head.method, head.app, head.spans) == expected[:4]
+        assert (head.traceparent, head.sofa_trace_id, head.sys_baggage, head.loadtest_mark) == expected[4]
+        assert head.traceparent == TRACE.encode() and head.sofa_trace_id == b"abc" and head.sys_baggage == b"mark=T"
+        assert head.loadtest_mark == b"1"
+
+
+def test_bytes_that_only_look_like_a_trailing_traceparent_are_read_as_the_whole_map():
+    tail = bolt.header_entry(b"traceparent", b"z" * 55)
+    mapping = {"service": "svc:1.0", "k": "abc" + tail.decode()}  # a value that ends in what looks like an entry
+    head = bolt_call.read_request_head(_request(mapping), from_link=False)
+    assert head.service == "svc:1.0" and head.traceparent is None
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=40), max_size=6))
+def test_any_map_with_a_trailing_traceparent_reads_as_a_whole_scan_does(mapping):
+    mapping = {key: value for key, value in mapping.items() if key != "traceparent"}
+    header = bolt.encode_header_map({"service": "svc:1.0", **mapping}) + bolt.header_entry(b"traceparent", TRACE.encode())
+    for from_link in (False, True):
+        expected = _whole(header, from_link)
+        assert bolt_call._read_header(header, from_link) == expected
+        assert bolt_call._read_header(header, from_link) == expected  # (remembered)
+
+
+def test_sofa_rpc_node_trace_context_in_the_request_props():
+    props = {"rpc_trace_context": {"sofaTraceId": "0a0f01", "sysPenAttrs": "mark=T"}}
+    assert bolt_call._body_trace(props) == (b"0a0f01", b"mark=T")
+    assert bolt_call._body_trace({"rpc_trace_context.sofaTraceId": "x1"}) == (b"x1", None)
+    assert bolt_call._body_trace({"new_rpc_trace_context": "tcid=77&spid=0"}) == (b"77", b"tcid=77&spid=0")
+    assert bolt_call._body_trace({}) == (None, None)
