@@ -3,17 +3,19 @@
     downstream leg (H2 | Bolt) -> GatewayCall.start:
         admit      read the head once (a malformed one is refused), set the deadline
         identify   who calls: a local caller (our site, the app it names) or a peer gateway (the site its
-                   certificate proves, the app its gateway stamped)
+                   certificate proves, the app its gateway stamped); the trace this hop is a span of (W3C
+                   traceparent, else SOFATracer ids, else a new trace) and the load-test mark
         route      local: the import (-> that peer's gateways); peer: the export (-> our providers)
         filter     the snapshot's chain (peer port: access domain, then export ACL; audited either way)
         codec      passthrough, or translation when the export's providers speak the other protocol (a
                    Triple request is then collected whole first: forward waits for request_complete)
-        forward    build the upstream request (stamping identity), choose an upstream connection (the
-                   caller's fair share of it), open the upstream leg
+        forward    build the upstream request (stamping identity, the mark, and our traceparent last), choose
+                   an upstream connection (the caller's fair share of it; shadow providers for marked calls),
+                   open the upstream leg
     ... the legs carry the rest (h2legs.py, boltlegs.py) and report the outcome:
         answered / reply / fail / upstream_failed / caller_gone / deadline_passed
-    -> _finish, exactly once: status, access line, filters' end hooks, timer cleared, upstream released,
-       both legs released.
+    -> _finish, exactly once: status, access line, metrics, span (when sampled and exported), filters' end
+       hooks, timer cleared, upstream released, both legs released.
 
 A call's progress is its `state` (CallState), not a set of flags. Every call uses the snapshot (routes,
 ACLs, filters) it started with.
