@@ -171,11 +171,8 @@ def call_from_bolt(request: bolt.BoltFrame, interface: str, deadline: float | No
     hessian2 from the SofaRequest head too (sofa-rpc-node puts them only there); the method and app of
     `head` (read_request_head) when given. Refusal for a request that names no method or uses a codec
     other than hessian2/protobuf."""
-    header = bolt.decode_header_map(request.header) if request.header else {}
-    metadata = {key: value for key, value in header.items() if key not in _NOT_METADATA and not key.startswith(link_headers.PREFIX_TEXT)}
-    method = header.get(METHOD_NAME)
-    target_app = header.get(TARGET_APP)
-    app = header.get(APP)
+    items, method, target_app, app = _call_header(request.header)
+    metadata = dict(items)
     if head is not None:  # already read once for routing: the same answer, without reading it again
         method, app = head.method or method, head.app or app
     if request.codec == bolt.CODEC_HESSIAN2:
@@ -368,6 +365,35 @@ def _nest(flat: Mapping[str, str]) -> dict[str, object]:
         else:
             props[key] = value
     return props
+
+
+# What a header map gives a Call (metadata, method, target app, app), remembered per map: a caller's maps repeat.
+# A gateway's trailing traceparent is never metadata, so a map ending in one is remembered by what precedes it.
+_CallHeader = tuple[tuple[tuple[str, str], ...], str | None, str | None, str | None]
+_CALL_HEADERS: BoundedCache[bytes, _CallHeader] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=8192)
+
+
+def _call_header(header: bytes) -> _CallHeader:
+    if not header:
+        return (), None, None, None
+    cut = len(header) - _TRACE_TAIL
+    if cut > 0 and header.startswith(_TRACE_ENTRY, cut):
+        try:
+            return _call_header_of(header[:cut])
+        except bolt.BoltProtocolError:
+            pass  # the entries before it are not a map of their own: read the whole map
+    return _call_header_of(header)
+
+
+def _call_header_of(header: bytes) -> _CallHeader:
+    read = _CALL_HEADERS.get(header)
+    if read is None:
+        values = bolt.decode_header_map(header)
+        items = tuple((key, value) for key, value in values.items()
+                      if key not in _NOT_METADATA and not key.startswith(link_headers.PREFIX_TEXT))
+        read = (items, values.get(METHOD_NAME), values.get(TARGET_APP), values.get(APP))
+        _CALL_HEADERS.put(header, read, 2 * len(header) + 128)
+    return read
 
 
 def _trace_from_new_context(metadata: dict[str, str]) -> None:

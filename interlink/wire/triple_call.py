@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote
 
 from interlink.model import BIZ_BAGGAGE, RPC_ID, SAMPLED, SYS_BAGGAGE, TRACE_ID, Call, Payload, PayloadKind, Reply, Status
 from interlink.wire import grpc, link_headers
+from interlink.wire.cache import BoundedCache
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -93,9 +94,24 @@ def metadata_from_headers(pairs: Iterable[tuple[bytes, bytes]]) -> tuple[dict[st
     return metadata, app
 
 
+# metadata_headers per metadata (as its items): the metadata of a caller's calls repeats. Read only: callers copy.
+_METADATA_HEADERS: BoundedCache[tuple[tuple[str, str], ...], tuple[tuple[bytes, bytes], ...]] = BoundedCache(
+    max_entries=1024, max_bytes=2 << 20, max_item=8192
+)
+
+
 def metadata_headers(metadata: Mapping[str, str]) -> Headers:
     """gRPC metadata for canonical metadata: trace keys under their tri-/sofa- names, the others lowercase
     (their case kept in tri-header-convert), values that are not visible ASCII sent as `<key>-bin`."""
+    key = tuple(metadata.items())
+    headers = _METADATA_HEADERS.get(key)
+    if headers is None:
+        headers = tuple(_metadata_headers(metadata))
+        _METADATA_HEADERS.put(key, headers, sum(len(k) + len(v) for k, v in key) * 3 + 64 * len(headers) + 64)
+    return list(headers)
+
+
+def _metadata_headers(metadata: Mapping[str, str]) -> Headers:
     headers: Headers = []
     convert: dict[str, str] = {}
     for key, value in metadata.items():

@@ -110,3 +110,18 @@ def test_sofa_rpc_node_trace_context_in_the_request_props():
     assert bolt_call._body_trace({"rpc_trace_context.sofaTraceId": "x1"}) == (b"x1", None)
     assert bolt_call._body_trace({"new_rpc_trace_context": "tcid=77&spid=0"}) == (b"77", b"tcid=77&spid=0")
     assert bolt_call._body_trace({}) == (None, None)
+
+
+def test_a_call_from_a_map_is_the_same_first_and_remembered_and_callers_cannot_change_what_is_remembered():
+    mapping = {"service": "svc:1.0", "sofa_head_method_name": "echo", "app": "shop", "sofa_head_target_app": "t",
+               "rpc_trace_context.sofaTraceId": "abc", link_headers.CALLER_APP_TEXT: "x", "k": "v"}
+    with_trace = bolt.encode_header_map(mapping) + bolt.header_entry(b"traceparent", TRACE.encode())
+    calls = []
+    for header in (bolt.encode_header_map(mapping), with_trace, with_trace, with_trace):
+        request = _request({})
+        request.header = header
+        call = bolt_call.call_from_bolt(request, "svc", None)
+        calls.append((call.method, call.target_app, call.caller.app, dict(call.metadata)))
+        call.metadata["k"] = "changed by a filter"  # the Call is the caller's to change
+    assert calls[0] == calls[1] == calls[2] == calls[3]
+    assert calls[0] == ("echo", "t", "shop", {"rpc_trace_context.sofaTraceId": "abc", "k": "v"})

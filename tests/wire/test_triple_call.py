@@ -128,3 +128,13 @@ def test_metadata_round_trips_whatever_its_case_and_values(metadata):
 
             expected[key.lower() + "-bin"] = base64.b64encode(value.encode()).decode()
     assert back == expected
+
+
+def test_metadata_headers_are_remembered_but_each_caller_gets_its_own_list():
+    metadata = {"rpc_trace_context.sofaTraceId": "abc", "Custom-Key": "v", "bin": "\x00\x01"}
+    first = triple_call.metadata_headers(metadata)
+    first.append((b"x-added-by-a-caller", b"1"))
+    second = triple_call.metadata_headers(dict(metadata))
+    third = triple_call.metadata_headers(dict(metadata))
+    assert second == third == first[:-1]
+    assert (b"x-added-by-a-caller", b"1") not in second
