@@ -332,8 +332,21 @@ def response_frame(reply: Reply, request: bolt.BoltFrame) -> bolt.BoltFrame:
         content = triple_wrapper.wrapper_response_to_sofa_response(
             reply.payload.data, exception=reply.exception, response_props=props or None
         )
-    header = bolt.encode_header_map({**props, RESPONSE_ERROR: "true" if reply.exception else "false"})
-    return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS, header, content)
+    return bolt.response_for(request, bolt.ResponseStatus.SUCCESS, bolt.SOFA_RESPONSE_CLASS,
+                             _response_header(tuple(props.items()), reply.exception), content)
+
+
+# Response header maps per (props, business exception): a provider's answers repeat them.
+_RESPONSE_HEADERS: BoundedCache[tuple, bytes] = BoundedCache(max_entries=1024, max_bytes=1 << 20, max_item=4096)
+
+
+def _response_header(props: tuple[tuple[str, str], ...], exception: bool) -> bytes:
+    key = (props, exception)
+    header = _RESPONSE_HEADERS.get(key)
+    if header is None:
+        header = bolt.encode_header_map({**dict(props), RESPONSE_ERROR: "true" if exception else "false"})
+        _RESPONSE_HEADERS.put(key, header, 2 * len(header) + 64)
+    return header
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

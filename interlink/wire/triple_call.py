@@ -216,13 +216,30 @@ def reply_from_triple(headers: Headers, messages: list[bytes], trailers: Headers
     status = Status.UNKNOWN if found is None else found
     message = next((grpc.decode_grpc_message(value) for name, value in final if name == b"grpc-message"), "")
     exception = any(name == EXCEPTION_CODE and value not in (b"", b"0") for name, value in headers)
-    metadata, _ = metadata_from_headers(trailers or [])
+    metadata = _trailer_metadata(trailers)
     if status != Status.OK:
         return Reply(status, message or f"provider answered {status.name}", metadata=metadata)
     if len(messages) != 1:
         return Reply(Status.INTERNAL, f"the provider answered a unary call with {len(messages)} messages")
     kind = PayloadKind.WRAPPER if serialize is not None else PayloadKind.PROTOBUF
     return Reply(Status.OK, payload=Payload(kind, messages[0], serialize), metadata=metadata, exception=exception)
+
+
+# A provider's trailers as metadata, remembered per trailers: they repeat (often just grpc-status 0).
+_TRAILER_METADATA: BoundedCache[tuple[tuple[bytes, bytes], ...], tuple[tuple[str, str], ...]] = BoundedCache(
+    max_entries=1024, max_bytes=1 << 20, max_item=4096
+)
+
+
+def _trailer_metadata(trailers: Headers | None) -> dict[str, str]:
+    if not trailers:
+        return {}
+    key = tuple(trailers)
+    items = _TRAILER_METADATA.get(key)
+    if items is None:
+        items = tuple(metadata_from_headers(trailers)[0].items())
+        _TRAILER_METADATA.put(key, items, 3 * sum(len(name) + len(value) for name, value in key) + 64)
+    return dict(items)
 
 
 def response(reply: Reply, content_type: bytes = grpc.CONTENT_TYPE) -> tuple[Headers, bytes | None, Headers]:

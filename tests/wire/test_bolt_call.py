@@ -125,3 +125,13 @@ def test_a_call_from_a_map_is_the_same_first_and_remembered_and_callers_cannot_c
         call.metadata["k"] = "changed by a filter"  # the Call is the caller's to change
     assert calls[0] == calls[1] == calls[2] == calls[3]
     assert calls[0] == ("echo", "t", "shop", {"rpc_trace_context.sofaTraceId": "abc", "k": "v"})
+
+
+def test_a_translated_response_header_map_is_the_same_remembered():
+    from interlink.model import Payload, PayloadKind, Reply, Status
+
+    request = _request({"service": "svc:1.0"})
+    reply = Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, b"\x0a\x01x"), metadata={"k": "v", "x-interlink-status": "x"})
+    frames = [bolt_call.response_frame(reply, request) for _ in range(3)]
+    assert len({frame.header for frame in frames}) == 1
+    assert bolt.decode_header_map(frames[0].header) == {"k": "v", "sofa_head_response_error": "false"}

@@ -138,3 +138,12 @@ def test_metadata_headers_are_remembered_but_each_caller_gets_its_own_list():
     third = triple_call.metadata_headers(dict(metadata))
     assert second == third == first[:-1]
     assert (b"x-added-by-a-caller", b"1") not in second
+
+
+def test_trailer_metadata_is_remembered_but_each_reply_gets_its_own_dict():
+    trailers = [(b"grpc-status", b"0"), (b"x-k", b"v"), (b"tri-trace-traceid", b"abc")]
+    first = triple_call.reply_from_triple([(b":status", b"200")], [b"m"], list(trailers), None)
+    first.metadata["x-k"] = "changed"
+    second = triple_call.reply_from_triple([(b":status", b"200")], [b"m"], list(trailers), None)
+    assert second.metadata == {"x-k": "v", TRACE_ID: "abc"}
+    assert second.metadata is not first.metadata
