@@ -79,6 +79,7 @@ def run_lab(keep: bool = False, configs: Path | None = None) -> int:
                     return 1
         outcomes = _scenarios(str(site_b.listen.triple))
         outcomes.append(_registry_scenario(site_b))
+        outcomes.extend(_operations_scenarios(site_a, site_b, work / "logs"))
     finally:
         for process in processes:
             process.terminate()
@@ -130,7 +131,7 @@ def _addresses(*configs):
         dns = embedded_dns(config)
         if dns is not None:
             yield dns.listen
-        for address in (config.listen.triple, config.listen.peer):
+        for address in (config.listen.triple, config.listen.peer, config.listen.admin):
             if address is not None:
                 yield address
         for export in config.exports:
@@ -233,6 +234,56 @@ def _registry_scenario(site_b) -> Outcome:
         got,
         (time.perf_counter() - started) * 1000,
     )
+
+
+def _operations_scenarios(site_a, site_b, logs: Path) -> list[Outcome]:
+    """What an operator sees of the calls above: both gateways ready on their admin endpoints, the calls
+    counted in GW-B's Prometheus metrics, and one trace id in both gateways' access lines."""
+    import re
+    import urllib.error
+    import urllib.request
+
+    def get(address, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{address}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    outcomes = []
+    started = time.perf_counter()
+    ready = [get(site.listen.admin, "/readyz")[0] for site in (site_a, site_b) if site.listen.admin is not None]
+    outcomes.append(Outcome("both gateways ready (/readyz)", "200 200", " ".join(map(str, ready)) or "no admin",
+                            (time.perf_counter() - started) * 1000))
+    started = time.perf_counter()
+    _, text = get(site_b.listen.admin, "/metrics") if site_b.listen.admin is not None else (0, "")
+    counted = sum(float(n) for n in re.findall(r'^interlink_calls_total\{[^}]*ingress="local"[^}]*\} (\S+)', text, re.M))
+    outcomes.append(Outcome("calls counted by GW-B (/metrics)", "at least 10", "at least 10" if counted >= 10
+                            else f"{counted:.0f}", (time.perf_counter() - started) * 1000))
+    started = time.perf_counter()
+    traces = []
+    for site in (site_b, site_a):
+        path = logs / f"{site.site}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        traces.append({line.get("trace_id") for line in map(_json_or_empty, lines) if line.get("event") == "call"
+                       and line.get("method") == "add"})
+    shared = traces[0] & traces[1] - {None}
+    outcomes.append(Outcome("one trace across both gateways (add)", "same trace_id",
+                            "same trace_id" if shared else "none shared", (time.perf_counter() - started) * 1000,
+                            f"trace_id {sorted(shared)[0]}" if shared else ""))
+    return outcomes
+
+
+def _json_or_empty(line: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _wait_for_link(client, app, timeout: float = 10.0) -> None:

@@ -24,7 +24,7 @@ def interlink(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_lab_runs_two_sites_and_reports_every_call_as_expected():
     done = interlink("lab")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "11 calls, all as expected" in done.stdout
+    assert "14 calls, all as expected" in done.stdout
     assert "DNS-SD lookup" in done.stdout
     assert "PERMISSION_DENIED" in done.stdout and "UNIMPLEMENTED" in done.stdout
 
@@ -49,7 +49,7 @@ def test_check_reports_mismatched_domains_with_file_and_line(lab_copy):
     site_b.write_text(site_b.read_text().replace("site-b.gw.site-a.lab", "wrong.gw.site-a.lab"))
     done = interlink("check", str(lab_copy / "site-a.yaml"), str(site_b))
     assert done.returncode == 1
-    assert "site-a.yaml:19: domains.site-b" in done.stderr and "site-b.yaml:21: peers.site-a.domain" in done.stderr, done.stderr
+    assert "site-a.yaml:20: domains.site-b" in done.stderr and "site-b.yaml:22: peers.site-a.domain" in done.stderr, done.stderr
 
 
 def test_run_refuses_a_bad_site_file_with_its_line(tmp_path):
