@@ -130,9 +130,16 @@ _TRACE_ENTRY = bolt.header_entry(tracecontext.TRACEPARENT, b"")[:-4] + b"\x00\x0
 _TRACE_TAIL = len(_TRACE_ENTRY) + 55
 
 
-def _read_header(header: bytes, from_link: bool) -> _HeaderRead:
+def _trailing_traceparent(header: bytes) -> int:
+    """Where a gateway's traceparent entry starts when it is the map's last one, else -1. (Whether the entries
+    before it form a map of their own is for the caller to find out: only then is the map them plus it.)"""
     cut = len(header) - _TRACE_TAIL
-    if cut > 0 and header.startswith(_TRACE_ENTRY, cut):
+    return cut if cut > 0 and header.startswith(_TRACE_ENTRY, cut) else -1
+
+
+def _read_header(header: bytes, from_link: bool) -> _HeaderRead:
+    cut = _trailing_traceparent(header)
+    if cut > 0:
         # When the entries before it scan on their own, they end where an entry ends: the map is them plus
         # that traceparent (else the whole map is scanned, below).
         try:
@@ -389,8 +396,8 @@ _CALL_HEADERS: BoundedCache[bytes, _CallHeader] = BoundedCache(max_entries=1024,
 def _call_header(header: bytes) -> _CallHeader:
     if not header:
         return (), None, None, None
-    cut = len(header) - _TRACE_TAIL
-    if cut > 0 and header.startswith(_TRACE_ENTRY, cut):
+    cut = _trailing_traceparent(header)
+    if cut > 0:
         try:
             return _call_header_of(header[:cut])
         except bolt.BoltProtocolError:
