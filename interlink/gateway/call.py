@@ -37,7 +37,7 @@ from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
 from interlink.gateway.metrics import CallMetrics
-from interlink.model import Identity, Refusal, Reply, Status
+from interlink.model import RPC_ID, TRACE_ID, Identity, Refusal, Reply, Status
 from interlink.net import trips
 from interlink.net.connection import FlushQueue
 from interlink.net.otlp import SpanExporter, SpanRecord
@@ -380,14 +380,22 @@ class GatewayCall:
 
     def _stamps(self, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:
         """The keys this gateway sets on the upstream request: who calls (link_headers.identity_stamps), the
-        trace context with this hop as the parent, and the load-test mark (removed when not marked). A marked
-        call reaches providers with the mark in its SOFATracer system baggage too, as SOFA applications look
-        for it, when it carries no baggage of its own."""
+        trace context with this hop as the parent, and the load-test mark (removed when not marked). Towards
+        providers, what SOFA applications look for, when the call carries none of its own: the mark in its
+        SOFATracer system baggage, and (SOFA Triple providers) the trace as SOFATracer ids. (A translated call
+        gets its SOFATracer ids in its Call: _translate.)"""
         stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=to_peer)
         stamps.append((link_headers.LOADTEST, b"1" if self.loadtest else None))
-        if self.loadtest and not to_peer and self.down.head.sys_baggage is None:  # type: ignore[union-attr]
+        if not to_peer:
             route: ExportRoute = self.route  # type: ignore[assignment]
-            stamps.append((_SYS_BAGGAGE_KEY[route.protocol], self.core.loadtest_baggage))
+            head = self.down.head
+            if self.loadtest and head.sys_baggage is None:  # type: ignore[union-attr]
+                stamps.append((_SYS_BAGGAGE_KEY[route.protocol], self.core.loadtest_baggage))
+            if route.flavour == "sofa" and route.protocol == "triple" and isinstance(head, grpc.RequestHead) \
+                    and head.sofa_trace_id is None:  # a SOFA Triple provider joins the trace as SOFATracer sees it
+                trace_id = self.trace_id.encode()  # type: ignore[union-attr]
+                stamps += ((b"tri-trace-traceid", trace_id), (b"sofa-traceid", trace_id),
+                           (b"tri-trace-rpcid", b"0"), (b"sofa-rpcid", b"0"))
         # last: the next hop finds the rest of the head in its caches (grpc.read_request_head, hpack, bolt_call)
         stamps.append((tracecontext.TRACEPARENT,
                        tracecontext.format_traceparent(self.trace_id, self.span_id, self.trace_flags)))  # type: ignore[arg-type]
@@ -423,6 +431,9 @@ class GatewayCall:
         call = down.to_call(route, self.deadline)  # the request as a Call (Refusal if it cannot be read)
         # The caller the ACL judged; a Bolt request's own app claim fills in only when no app was stamped.
         call.caller = Identity(self.caller_site, self.caller_app or (call.caller.app if call.caller else None))
+        if TRACE_ID not in call.metadata:  # a SOFA provider joins the trace as SOFATracer sees traces
+            call.metadata[TRACE_ID] = self.trace_id  # type: ignore[assignment]
+            call.metadata.setdefault(RPC_ID, "0")
         if isinstance(down, H2Downstream):
             frame, self.serialize = translation.bolt_request(call, route, stamps, _remaining_ms(self.deadline, now))
             return BoltUpstream(self, frame, translated=True)

@@ -309,3 +309,36 @@ async def test_a_bolt_maps_trailing_traceparent_is_replaced_by_ours_at_the_end(i
             ours = bolt.header_entry(b"traceparent", f"00-{CALLER_TRACE}-{line['span_id']}-01".encode())
             assert request.header.endswith(ours) and request.header.count(b"traceparent") == 1
             assert bolt.decode_header_map(request.header)["k"] == "v"
+
+
+# --- SOFATracer ids for SOFA providers ---------------------------------------------------------------------
+
+
+async def test_a_sofa_triple_provider_gets_the_trace_as_sofatracer_ids_when_the_caller_sent_none(autojump_clock):
+    from tests.gateway.harness import SOFA
+
+    async with open_world("peer", "h2") as world:
+        h2_call(world, SOFA, peer=True, extra=((b"traceparent", TRACEPARENT),))
+        first = await answer_h2(world)
+        await finished(world)
+        h2_call(world, SOFA, peer=True, extra=((b"sofa-traceid", b"0a0f01"),))
+        await wait_until(lambda: len(world.provider.requests) == 2)
+        second = world.provider.stream(world.provider.requests[1]).headers[0]
+        world.provider.send_headers(world.provider.requests[1], RESPONSE_HEAD + grpc_trailers(0), end=True)
+        await finished(world, 2)
+        assert values(first, b"tri-trace-traceid") == values(first, b"sofa-traceid") == [CALLER_TRACE.encode()]
+        assert values(first, b"sofa-rpcid") == values(first, b"tri-trace-rpcid") == [b"0"]
+        assert values(second, b"sofa-traceid") == [b"0a0f01"] and values(second, b"tri-trace-traceid") == []
+
+
+async def test_a_translated_call_carries_the_trace_as_sofatracer_ids(autojump_clock):
+    async with open_world("peer", "h2", "bolt") as world:  # a Triple caller, Bolt providers (protobuf)
+        sid = h2_call(world, BOLT, peer=True, extra=((b"traceparent", TRACEPARENT),))
+        await wait_until(lambda: world.provider.requests)
+        request = world.provider.requests[0]
+        world.provider.send(bolt.response_for(request, 0, bolt.SOFA_RESPONSE_CLASS, b"", b""))
+        await finished(world)
+        header = bolt.decode_header_map(request.header)
+        assert header["rpc_trace_context.sofaTraceId"] == CALLER_TRACE
+        assert header["rpc_trace_context.sofaRpcId"] == "0"
+        assert world.caller.stream(sid).outcome[0] == "OK"
