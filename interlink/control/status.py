@@ -187,7 +187,7 @@ def _link(address: str, protocol: str, pool: ConnectionPool) -> dict:
     for endpoint in pool.endpoints:
         chain = endpoint.attributes.get("chain") or ()
         if chain and peer_certificate is None:
-            peer_certificate = _with_days_left(_certificate_der(bytes(chain[0])))  # type: ignore[index]
+            peer_certificate = _with_days_left(_certificate(bytes(chain[0]), pem=False))  # type: ignore[index]
         connections.append({
             "usable": endpoint.usable,
             "streams": len(endpoint.streams),
@@ -224,7 +224,7 @@ def _certificate_file(path: str) -> dict | None:
             data = file.read()
     except OSError:
         return None
-    return _with_days_left(_certificate_pem(data))
+    return _with_days_left(_certificate(data, pem=True))
 
 
 def _with_days_left(described: dict | None) -> dict | None:
@@ -234,18 +234,11 @@ def _with_days_left(described: dict | None) -> dict | None:
     return {**described, "expires_in_days": round((described["not_after_ts"] - time.time()) / 86400, 2)}
 
 
-@lru_cache(maxsize=16)
-def _certificate_pem(data: bytes) -> dict | None:
-    try:
-        return _describe(x509.load_pem_x509_certificate(data))
-    except ValueError:
-        return None
-
-
 @lru_cache(maxsize=64)
-def _certificate_der(data: bytes) -> dict | None:
+def _certificate(data: bytes, *, pem: bool) -> dict | None:
+    """A certificate (PEM or DER) described, once per certificate; None when it cannot be read."""
     try:
-        return _describe(x509.load_der_x509_certificate(data))
+        return _describe(x509.load_pem_x509_certificate(data) if pem else x509.load_der_x509_certificate(data))
     except ValueError:
         return None
 
@@ -372,7 +365,7 @@ class _Collector(Collector):
         for name, bundle in snapshot.peer_cas.items():
             if bundle:
                 expiry.add_metric([name, "peer_ca"], min(c.not_valid_after_utc for c in bundle).timestamp())
-            seen = [_certificate_der(bytes(chain[0])) for chain in _peer_chains(gateway, name)]
+            seen = [_certificate(bytes(chain[0]), pem=False) for chain in _peer_chains(gateway, name)]
             seen = [item for item in seen if item]
             if seen:
                 expiry.add_metric([name, "peer_gateway"], min(item["not_after_ts"] for item in seen))

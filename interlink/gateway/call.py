@@ -37,7 +37,7 @@ from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
 from interlink.gateway.metrics import CallMetrics
-from interlink.model import RPC_ID, TRACE_ID, Identity, Refusal, Reply, Status
+from interlink.model import RPC_ID, SYS_BAGGAGE, TRACE_ID, Identity, Refusal, Reply, Status
 from interlink.net import trips
 from interlink.net.connection import FlushQueue
 from interlink.net.otlp import SpanExporter, SpanRecord
@@ -394,8 +394,8 @@ class GatewayCall:
             if route.flavour == "sofa" and route.protocol == "triple" and isinstance(head, grpc.RequestHead) \
                     and head.sofa_trace_id is None:  # a SOFA Triple provider joins the trace as SOFATracer sees it
                 trace_id = self.trace_id.encode()  # type: ignore[union-attr]
-                stamps += ((b"tri-trace-traceid", trace_id), (b"sofa-traceid", trace_id),
-                           (b"tri-trace-rpcid", b"0"), (b"sofa-rpcid", b"0"))
+                stamps += [(name, trace_id) for name in tracecontext.TRIPLE_TRACE_ID]
+                stamps += [(name, b"0") for name in tracecontext.TRIPLE_RPC_ID]
         # last: the next hop finds the rest of the head in its caches (grpc.read_request_head, hpack, bolt_call)
         stamps.append((tracecontext.TRACEPARENT,
                        tracecontext.format_traceparent(self.trace_id, self.span_id, self.trace_flags)))  # type: ignore[arg-type]
@@ -605,8 +605,8 @@ def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None
 
 
 _TRUE = frozenset({b"1", b"true"})
-# Where providers of each protocol read SOFATracer system baggage (wire/triple_call.py TRACE_HEADERS).
-_SYS_BAGGAGE_KEY = {"triple": b"tri-trace-sys-baggage", "bolt": b"rpc_trace_context.sysPenAttrs"}
+# Where providers of each protocol read SOFATracer system baggage.
+_SYS_BAGGAGE_KEY = {"triple": tracecontext.TRIPLE_SYS_BAGGAGE, "bolt": SYS_BAGGAGE.encode()}
 
 
 def _remaining(deadline: float, now: float) -> float | None:

@@ -241,6 +241,7 @@ def split_path(path: bytes) -> tuple[str, str] | None:
 
 CONSUMER_APP = b"tri-consumer-appname"  # Triple / Dubbo consumer application name
 
+_TRI_TRACE_ID, _SOFA_TRACE_ID = tracecontext.TRIPLE_TRACE_ID
 _TRACE_PREFIXES = frozenset({b"tra", b"sof", b"tri"})  # traceparent, sofa-traceid, tri-trace-*: one test for most headers
 
 # Never forwarded: HTTP/2 pseudo-headers are rebuilt, these are hop-by-hop or rewritten per hop.
@@ -333,11 +334,11 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead
             if name == tracecontext.TRACEPARENT:
                 traceparent = value
                 continue
-            if name == b"sofa-traceid":
+            if name == _SOFA_TRACE_ID:
                 sofa_trace_id = value
-            elif name == b"tri-trace-traceid":
+            elif name == _TRI_TRACE_ID:
                 tri_trace_id = value
-            elif name == b"tri-trace-sys-baggage":
+            elif name == tracecontext.TRIPLE_SYS_BAGGAGE:
                 sys_baggage = value
         metadata.append((name, value))
     if method != b"POST":

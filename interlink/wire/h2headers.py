@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable
 
 from interlink.wire.cache import BoundedCache
+from interlink.wire.tracecontext import PER_CALL_FIELDS
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -21,7 +22,6 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 # Regular fields that passed the checks (bounded like every cache keyed by what callers send); fields that
 # differ in every request (the trace context) are checked each time and never offered.
-_PER_CALL = frozenset({b"traceparent"})
 _GOOD_FIELDS: BoundedCache[tuple[bytes, bytes], bool] = BoundedCache(max_entries=4096, max_bytes=1 << 20, max_item=1024)
 
 
@@ -52,7 +52,7 @@ def _check_fields(fields: Iterable[tuple[bytes, bytes]], misplaced_pseudo: str) 
             raise MalformedHeaders(f"pseudo-header {name!r} {misplaced_pseudo}")
         if known(field) is None:
             value = field[1]
-            if name in _PER_CALL:  # a known good name: only its value to check
+            if name in PER_CALL_FIELDS:  # a known good name: only its value to check
                 if _FORBIDDEN_BYTES.search(value):
                     raise MalformedHeaders(f"header {name!r} has a NUL, CR or LF in its value")
                 continue

@@ -27,6 +27,7 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 from interlink.wire.cache import BoundedCache
+from interlink.wire.tracecontext import PER_CALL_FIELDS, TRACEPARENT
 
 STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 STATIC_COUNT = len(STATIC_TABLE)  # 61
@@ -45,13 +46,12 @@ BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int, bool]] =
     max_entries=4096, max_bytes=4 << 20, max_item=2048
 )
 
-# Fields that differ in every request (the trace context): never offered to FIELDS. A gateway sends its
+# Fields that differ in every request (PER_CALL_FIELDS) are never offered to FIELDS. A gateway sends its
 # traceparent last, written as below (a literal without indexing, 55-byte value); a decoder whose table is of
 # size 0 looks up the block without it, which repeats (HeaderBlockDecoder.decode).
-PER_CALL_NAMES = frozenset({b"traceparent"})
-_TRACEPARENT_FIELD = b"\x00\x0btraceparent\x37"
+_TRACEPARENT_FIELD = b"\x00" + bytes([len(TRACEPARENT)]) + TRACEPARENT + b"\x37"
 _TRACEPARENT_TAIL = len(_TRACEPARENT_FIELD) + 55
-_TRACEPARENT_SIZE = len(b"traceparent") + 55 + ENTRY_OVERHEAD
+_TRACEPARENT_SIZE = len(TRACEPARENT) + 55 + ENTRY_OVERHEAD
 
 _STATIC_FIELD_INDEX = {field: index for index, field in enumerate(STATIC_TABLE, start=1)}
 _STATIC_NAME_INDEX: dict[bytes, int] = {}
@@ -103,9 +103,10 @@ class HeaderBlockEncoder:
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)
         tail = None
-        if headers and headers[-1][0] in PER_CALL_NAMES:  # a gateway's traceparent, last (see PER_CALL_NAMES)
+        if headers and headers[-1][0] in PER_CALL_FIELDS:  # a gateway's traceparent, last (see above)
             name, value = headers[-1]
-            tail = _TRACEPARENT_FIELD + value if len(value) == 55 else self._encode_field(name, value)
+            tail = (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
+                    else self._encode_field(name, value))
             headers = headers[:-1]
         known = FIELDS.get
         parts = [known(field) for field in headers]  # fields are (name, value) tuples: the cache's keys
@@ -114,7 +115,7 @@ class HeaderBlockEncoder:
                 if encoded is None:
                     name, value = headers[index]
                     encoded = parts[index] = self._encode_field(name, value)
-                    if name not in PER_CALL_NAMES:
+                    if name not in PER_CALL_FIELDS:
                         FIELDS.put((name, value), encoded, 2 * len(encoded))
         if tail is not None:
             parts.append(tail)
@@ -183,7 +184,7 @@ class HeaderBlockDecoder:
                 list_size += _TRACEPARENT_SIZE
                 if list_size > self._max_header_list_size:
                     raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
-                headers.append((b"traceparent", data[cut + len(_TRACEPARENT_FIELD):]))
+                headers.append((TRACEPARENT, data[cut + len(_TRACEPARENT_FIELD):]))
                 return headers
         return self._decode_cached(data)[0]
 

@@ -20,6 +20,14 @@ import re
 
 TRACEPARENT = b"traceparent"
 TRACESTATE = b"tracestate"
+# SOFATracer's trace id, rpc id and system baggage as Triple headers: each id under both names, the SOFA one
+# last (SOFA Triple servers read sofa-traceid first, Dubbo tri-trace-traceid).
+TRIPLE_TRACE_ID = (b"tri-trace-traceid", b"sofa-traceid")
+TRIPLE_RPC_ID = (b"tri-trace-rpcid", b"sofa-rpcid")
+TRIPLE_SYS_BAGGAGE = b"tri-trace-sys-baggage"
+# Header fields whose value differs in every request (ours: the trace context). Caches keyed by what callers
+# send never offer them a place (wire/hpack.py, wire/h2headers.py).
+PER_CALL_FIELDS = frozenset({TRACEPARENT})
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _HEX = re.compile(rb"[0-9a-fA-F]{1,32}\Z")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import quote, unquote
 
 from interlink.model import BIZ_BAGGAGE, RPC_ID, SAMPLED, SYS_BAGGAGE, TRACE_ID, Call, Payload, PayloadKind, Reply, Status
-from interlink.wire import grpc, link_headers
+from interlink.wire import grpc, link_headers, tracecontext
 from interlink.wire.cache import BoundedCache
 
 Headers = list[tuple[bytes, bytes]]
@@ -22,10 +22,10 @@ Headers = list[tuple[bytes, bytes]]
 # Triple trace headers <-> canonical keys. On the way out each is written under every listed name (SOFA
 # Triple servers read sofa-traceid first, Dubbo tri-trace-traceid).
 TRACE_HEADERS: dict[str, tuple[bytes, ...]] = {
-    TRACE_ID: (b"tri-trace-traceid", b"sofa-traceid"),
-    RPC_ID: (b"tri-trace-rpcid", b"sofa-rpcid"),
+    TRACE_ID: tracecontext.TRIPLE_TRACE_ID,
+    RPC_ID: tracecontext.TRIPLE_RPC_ID,
     BIZ_BAGGAGE: (b"tri-trace-biz-baggage",),
-    SYS_BAGGAGE: (b"tri-trace-sys-baggage",),
+    SYS_BAGGAGE: (tracecontext.TRIPLE_SYS_BAGGAGE,),
     SAMPLED: (b"tri-trace-samp",),
 }
 _TRACE_OF_HEADER = {name: key for key, names in TRACE_HEADERS.items() for name in names}
