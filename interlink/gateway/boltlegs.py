@@ -205,7 +205,7 @@ def upstream_frame(
         last = spans[-1]
         if last[2] == tracecontext.TRACEPARENT and last[1] == len(header):  # a gateway's, last: ours goes there
             header, spans = header[: last[0]], spans[:-1]
-        elif any(span[2] == tracecontext.TRACEPARENT for span in spans):  # a caller's, among the others
+        else:  # a caller's, among the others (its entry is among the spans: bolt_call reads it with its place)
             stamps[tracecontext.TRACEPARENT], traceparent = traceparent, None  # replaced in place, not remembered
             header = bolt.header_rewrite(header, spans, stamps, link_headers.PREFIX)
             return _restamped(request, header, timeout_ms)

@@ -4,8 +4,8 @@ The per-call cost is a tuple, one dict lookup and a few integer additions (no lo
 thread; no prometheus-client object on the path). The admin endpoint turns these tables into Prometheus
 metrics when it is scraped (interlink/control/metrics.py).
 
-Label values are bounded: services and peer sites are those of the site file, apps those its ACLs name, and
-methods the first METHODS_PER_SERVICE seen per service; anything else is counted as `other`. The table of
+Label values are bounded: services and peer sites are those of the site file, statuses those of gRPC and Bolt
+(STATUSES), methods the first METHODS_PER_SERVICE seen per service; anything else is counted as `other`. The table of
 label tuples is therefore bounded by the configuration, and the cache in front of it (keyed by what callers
 sent) by CACHE_ENTRIES.
 """
@@ -17,7 +17,9 @@ from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
+from interlink.model import Status
 from interlink.routes import Snapshot
+from interlink.wire import bolt
 
 OTHER = "other"
 METHODS_PER_SERVICE = 64
@@ -25,6 +27,11 @@ CACHE_ENTRIES = 4096
 DENIALS_KEPT = 20
 # interlink_call_duration_seconds buckets: from a fast local hop to a slow cross-site call.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# The status a call ended with: a gRPC status, a Bolt one, or what the access line says of a relayed Bolt answer.
+# A relayed answer's status is read from what the other side sent (a stamped status): anything else is `other`.
+STATUSES = frozenset([*Status.__members__, *bolt.ResponseStatus.__members__, "APPLICATION_ERROR",
+                      "MALFORMED_RESPONSE_HEADER"])
 
 # (ingress, peer_site, service, method, protocol, status, translated, loadtest)
 CallLabels = tuple[str, str, str, str, str, str, str, str]
@@ -75,6 +82,7 @@ class CallMetrics:
         ingress, peer, service, method, protocol, status, translated, loadtest = key
         service = service if service in self._services else OTHER
         peer = peer if peer in self._peers else (OTHER if peer else "")
+        status = status if status in STATUSES else OTHER
         methods = self._methods.setdefault(service, set())
         if method not in methods:
             if len(methods) < METHODS_PER_SERVICE and isinstance(method, str) and service != OTHER:

@@ -342,3 +342,18 @@ async def test_a_translated_call_carries_the_trace_as_sofatracer_ids(autojump_cl
         assert header["rpc_trace_context.sofaTraceId"] == CALLER_TRACE
         assert header["rpc_trace_context.sofaRpcId"] == "0"
         assert world.caller.stream(sid).outcome[0] == "OK"
+
+
+async def test_a_provider_cannot_grow_the_metrics_with_statuses_of_its_choosing(autojump_clock):
+    async with open_world("peer", "bolt") as world:
+        for request_id in range(1, 41, 2):
+            world.caller.send(bolt_request(BOLT_NAME, link=True, request_id=request_id))
+            await wait_until(lambda: len(world.provider.requests) == (request_id + 1) // 2)
+            request = world.provider.requests[-1]
+            stamped = bolt.encode_header_map({link_headers.STATUS_TEXT: f"EVIL{request_id}"})
+            world.provider.send(bolt.response_for(request, 0, bolt.SOFA_RESPONSE_CLASS, stamped, b""))
+            await finished(world, (request_id + 1) // 2)
+        assert world.access()[-1]["status"] == "EVIL39"  # the access line says what came back ...
+        statuses = {labels[5] for labels in world.core.metrics.calls}
+        assert statuses == {"other"}  # ... the metrics do not take it as a label
+        assert sum(cell[0] for cell in world.core.metrics.calls.values()) == 20
