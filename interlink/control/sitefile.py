@@ -38,6 +38,7 @@ from interlink.config import (
     TlsFiles,
     TracingConfig,
 )
+from interlink.net.otlp import parse_endpoint
 
 __all__ = [
     "FLAVOURS",
@@ -1150,7 +1151,9 @@ def _is_number_text(text: str) -> bool:
 
 
 def _check_otlp_endpoint(text: str) -> str:
-    """An OTLP/HTTP traces URL: http:// or https://, a host, a path (the rules interlink.net.otlp applies)."""
+    """An OTLP/HTTP traces URL: http:// or https://, a host, a path. The checks below say in the site file's
+    words what is wrong; the exporter's own parse (interlink.net.otlp.parse_endpoint) has the last word, so a
+    file this accepts is one the exporter takes."""
     if any(char.isspace() for char in text):
         raise ValueError(f"{_short(text)} must not contain spaces; write e.g. {_OTLP_EXAMPLE}")
     scheme, separator, _ = text.partition("://")
@@ -1187,6 +1190,7 @@ def _check_otlp_endpoint(text: str) -> str:
         raise ValueError(f"{_short(text)} ends in a #fragment, which is never sent; remove it")
     if not parts.path:
         raise ValueError(f"{_short(text)} has no path; give the full traces URL, e.g. {text.rstrip('/')}/v1/traces")
+    parse_endpoint(text)
     return text
 
 
