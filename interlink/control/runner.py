@@ -64,7 +64,6 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
     from interlink.control.admin import AdminServer
     from interlink.control.registry_sync import run_registry
     from interlink.control.status import GatewayStatus
-    from interlink.net.otlp import SpanExporter
 
     config = gateway.config
     worker = int(os.environ.get(WORKER_ENV, "0"))
@@ -73,6 +72,8 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if config.tracing.otlp_endpoint:
+                from interlink.net.otlp import SpanExporter  # OpenTelemetry's messages: only when spans are exported
+
                 exporter = SpanExporter(config.tracing.otlp_endpoint, service_name="interlink",
                                         resource_attributes={"interlink.site": config.site,
                                                              "service.instance.id": f"{config.site}/{os.getpid()}"})

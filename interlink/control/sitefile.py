@@ -38,7 +38,6 @@ from interlink.config import (
     TlsFiles,
     TracingConfig,
 )
-from interlink.net.otlp import parse_endpoint
 
 __all__ = [
     "FLAVOURS",
@@ -1190,6 +1189,8 @@ def _check_otlp_endpoint(text: str) -> str:
         raise ValueError(f"{_short(text)} ends in a #fragment, which is never sent; remove it")
     if not parts.path:
         raise ValueError(f"{_short(text)} has no path; give the full traces URL, e.g. {text.rstrip('/')}/v1/traces")
+    from interlink.net.otlp import parse_endpoint  # (here: OpenTelemetry's messages load only when tracing exports)
+
     parse_endpoint(text)
     return text
 

@@ -40,7 +40,6 @@ from interlink.gateway.metrics import CallMetrics
 from interlink.model import RPC_ID, SYS_BAGGAGE, TRACE_ID, Identity, Refusal, Reply, Status
 from interlink.net import trips
 from interlink.net.connection import FlushQueue
-from interlink.net.otlp import SpanExporter, SpanRecord
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
 from interlink.routes import ExportRoute, ImportRoute, Snapshot
 from interlink.wire import bolt, bolt_call, grpc, link_headers, tracecontext
@@ -48,6 +47,7 @@ from interlink.wire import bolt, bolt_call, grpc, link_headers, tracecontext
 if TYPE_CHECKING:
     from interlink.net.boltlink import BoltEndpoint
     from interlink.net.h2link import H2Endpoint, Headers
+    from interlink.net.otlp import SpanExporter
 
 access_log = structlog.get_logger("interlink.access")
 audit_log = structlog.get_logger("interlink.audit")
@@ -127,6 +127,8 @@ class CallCore:
 
     def export_span(self, call: GatewayCall, status: str, message: str, seconds: float) -> None:
         """One sampled call as one span (each gateway hop is one; the caller's span is its parent)."""
+        from interlink.net.otlp import SpanRecord  # (loaded once the exporter is; a gateway without one never does)
+
         fields = call.log_fields
         end = time.time_ns()
         attributes = [(f"interlink.{key}", value) for key, value in fields.items()
