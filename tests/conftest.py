@@ -28,7 +28,7 @@ import pytest
 
 from tests.requires import missing
 
-pytest_plugins = ["tests.servers.zookeeper", "tests.servers.bind9"]
+pytest_plugins = ["tests.servers.zookeeper", "tests.servers.bind9", "tests.servers.nats"]
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 NODE_SERVER_JS = PEERS_DIR / "grpcjs_server.js"

@@ -20,6 +20,7 @@ FORBIDDEN = {
     "interlink/routes.py": ("interlink.gateway", "interlink.control"),
     "interlink/config.py": ("interlink.wire", "interlink.net", "interlink.gateway", "interlink.control"),
     "registry_adapters": ("interlink.net", "interlink.gateway", "interlink.control", "interlink.wire"),
+    "broker_adapters": ("interlink",),  # adapters know their broker, never the gateway (broker_adapters/base.py)
 }
 
 
