@@ -111,6 +111,47 @@ class ImportConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """`messaging.broker` — this site's message broker (the gateway's only way to its producers/consumers)."""
+
+    kind: str = "nats"  # NATS JetStream (broker_adapters/nats.py)
+    url: str = "nats://127.0.0.1:4222"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageImportConfig:
+    """`messaging.imports[]` — our producers publish `subject` to our broker; the gateway carries it to `to`."""
+
+    subject: str  # a NATS subject; `*` and `>` wildcards carry every subject they match
+    to: str  # the peer site that receives it (it must export the subject to us)
+    stream: str | None = None  # the stream that keeps it until it crossed (None: the one that captures the
+    #                            subject, or one the gateway creates)
+    max_in_flight: int = 256  # messages sent and not yet acknowledged by the peer, per import
+
+
+@dataclass(frozen=True, slots=True)
+class MessageExportConfig:
+    """`messaging.exports[]` — what named peers may deliver into our broker, and where it lands."""
+
+    subject: str  # a NATS subject (wildcards allowed); the message keeps the subject it was published to
+    stream: str  # the JetStream stream of our broker it lands in (created when missing)
+    allow: Mapping[str, AclRule] = field(default_factory=dict)  # peer site -> producer apps
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingConfig:
+    """`messaging:` — message interop between this site's broker and the peers' (README "Messages")."""
+
+    broker: BrokerConfig = BrokerConfig()
+    imports: tuple[MessageImportConfig, ...] = ()
+    exports: tuple[MessageExportConfig, ...] = ()
+    max_message_bytes: int = 1 << 20  # larger messages are dead-lettered, never sent
+    ack_wait_ms: int = 30_000  # a message read and not acknowledged is redelivered after this
+    delivery_timeout_ms: int = 10_000  # one crossing (peer gateway + its broker), then it is tried again
+    dead_letter_prefix: str = "interlink.dead"  # refused messages: <prefix>.<subject>, stream INTERLINK_DEAD
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """What one caller or peer may cost the gateway (site file `limits:`; README "Limits" has the table).
 
@@ -163,5 +204,6 @@ class SiteConfig:
     limits: Limits = Limits()
     tracing: TracingConfig = TracingConfig()
     loadtest: LoadTestConfig = LoadTestConfig()
+    messaging: MessagingConfig | None = None  # no message interop without it
     # YAML location of each key, e.g. lines["peers.site-b.domain"] == 17, for cross-file errors.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import grpc
+import structlog
 
 LAB_SITES = ("site-a", "site-b")
 CONSUMER_APP = "order-app"
@@ -68,6 +69,10 @@ def run_lab(keep: bool = False, configs: Path | None = None) -> int:
             return 1
         provider_address = site_a.exports[0].providers[0]
         provider = demo_provider.serve(str(provider_address), name="site-a-echo")
+        brokers = _start_brokers((site_a, site_b), work)  # one nats-server (JetStream) per site with messaging:
+        if brokers is None:
+            return 1
+        processes.extend(brokers)
         for path in files:
             processes.append(_start_gateway(path, work / "logs"))
         for config in (site_a, site_b):
@@ -80,6 +85,8 @@ def run_lab(keep: bool = False, configs: Path | None = None) -> int:
         outcomes = _scenarios(str(site_b.listen.triple))
         outcomes.append(_registry_scenario(site_b))
         outcomes.extend(_operations_scenarios(site_a, site_b, work / "logs"))
+        if site_a.messaging is not None and site_b.messaging is not None:
+            outcomes.extend(_message_scenarios(site_a, site_b))
     finally:
         for process in processes:
             process.terminate()
@@ -274,6 +281,99 @@ def _operations_scenarios(site_a, site_b, logs: Path) -> list[Outcome]:
                             "same trace_id" if shared else "none shared", (time.perf_counter() - started) * 1000,
                             f"trace_id {sorted(shared)[0]}" if shared else ""))
     return outcomes
+
+
+def _start_brokers(sites, work: Path) -> list[subprocess.Popen] | None:
+    """A nats-server with JetStream for each site whose file has messaging: (on its broker URL's port)."""
+    import urllib.parse
+
+    wanted = [site for site in sites if site.messaging is not None]
+    if not wanted:
+        return []
+    binary = shutil.which("nats-server") or next(
+        (path for path in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if Path(path).exists()), None)
+    if binary is None:
+        print("interlink lab: the lab's sites carry messages through NATS JetStream, but nats-server is not "
+              "installed; run bash scripts/setup.sh (as root) or apt-get install nats-server", file=sys.stderr)
+        return None
+    started = []
+    for site in wanted:
+        url = urllib.parse.urlsplit(site.messaging.broker.url)
+        host, port = url.hostname or "127.0.0.1", url.port or 4222
+        if not _port_free(host, port):
+            print(f"interlink lab: {host}:{port} (the broker of {site.site}) is in use; stop what uses it",
+                  file=sys.stderr)
+            break
+        store = work / "nats" / site.site
+        store.mkdir(parents=True, exist_ok=True)
+        (work / "logs").mkdir(exist_ok=True)
+        log = open(work / "logs" / f"nats-{site.site}.log", "ab")  # noqa: SIM115 - handed to the child
+        started.append(subprocess.Popen([binary, "-js", "-a", host, "-p", str(port), "-sd", str(store)],
+                                        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        log.close()
+        if not _wait_listening(host, port, started):
+            print(f"interlink lab: nats-server for {site.site} did not start; see {work / 'logs'}", file=sys.stderr)
+            break
+    else:
+        return started
+    for process in started:
+        process.kill()
+    return None
+
+
+def _message_scenarios(site_a, site_b) -> list[Outcome]:
+    """A producer in site B publishes to its own broker; a consumer in site A reads its own broker: one message
+    of order-app crosses, one of an app site A does not allow is dead-lettered in B with the reason."""
+    import trio
+
+    return trio.run(_messages_across, site_a, site_b)
+
+
+async def _messages_across(site_a, site_b) -> list[Outcome]:
+    import trio
+
+    from broker_adapters.base import BrokerError
+    from broker_adapters.nats import JetStreamBroker
+    from interlink.gateway.messages import DEAD_LETTER_STREAM
+
+    subject = site_b.messaging.imports[0].subject
+    export = next(item for item in site_a.messaging.exports if item.subject == subject)
+    outcomes = []
+    quiet = structlog.wrap_logger(structlog.PrintLogger(), processors=[_drop_event])  # the summary says it all
+    async with JetStreamBroker(site_b.messaging.broker.url, name="lab-producer", log=quiet) as producer, \
+            JetStreamBroker(site_a.messaging.broker.url, name="lab-consumer", log=quiet) as consumer:
+        async def crossing(name: str, app: str, want: str, reader, stream: str, consumer_name: str, shown) -> None:
+            """Publish one message of `app` in site B; wait until it shows up in `reader`'s `stream`."""
+            started = time.perf_counter()
+            got, detail = "nothing", ""
+            try:
+                with trio.fail_after(15):
+                    while await producer.stream_of_subject(subject) is None:  # GW-B makes it at start
+                        await trio.sleep(0.1)
+                    body = f"order from {app} at {time.strftime('%H:%M:%S')}".encode()
+                    await producer.publish(subject, body, headers=[("Interlink-App", app)]).wait(5)
+                    await reader.ensure_consumer(stream, consumer_name, filter_subject=">", max_ack_pending=100,
+                                                 ack_wait=30)
+                    while got == "nothing":
+                        for message in await reader.fetch(stream, consumer_name, batch=100, wait=0.5):
+                            await reader.ack(message)
+                            if message.data == body:
+                                got, detail = want, shown(message, dict(message.headers))
+            except (BrokerError, trio.TooSlowError) as exc:
+                detail = str(exc) or "no message within 15 s"
+            outcomes.append(Outcome(name, want, got, (time.perf_counter() - started) * 1000, detail))
+
+        await crossing(f"message {subject} B -> A (order-app)", "order-app", "delivered", consumer, export.stream,
+                       "lab-consumer", lambda message, headers: f"{export.stream} #{message.stream_sequence} from "
+                       f"{headers.get('Interlink-Origin-Site')} / {headers.get('Interlink-Caller-App')}")
+        await crossing(f"message {subject} of intruder-app", "intruder-app", "dead-lettered", producer,
+                       DEAD_LETTER_STREAM, "lab-dead-letters", lambda message, headers:
+                       f"{headers.get('Interlink-Dead-Letter-Status')}: {headers.get('Interlink-Dead-Letter-Reason')}")
+    return outcomes
+
+
+def _drop_event(logger: object, method: str, event: dict) -> dict:
+    raise structlog.DropEvent
 
 
 def _json_or_empty(line: str) -> dict:

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from interlink.config import AclRule, HostPort, SiteConfig
 from interlink.net import tls
+from interlink.wire import message_link
 from registry_adapters.model import ServiceKey
 
 
@@ -70,6 +71,39 @@ def _registry_key(route: ExportRoute) -> ServiceKey:
     return ServiceKey(route.service, "tri", unique_id=route.unique_id or "", version=route.version or "1.0")
 
 
+@dataclass(frozen=True, slots=True)
+class MessageExportRoute:
+    """Messages named peers may deliver into our broker (messaging.exports): a MessageLink call whose method
+    (the subject) matches `subject` lands in `stream`. Read by the call core and the filters as an export."""
+
+    subject: str  # NATS subject, wildcards allowed
+    stream: str
+    allow: Mapping[str, AclRule]  # peer site -> producer apps
+    service: str = message_link.SERVICE
+    protocol: str = "message"
+    flavour: str = "grpc"
+    loadtest_denied: bool = False
+    shadow_pool_key: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageExports:
+    """The message exports by subject: exact subjects first, then patterns in site-file order."""
+
+    exact: Mapping[str, MessageExportRoute] = field(default_factory=dict)
+    patterns: tuple[MessageExportRoute, ...] = ()
+
+    def route(self, subject: str | None) -> MessageExportRoute | None:
+        if subject is None:
+            return None
+        route = self.exact.get(subject)
+        if route is None:
+            for candidate in self.patterns:
+                if message_link.subject_matches(candidate.subject, subject):
+                    return candidate
+        return route
+
+
 @dataclass(frozen=True)
 class Snapshot:
     config: SiteConfig
@@ -87,6 +121,7 @@ class Snapshot:
     client_tls: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN h2)
     client_tls_bolt: Mapping[str, ssl.SSLContext]  # peer site -> context for dialing it (ALPN bolt)
     default_timeout: float
+    message_exports: MessageExports = MessageExports()
 
     @property
     def site(self) -> str:

@@ -12,9 +12,12 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 
-# Real servers the registry tests start themselves (ZooKeeper, BIND9) and the netns lab's tools.
+# Debian packages. The two-site lab (`interlink lab`) starts a NATS JetStream server per site (message
+# interop), so nats-server is installed either way; --test adds the real servers the tests start themselves
+# (ZooKeeper, BIND9, ...) and the netns lab's tools.
+missing=()
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 if [ "${1:-}" = "--test" ]; then
-  missing=()
   [ -f /usr/share/java/zookeeper.jar ] || missing+=(zookeeper)
   command -v named >/dev/null 2>&1 || missing+=(bind9)
   command -v tsig-keygen >/dev/null 2>&1 || missing+=(bind9utils)
@@ -27,15 +30,15 @@ if [ "${1:-}" = "--test" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   # A real Prometheus scrapes two gateways in tests/e2e/test_observability.py; promtool checks the exposition.
   { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
-  if [ ${#missing[@]} -gt 0 ]; then
-    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-      echo "setup: installing ${missing[*]} (Debian packages)" >&2
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-      echo "setup: missing Debian packages ${missing[*]}; install them (as root: apt-get install ${missing[*]})" >&2
-      [ "${CI:-}" = "true" ] && exit 1
-    fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]} (Debian packages)" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages ${missing[*]}; install them (as root: apt-get install ${missing[*]})" >&2
+    [ "${CI:-}" = "true" ] && exit 1
   fi
 fi
 

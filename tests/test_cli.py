@@ -24,8 +24,10 @@ def interlink(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_lab_runs_two_sites_and_reports_every_call_as_expected():
     done = interlink("lab")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "14 calls, all as expected" in done.stdout
+    assert "16 calls, all as expected" in done.stdout
     assert "DNS-SD lookup" in done.stdout
+    assert "message orders.created B -> A (order-app)" in done.stdout and "dead-lettered" in done.stdout
+    assert "[info" not in done.stdout  # the lab's own producer and consumer log nothing over the summary
     assert "PERMISSION_DENIED" in done.stdout and "UNIMPLEMENTED" in done.stdout
 
 

@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 from interlink.control.certs import parse_site_identity, site_identity_uri
-from interlink.config import ExportConfig, HostPort, ImportConfig, SiteConfig
+from interlink.config import ExportConfig, HostPort, ImportConfig, MessageImportConfig, SiteConfig
 from interlink.control.sitefile import Problem, SiteFileError, canonical_host, listen_addresses, load_site
 from interlink.net.tls import certificate_refusal
+from interlink.wire import message_link
 
 __all__ = ["check_between", "check_certificates", "check_files", "check_shadow_providers"]
 
@@ -340,6 +341,10 @@ def _check_peering(ours: SiteConfig, theirs: SiteConfig) -> Iterator[Problem]:
     for index, imported in enumerate(ours.imports):
         if imported.from_site == theirs.site:
             yield from _check_import(ours, index, imported, theirs)
+    if ours.messaging is not None:
+        for index, item in enumerate(ours.messaging.imports):
+            if item.to == theirs.site:
+                yield from _check_message_import(ours, index, item, theirs)
 
 
 def _check_access_domain(ours: SiteConfig, theirs: SiteConfig) -> Iterator[Problem]:
@@ -439,6 +444,25 @@ def _check_import(ours: SiteConfig, index: int, imported: ImportConfig, theirs: 
             f"{theirs.site}'s export of {_export_name(export)} ({_at(theirs, f'exports[{export_index}]')})"
             f" does not allow {ours.site}; add {ours.site} to exports[{export_index}].allow in {theirs.path}",
         )
+
+
+def _check_message_import(ours: SiteConfig, index: int, item: MessageImportConfig,
+                          theirs: SiteConfig) -> Iterator[Problem]:
+    """Messages sent to a peer must be exported there to us, or every one of them is dead-lettered. A wildcard
+    import is fine when some export of theirs overlaps it (what it does not cover is dead-lettered)."""
+    key = f"messaging.imports[{index}]"
+    exports = theirs.messaging.exports if theirs.messaging is not None else ()
+    overlapping = [(i, export) for i, export in enumerate(exports)
+                   if message_link.subjects_overlap(export.subject, item.subject)]
+    if not overlapping:
+        yield _problem(ours, key, f"{theirs.site} ({theirs.path}) exports no messages of subject {item.subject}, so "
+                       f"every one would be dead-lettered; add it to {theirs.site}'s messaging.exports with allow: "
+                       f"[{ours.site}], or fix the subject")
+    elif not any(ours.site in export.allow for _, export in overlapping):
+        export_index = overlapping[0][0]
+        yield _problem(ours, key, f"{theirs.site}'s messaging.exports[{export_index}] ("
+                       f"{_at(theirs, f'messaging.exports[{export_index}]')}) does not allow {ours.site}; add "
+                       f"{ours.site} to its allow in {theirs.path}")
 
 
 def _version_text(version: str | None) -> str:

@@ -97,6 +97,11 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
 
             await nursery.start(follow_registry)
             status.registry_ready = True
+            if config.messaging is not None:  # worker 0 alone reads the imports (one reader keeps their order)
+                from interlink.control.messaging import MessagingRuntime
+
+                status.messaging = MessagingRuntime(gateway, config.messaging, pumps=publish)
+                await nursery.start(status.messaging.run)
             log.info("gateway.ready", site=gateway.config.site, registry=registry_settings.kind)
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -104,6 +109,8 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
                     continue
                 log.info("gateway.signal", signal=signal.Signals(signum).name)
                 registry.cancel()  # withdraw first, so callers stop choosing this gateway; then drain
+                if status.messaging is not None:
+                    status.messaging.stop_pumps()  # no new message crosses; those in flight go back to the broker
                 nursery.start_soon(_drain_then_stop, gateway, drain_seconds, nursery.cancel_scope)
                 break
 

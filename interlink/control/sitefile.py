@@ -24,14 +24,19 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from interlink.control.certs import CertError, check_site_name, check_trust_domain
+from interlink.wire import message_link
 from interlink.config import (
     AclRule,
+    BrokerConfig,
     ExportConfig,
     HostPort,
     ImportConfig,
     Limits,
     Listen,
     LoadTestConfig,
+    MessageExportConfig,
+    MessageImportConfig,
+    MessagingConfig,
     PeerConfig,
     RegistryConfig,
     SiteConfig,
@@ -72,6 +77,7 @@ SITE_KEYS = (
     "limits",
     "tracing",
     "loadtest",
+    "messaging",
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
 TLS_KEYS = ("ca", "cert", "key", "expiry_warning_days")
@@ -87,6 +93,14 @@ ACL_KEYS = ("apps", "methods")
 TRACING_KEYS = ("otlp_endpoint", "sample_ratio")
 LOADTEST_KEYS = ("header", "baggage")
 LOADTEST_MODES = ("allow", "deny")  # exports[].loadtest
+MESSAGING_KEYS = ("broker", "imports", "exports", "max_message_bytes", "ack_wait_ms", "delivery_timeout_ms",
+                  "dead_letter_prefix")
+BROKER_KEYS = ("kind", "url")
+BROKER_KINDS = ("nats",)
+MESSAGE_IMPORT_KEYS = ("subject", "to", "stream", "max_in_flight")
+MESSAGE_EXPORT_KEYS = ("subject", "stream", "allow")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NATS_URL_EXAMPLE = "nats://127.0.0.1:4222"
 
 # limits: site-file key -> (Limits field, scale from the file's unit, lowest, highest). Keys ending in _ms
 # are milliseconds in the file and seconds in Limits.
@@ -332,9 +346,15 @@ def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
     names = _KnownNames(site, names.peers, frozenset(domains) if domains is not None else None)
     exports = _read_exports(r, fields.get("exports"), names)
     imports = _read_imports(r, fields.get("imports"), names)
+    messaging = _read_messaging(r, fields["messaging"], names) if "messaging" in fields else None
     if listen is not None:
         _check_listen_use(r, listen, exports, imports, domains)
+        if messaging is not None and messaging.exports and listen.peer is None:
+            r.report(r.line_of("messaging.exports", None), "messaging.exports",
+                     "peers deliver messages through listen.peer, which is not set; add peer: 0.0.0.0:8443")
 
+    if "messaging" in fields:
+        optional["messaging"] = messaging
     if r.problems:
         return None
     assert site is not None and listen is not None and tls is not None and registry is not None
@@ -498,6 +518,161 @@ def _read_loadtest(r: _SiteFileReader, node: Node) -> LoadTestConfig | None:
     return LoadTestConfig(**values)  # type: ignore[arg-type]
 
 
+def _read_messaging(r: _SiteFileReader, node: Node, names: _KnownNames) -> MessagingConfig | None:
+    """`messaging:` — this site's broker, what our producers send to peers (imports), what peers may deliver
+    to us (exports)."""
+    example = f"messaging: {{broker: {{kind: nats, url: {_NATS_URL_EXAMPLE}}}, imports: [{{subject: orders.created, to: site-a}}]}}"
+    fields = r.mapping(node, "messaging", example, known=MESSAGING_KEYS,
+                       required={"broker": f"broker: {{kind: nats, url: {_NATS_URL_EXAMPLE}}}"})
+    if fields is None:
+        return None
+    values: dict[str, object] = {}
+    broker = _read_broker(r, fields["broker"]) if "broker" in fields else None
+    for key, low, high, example_value in (("max_message_bytes", 1, 64 * _MIB, 1 << 20),
+                                          ("ack_wait_ms", 1_000, 3_600_000, 30_000),
+                                          ("delivery_timeout_ms", 100, 600_000, 10_000)):
+        if key in fields:
+            values[key] = r.integer(fields[key], f"messaging.{key}", low, high, example_value)
+    if "dead_letter_prefix" in fields:
+        values["dead_letter_prefix"] = r.subject(fields["dead_letter_prefix"], "messaging.dead_letter_prefix",
+                                                 wildcards=False)
+    imports = _read_message_imports(r, fields.get("imports"), names)
+    exports = _read_message_exports(r, fields.get("exports"), names)
+    if broker is None or imports is None or exports is None or None in values.values():
+        return None
+    if "ack_wait_ms" in values and "delivery_timeout_ms" in values and values["ack_wait_ms"] <= values["delivery_timeout_ms"]:  # type: ignore[operator]
+        r.report(r.lines.get("messaging.ack_wait_ms"), "messaging.ack_wait_ms",
+                 "must be longer than delivery_timeout_ms, or the broker redelivers messages still crossing")
+    settings = MessagingConfig(broker=broker, imports=tuple(imports), exports=tuple(exports), **values)  # type: ignore[arg-type]
+    dead = f"{settings.dead_letter_prefix}.>"
+    for index, item in enumerate(imports):
+        if message_link.subjects_overlap(item.subject, dead):
+            where = f"messaging.imports[{index}].subject"
+            r.report(r.lines.get(where), where, f"{item.subject} also matches the dead-letter subjects ({dead}): "
+                     "refused messages would be sent again; narrow the subject or change dead_letter_prefix")
+    return settings
+
+
+def _read_broker(r: _SiteFileReader, node: Node) -> BrokerConfig | None:
+    fields = r.mapping(node, "messaging.broker", f"broker: {{kind: nats, url: {_NATS_URL_EXAMPLE}}}",
+                       known=BROKER_KEYS, required={"kind": "kind: nats", "url": f"url: {_NATS_URL_EXAMPLE}"})
+    if fields is None:
+        return None
+    kind = r.choice(fields["kind"], "messaging.broker.kind", BROKER_KINDS) if "kind" in fields else None
+    url = r.nats_url(fields["url"], "messaging.broker.url") if "url" in fields else None
+    if kind is None or url is None:
+        return None
+    return BrokerConfig(kind=kind, url=url)
+
+
+def _read_message_imports(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> list[MessageImportConfig] | None:
+    if node is None or _is_null(node):
+        return []
+    items = r.sequence(node, "messaging.imports", "imports: [{subject: orders.created, to: site-a}]")
+    if items is None:
+        return None
+    imports: list[MessageImportConfig | None] = []
+    for where, item in items:
+        fields = r.mapping(item, where, "{subject: orders.created, to: site-a}", known=MESSAGE_IMPORT_KEYS,
+                           required={"subject": "subject: orders.created", "to": "to: site-a (a peer)"})
+        if fields is None:
+            imports.append(None)
+            continue
+        subject = r.subject(fields["subject"], f"{where}.subject", wildcards=True) if "subject" in fields else None
+        to = r.site_name(fields["to"], f"{where}.to") if "to" in fields else None
+        if to is not None:
+            r.require_peer(to, f"{where}.to", names, "receives messages")
+        values: dict[str, object] = {}
+        if "stream" in fields:
+            values["stream"] = r.stream_name(fields["stream"], f"{where}.stream")
+        if "max_in_flight" in fields:
+            values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 10_000, 256)
+        if subject is None or to is None or None in values.values():
+            imports.append(None)
+            continue
+        imports.append(MessageImportConfig(subject=subject, to=to, **values))  # type: ignore[arg-type]
+    seen: dict[tuple[str, str], int] = {}
+    for index, entry in enumerate(imports):
+        if entry is None:
+            continue
+        first = seen.setdefault((entry.subject, entry.to), index)
+        if first != index:
+            where = f"messaging.imports[{index}]"
+            r.report(r.lines.get(where), where, f"subject {entry.subject} to {entry.to} is already imported at "
+                     f"messaging.imports[{first}]; remove one")
+    return None if None in imports else imports  # type: ignore[return-value]
+
+
+def _read_message_exports(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> list[MessageExportConfig] | None:
+    if node is None or _is_null(node):
+        return []
+    example = "exports: [{subject: orders.created, stream: ORDERS, allow: {site-b: {apps: [order-app]}}}]"
+    items = r.sequence(node, "messaging.exports", example)
+    if items is None:
+        return None
+    exports: list[MessageExportConfig | None] = []
+    for where, item in items:
+        fields = r.mapping(item, where, "{subject: orders.created, stream: ORDERS, allow: [site-b]}",
+                           known=MESSAGE_EXPORT_KEYS,
+                           required={"subject": "subject: orders.created", "stream": "stream: ORDERS",
+                                     "allow": "allow: {site-b: {apps: [order-app]}}"})
+        if fields is None:
+            exports.append(None)
+            continue
+        subject = r.subject(fields["subject"], f"{where}.subject", wildcards=True) if "subject" in fields else None
+        stream = r.stream_name(fields["stream"], f"{where}.stream") if "stream" in fields else None
+        allow = _read_allow(r, f"{where}.allow", fields["allow"], names) if "allow" in fields else None
+        if allow is not None:
+            for peer, rule in allow.items():
+                if rule.methods is not None:
+                    at = f"{where}.allow.{peer}.methods"
+                    r.report(r.lines.get(at), at, "messages have no methods; allow apps only (or export another subject)")
+        if subject is None or stream is None or allow is None:
+            exports.append(None)
+            continue
+        exports.append(MessageExportConfig(subject=subject, stream=stream, allow=allow))
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(exports):
+        if entry is None:
+            continue
+        first = seen.setdefault(entry.subject, index)
+        if first != index:
+            where = f"messaging.exports[{index}]"
+            r.report(r.lines.get(where), where, f"subject {entry.subject} is already exported at "
+                     f"messaging.exports[{first}]; remove one")
+    return None if None in exports else exports  # type: ignore[return-value]
+
+
+def _check_nats_url(text: str) -> str:
+    """nats://[user:password@]host:port (the port may be left out: 4222)."""
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme != "nats":
+        raise ValueError(f"use a nats:// URL, e.g. {_NATS_URL_EXAMPLE}")
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"the port is not a number from 1 to 65535, e.g. {_NATS_URL_EXAMPLE}") from None
+    if not parsed.hostname or parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise ValueError(f"write nats://host:port, e.g. {_NATS_URL_EXAMPLE}")
+    if port == 0:
+        raise ValueError("the port is not a number from 1 to 65535")
+    return text
+
+
+def _check_subject(text: str, *, wildcards: bool) -> str:
+    problem = message_link.subject_problem(text, wildcards=wildcards)
+    if problem is not None:
+        raise ValueError(f"not a NATS subject for message interop: {problem}; e.g. orders.created"
+                         + (" or orders.>" if wildcards else ""))
+    return text
+
+
+def _check_stream_name(text: str) -> str:
+    if not _STREAM_NAME.fullmatch(text):
+        raise ValueError("a JetStream stream name is 1 to 64 letters, digits, _ or -; e.g. ORDERS")
+    return text
+
+
 def _read_registry(r: _SiteFileReader, node: Node | None) -> RegistryConfig | None:
     if node is None or _is_null(node):
         return RegistryConfig()
@@ -616,6 +791,10 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     service = (
         r.name_text(fields["service"], f"{where}.service", "com.example.EchoService") if "service" in fields else None
     )
+    if service == message_link.SERVICE:
+        r.report(r.lines.get(f"{where}.service"), f"{where}.service",
+                 "is the gateways' own message service; export messages under messaging.exports instead")
+        service = None
     values: dict[str, object] = {}
     if "version" in fields:
         values["version"] = r.name_text(fields["version"], f"{where}.version", '"1.0"')
@@ -1035,6 +1214,15 @@ class _SiteFileReader:
         return self._checked_text(
             node, where, f"{_OTLP_EXAMPLE} (or remove the key to export no spans)", _check_otlp_endpoint
         )
+
+    def subject(self, node: Node, where: str, *, wildcards: bool) -> str | None:
+        return self._checked_text(node, where, "orders.created", lambda text: _check_subject(text, wildcards=wildcards))
+
+    def nats_url(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, _NATS_URL_EXAMPLE, _check_nats_url)
+
+    def stream_name(self, node: Node, where: str) -> str | None:
+        return self._checked_text(node, where, "ORDERS", _check_stream_name)
 
     def header_name(self, node: Node, where: str) -> str | None:
         return self._checked_text(node, where, _MARK_EXAMPLE, _check_mark_header)

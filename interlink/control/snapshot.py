@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from interlink.config import ExportConfig, ImportConfig, PeerConfig, SiteConfig
 from interlink.net import tls
-from interlink.routes import ExportRoute, ImportRoute, Snapshot, bolt_unique_name
+from interlink.routes import ExportRoute, ImportRoute, MessageExportRoute, MessageExports, Snapshot, bolt_unique_name
 
 
 log = structlog.get_logger("interlink.control")
@@ -80,7 +80,16 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
         client_tls=client_tls,
         client_tls_bolt=client_tls_bolt,
         default_timeout=config.default_timeout_ms / 1000,
+        message_exports=_message_exports(config),
     )
+
+
+def _message_exports(config: SiteConfig) -> MessageExports:
+    if config.messaging is None:
+        return MessageExports()
+    routes = [MessageExportRoute(item.subject, item.stream, item.allow) for item in config.messaging.exports]
+    exact = {route.subject: route for route in routes if "*" not in route.subject and ">" not in route.subject}
+    return MessageExports(exact, tuple(route for route in routes if route.subject not in exact))
 
 
 def _by_caller_protocol(
@@ -151,9 +160,12 @@ def log_expiring_certificates(snapshot: Snapshot) -> None:
 
 def restart_needed(old: SiteConfig, new: SiteConfig) -> list[str]:
     """What a reload cannot change in place (the sockets the gateway owns and the pools it keeps): listen
-    addresses, dialled peers, imports, the registry, registry-followed exports and `limits:`."""
+    addresses, dialled peers, imports, the registry, registry-followed exports, `limits:`, and the messaging
+    broker and imports (their consumers run from start to stop; message exports and their ACLs reload)."""
     def dialled(config: SiteConfig) -> dict[str, tuple]:
         imported = {item.from_site for item in config.imports}
+        if config.messaging is not None:
+            imported |= {item.to for item in config.messaging.imports}
         return {
             name: (peer.endpoints, peer.connections, peer.max_concurrent_streams, peer.domain)
             for name, peer in config.peers.items()
@@ -174,5 +186,14 @@ def restart_needed(old: SiteConfig, new: SiteConfig) -> list[str]:
         ("registry", old.registry != new.registry),
         ("exports that follow the registry (no providers: list)", followed(old) != followed(new)),
         ("limits", old.limits != new.limits),
+        ("messaging broker or imports", _messaging_sources(old) != _messaging_sources(new)),
     ]
     return [what for what, differs in checks if differs]
+
+
+def _messaging_sources(config: SiteConfig) -> tuple:
+    messaging = config.messaging
+    if messaging is None:
+        return ()
+    return (messaging.broker, messaging.imports, messaging.max_message_bytes, messaging.ack_wait_ms,
+            messaging.delivery_timeout_ms, messaging.dead_letter_prefix)

@@ -54,6 +54,7 @@ class GatewayStatus:
         self.last_reload: dict[str, object] | None = None
         self.admin_address: str | None = None
         self.exporter = None  # the OTLP span exporter, when tracing exports (its counters become metrics)
+        self.messaging = None  # control/messaging.MessagingRuntime, when the site file has messaging:
         self._config_hash = _file_hash(gateway.config.path)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
@@ -118,6 +119,7 @@ class GatewayStatus:
                  else (item.service, item.protocol) in gateway.published}
                 for item in config.imports
             ],
+            "messaging": self._messaging(),
             "denials": [
                 {"at": denial.at, "peer": denial.peer, "caller_app": denial.caller_app, "service": denial.service,
                  "reason": denial.reason}
@@ -163,6 +165,43 @@ class GatewayStatus:
             "allow": sorted(route.allow),
             "shadow_providers": [str(address) for address in route.shadow_providers],
             "loadtest": "deny" if route.loadtest_denied else "allow",
+        }
+
+    def _messaging(self) -> dict | None:
+        """The broker, each import (what crossed, what waits) and each export (what landed)."""
+        runtime = self.messaging
+        if runtime is None:
+            return None
+        broker, counters = runtime.broker, self.gateway.calls.message_metrics
+        settings = self.gateway.config.messaging or runtime.settings
+        pumps = {(pump.item.subject, pump.item.to): pump for pump in runtime.pumps}
+        imports = []
+        for item in runtime.settings.imports:
+            pump = pumps.get((item.subject, item.to))
+            numbers = counters.imports.get((item.subject, item.to))
+            imports.append({
+                "subject": item.subject, "to": item.to, "read_here": pump is not None,
+                "stream": pump.stream if pump else item.stream, "consumer": pump.durable if pump else None,
+                "link_up": _group_up(self.gateway, "triple", item.to),
+                "ready": bool(numbers and numbers.connected),
+                "delivered": numbers.delivered if numbers else 0, "duplicates": numbers.duplicates if numbers else 0,
+                "redelivered": numbers.redelivered if numbers else 0,
+                "dead_lettered": numbers.dead_lettered if numbers else 0, "lag": numbers.lag if numbers else 0,
+                "last_error": numbers.last_error if numbers else None,
+            })
+        stored: Counter[tuple[str, str]] = Counter()
+        for (peer, subject, _duplicate), count in counters.stored.items():
+            stored[(subject, peer)] += count
+        return {
+            "broker": {"kind": settings.broker.kind, "url": runtime.url, "connected": broker.connected,
+                       "last_error": broker.last_error},
+            "imports": imports,
+            "exports": [
+                {"subject": item.subject, "stream": item.stream, "allow": sorted(item.allow),
+                 "stored": {peer: stored[(item.subject, peer)] for peer in sorted(item.allow)}}
+                for item in settings.exports
+            ],
+            "export_streams_error": runtime.export_streams_error,
         }
 
     def _counters(self) -> dict:
@@ -402,6 +441,8 @@ class _Collector(Collector):
             limit_trips.add_metric([limit], trips.TRIPS[limit])
         yield limit_trips
 
+        yield from _message_metrics(status)
+
         exporter = status.exporter
         if exporter is not None:
             spans = CounterMetricFamily("interlink_spans", "Spans sent to the OTLP endpoint, by outcome.",
@@ -410,6 +451,34 @@ class _Collector(Collector):
             spans.add_metric(["dropped"], exporter.dropped)
             spans.add_metric(["failed"], exporter.failed_spans)
             yield spans
+
+
+def _message_metrics(status: GatewayStatus) -> Iterator:
+    runtime = status.messaging
+    if runtime is None:
+        return
+    counters = status.gateway.calls.message_metrics
+    broker = GaugeMetricFamily("interlink_broker_connected", "1 when the gateway's connection to its site's broker "
+                               "is up.", labels=["kind"])
+    broker.add_metric([runtime.settings.broker.kind], 1 if runtime.broker.connected else 0)
+    yield broker
+    messages = CounterMetricFamily("interlink_messages", "Messages of each messaging import, by outcome "
+                                   "(delivered includes duplicates; redelivered: sent again).",
+                                   labels=["subject", "peer_site", "outcome"])
+    lag = GaugeMetricFamily("interlink_message_lag", "Messages waiting in our broker for each messaging import.",
+                            labels=["subject", "peer_site"])
+    for (subject, to), numbers in sorted(counters.imports.items()):
+        for outcome in ("delivered", "duplicates", "redelivered", "dead_lettered"):
+            messages.add_metric([subject, to, outcome], getattr(numbers, outcome))
+        lag.add_metric([subject, to], numbers.lag)
+    yield messages
+    yield lag
+    stored = CounterMetricFamily("interlink_messages_stored", "Messages peers delivered into our broker, per "
+                                 "message export (duplicate: it was there already).",
+                                 labels=["subject", "peer_site", "duplicate"])
+    for (peer, subject, duplicate), count in sorted(counters.stored.items()):
+        stored.add_metric([subject, peer, "true" if duplicate else "false"], count)
+    yield stored
 
 
 def _peer_chains(gateway: Gateway, site: str) -> Iterator:

@@ -13,6 +13,10 @@ The document is built by the gateway (its shape, abridged):
     exports: [{service, protocol, registry, providers: [address], providers_up, synced, last_sync, sync_age_s,
                allow: [site]}]
     imports: [{service, from, protocol, link_up, published}]
+    messaging: {broker: {kind, url, connected, last_error},
+                imports: [{subject, to, stream, ready, link_up, delivered, redelivered, dead_lettered, lag,
+                           last_error}],
+                exports: [{subject, stream, allow: [site], stored: {site: n}}]} | null
     denials: [{at, peer, caller_app, service, reason}]
     counters: {calls: {STATUS: n}, calls_in_flight, denials, reloads: {ok, failed}}
 
@@ -234,6 +238,7 @@ def render_html(status: dict) -> str:
         _html_exports(status),
         "<h2>Imports</h2>",
         _html_imports(status),
+        *_html_messaging(status),
         "<h2>Recent denials</h2>",
         _html_denials(status),
         "<h2>Counters</h2>",
@@ -338,6 +343,49 @@ def _html_imports(status: Mapping[str, Any]) -> str:
     return _table("imports", ["Service", "From", "Protocol", "Link", "Published"], rows, "no imports")
 
 
+def _html_messaging(status: Mapping[str, Any]) -> list[str]:
+    """Messages across sites: the broker, then what our producers send (imports) and what peers deliver."""
+    messaging = status.get("messaging")
+    if not isinstance(messaging, Mapping):
+        return []
+    broker = _mapping(messaging.get("broker"))
+    connected = broker.get("connected")
+    head = (f'<p class="broker">Broker {_e(_text(broker.get("kind")))} {_e(_text(broker.get("url")))}: '
+            f'<span class="{"up" if connected is True else "down"}">{_e(_up(connected))}</span>'
+            + (f" ({_e(_text(broker.get('last_error')))})" if broker.get("last_error") else "") + "</p>")
+    rows = [f'<tr class="message-import" data-subject="{_e(item.get("subject"))}">' + _cells(
+        [(value, css) for value, css in _message_import_cells(item)]) + "</tr>"
+            for item in _items(messaging.get("imports"))]
+    exports = [f'<tr class="message-export" data-subject="{_e(item.get("subject"))}">' + _cells([
+        (_text(item.get("subject")), ""), (_text(item.get("stream")), ""), (_text(item.get("allow")), ""),
+        (_stored(item), "num"),
+    ]) + "</tr>" for item in _items(messaging.get("exports"))]
+    return ["<h2>Messages</h2>", head,
+            _table("message-imports", list(_MESSAGE_IMPORT_HEADINGS), rows, "no message imports"),
+            _table("message-exports", ["Subject", "Stream", "Allowed peers", "Stored"], exports,
+                   "no message exports")]
+
+
+_MESSAGE_IMPORT_HEADINGS = ("Subject", "To", "Stream", "Reading", "Delivered", "Redelivered", "Dead letters",
+                            "Lag", "Last error")
+
+
+def _message_import_cells(item: Mapping[str, Any]) -> list[tuple[str, str]]:
+    ready = item.get("ready")
+    return [
+        (_text(item.get("subject")), ""), (_text(item.get("to")), ""), (_text(item.get("stream")), ""),
+        (_up(ready), "up" if ready is True else "down" if ready is False else ""),
+        (_count(item.get("delivered")), "num"), (_count(item.get("redelivered")), "num"),
+        (_count(item.get("dead_lettered")), "num"), (_count(item.get("lag")), "num"),
+        (_text(item.get("last_error")), ""),
+    ]
+
+
+def _stored(item: Mapping[str, Any]) -> str:
+    stored = _mapping(item.get("stored"))
+    return ", ".join(f"{_text(site)} {_count(count)}" for site, count in stored.items()) or UNKNOWN
+
+
 def _html_denials(status: Mapping[str, Any]) -> str:
     rows = [
         '<tr class="denial">' + _cells([
@@ -423,6 +471,7 @@ def render_table(status: dict) -> str:
              _text(i.get("published"))]
             for i in _items(status.get("imports"))
         ], "no imports"),
+        *_message_sections(status),
         ("RECENT DENIALS", ["TIME", "PEER", "APP", "SERVICE", "REASON"], [
             [_when(d.get("at")), _text(d.get("peer")), _text(d.get("caller_app")), _text(d.get("service")),
              _text(d.get("reason"))]
@@ -433,6 +482,20 @@ def render_table(status: dict) -> str:
         ], "none"),
     ]
     for title, headings, rows, empty in sections:
-        lines += ["", title]
+        lines += ["", _visible(title)]
         lines += _columns(headings, rows) if rows else [f"  ({empty})"]
     return "\n".join(lines) + "\n"
+
+
+def _message_sections(status: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]], str]]:
+    messaging = status.get("messaging")
+    if not isinstance(messaging, Mapping):
+        return []
+    broker = _mapping(messaging.get("broker"))
+    title = (f"MESSAGES (broker {_text(broker.get('kind'))} {_text(broker.get('url'))}: {_up(broker.get('connected'))}"
+             + (f", {_text(broker.get('last_error'))}" if broker.get("last_error") else "") + ")")
+    imports = [[value for value, _ in _message_import_cells(item)] for item in _items(messaging.get("imports"))]
+    exports = [[_text(item.get("subject")), _text(item.get("stream")), _text(item.get("allow")), _stored(item)]
+               for item in _items(messaging.get("exports"))]
+    return [(title, [heading.upper() for heading in _MESSAGE_IMPORT_HEADINGS], imports, "no message imports"),
+            ("MESSAGE EXPORTS", ["SUBJECT", "STREAM", "ALLOWED PEERS", "STORED"], exports, "no message exports")]

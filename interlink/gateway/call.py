@@ -36,15 +36,18 @@ from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_fr
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
+from interlink.gateway.messages import BrokerPublish, MessageMetrics, OrderGuard
 from interlink.gateway.metrics import CallMetrics
 from interlink.model import RPC_ID, SYS_BAGGAGE, TRACE_ID, Identity, Refusal, Reply, Status
 from interlink.net import trips
 from interlink.net.connection import FlushQueue
 from interlink.net.pool import FIRST_CONNECT_WAIT, PoolGroup
-from interlink.routes import ExportRoute, ImportRoute, Snapshot
-from interlink.wire import bolt, bolt_call, grpc, link_headers, tracecontext
+from interlink.routes import ExportRoute, ImportRoute, MessageExportRoute, Snapshot
+from interlink.wire import bolt, bolt_call, grpc, link_headers, message_link, tracecontext
 
 if TYPE_CHECKING:
+    from broker_adapters.base import Broker
+    from interlink.config import MessagingConfig
     from interlink.net.boltlink import BoltEndpoint
     from interlink.net.h2link import H2Endpoint, Headers
     from interlink.net.otlp import SpanExporter
@@ -53,7 +56,7 @@ access_log = structlog.get_logger("interlink.access")
 audit_log = structlog.get_logger("interlink.audit")
 
 Downstream = Union[H2Downstream, BoltDownstream]
-Upstream = Union[H2Upstream, BoltUpstream]
+Upstream = Union[H2Upstream, BoltUpstream, BrokerPublish]
 
 
 class Ingress(enum.Enum):
@@ -103,6 +106,10 @@ class CallCore:
         self.nursery = nursery
         self.metrics = CallMetrics()
         self.spans = spans
+        # Message interop (gateway/messages.py): our broker, set by the runner when the site file has messaging:.
+        self.broker: Broker | None = None
+        self.message_metrics = MessageMetrics()
+        self.order_guard = OrderGuard()
         self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
@@ -110,6 +117,7 @@ class CallCore:
         self.chains, self.snapshot = FilterChains.of(snapshot), snapshot
         self.metrics.install(snapshot)
         config = snapshot.config
+        self.messaging: MessagingConfig | None = config.messaging
         # Spans of a trace are exported when its id falls under the ratio: the same choice on every gateway.
         self.sample_below = int(config.tracing.sample_ratio * 0x1_0000_0000)
         marks = config.loadtest
@@ -327,7 +335,10 @@ class GatewayCall:
             fields["peer"] = route.peer
             self.upstream_name = fields["upstream"] = f"site {route.peer}"  # type: ignore[assignment]
         else:  # a missing export is refused by the filters, after the access-domain check
-            self.route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)
+            route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)
+            if route is None and self.service == message_link.SERVICE and protocol == "triple":
+                route = snapshot.message_exports.route(self.method)  # a message: the method is its subject
+            self.route = route
 
     def _filter(self) -> None:
         for item in self.chain.local if self.ingress is LOCAL else self.chain.peer:
@@ -346,6 +357,9 @@ class GatewayCall:
                 self.log_fields["translated"] = f"{self.down.protocol}->{route.protocol}"
                 if isinstance(self.down, H2Downstream):
                     self.down.collect()
+        elif isinstance(route, MessageExportRoute):  # the broker takes the one Delivery whole
+            self.upstream_name = self.log_fields["upstream"] = f"stream {route.stream}"  # type: ignore[assignment]
+            self.down.collect()  # type: ignore[union-attr]
 
     def _request_pending(self) -> bool:
         down = self.down
@@ -363,6 +377,9 @@ class GatewayCall:
         """Build the upstream request (the next hop's timeout is what is left at `now`), then choose an upstream
         connection for it."""
         route, down = self.route, self.down
+        if isinstance(route, MessageExportRoute):
+            self._publish(route)
+            return
         if isinstance(route, ImportRoute):
             group = self.core.peer_group(down.protocol, route.peer)
             stamps = self._stamps(to_peer=True)
@@ -379,6 +396,15 @@ class GatewayCall:
         if isinstance(down, BoltDownstream):
             down.forwarded()
         self._choose_upstream(group, now)
+
+    def _publish(self, route: MessageExportRoute) -> None:
+        """A message from a peer: into our broker (gateway/messages.py); answered once it is stored."""
+        broker = self.core.broker
+        if broker is None:
+            raise Refusal(Status.UNAVAILABLE, f"site {self.snapshot.site} has no messaging.broker running")
+        self.up = BrokerPublish(self, route)
+        self.state = FORWARDED
+        self.up.open(broker)
 
     def _stamps(self, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:
         """The keys this gateway sets on the upstream request: who calls (link_headers.identity_stamps), the

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from interlink.model import Refusal, Status
 from interlink.routes import Snapshot
+from interlink.wire import message_link
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
@@ -62,19 +63,22 @@ def _refuse_domain(peer: str, what: str, used: bytes | None) -> NoReturn:
 
 class ExportAclFilter(Filter):
     """The export exists (UNIMPLEMENTED otherwise: asked only once the access domain was right, so that a
-    peer using another's domain learns nothing) and its ACL lets the caller's site and app call the method."""
+    peer using another's domain learns nothing) and its ACL lets the caller's site and app call the method.
+    A message (MessageLink call) is judged the same way: its subject is the method, its producer's app the app."""
 
     def on_request(self, call: GatewayCall) -> None:
         route, peer, service = call.route, call.caller_site, call.service
+        what = f"subject {call.method}" if service == message_link.SERVICE else f"service {service}"
         if route is None:
-            raise Refusal(Status.UNIMPLEMENTED, f"service {service} is not exported by site {call.snapshot.site}",
+            raise Refusal(Status.UNIMPLEMENTED, f"{what} is not exported by site {call.snapshot.site}",
                           kind="not_exported")
         rule = route.allow.get(peer)
         if rule is None:
-            raise Refusal(Status.PERMISSION_DENIED, f"service {service} is not exported to site {peer}", kind="not_exported")
+            raise Refusal(Status.PERMISSION_DENIED, f"{what} is not exported to site {peer}", kind="not_exported")
         app, method = call.caller_app, call.method or ""
         if not rule.permits(app, method):
-            raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {service}/{method}",
+            target = what if service == message_link.SERVICE else f"{service}/{method}"
+            raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {target}",
                           kind="acl")
 
 

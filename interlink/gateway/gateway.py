@@ -153,6 +153,8 @@ class Gateway:
 
     def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
         dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
+        if protocol == "triple" and self.config.messaging is not None:  # messages cross as MessageLink calls
+            dialed |= {item.to for item in self.config.messaging.imports}
         dial = self._peer_pool if protocol == "triple" else self._bolt_peer_pool
         return {
             name: PoolGroup(f"site {name}", [dial(peer, address) for address in peer.endpoints])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from interlink.model import Status
 from interlink.routes import Snapshot
-from interlink.wire import bolt
+from interlink.wire import bolt, message_link
 
 OTHER = "other"
 METHODS_PER_SERVICE = 64
@@ -61,8 +61,9 @@ class CallMetrics:
     def install(self, snapshot: Snapshot) -> None:
         """The label values the site file allows (a reload may add some; counted series stay)."""
         config = snapshot.config
+        messages = [message_link.SERVICE] if config.messaging is not None else []  # (subjects are its methods)
         self._services = frozenset(
-            [*snapshot.imports, *snapshot.exports, *snapshot.bolt_imports, *snapshot.bolt_exports]
+            [*snapshot.imports, *snapshot.exports, *snapshot.bolt_imports, *snapshot.bolt_exports, *messages]
         )
         self._peers = frozenset(config.peers) | frozenset(snapshot.domain_of_peer)
         self._cells.clear()

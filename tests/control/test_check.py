@@ -486,3 +486,44 @@ def test_shadow_provider_that_also_serves_real_calls_is_refused(
             " calls; give load-test calls providers of their own, or remove it from one of the lists",
         )
     ]
+
+
+MESSAGES_A = """\
+messaging:
+  broker: {kind: nats, url: "nats://127.0.0.1:4222"}
+  imports:
+    - subject: "stock.>"
+      to: site-b
+"""
+MESSAGES_B = """\
+messaging:
+  broker: {kind: nats, url: "nats://127.0.0.1:4223"}
+  exports:
+    - subject: stock.changed
+      stream: STOCK
+      allow: [site-a]
+"""
+
+
+def test_message_imports_match_a_message_export_that_allows_us(certs: dict[str, SitePaths],
+                                                                 write_site: WriteSite) -> None:
+    path_a, path_b = write_site("site-a", SITE_A + MESSAGES_A), write_site("site-b", SITE_B + MESSAGES_B)
+    assert check_files([path_a, path_b]) == []  # a wildcard import that some export overlaps
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("subject: stock.changed", "subject: orders.created"), "site-b ({b}) exports no messages of subject stock.>, "
+     "so every one would be dead-lettered; add it to site-b's messaging.exports with allow: [site-a], or fix the subject"),
+    (("allow: [site-a]", "allow: {}"), "site-b's messaging.exports[0] ({b}:{line}) does not allow site-a; add site-a "
+     "to its allow in {b}"),
+])
+def test_message_imports_nothing_would_take_are_reported(certs: dict[str, SitePaths], write_site: WriteSite,
+                                                          edit: tuple[str, str], words: str) -> None:
+    text_a, text_b = SITE_A + MESSAGES_A, SITE_B + MESSAGES_B.replace(*edit)
+    path_a, path_b = write_site("site-a", text_a), write_site("site-b", text_b)
+
+    problems = check_files([path_a, path_b])
+
+    expected = words.format(b=path_b, line=line_of(text_b, "  exports:\n    - subject") + 1)
+    assert lines_and_messages(problems) == [
+        (path_a, line_of(text_a, '    - subject: "stock.>"'), f"messaging.imports[0]: {expected}")]

@@ -196,3 +196,41 @@ def test_the_table_never_sends_control_characters_to_the_terminal():
     status["peers"][0]["site"] = "evil\x1b[2J\x07"
     table = render_table(status)
     assert "\x1b" not in table and "\x07" not in table and "evil\\x1b[2J\\x07" in table
+
+
+MESSAGING = {
+    "broker": {"kind": "nats", "url": "nats://***@127.0.0.1:4222", "connected": True, "last_error": None},
+    "imports": [{"subject": "orders.created", "to": "site-a", "stream": "OUT", "ready": True, "link_up": True,
+                 "delivered": 12, "duplicates": 1, "redelivered": 3, "dead_lettered": 2, "lag": 40,
+                 "last_error": "UNAVAILABLE: peer away"}],
+    "exports": [{"subject": "audit.>", "stream": "AUDIT", "allow": ["site-b"], "stored": {"site-b": 7}}],
+}
+
+
+def test_both_views_show_messages_when_the_site_has_them():
+    status = {**copy.deepcopy(SAMPLE_STATUS), "messaging": copy.deepcopy(MESSAGING)}
+    parsed = PageTables(render_html(status))
+    assert parsed.tables["message-imports"][1] == ["orders.created", "site-a", "OUT", "up", "12", "3", "2", "40",
+                                                   "UNAVAILABLE: peer away"]
+    assert parsed.tables["message-exports"][1] == ["audit.>", "AUDIT", "site-b", "site-b 7"]
+    table = render_table(status)
+    assert "MESSAGES (broker nats nats://***@127.0.0.1:4222: up)" in table
+    order = ["IMPORTS", "MESSAGES", "orders.created", "MESSAGE EXPORTS", "audit.>", "RECENT DENIALS"]
+    positions = [table.index(marker) for marker in order]
+    assert positions == sorted(positions)
+    assert "message-imports" not in render_html(SAMPLE_STATUS) and "MESSAGES" not in render_table(SAMPLE_STATUS)
+
+
+def test_hostile_message_values_are_escaped_and_made_visible():
+    hostile = '<script>alert(1)</script>\x1b[2J'
+    messaging = copy.deepcopy(MESSAGING)
+    messaging["imports"][0]["subject"] = hostile
+    messaging["broker"]["last_error"] = hostile
+    messaging["exports"][0]["stored"] = {hostile: 1}
+    status = {"site": "x", "messaging": messaging}
+    page = render_html(status)
+    assert "<script" not in page.lower()
+    assert "\x1b" not in render_table(status)
+    for broken in ({"broker": None, "imports": [{}], "exports": [None, {"stored": "x"}]}, {"imports": "x"}):
+        render_html({"site": "x", "messaging": broken})
+        render_table({"site": "x", "messaging": broken})
