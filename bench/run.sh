@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# gRPC unary, SOFA Bolt, Bolt<->gRPC translation and registry churn benchmarks in one invocation: installs
-# what it needs, then runs `python -m bench` (parts in that order; one results JSON).
-#   bash bench/run.sh                      full run (~9 min on 2 cores)
-#   bash bench/run.sh --quick              short run (~2 min)
-#   bash bench/run.sh --only bolt          some parts only (grpc | bolt | translate | churn, comma-separated)
+# gRPC unary, SOFA Bolt, Bolt<->gRPC translation, registry churn and message interop benchmarks in one
+# invocation: installs what it needs, then runs `python -m bench` (parts in that order; one results JSON).
+#   bash bench/run.sh                      full run (~11 min on 2 cores)
+#   bash bench/run.sh --quick              short run (~2.5 min)
+#   bash bench/run.sh --only bolt          some parts only (grpc | bolt | translate | churn | messages, comma-separated)
 # Any other option goes to `python -m bench` (see `bash bench/run.sh --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Which of the parts that need more than nginx and h2load run: all without --only, else those named.
+case " $* " in
+  *" --only "*|*" --only="*) case " $* " in *messages*) with_messages=1 ;; *) with_messages=0 ;; esac ;;
+  *) with_messages=1 ;;
+esac
+
 need_apt=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+# The messages part runs a NATS JetStream server per site (Debian package `nats-server`, in /usr/sbin).
+if [ "$with_messages" = 1 ]; then
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: need ${need_apt[*]} (Debian packages); run as root or install them first" >&2
@@ -35,11 +45,17 @@ if ! .venv/bin/python -c 'import grpc' >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q --disable-pip-version-check 'grpcio>=1.60' 'grpcio-tools>=1.60'
 fi
 
+# The messages part's producer, poller and verifier is nats-py (asyncio, the tests' NATS client).
+if [ "$with_messages" = 1 ] && ! .venv/bin/python -c 'import nats' >/dev/null 2>&1; then
+  echo "bench: installing nats-py into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check 'nats-py>=2.6'
+fi
+
 # The Bolt part runs its load generator and provider on Node (bench/bolt_*.js, no npm packages) and checks
 # its frames with the sofa-rpc-node peers of the tests (tests/peers, installed by scripts/setup.sh). Missing
 # pieces are reported here and make the Bolt part fail (exit 1), not the gRPC part.
 case " $* " in
-  *" --only grpc "*|*" --only=grpc "*) ;;
+  *" --only grpc "*|*" --only=grpc "*|*" --only messages "*|*" --only=messages "*) ;;
   *)
     command -v node >/dev/null 2>&1 || echo "bench: WARNING: node not found; the Bolt, translate and churn parts need Node 20" >&2
     [ -d tests/peers/node_modules/sofa-rpc-node ] \

@@ -1,12 +1,12 @@
 """One benchmark invocation: the gRPC part (bench/grpc_bench.py), the Bolt part (bench/bolt_bench.py), the
-translate part (bench/translate_bench.py) and the churn part (bench/churn_bench.py), in that order, all
-written into one results JSON.
+translate part (bench/translate_bench.py), the churn part (bench/churn_bench.py) and the messages part
+(bench/messages_bench.py), in that order, all written into one results JSON.
 
-    python -m bench [--quick] [--only grpc|bolt|translate|churn[,...]] [gRPC options] [other parts' options]
+    python -m bench [--quick] [--only grpc|bolt|translate|churn|messages[,...]] [gRPC options] [other parts' options]
 
 The gRPC part runs exactly as `grpc_bench.run` does alone; every part's servers are stopped before the next
 part starts, so that no two parts share the machine. The gRPC part's JSON is the top level of the results
-file, the others' go under the keys "bolt", "translate" and "churn". --quick, --duration, --warmup,
+file, the others' go under the keys "bolt", "translate", "churn" and "messages". --quick, --duration, --warmup,
 --startup-timeout, --interlink-workers, --results-dir and --keep-tmp apply to every part.
 
 Exit status: 0 when every requested path of both parts was measured, 1 when one was not (a sanity check
@@ -23,11 +23,11 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import bolt_bench, churn_bench, grpc_bench, profiling, translate_bench
+from bench import bolt_bench, churn_bench, grpc_bench, messages_bench, profiling, translate_bench
 from bench.processes import Children, run_guarded
 
 REPO = Path(__file__).resolve().parent.parent
-PARTS = ("grpc", "bolt", "translate", "churn")
+PARTS = ("grpc", "bolt", "translate", "churn", "messages")
 
 
 def _own_parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def _own_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         add_help=False,
         allow_abbrev=False,
-        description="gRPC, Bolt, translate and churn benchmarks in one invocation (in that order).",
+        description="gRPC, Bolt, translate, churn and messages benchmarks in one invocation (in that order).",
     )
     p.add_argument("-h", "--help", action="store_true", help="this help, then the gRPC part's options")
     p.add_argument("--only", type=_parts, help=f"run these parts only (comma-separated: {','.join(PARTS)})")
@@ -57,6 +57,19 @@ def _own_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn-rounds", type=int, default=3, help="churn part: (steady, two, churn) phase rounds (default 3)")
     p.add_argument("--churn-phase", type=float, help="churn part: seconds per phase (default 5; with --quick 2)")
     p.add_argument("--churn-rate", type=float, default=10.0, help="churn part: provider-set changes per second (10)")
+    p.add_argument("--messages-sizes", help="messages part: message sizes in bytes (default 1024,100; with --quick 1024)")
+    p.add_argument(
+        "--messages-in-flight", default="64,256",
+        help="messages part: max_in_flight of GW-B's import, one pair of gateways each (default 64,256)",
+    )  # fmt: skip
+    p.add_argument(
+        "--messages-count", type=int,
+        help="messages part: messages per drain run (default: the last measured rate x --duration)",
+    )  # fmt: skip
+    p.add_argument(
+        "--messages-rate", type=float,
+        help="messages part: publish rate of the steady runs, msgs/s (default: 0.7 x the cell's drain rate)",
+    )  # fmt: skip
     p.add_argument(
         "--profile", action="store_true",
         help="run every interlink gateway under cProfile and write a summary per gateway beside the results "
@@ -74,8 +87,8 @@ def _parts(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace, bolt_bench.BoltOptions]:
-    """(own options, the gRPC part's options, the Bolt part's options); own.translate and own.churn hold
-    the translate and churn parts' options."""
+    """(own options, the gRPC part's options, the Bolt part's options); own.translate, own.churn and
+    own.messages hold the translate, churn and messages parts' options."""
     parser = _own_parser()
     own, rest = parser.parse_known_args(argv)
     if own.help:
@@ -115,6 +128,16 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace,
         phase_s=own.churn_phase or (2.0 if grpc_args.quick else 5.0),
         rate=own.churn_rate,
         warmup=grpc_args.warmup,
+        startup_timeout=grpc_args.startup_timeout,
+        interlink_workers=grpc_args.interlink_workers,
+    )
+    own.messages = messages_bench.MessagesOptions(
+        sizes=[int(s) for s in (own.messages_sizes or ("1024" if grpc_args.quick else "1024,100")).split(",")],
+        in_flight=[int(n) for n in own.messages_in_flight.split(",")],
+        duration=grpc_args.duration,
+        warmup=grpc_args.warmup,
+        count=own.messages_count,
+        rate=own.messages_rate,
         startup_timeout=grpc_args.startup_timeout,
         interlink_workers=grpc_args.interlink_workers,
     )
@@ -210,7 +233,7 @@ def run(
         finally:
             children.stop_all()
             part_done("bolt")
-    for part, module in (("translate", translate_bench), ("churn", churn_bench)):
+    for part, module in (("translate", translate_bench), ("churn", churn_bench), ("messages", messages_bench)):
         if part not in parts:
             continue
         assert own is not None

@@ -75,6 +75,8 @@ class BrokerMessage:
 
 
 class PendingPublish(Protocol):
+    done: bool  # the answer is in: `wait` returns (or raises) without waiting
+
     async def wait(self, timeout: float) -> PublishAck:
         """The broker's acknowledgement; BrokerError when it refused, the connection was lost, or `timeout`
         passed (the message may still have been stored: publish it again with the same msg_id)."""

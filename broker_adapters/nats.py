@@ -75,6 +75,7 @@ import os
 import random
 import secrets
 import socket
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -97,6 +98,8 @@ READ_SIZE = 256 * 1024
 INBOX_SID = 1
 CLOSE_DRAIN_TIMEOUT = 1.0  # leaving the adapter waits this long at most for queued bytes (acks) to be sent
 FETCH_GRACE = 1.0  # a pull request ends at `wait` on the server; we give up on it this much later
+MAX_ORPHAN_PULLS = 16  # pulls a fetch gave up on, still subscribed for what they deliver late (per connection)
+MAX_LATE_MESSAGES = 100_000  # kept for a consumer's next fetch (bounded by its max_ack_pending anyway)
 NO_RESPONDERS = 503
 # JetStream error codes worth retrying: temporary conditions of the server, not refusals of the message.
 RETRIABLE_ERRORS = frozenset({
@@ -325,6 +328,8 @@ class _FailedPublish:
 
     __slots__ = ("error",)
 
+    done = True
+
     def __init__(self, error: BrokerError) -> None:
         self.error = error
 
@@ -353,7 +358,7 @@ class _Pull(_Waiter):
     them with their own subjects, so a pull has a subscription of its own (`sid`) on a reply subject
     outside the wildcard inbox (one token more), removed (UNSUB) when the pull is done."""
 
-    __slots__ = ("batch", "messages", "status", "description", "sid")
+    __slots__ = ("batch", "messages", "status", "description", "sid", "received", "late")
 
     def __init__(self, connection: _Connection, token: str, batch: int, sid: int) -> None:
         super().__init__(connection, token)
@@ -362,11 +367,24 @@ class _Pull(_Waiter):
         self.status = 0
         self.description = ""
         self.sid = sid
+        self.received = 0
+        self.late: list[wire.Msg] | None = None  # set once the fetch stopped waiting (orphan)
 
     def forget(self) -> None:
         connection = self.connection
         if connection.pulls.pop(self.sid, None) is not None:
             connection.write(wire.encode_unsub(self.sid))
+
+    def orphan(self, late: list[wire.Msg]) -> None:
+        """The fetch stopped waiting before the server ended this pull (a stalled server, a cancelled fetch):
+        stay subscribed until it does, and keep what still arrives in `late`, for the consumer's next fetch.
+        Dropped, such messages would come back only after the consumer's ack wait, behind later ones (out of
+        order). At most MAX_ORPHAN_PULLS per connection (the oldest is let go)."""
+        self.late = late
+        orphans = self.connection.orphans
+        orphans.append(self)
+        while len(orphans) > MAX_ORPHAN_PULLS:
+            orphans.popleft().forget()
 
     def deliver(self, message: wire.Msg) -> None:
         if message.status:
@@ -375,6 +393,13 @@ class _Pull(_Waiter):
             self.status = message.status
             self.description = message.description
         else:
+            self.received += 1
+            if self.late is not None:
+                if len(self.late) < MAX_LATE_MESSAGES:
+                    self.late.append(message)
+                if self.received >= self.batch:  # the server ends a full pull without a status
+                    self.forget()
+                return
             self.messages.append(message)
             if len(self.messages) < self.batch:
                 return
@@ -423,7 +448,7 @@ class _Connection:
 
     __slots__ = ("server", "sock", "parser", "info", "inbox", "max_payload", "out", "waiters", "pulls", "failure",
                  "cancel_scope", "pings", "pongs", "errors_seen", "last_server_error", "_counter", "_wake_writer",
-                 "_drained", "established_at")
+                 "_drained", "established_at", "orphans", "late")
 
     def __init__(self, server: NatsServerAddress, sock: socket.socket, parser: wire.NatsParser, info: dict,
                  inbox: str) -> None:
@@ -436,6 +461,8 @@ class _Connection:
         self.out = bytearray()  # accepted, not yet taken by the socket
         self.waiters: dict[str, _Waiter] = {}
         self.pulls: dict[int, _Pull] = {}
+        self.orphans: deque[_Pull] = deque()  # pulls a fetch stopped waiting for (_Pull.orphan)
+        self.late: dict[tuple[str, str], list[wire.Msg]] = {}  # (stream, consumer) -> what they delivered since
         self.failure: str | None = None
         self.cancel_scope: trio.CancelScope | None = None
         self.pings = 0
@@ -1061,6 +1088,12 @@ class JetStreamBroker:
             now = trio.current_time()
             remaining = started + wait - now
             connection = await self._connection_by(started + max(wait, 0.0), f"fetch from {stream}/{durable}")
+            late = connection.late.get((stream, durable))
+            if late:  # delivered to an earlier pull after its fetch stopped waiting: they come first
+                taken, late[:] = late[:batch], late[batch:]
+                messages = self._messages(taken)
+                if messages:
+                    return messages
             if remaining >= 0.001:
                 body = b'{"batch":%d,"expires":%d,"no_wait":true}' % (batch, int(remaining * 1e9))
             else:
@@ -1072,10 +1105,14 @@ class JetStreamBroker:
             pull = _Pull(connection, token, batch, sid)
             connection.pulls[sid] = pull
             connection.write(frame)
+            completed = False
             try:
                 completed = await pull._wait_until(give_up)
             finally:
-                pull.forget()
+                if completed or pull.error is not None:
+                    pull.forget()
+                else:
+                    pull.orphan(connection.late.setdefault((stream, durable), []))
             messages = self._messages(pull.messages)
             if messages:
                 return messages

@@ -36,7 +36,7 @@ from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_fr
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
-from interlink.gateway.messages import BrokerPublish, MessageMetrics, OrderGuard
+from interlink.gateway.messages import BrokerPublish, MessageMetrics, OrderGuard, StoreWaiter
 from interlink.gateway.metrics import CallMetrics
 from interlink.model import RPC_ID, SYS_BAGGAGE, TRACE_ID, Identity, Refusal, Reply, Status
 from interlink.net import trips
@@ -110,6 +110,7 @@ class CallCore:
         self.broker: Broker | None = None
         self.message_metrics = MessageMetrics()
         self.order_guard = OrderGuard()
+        self._stored_waiters: dict[str, StoreWaiter] = {}  # per destination stream (from the site file)
         self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
@@ -124,6 +125,15 @@ class CallCore:
         header = marks.header.encode()
         self.loadtest_header = None if header == link_headers.LOADTEST else header  # (the default is read always)
         self.loadtest_baggage = marks.baggage.encode()
+
+    def stored_waiter(self, stream: str) -> StoreWaiter:
+        """The one task that awaits a message stream's broker answers (started on first use)."""
+        waiter = self._stored_waiters.get(stream)
+        if waiter is None:
+            waiter = self._stored_waiters[stream] = StoreWaiter(self.flush_queue.flush)
+            assert self.nursery is not None
+            self.nursery.start_soon(waiter.run)
+        return waiter
 
     def audit(self, decision: str, fields: dict[str, object], reason: str, kind: str = "") -> None:
         """One audit line (every call on the peer port, every refused peer connection), counted."""

@@ -32,13 +32,14 @@ import hashlib
 import random
 import re
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import structlog
 import trio
 
-from broker_adapters.base import Broker, BrokerError, BrokerMessage
+from broker_adapters.base import Broker, BrokerError, BrokerMessage, PendingPublish
 from interlink.config import MessageImportConfig, MessagingConfig
 from interlink.model import Payload, PayloadKind, Refusal, Reply, Status
 from interlink.net.pool import PoolGroup
@@ -58,6 +59,7 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
 FETCH_WAIT = 1.0  # one fetch waits this long for messages (then the pump looks at the link again)
 WRITE_WAIT = 5.0  # one message's request bytes must be written within this (the peer's windows)
+SUBJECTS_REMEMBERED = 4096  # per import: whether a subject can cross (a wildcard import meets many)
 
 
 # --- provider side --------------------------------------------------------------------------------------
@@ -160,10 +162,10 @@ class BrokerPublish:
         except BrokerError as exc:
             core.order_guard.failed(key, sequence, now)
             raise Refusal(Status.UNAVAILABLE, f"the broker of site {site} took no message: {exc}") from None
-        assert core.nursery is not None
-        core.nursery.start_soon(self._stored, call, pending)
+        core.stored_waiter(route.stream).add(self, call, pending)
 
-    async def _stored(self, call: GatewayCall, pending) -> None:
+    async def settle(self, call: GatewayCall, pending: PendingPublish) -> None:
+        """The broker's answer, as the call's (by StoreWaiter; the flush is its)."""
         core, route = call.core, self.route
         # past the call's deadline (the deadline timer answers the caller), so that a late store is still counted
         timeout = max(0.05, min(call.deadline + 1.0, trio.current_time() + 60.0) - trio.current_time())
@@ -181,7 +183,6 @@ class BrokerPublish:
             core.message_metrics.received(call.caller_site, route.subject, ack.duplicate)
             body = message_link.encode_ack(message_link.DeliveryAck(ack.stream, ack.sequence, ack.duplicate))
             call.reply(Reply(Status.OK, payload=Payload(PayloadKind.PROTOBUF, body)))
-        core.flush_queue.flush()
 
     def cancel(self) -> None:
         """The call ended first (deadline, caller gone): a queued publish cannot be taken back; its outcome is
@@ -189,6 +190,38 @@ class BrokerPublish:
 
     def release(self) -> None:
         pass
+
+
+class StoreWaiter:
+    """Awaits the broker's answers to one stream's publishes in publish order, in one task (the broker answers
+    them in that order), and flushes the answers to the peers once per run of answers that came in together:
+    no task and no socket write per message."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+        self._queue: deque[tuple[BrokerPublish, GatewayCall, PendingPublish]] = deque()
+        self._more = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, leg: BrokerPublish, call: GatewayCall, pending: PendingPublish) -> None:
+        self._queue.append((leg, call, pending))
+        self._more.set()
+
+    async def run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                self._flush()
+                self._more = trio.Event()
+                await self._more.wait()
+                continue
+            leg, call, pending = queue[0]
+            if not pending.done:
+                self._flush()  # what is answered leaves before we wait for more
+            await leg.settle(call, pending)
+            queue.popleft()
 
 
 def _delivery_of(call: GatewayCall) -> message_link.Delivery:
@@ -279,6 +312,7 @@ class MessagePump:
         self.durable = durable_name(item)
         self.stream = item.stream or ""
         self._backoff = BACKOFF_FIRST
+        self._subjects: dict[str, bool] = {}  # subject -> it can cross (_crosses)
 
     async def run(self) -> None:
         while True:
@@ -423,7 +457,7 @@ class MessagePump:
                 outcomes[index] = _Outcome(Status.INVALID_ARGUMENT, f"a message of {len(message.data)} bytes exceeds "
                                            f"site {self.site}'s limit of {limit} (messaging.max_message_bytes)", from_peer=True)
                 continue
-            if not message_link.subject_crosses(message.subject):
+            if not self._crosses(message.subject):
                 outcomes[index] = _Outcome(Status.INVALID_ARGUMENT, f"subject {message.subject!r} cannot cross: "
                                            "it has a character a gRPC method name cannot hold", from_peer=True)
                 continue
@@ -436,17 +470,20 @@ class MessagePump:
                 continue
             crossing = _Crossing(self, message, attempt)
             crossing.open(endpoint, authority, deadline)  # type: ignore[arg-type]
-            self._flush()
             crossings.append((index, crossing))
-            with trio.move_on_at(min(deadline, trio.current_time() + WRITE_WAIT)):
-                await crossing.written.wait()
-            if not crossing.written.is_set():
-                crossing.give_up(Status.DEADLINE_EXCEEDED, "the request could not be written in time")
+            if not crossing.written.is_set():  # (usually it is: the next one's frames queue behind it, in order)
+                self._flush()
+                with trio.move_on_at(min(deadline, trio.current_time() + WRITE_WAIT)):
+                    await crossing.written.wait()
+                if not crossing.written.is_set():
+                    crossing.give_up(Status.DEADLINE_EXCEEDED, "the request could not be written in time")
             if crossing.done.is_set() and crossing.outcome.status is not Status.OK:
                 stopped = f"an earlier message failed ({crossing.outcome.status.name})"
+        self._flush()  # the round's requests leave together
         with trio.move_on_at(deadline):
             for _, crossing in crossings:
-                await crossing.done.wait()
+                if not crossing.done.is_set():
+                    await crossing.done.wait()
         for index, crossing in crossings:
             if not crossing.done.is_set():
                 crossing.give_up(Status.DEADLINE_EXCEEDED, f"no answer from site {self.item.to} within "
@@ -460,6 +497,8 @@ class MessagePump:
         """Wait until the connection may carry one more stream (its peer's concurrent-stream limit); a reason
         not to send, or ""."""
         waiting = (crossing for _, crossing in crossings)
+        if endpoint.in_flight >= endpoint.slots:
+            self._flush()
         while endpoint.in_flight >= endpoint.slots:
             crossing = next(waiting, None)
             if crossing is None:
@@ -469,6 +508,15 @@ class MessagePump:
             if trio.current_time() >= deadline:
                 return "the delivery timeout passed"
         return ""
+
+    def _crosses(self, subject: str) -> bool:
+        """message_link.subject_crosses, remembered per subject (a bounded few: what the import's subject matches)."""
+        known = self._subjects.get(subject)
+        if known is None:
+            known = message_link.subject_crosses(subject)
+            if len(self._subjects) < SUBJECTS_REMEMBERED:
+                self._subjects[subject] = known
+        return known
 
     def _log(self, crossing: _Crossing) -> None:
         outcome, message = crossing.outcome, crossing.message

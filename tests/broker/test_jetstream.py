@@ -300,6 +300,25 @@ async def test_fetch_returns_as_soon_as_a_message_arrives(broker: JetStreamBroke
     assert trio.current_time() - started < 1.5
 
 
+async def test_what_a_pull_delivers_after_its_fetch_stopped_waiting_comes_first_next_time(
+        broker: JetStreamBroker) -> None:
+    """A fetch given up (cancelled here; a stalled server likewise) leaves its pull request on the server: what
+    that pull still delivers is kept for the next fetch, in order, instead of waiting out the ack wait (30 s)
+    and arriving behind later messages."""
+    await orders(broker)
+    with trio.move_on_after(0.2):
+        await broker.fetch("ORDERS", "worker", batch=2, wait=5.0)  # the server holds this pull for 5 s
+    for index in range(3):
+        await broker.publish("orders.new", b"m%d" % index).wait(2.0)
+    started = trio.current_time()
+    first = await broker.fetch("ORDERS", "worker", batch=10, wait=2.0)
+    second = await broker.fetch("ORDERS", "worker", batch=10, wait=2.0)
+    assert [m.data for m in first + second] == [b"m0", b"m1", b"m2"]
+    assert [m.delivered for m in first + second] == [1, 1, 1]  # none waited for a redelivery
+    # (without keeping them, the next fetch waited out its whole `wait` behind the old pull: 2.0 s here)
+    assert trio.current_time() - started < 1.0
+
+
 async def test_fetch_of_a_missing_consumer_is_a_retriable_error(broker: JetStreamBroker) -> None:
     await broker.ensure_stream("ORDERS", ["orders.>"])
     with pytest.raises(BrokerError, match="ensure_consumer"):

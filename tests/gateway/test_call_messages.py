@@ -27,6 +27,10 @@ class _Pending:
         self.result: PublishAck | BrokerError | None = None
         self.settled = trio.Event()
 
+    @property
+    def done(self) -> bool:
+        return self.settled.is_set()
+
     def settle(self, result: PublishAck | BrokerError) -> None:
         self.result = result
         self.settled.set()

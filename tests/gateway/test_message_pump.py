@@ -27,6 +27,8 @@ AUTHORITY = b"site-b.gw.site-a.test"
 
 
 class _Ack:
+    done = True
+
     def __init__(self, sequence: int) -> None:
         self.sequence = sequence
 
