@@ -78,6 +78,9 @@ class AclRule:
 
     apps: frozenset[str] | None = None
     methods: frozenset[str] | None = None
+    rate: float | None = None  # calls a second each app of that peer may make (token bucket); None: no limit
+    burst: float = 1.0  # ... and how many it may save up
+    rate_per_method: bool = False  # one bucket per (app, method) instead of per app
 
     def permits(self, app: str | None, method: str) -> bool:
         if self.apps is not None and app not in self.apps:
@@ -100,6 +103,7 @@ class ExportConfig:
     # Load-test calls (LoadTestConfig marks them): sent to these providers instead, when there are any...
     shadow_providers: tuple[HostPort, ...] = ()
     loadtest: str = "allow"  # ... and refused (FAILED_PRECONDITION) with "deny"; unmarked calls never go there
+    max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ class ImportConfig:
     from_site: str  # YAML key "from"
     protocol: str = "triple"  # how our local callers speak to it
     version: str | None = None
+    max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
 
 
 @dataclass(frozen=True, slots=True)

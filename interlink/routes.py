@@ -27,6 +27,7 @@ class ImportRoute:
     service: str
     peer: str
     authority: bytes  # the access domain the peer gave us: :authority and SNI on the link
+    max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class ExportRoute:
     group: str | None = None
     shadow_providers: tuple[HostPort, ...] = ()  # where load-test calls go instead (none: the providers)
     loadtest_denied: bool = False  # load-test calls are refused
+    max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
 
     # Derived once here, not per call: the names the request path and the registry use.
     bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)
@@ -84,6 +86,7 @@ class MessageExportRoute:
     flavour: str = "grpc"
     loadtest_denied: bool = False
     shadow_pool_key: str | None = None
+    max_in_flight: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class MessageExports:
                 if message_link.subject_matches(candidate.subject, subject):
                     return candidate
         return route
+
+    def routes(self) -> tuple[MessageExportRoute, ...]:
+        return (*self.exact.values(), *self.patterns)
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,12 @@ PEER_KEYS = (
 )
 EXPORT_KEYS = (
     "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
-    "shadow_providers", "loadtest",
+    "shadow_providers", "loadtest", "max_in_flight",
 )
-IMPORT_KEYS = ("service", "from", "protocol", "version")
-ACL_KEYS = ("apps", "methods")
+IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight")
+ACL_KEYS = ("apps", "methods", "rate", "burst", "per_method")
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|second|m|min|minute)")
+_RATE_EXAMPLE = "200/s"
 TRACING_KEYS = ("otlp_endpoint", "sample_ratio")
 LOADTEST_KEYS = ("header", "baggage")
 LOADTEST_MODES = ("allow", "deny")  # exports[].loadtest
@@ -643,6 +645,21 @@ def _read_message_exports(r: _SiteFileReader, node: Node | None, names: _KnownNa
     return None if None in exports else exports  # type: ignore[return-value]
 
 
+def _check_rate(text: str) -> float:
+    text = text.strip().lower()
+    match = _RATE.fullmatch(text)
+    if match is not None:
+        number, unit = float(match.group(1)), match.group(2)
+        rate = number if unit.startswith("s") else number / 60
+    elif _is_number_text(text):
+        rate = float(text)
+    else:
+        raise ValueError(f"write calls per second or minute, e.g. {_RATE_EXAMPLE} or 3000/min")
+    if not 0 < rate <= 1_000_000:
+        raise ValueError(f"must be more than 0 and at most 1000000/s, e.g. {_RATE_EXAMPLE}")
+    return rate
+
+
 def _check_nats_url(text: str) -> str:
     """nats://[user:password@]host:port (the port may be left out: 4222)."""
     parsed = urllib.parse.urlsplit(text)
@@ -827,6 +844,8 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     if "shadow_providers" in fields:
         shadow = r.host_port_list(fields["shadow_providers"], f"{where}.shadow_providers", required=False)
         values["shadow_providers"] = tuple(shadow) if shadow is not None else None
+    if "max_in_flight" in fields:
+        values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 1_000_000, 1000)
     if "loadtest" in fields:
         values["loadtest"] = r.choice(fields["loadtest"], f"{where}.loadtest", LOADTEST_MODES)
         if values["loadtest"] == "deny" and values.get("shadow_providers"):
@@ -919,14 +938,30 @@ def _read_allow_mapping(r: _SiteFileReader, where: str, node: MappingNode) -> di
 def _read_acl_rule(r: _SiteFileReader, where: str, node: Node) -> AclRule | None:
     if _is_null(node):
         return AclRule()
-    fields = r.mapping(node, where, "{apps: [order-app], methods: [echo]} or {} for all", known=ACL_KEYS)
+    fields = r.mapping(node, where, "{apps: [order-app], methods: [echo], rate: 200/s, burst: 50} or {} for all",
+                       known=ACL_KEYS)
     if fields is None:
         return None
     apps = r.name_set(fields["apps"], f"{where}.apps", "apps") if "apps" in fields else None
     methods = r.name_set(fields["methods"], f"{where}.methods", "methods") if "methods" in fields else None
     if ("apps" in fields and apps is None) or ("methods" in fields and methods is None):
         return None
-    return AclRule(apps=apps, methods=methods)
+    limits: dict[str, object] = {}
+    if "rate" in fields:
+        limits["rate"] = r.rate(fields["rate"], f"{where}.rate")
+        limits["burst"] = max(1.0, limits["rate"] or 1.0)  # type: ignore[arg-type]  # one second's worth
+    for key in ("burst", "per_method"):
+        if key in fields and "rate" not in fields:
+            r.report(r.lines.get(f"{where}.{key}"), f"{where}.{key}", f"{key} applies to a rate; add rate: "
+                     f"{_RATE_EXAMPLE} or remove it")
+            return None
+    if "burst" in fields:
+        limits["burst"] = r.integer(fields["burst"], f"{where}.burst", 1, 1_000_000, 50)
+    if "per_method" in fields:
+        limits["rate_per_method"] = r.boolean(fields["per_method"], f"{where}.per_method")
+    if None in limits.values():
+        return None
+    return AclRule(apps=apps, methods=methods, **limits)  # type: ignore[arg-type]
 
 
 def _read_imports(r: _SiteFileReader, node: Node | None, names: _KnownNames) -> list[ImportConfig | None] | None:
@@ -963,6 +998,8 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["protocol"] = r.choice(fields["protocol"], f"{where}.protocol", PROTOCOLS)
     if "version" in fields:
         values["version"] = r.name_text(fields["version"], f"{where}.version", '"1.0"')
+    if "max_in_flight" in fields:
+        values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 1_000_000, 1000)  # type: ignore[assignment]
     if service is None or from_site is None or None in values.values():
         return None
     return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
@@ -1217,6 +1254,21 @@ class _SiteFileReader:
 
     def subject(self, node: Node, where: str, *, wildcards: bool) -> str | None:
         return self._checked_text(node, where, "orders.created", lambda text: _check_subject(text, wildcards=wildcards))
+
+    def rate(self, node: Node, where: str) -> float | None:
+        """Calls a second: `200/s`, `3000/min`, or a plain number (a second)."""
+        return self._checked_text(node, where, _RATE_EXAMPLE, _check_rate)
+
+    def boolean(self, node: Node, where: str) -> bool | None:
+        value = self.text(node, where, "true")
+        if value is None:
+            return None
+        if value.lower() in ("true", "yes", "on"):
+            return True
+        if value.lower() in ("false", "no", "off"):
+            return False
+        self.report(node, where, f"{_short(value)} is not true or false; write per_method: true")
+        return None
 
     def nats_url(self, node: Node, where: str) -> str | None:
         return self._checked_text(node, where, _NATS_URL_EXAMPLE, _check_nats_url)

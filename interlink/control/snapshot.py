@@ -118,7 +118,8 @@ def _load_ca(peer: PeerConfig) -> tuple[x509.Certificate, ...]:
 
 
 def _import_route(item: ImportConfig, peer: PeerConfig) -> ImportRoute:
-    return ImportRoute(service=item.service, peer=peer.name, authority=peer.domain.lower().encode())
+    return ImportRoute(service=item.service, peer=peer.name, authority=peer.domain.lower().encode(),
+                       max_in_flight=item.max_in_flight)
 
 
 def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
@@ -136,6 +137,7 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         group=item.group,
         shadow_providers=item.shadow_providers,
         loadtest_denied=item.loadtest == "deny",
+        max_in_flight=item.max_in_flight,
     )
 
 

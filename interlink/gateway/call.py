@@ -35,6 +35,7 @@ from interlink.gateway import translation
 from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_frame
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
+from interlink.gateway.limits import CallLimits
 from interlink.gateway.h2legs import H2Downstream, H2Upstream
 from interlink.gateway.messages import BrokerPublish, MessageMetrics, OrderGuard, StoreWaiter
 from interlink.gateway.metrics import CallMetrics
@@ -111,11 +112,12 @@ class CallCore:
         self.message_metrics = MessageMetrics()
         self.order_guard = OrderGuard()
         self._stored_waiters: dict[str, StoreWaiter] = {}  # per destination stream (from the site file)
+        self.limits = CallLimits()  # calls in flight per service, token buckets (kept across reloads)
         self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
         """New calls use `snapshot` (and its filters); calls in flight keep theirs."""
-        self.chains, self.snapshot = FilterChains.of(snapshot), snapshot
+        self.chains, self.snapshot = FilterChains.of(snapshot, self.limits), snapshot
         self.metrics.install(snapshot)
         config = snapshot.config
         self.messaging: MessagingConfig | None = config.messaging
@@ -199,7 +201,7 @@ class GatewayCall:
     __slots__ = (
         "core", "ingress", "down", "up", "snapshot", "chain", "caller_site", "caller_app", "service", "method", "authority", "route",
         "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
-        "_answer", "_authorized", "trace_id", "span_id", "parent_span_id", "trace_flags", "loadtest",
+        "_answer", "_authorized", "trace_id", "span_id", "parent_span_id", "trace_flags", "loadtest", "holds_slot",
     )
 
     def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
@@ -231,6 +233,7 @@ class GatewayCall:
         self.parent_span_id: str | None = None  # the caller's span, when it sent a traceparent
         self.trace_flags = tracecontext.SAMPLED
         self.loadtest = False  # marked as load-test traffic
+        self.holds_slot = False  # counted in its service's max_in_flight (gateway/limits.py)
         down.attach(self)
 
     @property

@@ -6,8 +6,8 @@ once, with the status the caller saw). A chain with no filter costs one empty lo
 filters that override `on_finish` are called at the end.
 
 The peer port's chain starts with the two checks that make a site's exports private to the peers they
-name: the access domain, then the export's ACL. Rate limits, routing stages, load-test marks and tracing
-are added after them by the features that need them.
+name: the access domain, then the export's ACL; then, when the site file asks for them, load-test refusals,
+rate limits and max_in_flight (gateway/limits.py). Local callers' chain has max_in_flight of the imports.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from interlink.wire import message_link
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
+    from interlink.gateway.limits import CallLimits
 
 
 class Filter:
@@ -105,11 +106,21 @@ class FilterChains:
     peer_finish: tuple[Filter, ...]
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> FilterChains:
-        configured: tuple[Filter, ...] = ()  # the filters the site file configures (none yet)
-        local = configured
+    def of(cls, snapshot: Snapshot, limits: CallLimits | None = None) -> FilterChains:
+        """The chains `snapshot` asks for; `limits` is the gateway's limit state (kept across snapshots)."""
+        from interlink.gateway.limits import CallLimits, InFlightFilter, RateLimitFilter
+
+        limits = limits if limits is not None else CallLimits()
+        imports = [*snapshot.imports.values(), *snapshot.bolt_imports.values()]
+        local: tuple[Filter, ...] = ()
+        if any(route.max_in_flight for route in imports):
+            local = (InFlightFilter(limits, "local"),)
         loadtest = (LoadTestFilter(),) if any(route.loadtest_denied for route in snapshot.export_routes) else ()
-        peer = (AccessDomainFilter(), ExportAclFilter(), *loadtest, *configured)
+        rules = [rule for route in snapshot.export_routes for rule in route.allow.values()]
+        rules += [rule for route in snapshot.message_exports.routes() for rule in route.allow.values()]
+        rate = (RateLimitFilter(limits),) if any(rule.rate is not None for rule in rules) else ()
+        in_flight = (InFlightFilter(limits, "peer"),) if any(route.max_in_flight for route in snapshot.export_routes) else ()
+        peer = (AccessDomainFilter(), ExportAclFilter(), *loadtest, *rate, *in_flight)
         return cls(local, peer, _observers(local), _observers(peer))
 
 

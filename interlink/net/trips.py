@@ -22,11 +22,13 @@ CONNECTION_CAP = "connection_cap"  # a listener at its connection cap, or one so
 CONNECTION_SHED = "connection_shed"  # a listener shedding idle connections to make room
 UPSTREAM_SHARE = "upstream_share"  # one caller connection at its fair share of an upstream's call slots
 UPSTREAM_FULL = "upstream_full"  # every connection to an upstream at its concurrent call limit
+MAX_IN_FLIGHT = "max_in_flight"  # a service at its max_in_flight (circuit breaking)
+RATE_LIMIT = "rate_limit"  # an app of a peer site over its rate on an export
 
 LIMITS = (
     PREFACE_TIMEOUT, IDLE_TIMEOUT, PARTIAL_FRAME_TIMEOUT, WRITE_TIMEOUT, H2_ABUSE, H2_PROTOCOL_ERROR,
     H2_MALFORMED_HEADERS, BOLT_PROTOCOL_ERROR, BOLT_PARTIAL_FRAME_BUDGET, BOLT_PENDING_CALLS, CONNECTION_CAP,
-    CONNECTION_SHED, UPSTREAM_SHARE, UPSTREAM_FULL,
+    CONNECTION_SHED, UPSTREAM_SHARE, UPSTREAM_FULL, MAX_IN_FLIGHT, RATE_LIMIT,
 )
 
 TRIPS: Counter[str] = Counter()

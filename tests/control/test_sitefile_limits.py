@@ -1,0 +1,61 @@
+"""The site file's limits per service: max_in_flight on exports and imports, and rate / burst / per_method in
+an export's allow rules (gateway/limits.py applies them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from interlink.config import AclRule
+from interlink.control.sitefile import SiteFileError, load_site
+from tests.control.test_sitefile import FULL_SITE, line_of
+
+WriteSite = Callable[[str, str], Path]
+
+LIMITED = FULL_SITE.replace(
+    "      site-b: {apps: [order-app], methods: [echo, add]}\n",
+    "      site-b: {apps: [order-app], methods: [echo, add], rate: 200/s, burst: 50}\n"
+    "      site-d: {rate: 3000/min, per_method: true}\n",
+).replace("    timeout_ms: 2000\n", "    timeout_ms: 2000\n    max_in_flight: 1000\n").replace(
+    "    from: site-b\n    protocol: bolt\n", "    from: site-b\n    protocol: bolt\n    max_in_flight: 64\n"
+).replace("domains:\n", "domains:\n  site-d: site-d.gw.site-a.test\n").replace(
+    "peers:\n", "peers:\n  site-d:\n    endpoints: [10.0.0.4:8443]\n    ca: certs/site-d/ca.pem\n"
+                "    domain: site-a.gw.site-d.test\n")
+
+
+def test_limits_load_into_the_dataclasses(write_site: WriteSite) -> None:
+    config = load_site(write_site("site-a", LIMITED))
+    echo = config.exports[0]
+    assert echo.max_in_flight == 1000 and config.exports[1].max_in_flight is None
+    assert echo.allow["site-b"] == AclRule(apps=frozenset({"order-app"}), methods=frozenset({"echo", "add"}),
+                                           rate=200.0, burst=50, rate_per_method=False)
+    assert echo.allow["site-d"] == AclRule(rate=50.0, burst=50.0, rate_per_method=True)  # burst: one second's worth
+    assert echo.allow["site-c"] == AclRule()
+    assert config.imports[0].max_in_flight == 64
+
+
+@pytest.mark.parametrize("old, new, line_text, words", [
+    ("rate: 200/s", "rate: fast", "rate: fast", "write calls per second or minute"),
+    ("rate: 200/s", "rate: 0/s", "rate: 0/s", "must be more than 0"),
+    ("rate: 200/s, burst: 50", "burst: 50", "burst: 50", "burst applies to a rate"),
+    ("burst: 50", "burst: 0", "burst: 0", "burst"),
+    ("per_method: true", "per_method: maybe", "per_method: maybe", "is not true or false"),
+    ("max_in_flight: 1000", "max_in_flight: 0", "max_in_flight: 0", "max_in_flight"),
+    ("max_in_flight: 64", "max_in_flight: lots", "max_in_flight: lots", "max_in_flight"),
+])
+def test_a_limit_mistake_is_one_problem_at_its_line(write_site: WriteSite, old: str, new: str, line_text: str,
+                                                     words: str) -> None:
+    text = LIMITED.replace(old, new)
+    with pytest.raises(SiteFileError) as caught:
+        load_site(write_site("site-a", text))
+    problems = caught.value.problems
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    assert words in problems[0].message and problems[0].line == line_of(text, line_text), str(problems[0])
+
+
+@pytest.mark.parametrize("written, rate", [("10", 10.0), ("2.5/s", 2.5), ("120/min", 2.0), ("60 / m", 1.0)])
+def test_rate_forms(write_site: WriteSite, written: str, rate: float) -> None:
+    config = load_site(write_site("site-a", LIMITED.replace("rate: 200/s", f'rate: "{written}"')))
+    assert config.exports[0].allow["site-b"].rate == rate
