@@ -109,10 +109,16 @@ class ExportConfig:
 @dataclass(frozen=True, slots=True)
 class ImportConfig:
     service: str
-    from_site: str  # YAML key "from"
+    from_site: str  # YAML key "from" (its first site, when it lists several)
     protocol: str = "triple"  # how our local callers speak to it
     version: str | None = None
     max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
+    failover: tuple[str, ...] = ()  # "from: [site-a, site-c]": the sites after the first, in order
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every site it is imported from, the preferred first."""
+        return (self.from_site, *self.failover)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ class ImportRoute:
     peer: str
     authority: bytes  # the access domain the peer gave us: :authority and SNI on the link
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
+    failover: tuple[tuple[str, bytes], ...] = ()  # (site, its access domain for us): the next sites in order
 
 
 @dataclass(frozen=True, slots=True)

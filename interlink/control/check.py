@@ -339,7 +339,7 @@ def _check_peering(ours: SiteConfig, theirs: SiteConfig) -> Iterator[Problem]:
         yield from _check_peer_endpoints(ours, theirs)
     yield from _check_peer_ca(ours, theirs)
     for index, imported in enumerate(ours.imports):
-        if imported.from_site == theirs.site:
+        if theirs.site in imported.sites:
             yield from _check_import(ours, index, imported, theirs)
     if ours.messaging is not None:
         for index, item in enumerate(ours.messaging.imports):

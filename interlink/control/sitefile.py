@@ -990,10 +990,11 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         if "service" in fields
         else None
     )
-    from_site = r.site_name(fields["from"], f"{where}.from") if "from" in fields else None
-    if from_site is not None:
-        r.require_peer(from_site, f"{where}.from", names, "is imported from")
-    values: dict[str, str | None] = {}
+    sites = _read_import_sites(r, f"{where}.from", fields["from"], names) if "from" in fields else None
+    from_site = sites[0] if sites else None
+    values: dict[str, object] = {}
+    if sites and len(sites) > 1:
+        values["failover"] = tuple(sites[1:])
     if "protocol" in fields:
         values["protocol"] = r.choice(fields["protocol"], f"{where}.protocol", PROTOCOLS)
     if "version" in fields:
@@ -1003,6 +1004,35 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     if service is None or from_site is None or None in values.values():
         return None
     return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
+
+
+def _read_import_sites(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> list[str] | None:
+    """`from: site-a`, or an ordered list `from: [site-a, site-c]` (failover: the next one serves while no link
+    to the ones before it is up)."""
+    if isinstance(node, SequenceNode):
+        items = r.sequence(node, where, "from: [site-a, site-c]")
+        if items is None:
+            return None
+        if not items:
+            r.report(node, where, "is empty; name the peer(s) it is imported from, e.g. from: [site-a, site-c]")
+            return None
+        sites = [r.site_name(item, item_where) for item_where, item in items]
+    else:
+        sites = [r.site_name(node, where)]
+        items = [(where, node)]
+    if any(site is None for site in sites):
+        return None
+    seen: set[str] = set()
+    for (item_where, item), site in zip(items, sites):
+        assert site is not None
+        if site in seen:
+            r.report(item, item_where, f"{site} is listed twice; remove one")
+            return None
+        seen.add(site)
+        r.lines.setdefault(item_where, _line(item))
+        if not r.require_peer(site, item_where, names, "is imported from"):
+            return None
+    return sites  # type: ignore[return-value]
 
 
 def _report_repeats(

@@ -56,13 +56,13 @@ def build_snapshot(config: SiteConfig) -> Snapshot:
     return Snapshot(
         config=config,
         imports={
-            item.service: _import_route(item, config.peers[item.from_site])
+            item.service: _import_route(item, config)
             for item in config.imports
             if item.protocol == "triple"
         },
         exports=_by_caller_protocol(export_routes, "triple", lambda route: route.service),
         bolt_imports={
-            bolt_unique_name(item.service, item.version): _import_route(item, config.peers[item.from_site])
+            bolt_unique_name(item.service, item.version): _import_route(item, config)
             for item in config.imports
             if item.protocol == "bolt"
         },
@@ -117,9 +117,11 @@ def _load_ca(peer: PeerConfig) -> tuple[x509.Certificate, ...]:
         raise SnapshotError(f"peers.{peer.name}.ca: cannot read CA certificate {peer.ca}: {exc}") from exc
 
 
-def _import_route(item: ImportConfig, peer: PeerConfig) -> ImportRoute:
+def _import_route(item: ImportConfig, config: SiteConfig) -> ImportRoute:
+    peer = config.peers[item.from_site]
+    failover = tuple((site, config.peers[site].domain.lower().encode()) for site in item.failover)
     return ImportRoute(service=item.service, peer=peer.name, authority=peer.domain.lower().encode(),
-                       max_in_flight=item.max_in_flight)
+                       max_in_flight=item.max_in_flight, failover=failover)
 
 
 def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
@@ -165,7 +167,7 @@ def restart_needed(old: SiteConfig, new: SiteConfig) -> list[str]:
     addresses, dialled peers, imports, the registry, registry-followed exports, `limits:`, and the messaging
     broker and imports (their consumers run from start to stop; message exports and their ACLs reload)."""
     def dialled(config: SiteConfig) -> dict[str, tuple]:
-        imported = {item.from_site for item in config.imports}
+        imported = {site for item in config.imports for site in item.sites}
         if config.messaging is not None:
             imported |= {item.to for item in config.messaging.imports}
         return {
@@ -175,7 +177,7 @@ def restart_needed(old: SiteConfig, new: SiteConfig) -> list[str]:
         }
 
     def imports(config: SiteConfig) -> set[tuple[str, str, str]]:
-        return {(i.service, i.from_site, i.protocol) for i in config.imports}
+        return {(i.service, i.sites, i.protocol) for i in config.imports}
 
     def followed(config: SiteConfig) -> set[tuple[str, str | None, str]]:  # exports whose providers the registry gives
         return {(e.service, e.version, e.protocol) for e in config.exports if not e.providers}

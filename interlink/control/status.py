@@ -83,10 +83,21 @@ class GatewayStatus:
         for site in sorted({*gateway.peer_groups, *gateway.bolt_peer_groups}):
             groups = [group for group in (gateway.peer_groups.get(site), gateway.bolt_peer_groups.get(site)) if group]
             down = [group for group in groups if not group.up]
-            if down:
+            if down and not self._covered(site):
                 errors = "; ".join(sorted({group.last_error for group in down}))
                 reasons.append(f"no link up to site {site}: {errors}")
         return not reasons, reasons
+
+    def _covered(self, site: str) -> bool:
+        """Every import that `site` serves has another site of its `from:` list with a link up (failover), and
+        no message import goes to it: a standby site that is down does not make the gateway unready."""
+        config, gateway = self.gateway.config, self.gateway
+        if config.messaging is not None and any(item.to == site for item in config.messaging.imports):
+            return False
+        serving = [item for item in config.imports if site in item.sites]
+        return bool(serving) and all(
+            any(other != site and _group_up(gateway, item.protocol, other) for other in item.sites)
+            for item in serving)
 
     def status(self) -> dict:
         gateway = self.gateway
@@ -114,6 +125,8 @@ class GatewayStatus:
             "imports": [
                 {"service": item.service, "from": item.from_site, "protocol": item.protocol,
                  "link_up": _group_up(gateway, item.protocol, item.from_site),
+                 "failover": [{"site": site, "link_up": _group_up(gateway, item.protocol, site)}
+                              for site in item.failover],
                  # (with the static registry nothing is published: callers are given our address)
                  "published": None if self.registry_kind == "static"
                  else (item.service, item.protocol) in gateway.published}

@@ -12,7 +12,7 @@ The document is built by the gateway (its shape, abridged):
                       peer_certificate: {subject, uri, not_after, expires_in_days}}]}]
     exports: [{service, protocol, registry, providers: [address], providers_up, synced, last_sync, sync_age_s,
                allow: [site]}]
-    imports: [{service, from, protocol, link_up, published}]
+    imports: [{service, from, failover: [{site, link_up}], protocol, link_up, published}]
     messaging: {broker: {kind, url, connected, last_error},
                 imports: [{subject, to, stream, ready, link_up, delivered, redelivered, dead_lettered, lag,
                            last_error}],
@@ -335,7 +335,7 @@ def _html_imports(status: Mapping[str, Any]) -> str:
         link_up = item.get("link_up")
         rows.append(f'<tr class="import" data-service="{_e(item.get("service"))}">' + _cells([
             (_text(item.get("service")), ""),
-            (_text(item.get("from")), ""),
+            (_import_sites(item), ""),
             (_text(item.get("protocol")), ""),
             (_up(link_up), "up" if link_up is True else "down" if link_up is False else ""),
             (_text(item.get("published")), ""),
@@ -384,6 +384,15 @@ def _message_import_cells(item: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _stored(item: Mapping[str, Any]) -> str:
     stored = _mapping(item.get("stored"))
     return ", ".join(f"{_text(site)} {_count(count)}" for site, count in stored.items()) or UNKNOWN
+
+
+def _import_sites(item: Mapping[str, Any]) -> str:
+    """`site-a`, or with failover `site-a, then site-c (up)`."""
+    text = _text(item.get("from"))
+    failover = [_mapping(entry) for entry in _items(item.get("failover"))]
+    if failover:
+        text += ", then " + ", ".join(f"{_text(entry.get('site'))} ({_up(entry.get('link_up'))})" for entry in failover)
+    return text
 
 
 def _html_denials(status: Mapping[str, Any]) -> str:
@@ -467,7 +476,7 @@ def render_table(status: dict) -> str:
             for e in _items(status.get("exports"))
         ], "no exports"),
         ("IMPORTS", ["SERVICE", "FROM", "PROTOCOL", "LINK", "PUBLISHED"], [
-            [_text(i.get("service")), _text(i.get("from")), _text(i.get("protocol")), _up(i.get("link_up")),
+            [_text(i.get("service")), _import_sites(i), _text(i.get("protocol")), _up(i.get("link_up")),
              _text(i.get("published"))]
             for i in _items(status.get("imports"))
         ], "no imports"),

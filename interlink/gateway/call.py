@@ -394,9 +394,9 @@ class GatewayCall:
             self._publish(route)
             return
         if isinstance(route, ImportRoute):
-            group = self.core.peer_group(down.protocol, route.peer)
+            group, authority = self._peer_site(route)
             stamps = self._stamps(to_peer=True)
-            self.up = self._passthrough(stamps, now)
+            self.up = self._passthrough(stamps, now, authority)
         else:
             assert route is not None
             shadow = route.shadow_pool_key if self.loadtest else None  # never for an unmarked call
@@ -404,11 +404,27 @@ class GatewayCall:
             if shadow is not None:
                 self.upstream_name = self.log_fields["upstream"] = f"shadow providers of {self.service}"
             stamps = self._stamps(to_peer=False)
-            self.up = (self._passthrough(stamps, now) if route.protocol == down.protocol
+            self.up = (self._passthrough(stamps, now, None) if route.protocol == down.protocol
                        else self._translate(route, stamps, now))
         if isinstance(down, BoltDownstream):
             down.forwarded()
         self._choose_upstream(group, now)
+
+    def _peer_site(self, route: ImportRoute) -> tuple[PoolGroup | None, bytes]:
+        """Where an import's call goes: its first site, unless no link to it is up and a later site of its
+        `from:` list has one (failover, in order); then that site (the access line names it)."""
+        core, protocol = self.core, self.down.protocol
+        group = core.peer_group(protocol, route.peer)
+        if not route.failover or (group is not None and group.up):
+            return group, route.authority
+        for site, authority in route.failover:
+            candidate = core.peer_group(protocol, site)
+            if candidate is not None and candidate.up:
+                fields = self.log_fields
+                fields["peer"] = site
+                self.upstream_name = fields["upstream"] = f"site {site}"  # type: ignore[assignment]
+                return candidate, authority
+        return group, route.authority
 
     def _publish(self, route: MessageExportRoute) -> None:
         """A message from a peer: into our broker (gateway/messages.py); answered once it is stored."""
@@ -442,16 +458,16 @@ class GatewayCall:
                        tracecontext.format_traceparent(self.trace_id, self.span_id, self.trace_flags)))  # type: ignore[arg-type]
         return stamps
 
-    def _passthrough(self, stamps: list[tuple[bytes, bytes | None]], now: float) -> Upstream:
-        """Same protocol on both sides: the request travels as it came, with our link headers."""
+    def _passthrough(self, stamps: list[tuple[bytes, bytes | None]], now: float, authority: bytes | None) -> Upstream:
+        """Same protocol on both sides: the request travels as it came, with our link headers (towards a peer,
+        `authority` is the access domain that peer gave us)."""
         down = self.down
         if isinstance(down, H2Downstream):
             head = down.head
             assert head is not None
-            to_peer = isinstance(self.route, ImportRoute)
+            to_peer = authority is not None
             headers = grpc.request_headers(
-                head, scheme=b"https" if to_peer else b"http",
-                authority=self.route.authority if to_peer else head.authority,  # type: ignore[union-attr]
+                head, scheme=b"https" if to_peer else b"http", authority=authority if to_peer else head.authority,
                 timeout=_remaining(self.deadline, now), stamps=[(k, v) for k, v in stamps if v is not None],
             )
             up = H2Upstream(self, headers)

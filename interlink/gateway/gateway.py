@@ -152,7 +152,7 @@ class Gateway:
         return (self.peer_groups if protocol == "triple" else self.bolt_peer_groups).get(site)
 
     def _peer_groups(self, protocol: str) -> dict[str, PoolGroup]:
-        dialed = {item.from_site for item in self.config.imports if item.protocol == protocol}
+        dialed = {site for item in self.config.imports if item.protocol == protocol for site in item.sites}
         if protocol == "triple" and self.config.messaging is not None:  # messages cross as MessageLink calls
             dialed |= {item.to for item in self.config.messaging.imports}
         dial = self._peer_pool if protocol == "triple" else self._bolt_peer_pool

@@ -59,3 +59,29 @@ def test_a_limit_mistake_is_one_problem_at_its_line(write_site: WriteSite, old: 
 def test_rate_forms(write_site: WriteSite, written: str, rate: float) -> None:
     config = load_site(write_site("site-a", LIMITED.replace("rate: 200/s", f'rate: "{written}"')))
     assert config.exports[0].allow["site-b"].rate == rate
+
+
+FAILOVER = LIMITED.replace("    from: site-c\n", "    from: [site-c, site-b, site-d]\n")
+
+
+def test_an_import_from_several_sites_fails_over_in_their_order(write_site: WriteSite) -> None:
+    config = load_site(write_site("site-a", FAILOVER))
+    stock = config.imports[1]
+    assert (stock.from_site, stock.failover, stock.sites) == ("site-c", ("site-b", "site-d"), ("site-c", "site-b", "site-d"))
+    assert config.imports[0].failover == ()
+    assert config.lines["imports[1].from[2]"] == line_of(FAILOVER, "from: [site-c, site-b, site-d]")
+
+
+@pytest.mark.parametrize("written, words", [
+    ("from: []", "is empty; name the peer(s)"),
+    ("from: [site-c, site-c]", "site-c is listed twice"),
+    ("from: [site-c, site-x]", "site-x is imported from but is not listed under peers"),
+    ("from: [site-c, site-a]", "site-a is this site itself"),
+])
+def test_a_failover_list_mistake_is_one_problem(write_site: WriteSite, written: str, words: str) -> None:
+    text = FAILOVER.replace("from: [site-c, site-b, site-d]", written)
+    with pytest.raises(SiteFileError) as caught:
+        load_site(write_site("site-a", text))
+    problems = caught.value.problems
+    assert len(problems) == 1 and words in problems[0].message, "\n".join(map(str, problems))
+    assert problems[0].line == line_of(text, written)

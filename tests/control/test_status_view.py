@@ -234,3 +234,11 @@ def test_hostile_message_values_are_escaped_and_made_visible():
     for broken in ({"broker": None, "imports": [{}], "exports": [None, {"stored": "x"}]}, {"imports": "x"}):
         render_html({"site": "x", "messaging": broken})
         render_table({"site": "x", "messaging": broken})
+
+
+def test_an_import_with_failover_sites_shows_them_in_order():
+    status = copy.deepcopy(SAMPLE_STATUS)
+    status["imports"][0]["failover"] = [{"site": "site-c", "link_up": True}, {"site": "site-d", "link_up": False}]
+    assert PageTables(render_html(status)).tables["imports"][1][1] == "site-b, then site-c (up), site-d (down)"
+    assert "site-b, then site-c (up), site-d (down)" in render_table(status)
+    render_table({"site": "x", "imports": [{"failover": "x"}, {"failover": [None, 3]}]})

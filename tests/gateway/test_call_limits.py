@@ -136,3 +136,24 @@ async def test_without_limits_no_limit_filter_runs(autojump_clock):
         world.core.install(replace(snapshot))
         names = {type(item).__name__ for item in world.core.chains.peer}
         assert {"InFlightFilter", "RateLimitFilter"} <= names
+
+
+async def test_an_import_fails_over_to_its_next_site_while_the_first_is_down(autojump_clock):
+    """from: [site-a, site-c]: no link up to site-a, so site-c serves (its access domain, its name in the access
+    line); once site-a is up again, it serves again."""
+    from interlink.net.pool import PoolGroup
+
+    route = ImportRoute(TRIPLE, PEER, PEER_DOMAIN, failover=(("site-c", b"b.for-c.example"),))
+    snapshot = make_snapshot(imports=((route, "triple"),))
+    async with open_world("local", "h2", snapshot=snapshot) as world:
+        down = PoolGroup(f"site {PEER}", [])
+        groups = {PEER: down, "site-c": world.group}
+        world.core.peer_group = lambda protocol, site: groups.get(site)
+        assert await call_once(world) == ("OK", "")
+        authority = dict(world.provider.stream(max(world.provider.streams)).headers[0])[b":authority"]
+        assert authority == b"b.for-c.example"
+        assert (world.access()[-1]["peer"], world.access()[-1]["upstream"]) == ("site-c", "site site-c")
+        groups[PEER] = world.group  # site-a is back (the same test connection plays it)
+        assert await call_once(world) == ("OK", "")
+        authority = dict(world.provider.stream(max(world.provider.streams)).headers[0])[b":authority"]
+        assert authority == PEER_DOMAIN and world.access()[-1]["peer"] == PEER
