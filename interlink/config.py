@@ -89,6 +89,16 @@ class AclRule:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """`exports[].outlier` — passive health: a provider that fails `consecutive_failures` calls in a row takes no
+    calls for `eject_s`, as long as no more than `max_ejected_percent` of the export's providers are ejected."""
+
+    consecutive_failures: int = 5
+    eject_s: float = 30.0
+    max_ejected_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
 class ExportConfig:
     service: str
     protocol: str = "triple"  # how our providers speak: triple | bolt
@@ -104,6 +114,7 @@ class ExportConfig:
     shadow_providers: tuple[HostPort, ...] = ()
     loadtest: str = "allow"  # ... and refused (FAILED_PRECONDITION) with "deny"; unmarked calls never go there
     max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
+    outlier: OutlierConfig | None = None  # eject failing providers for a while (None: never)
 
 
 @dataclass(frozen=True, slots=True)

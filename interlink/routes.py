@@ -14,7 +14,7 @@ from typing import Mapping
 
 from cryptography import x509
 
-from interlink.config import AclRule, HostPort, SiteConfig
+from interlink.config import AclRule, HostPort, OutlierConfig, SiteConfig
 from interlink.net import tls
 from interlink.wire import message_link
 from registry_adapters.model import ServiceKey
@@ -49,6 +49,7 @@ class ExportRoute:
     shadow_providers: tuple[HostPort, ...] = ()  # where load-test calls go instead (none: the providers)
     loadtest_denied: bool = False  # load-test calls are refused
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
+    outlier: OutlierConfig | None = None  # eject failing providers for a while (net/pool.py Outliers)
 
     # Derived once here, not per call: the names the request path and the registry use.
     bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)

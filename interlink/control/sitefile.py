@@ -37,6 +37,7 @@ from interlink.config import (
     MessageExportConfig,
     MessageImportConfig,
     MessagingConfig,
+    OutlierConfig,
     PeerConfig,
     RegistryConfig,
     SiteConfig,
@@ -86,8 +87,9 @@ PEER_KEYS = (
 )
 EXPORT_KEYS = (
     "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
-    "shadow_providers", "loadtest", "max_in_flight",
+    "shadow_providers", "loadtest", "max_in_flight", "outlier",
 )
+OUTLIER_KEYS = ("consecutive_failures", "eject_s", "max_ejected_percent")
 IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight")
 ACL_KEYS = ("apps", "methods", "rate", "burst", "per_method")
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|second|m|min|minute)")
@@ -846,6 +848,8 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["shadow_providers"] = tuple(shadow) if shadow is not None else None
     if "max_in_flight" in fields:
         values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 1_000_000, 1000)
+    if "outlier" in fields:
+        values["outlier"] = _read_outlier(r, f"{where}.outlier", fields["outlier"])
     if "loadtest" in fields:
         values["loadtest"] = r.choice(fields["loadtest"], f"{where}.loadtest", LOADTEST_MODES)
         if values["loadtest"] == "deny" and values.get("shadow_providers"):
@@ -1004,6 +1008,24 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     if service is None or from_site is None or None in values.values():
         return None
     return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
+
+
+def _read_outlier(r: _SiteFileReader, where: str, node: Node) -> OutlierConfig | None:
+    """`outlier: {consecutive_failures: 5, eject_s: 30, max_ejected_percent: 50}`; every key optional."""
+    if _is_null(node):
+        return OutlierConfig()
+    fields = r.mapping(node, where, "outlier: {consecutive_failures: 5, eject_s: 30, max_ejected_percent: 50}",
+                       known=OUTLIER_KEYS)
+    if fields is None:
+        return None
+    values: dict[str, object] = {}
+    for key, low, high, example in (("consecutive_failures", 1, 10_000, 5), ("eject_s", 1, 86_400, 30),
+                                    ("max_ejected_percent", 0, 100, 50)):
+        if key in fields:
+            values[key] = r.integer(fields[key], f"{where}.{key}", low, high, example)
+    if None in values.values():
+        return None
+    return OutlierConfig(**values)  # type: ignore[arg-type]
 
 
 def _read_import_sites(r: _SiteFileReader, where: str, node: Node, names: _KnownNames) -> list[str] | None:

@@ -140,6 +140,7 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         shadow_providers=item.shadow_providers,
         loadtest_denied=item.loadtest == "deny",
         max_in_flight=item.max_in_flight,
+        outlier=item.outlier,
     )
 
 

@@ -177,6 +177,7 @@ class GatewayStatus:
             "sync_age_s": round(now - sync[1], 3) if sync else None,
             "allow": sorted(route.allow),
             "shadow_providers": [str(address) for address in route.shadow_providers],
+            "ejected": _ejected(group),
             "loadtest": "deny" if route.loadtest_denied else "allow",
         }
 
@@ -260,6 +261,15 @@ def _link(address: str, protocol: str, pool: ConnectionPool) -> dict:
         "peer_certificate": peer_certificate,
         "detail": connections,
     }
+
+
+def _ejected(group) -> list[str]:  # noqa: ANN001 - PoolGroup
+    """The providers an outlier ejection keeps from calls now."""
+    outliers = group.outliers if group is not None else None
+    if outliers is None:
+        return []
+    now = trio.current_time()
+    return [pool.name.removeprefix("provider ") for pool in group.pools if outliers.ejected.get(id(pool), 0) > now]
 
 
 def _group_up(gateway: Gateway, protocol: str, site: str) -> bool:

@@ -202,6 +202,7 @@ class GatewayCall:
         "core", "ingress", "down", "up", "snapshot", "chain", "caller_site", "caller_app", "service", "method", "authority", "route",
         "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
         "_answer", "_authorized", "trace_id", "span_id", "parent_span_id", "trace_flags", "loadtest", "holds_slot",
+        "_connection",
     )
 
     def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
@@ -225,6 +226,7 @@ class GatewayCall:
         self.serialize: str | None = None  # a translated call's wrapper serializeType (its answer is written in it)
         self.upstream_name = "upstream"
         self._group: PoolGroup | None = None  # whose fair share this call holds
+        self._connection: object = None  # ... on which of its connections (outlier ejection counts by its pool)
         self._timer: list | None = None
         self._answer = ("UNKNOWN", "")  # status and message of an answer still being written (ANSWERING)
         self._authorized = ingress is LOCAL  # peer calls are audited until they pass the filters
@@ -546,7 +548,7 @@ class GatewayCall:
             raise Refusal(Status.RESOURCE_EXHAUSTED,
                           f"this connection already has its share ({group.share()}) of the calls to {group.name} "
                           "in flight; retry later or spread calls over more connections")
-        self._group = group
+        self._group, self._connection = group, connection
         self.state = FORWARDED
         oneway = self.down.oneway
         self.up.open(connection)  # type: ignore[union-attr, arg-type]
@@ -622,9 +624,12 @@ class GatewayCall:
         if self._timer is not None:
             self.core.timers.cancel(self._timer)
             self._timer = None
-        if self._group is not None:
-            self._group.release(down.endpoint)
-            self._group = None
+        group = self._group
+        if group is not None:
+            if group.outliers is not None and status not in _NEUTRAL:  # passive health of the upstream
+                group.outcome(self._connection, status in _UPSTREAM_FAILURES)
+            group.release(down.endpoint)
+            self._group = self._connection = None
         if up is not None:
             up.release()
         down.release(caller_alive)
@@ -662,6 +667,14 @@ def _observe(item: Filter, call: GatewayCall, status: str, message: str) -> None
 
 
 _TRUE = frozenset({b"1", b"true"})
+# Outlier ejection (exports[].outlier): how a call's end counts against the provider that had it. Failures of
+# the provider or its connection count; the caller's own ending (gone, out of time) counts neither way; any
+# other answer, errors of the application included, shows a working provider.
+_UPSTREAM_FAILURES = frozenset({
+    "UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS",
+    "SERVER_EXCEPTION", "SERVER_THREADPOOL_BUSY", "ERROR_COMM", "CONNECTION_CLOSED", "CODEC_EXCEPTION", "ERROR",
+})
+_NEUTRAL = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "TIMEOUT"})
 # Where providers of each protocol read SOFATracer system baggage.
 _SYS_BAGGAGE_KEY = {"triple": tracecontext.TRIPLE_SYS_BAGGAGE, "bolt": SYS_BAGGAGE.encode()}
 

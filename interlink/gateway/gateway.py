@@ -173,7 +173,10 @@ class Gateway:
                 )
 
     def _set_shadow_providers(self, snapshot: Snapshot) -> None:
-        """Load-test calls' providers (exports with shadow_providers:), from the site file only."""
+        """Load-test calls' providers (exports with shadow_providers:), from the site file only; and every
+        export's outlier settings."""
+        for route in snapshot.export_routes:
+            self.providers.set_outlier(route.pool_key, route.outlier)
         for route in snapshot.export_routes:
             if route.shadow_pool_key is not None:
                 self.providers.set_providers(route.shadow_pool_key, route.protocol, route.shadow_providers)

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import structlog
 import trio
 
-from interlink.config import HostPort
-from interlink.net.pool import ConnectionPool, PoolGroup
+from interlink.config import HostPort, OutlierConfig
+from interlink.net.pool import ConnectionPool, Outliers, PoolGroup
 from registry_adapters.base import Registry, without_gateways
 from registry_adapters.model import ServiceKey
 
@@ -39,6 +39,7 @@ class ProviderDirectory:
         self._nursery: trio.Nursery | None = None
         # pool_key -> (registry name, unix time of its last set, whether that set was stale), for status
         self.synced: dict[str, tuple[str, float, bool]] = {}
+        self._outlier_policies: dict[str, OutlierConfig] = {}  # pool_key -> exports[].outlier
 
     def group(self, pool_key: str) -> PoolGroup | None:
         return self._groups.get(pool_key)
@@ -72,13 +73,33 @@ class ProviderDirectory:
             pools.append(self._pools[key])
         group = self._groups.get(pool_key)
         if group is None:
-            self._groups[pool_key] = PoolGroup(f"providers of {pool_key.partition(':')[2]}", pools)
+            group = self._groups[pool_key] = PoolGroup(f"providers of {pool_key.partition(':')[2]}", pools)
+            self._apply_outlier(pool_key, group)
         else:
             before = {pool.name for pool in group.pools}
             group.pools = pools
             if before != {pool.name for pool in pools}:
                 log.info("providers.changed", export=pool_key, providers=[str(a) for a in wanted])
         self._retire_unused()
+
+    def set_outlier(self, pool_key: str, policy: OutlierConfig | None) -> None:
+        """An export's outlier settings (a reload may change them: ejections in force stay until they end)."""
+        if policy is None:
+            self._outlier_policies.pop(pool_key, None)
+        else:
+            self._outlier_policies[pool_key] = policy
+        group = self._groups.get(pool_key)
+        if group is not None:
+            self._apply_outlier(pool_key, group)
+
+    def _apply_outlier(self, pool_key: str, group: PoolGroup) -> None:
+        policy = self._outlier_policies.get(pool_key)
+        if policy is None:
+            group.outliers = None
+        elif group.outliers is None:
+            group.outliers = Outliers(policy)
+        else:
+            group.outliers.policy = policy
 
     async def follow(
         self, registry: Registry, pool_key: str, protocol: str, key: ServiceKey,

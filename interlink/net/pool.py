@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Hashable, Protocol
 import structlog
 import trio
 
+from interlink.net import trips
+
 if TYPE_CHECKING:
+    from interlink.config import OutlierConfig
     from interlink.net.connection import ConnectionTable
 
 log = structlog.get_logger("interlink.net.pool")
@@ -169,6 +172,9 @@ class ConnectionPool:
 
     async def _serve(self, endpoint: PooledConnection) -> None:
         self.endpoints.append(endpoint)
+        attributes = getattr(endpoint, "attributes", None)
+        if attributes is not None:
+            attributes["pool"] = self  # whose outcome a call reports (PoolGroup.outcome)
         if self._table is not None:
             self._table.add(endpoint)  # type: ignore[arg-type]
         self.ever_connected = True
@@ -188,13 +194,60 @@ class ConnectionPool:
             self.last_error = endpoint.close_reason or "connection closed"
 
 
+class Outliers:
+    """Passive health of one group's pools (Envoy's consecutive-failure outlier detection): a pool whose calls
+    failed `consecutive_failures` times in a row is skipped for `eject_s`, unless that would eject more than
+    `max_ejected_percent` of the group (one pool of two may always be ejected). Keyed by pool identity; pools
+    that left the group are forgotten with it."""
+
+    __slots__ = ("policy", "failures", "ejected", "ejections")
+
+    def __init__(self, policy: OutlierConfig) -> None:
+        self.policy = policy
+        self.failures: dict[int, int] = {}  # id(pool) -> consecutive failures
+        self.ejected: dict[int, float] = {}  # id(pool) -> until (trio time)
+        self.ejections = 0
+
+    def usable(self, pool: ConnectionPool, now: float) -> bool:
+        until = self.ejected.get(id(pool))
+        if until is None:
+            return True
+        if now < until:
+            return False
+        del self.ejected[id(pool)]  # back, on probation: its next failures count from zero
+        self.failures.pop(id(pool), None)
+        return True
+
+    def report(self, pool: ConnectionPool, failed: bool, now: float, total: int) -> None:
+        key = id(pool)
+        if not failed:
+            if key in self.failures:
+                del self.failures[key]
+            return
+        count = self.failures.get(key, 0) + 1
+        self.failures[key] = count
+        policy = self.policy
+        if count < policy.consecutive_failures or key in self.ejected:
+            return
+        allowed = max(1 if total > 1 else 0, total * policy.max_ejected_percent // 100)
+        if len([1 for until in self.ejected.values() if until > now]) >= allowed:
+            return
+        self.ejected[key] = now + policy.eject_s
+        self.failures.pop(key, None)
+        self.ejections += 1
+        trips.trip(trips.OUTLIER_EJECTION)
+        log.warning("providers.ejected", pool=pool.name, failures=count, seconds=policy.eject_s)
+
+
 class PoolGroup:
     """The pools of all addresses of one upstream (a peer site's gateways, an export's providers), picked
-    round-robin; within a pool the least-loaded connection wins."""
+    round-robin; within a pool the least-loaded connection wins. With `outliers`, ejected pools are skipped
+    (all of them ejected: none is, rather than failing every call)."""
 
     def __init__(self, name: str, pools: list[ConnectionPool]) -> None:
         self.name = name
         self.pools = pools
+        self.outliers: Outliers | None = None
         self._next = 0
         self.holders: dict[Hashable, int] = {}  # caller connection -> its calls in flight through this group
         self.held = 0  # all calls in flight through this group
@@ -237,15 +290,33 @@ class PoolGroup:
     def pick(self) -> PooledConnection | None:
         pools = self.pools
         count = len(pools)
-        if count == 1:  # one address: nothing to rotate
+        outliers = self.outliers
+        if count == 1 and outliers is None:  # one address: nothing to rotate
             return pools[0].pick()
+        now = trio.current_time() if outliers is not None else 0.0
+        skipped = False
         for offset in range(count):
             pool = pools[(self._next + offset) % count]
+            if outliers is not None and not outliers.usable(pool, now):
+                skipped = True
+                continue
             endpoint = pool.pick()
             if endpoint is not None:
                 self._next = (self._next + offset + 1) % count
                 return endpoint
+        if skipped:  # only ejected pools could take it: better them than nothing
+            for pool in pools:
+                endpoint = pool.pick()
+                if endpoint is not None:
+                    return endpoint
         return None
+
+    def outcome(self, connection: PooledConnection, failed: bool) -> None:
+        """A call on `connection` of this group ended (`failed`: the upstream failed it); for outlier ejection."""
+        outliers = self.outliers
+        pool = getattr(connection, "attributes", {}).get("pool")
+        if outliers is not None and pool is not None:
+            outliers.report(pool, failed, trio.current_time(), len(self.pools))
 
     @property
     def up(self) -> bool:

@@ -85,3 +85,14 @@ def test_a_failover_list_mistake_is_one_problem(write_site: WriteSite, written: 
     problems = caught.value.problems
     assert len(problems) == 1 and words in problems[0].message, "\n".join(map(str, problems))
     assert problems[0].line == line_of(text, written)
+
+
+def test_outlier_settings_load_with_their_defaults(write_site: WriteSite) -> None:
+    from interlink.config import OutlierConfig
+
+    text = LIMITED.replace("    max_in_flight: 1000\n", "    max_in_flight: 1000\n    outlier: {consecutive_failures: 3}\n")
+    assert load_site(write_site("site-a", text)).exports[0].outlier == OutlierConfig(3, 30, 50)
+    text = LIMITED.replace("    max_in_flight: 1000\n", "    max_in_flight: 1000\n    outlier: {eject_s: 0}\n")
+    with pytest.raises(SiteFileError) as caught:
+        load_site(write_site("site-a", text))
+    assert "outlier.eject_s" in str(caught.value) and caught.value.problems[0].line == line_of(text, "outlier:")

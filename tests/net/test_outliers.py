@@ -1,0 +1,75 @@
+"""Outlier ejection (exports[].outlier): consecutive failures eject a pool for a while, never more than the cap,
+and the group's pick skips it until then (or uses it anyway when every pool is ejected)."""
+
+from __future__ import annotations
+
+import trio
+
+from interlink.config import OutlierConfig
+from interlink.net import trips
+from interlink.net.pool import Outliers, PoolGroup
+
+
+class FakePool:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.endpoint = type("Endpoint", (), {"attributes": {"pool": self}})()
+
+    def pick(self):
+        return self.endpoint
+
+
+def group_of(count: int, policy: OutlierConfig) -> tuple[PoolGroup, list[FakePool]]:
+    pools = [FakePool(f"p{index}") for index in range(count)]
+    group = PoolGroup("providers", pools)  # type: ignore[arg-type]
+    group.outliers = Outliers(policy)
+    return group, pools
+
+
+def picks(group: PoolGroup, count: int) -> list[str]:
+    return [group.pick().attributes["pool"].name for _ in range(count)]  # type: ignore[union-attr]
+
+
+async def test_consecutive_failures_eject_a_pool_until_its_time_is_up(autojump_clock):
+    trips.TRIPS.clear()
+    group, pools = group_of(3, OutlierConfig(consecutive_failures=3, eject_s=10, max_ejected_percent=50))
+    bad = pools[1].endpoint
+    group.outcome(bad, True)
+    group.outcome(bad, True)
+    group.outcome(bad, False)  # a success in between: the count starts again
+    for _ in range(2):
+        group.outcome(bad, True)
+    assert set(picks(group, 6)) == {"p0", "p1", "p2"}  # two in a row: not yet
+    group.outcome(bad, True)
+    assert set(picks(group, 6)) == {"p0", "p2"} and trips.TRIPS[trips.OUTLIER_EJECTION] == 1
+    await trio.sleep(9.9)
+    assert "p1" not in picks(group, 6)
+    await trio.sleep(0.2)
+    assert set(picks(group, 6)) == {"p0", "p1", "p2"}  # back, on probation
+    group.outcome(bad, True)
+    assert "p1" in picks(group, 6)  # its count started again from zero
+
+
+async def test_never_more_than_the_cap_is_ejected(autojump_clock):
+    group, pools = group_of(4, OutlierConfig(consecutive_failures=1, eject_s=30, max_ejected_percent=50))
+    for pool in pools:
+        group.outcome(pool.endpoint, True)
+    assert group.outliers.ejections == 2  # type: ignore[union-attr]
+    assert len(set(picks(group, 8))) == 2
+
+
+async def test_one_of_two_may_always_be_ejected_and_zero_percent_ejects_none(autojump_clock):
+    group, pools = group_of(2, OutlierConfig(consecutive_failures=1, eject_s=30, max_ejected_percent=10))
+    group.outcome(pools[0].endpoint, True)
+    assert set(picks(group, 4)) == {"p1"}
+    group, pools = group_of(1, OutlierConfig(consecutive_failures=1, eject_s=30, max_ejected_percent=100))
+    group.outcome(pools[0].endpoint, True)
+    assert picks(group, 2) == ["p0", "p0"]  # ejected or not, the only provider still serves
+
+
+async def test_when_every_pool_is_ejected_they_are_used_anyway(autojump_clock):
+    group, pools = group_of(2, OutlierConfig(consecutive_failures=1, eject_s=30, max_ejected_percent=100))
+    for pool in pools:
+        group.outcome(pool.endpoint, True)
+    assert group.outliers.ejections == 2  # type: ignore[union-attr]
+    assert picks(group, 1)[0] in {"p0", "p1"}
