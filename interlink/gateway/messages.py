@@ -297,7 +297,9 @@ class _Outcome:
     status: Status
     text: str = ""
     ack: message_link.DeliveryAck | None = None
-    from_peer: bool = False  # the status came from the peer gateway's answer (not a reset or a lost link)
+    # the status is an answer (the peer gateway's, or ours before sending: too large, a subject that cannot cross),
+    # not a reset or a lost link: only answers can be refusals for good
+    from_peer: bool = False
 
 
 class MessagePump:
