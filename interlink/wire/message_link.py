@@ -22,10 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from interlink.model import Status
-from interlink.wire import message_link_pb2
 
 SERVICE = "interlink.messaging.v1.MessageLink"
 PATH_PREFIX = b"/" + SERVICE.encode() + b"/"
@@ -92,7 +89,16 @@ def carried_headers(headers: list[tuple[str, str]]) -> tuple[tuple[str, str], ..
                  if not name.lower().startswith(_RESERVED_PREFIXES) and name.lower() != TRACEPARENT)
 
 
+def _messages():  # noqa: ANN202 - the generated module
+    """The generated protobuf messages, loaded by the first gateway that carries a message (every gateway reads
+    this module's names; only those with messaging: pay for the descriptors)."""
+    from interlink.wire import message_link_pb2
+
+    return message_link_pb2
+
+
 def encode_delivery(delivery: Delivery) -> bytes:
+    message_link_pb2 = _messages()
     message = message_link_pb2.Delivery(
         data=delivery.data, message_id=delivery.message_id, origin_site=delivery.origin_site,
         origin_stream=delivery.origin_stream, origin_sequence=delivery.origin_sequence,
@@ -103,8 +109,10 @@ def encode_delivery(delivery: Delivery) -> bytes:
 
 
 def decode_delivery(data: bytes) -> Delivery:
+    from google.protobuf.message import DecodeError
+
     try:
-        message = message_link_pb2.Delivery.FromString(data)
+        message = _messages().Delivery.FromString(data)
     except DecodeError as exc:
         raise MessageLinkError(f"not a Delivery message: {exc}") from None
     if not message.message_id:
@@ -118,12 +126,14 @@ def decode_delivery(data: bytes) -> Delivery:
 
 
 def encode_ack(ack: DeliveryAck) -> bytes:
-    return message_link_pb2.DeliveryAck(stream=ack.stream, sequence=ack.sequence, duplicate=ack.duplicate).SerializeToString()
+    return _messages().DeliveryAck(stream=ack.stream, sequence=ack.sequence, duplicate=ack.duplicate).SerializeToString()
 
 
 def decode_ack(data: bytes) -> DeliveryAck:
+    from google.protobuf.message import DecodeError
+
     try:
-        message = message_link_pb2.DeliveryAck.FromString(data)
+        message = _messages().DeliveryAck.FromString(data)
     except DecodeError as exc:
         raise MessageLinkError(f"not a DeliveryAck message: {exc}") from None
     return DeliveryAck(message.stream, message.sequence, message.duplicate)
