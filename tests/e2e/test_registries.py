@@ -214,3 +214,34 @@ def test_an_unreachable_registry_stops_the_start_with_the_reason(certs, tmp_path
     )
     assert done.returncode == 1, done
     assert f"registry: cannot connect to ZooKeeper at 127.0.0.1:{closed}" in done.stderr, done.stderr
+
+
+def test_two_gateways_of_one_site_publish_apart_and_withdraw_only_their_own(zk_sites, own_zookeeper, tmp_path):
+    """Several GW-B instances publish the same import, each its own record (its own address): one's graceful stop
+    or crash never withdraws the other's."""
+    import copy
+
+    from tests.e2e.topology import Gateway, free_port
+
+    sites, _ = zk_sites
+    config = copy.deepcopy(sites.b.config)
+    config["listen"] = {**config["listen"], "bolt": f"127.0.0.1:{free_port()}", "peer": f"127.0.0.1:{free_port()}"}
+    second = Gateway("zk-site-b2", config, tmp_path).start()
+    path = f"/sofa-rpc/{SERVICE}/providers"
+    try:
+        with _zk_client(own_zookeeper) as client:
+            deadline = time.monotonic() + 10
+            while len(client.get_children(path)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            both = client.get_children(path)
+            assert len(both) == 2
+            assert sites.b.stop() == 0
+            (left,) = client.get_children(path)
+            assert config["listen"]["bolt"].replace(":", "%3A") in left  # the second instance's own record
+            second.kill()
+            deadline = time.monotonic() + 10
+            while client.get_children(path) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert client.get_children(path) == []
+    finally:
+        second.stop()
