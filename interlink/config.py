@@ -115,6 +115,7 @@ class ExportConfig:
     loadtest: str = "allow"  # ... and refused (FAILED_PRECONDITION) with "deny"; unmarked calls never go there
     max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
     outlier: OutlierConfig | None = None  # eject failing providers for a while (None: never)
+    connections: int = 1  # connections the gateway keeps to each provider
 
 
 @dataclass(frozen=True, slots=True)

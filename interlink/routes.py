@@ -50,6 +50,7 @@ class ExportRoute:
     loadtest_denied: bool = False  # load-test calls are refused
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
     outlier: OutlierConfig | None = None  # eject failing providers for a while (net/pool.py Outliers)
+    connections: int = 1  # connections to each provider
 
     # Derived once here, not per call: the names the request path and the registry use.
     bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)

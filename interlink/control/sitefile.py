@@ -87,7 +87,7 @@ PEER_KEYS = (
 )
 EXPORT_KEYS = (
     "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
-    "shadow_providers", "loadtest", "max_in_flight", "outlier",
+    "shadow_providers", "loadtest", "max_in_flight", "outlier", "connections",
 )
 OUTLIER_KEYS = ("consecutive_failures", "eject_s", "max_ejected_percent")
 IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight")
@@ -850,6 +850,8 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 1_000_000, 1000)
     if "outlier" in fields:
         values["outlier"] = _read_outlier(r, f"{where}.outlier", fields["outlier"])
+    if "connections" in fields:
+        values["connections"] = r.integer(fields["connections"], f"{where}.connections", 1, 64, 2)
     if "loadtest" in fields:
         values["loadtest"] = r.choice(fields["loadtest"], f"{where}.loadtest", LOADTEST_MODES)
         if values["loadtest"] == "deny" and values.get("shadow_providers"):

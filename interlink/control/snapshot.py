@@ -141,6 +141,7 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         loadtest_denied=item.loadtest == "deny",
         max_in_flight=item.max_in_flight,
         outlier=item.outlier,
+        connections=item.connections,
     )
 
 

@@ -43,7 +43,6 @@ from registry_adapters.static import StaticRegistry
 
 log = structlog.get_logger("interlink.gateway")
 
-PROVIDER_CONNECTIONS = 1
 PROVIDER_MAX_STREAMS = 1000
 OUTBOUND_OUTPUT_BYTES = 16 << 20  # queued for one provider or peer link before it counts as congested
 
@@ -174,8 +173,9 @@ class Gateway:
 
     def _set_shadow_providers(self, snapshot: Snapshot) -> None:
         """Load-test calls' providers (exports with shadow_providers:), from the site file only; and every
-        export's outlier settings."""
+        export's connections per provider and outlier settings."""
         for route in snapshot.export_routes:
+            self.providers.set_connections(route.pool_key, route.protocol, route.connections)
             self.providers.set_outlier(route.pool_key, route.outlier)
         for route in snapshot.export_routes:
             if route.shadow_pool_key is not None:
@@ -466,9 +466,9 @@ class Gateway:
             raise ConnectionError("the configuration was reloaded during the handshake; dialling again")
         return transport, peer.name
 
-    def _provider_pool(self, protocol: str, address: HostPort) -> ConnectionPool:
+    def _provider_pool(self, protocol: str, address: HostPort, connections: int) -> ConnectionPool:
         if protocol == "bolt":
-            return self._bolt_provider_pool(address)
+            return self._bolt_provider_pool(address, connections)
         settings = _with_streams(self.limits.peer_h2, PROVIDER_MAX_STREAMS)
 
         async def connect() -> H2Endpoint:
@@ -478,9 +478,9 @@ class Gateway:
                 name=f"provider:{address}", policy=self.limits.outbound_policy,
             )
 
-        return ConnectionPool(f"provider {address}", connect, size=PROVIDER_CONNECTIONS, table=self.connections)
+        return ConnectionPool(f"provider {address}", connect, size=connections, table=self.connections)
 
-    def _bolt_provider_pool(self, address: HostPort) -> ConnectionPool:
+    def _bolt_provider_pool(self, address: HostPort, connections: int) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
             transport = SocketTransport(await connect_tcp(address))
             return BoltEndpoint(
@@ -490,7 +490,7 @@ class Gateway:
 
         # Heartbeat idle provider connections every 15 s, as Java Bolt clients do (servers close at 90 s).
         return ConnectionPool(
-            f"provider {address}", connect, size=PROVIDER_CONNECTIONS, keepalive_interval=15.0, keepalive_timeout=3.0,
+            f"provider {address}", connect, size=connections, keepalive_interval=15.0, keepalive_timeout=3.0,
             table=self.connections,
         )
 

@@ -1,7 +1,7 @@
 """Our own providers, as the provider-side gateway sees them: one pool group per export, fed by the registry.
 
     registry subscription (or the site file's providers:) --set_providers(export, addresses)--> ProviderDirectory
-        ├─ one ConnectionPool per (protocol, address), shared by the exports that list it
+        ├─ one ConnectionPool per (protocol, address, connections), shared by the exports that list it
         └─ one PoolGroup per export (ExportRoute.pool_key): what the request path picks from
 
 A new address gets a pool at once (its first connection is awaited by the first call, within its deadline);
@@ -27,15 +27,16 @@ log = structlog.get_logger("interlink.gateway")
 
 RETIRE_GRACE = 60.0  # longest a removed provider's calls in flight are waited for
 
-PoolFactory = Callable[[str, HostPort], ConnectionPool]  # (protocol, address) -> pool
+PoolFactory = Callable[[str, HostPort, int], ConnectionPool]  # (protocol, address, connections) -> pool
 
 
 class ProviderDirectory:
     def __init__(self, make_pool: PoolFactory) -> None:
         self._make_pool = make_pool
         self._groups: dict[str, PoolGroup] = {}
-        self._pools: dict[tuple[str, HostPort], ConnectionPool] = {}
-        self._scopes: dict[tuple[str, HostPort], trio.CancelScope] = {}
+        self._pools: dict[tuple[str, HostPort, int], ConnectionPool] = {}
+        self._scopes: dict[tuple[str, HostPort, int], trio.CancelScope] = {}
+        self._connections: dict[str, int] = {}  # pool_key -> connections per provider (exports[].connections)
         self._nursery: trio.Nursery | None = None
         # pool_key -> (registry name, unix time of its last set, whether that set was stale), for status
         self.synced: dict[str, tuple[str, float, bool]] = {}
@@ -63,11 +64,12 @@ class ProviderDirectory:
     def set_providers(self, pool_key: str, protocol: str, addresses: Iterable[HostPort]) -> None:
         """Make `addresses` the providers of one export (a whole set, as registries deliver it)."""
         wanted = list(dict.fromkeys(addresses))
+        size = self._connections.get(pool_key, 1)
         pools = []
         for address in wanted:
-            key = (protocol, address)
+            key = (protocol, address, size)
             if key not in self._pools:
-                self._pools[key] = self._make_pool(protocol, address)
+                self._pools[key] = self._make_pool(protocol, address, size)
                 if self._nursery is not None:
                     self._start(key)
             pools.append(self._pools[key])
@@ -81,6 +83,20 @@ class ProviderDirectory:
             if before != {pool.name for pool in pools}:
                 log.info("providers.changed", export=pool_key, providers=[str(a) for a in wanted])
         self._retire_unused()
+
+    def set_connections(self, pool_key: str, protocol: str, connections: int) -> None:
+        """How many connections each provider of an export gets; a change (a reload) moves the export to pools of
+        the new size at once, the old ones retire when their calls are done."""
+        if self._connections.get(pool_key, 1) == connections:
+            return
+        self._connections[pool_key] = connections
+        group = self._groups.get(pool_key)
+        if group is not None:
+            self.set_providers(pool_key, protocol, [address for *_, address in
+                                                    (self._address_of(pool) for pool in group.pools)])
+
+    def _address_of(self, pool: ConnectionPool) -> tuple[str, HostPort]:
+        return next((key[0], key[1]) for key, known in self._pools.items() if known is pool)
 
     def set_outlier(self, pool_key: str, policy: OutlierConfig | None) -> None:
         """An export's outlier settings (a reload may change them: ejections in force stay until they end)."""
@@ -124,7 +140,7 @@ class ProviderDirectory:
                     started = True
                     task_status.started()
 
-    def _start(self, key: tuple[str, HostPort]) -> None:
+    def _start(self, key: tuple[str, HostPort, int]) -> None:
         assert self._nursery is not None
         scope = trio.CancelScope()
         self._scopes[key] = scope

@@ -110,3 +110,20 @@ def test_max_in_flight_fails_fast_and_a_reload_changes_the_rate(certs, tmp_path,
             assert yaml.safe_load(sites.a.path.read_text())["exports"][0]["allow"]["site-b"]["rate"] == "1/s"
     finally:
         sites.stop()
+
+
+def test_an_export_keeps_the_connections_it_asks_for_to_each_provider(certs, tmp_path, py_provider):
+    sites = two_sites(certs, tmp_path, py_provider.target, name="connections", export_options={"connections": 3})
+    try:
+        with EchoClient(sites.triple_target) as client:
+            assert client.add(1, 2, metadata=APP) == 3
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            connected = [e for e in sites.a.events() if e.get("event") == "pool.connected"
+                         and e.get("pool") == f"provider {py_provider.target}"]
+            if len(connected) >= 3:
+                break
+            time.sleep(0.05)
+        assert len(connected) == 3
+    finally:
+        sites.stop()

@@ -48,9 +48,9 @@ class Factory:
     def __init__(self) -> None:
         self.made: list[tuple[str, HostPort]] = []
 
-    def __call__(self, protocol: str, address: HostPort) -> ConnectionPool:
-        self.made.append((protocol, address))
-        return ConnectionPool(str(address), trio.sleep_forever, connect_timeout=1e6)
+    def __call__(self, protocol: str, address: HostPort, connections: int = 1) -> ConnectionPool:
+        self.made.append((protocol, address) if connections == 1 else (protocol, address, connections))
+        return ConnectionPool(str(address), trio.sleep_forever, size=connections, connect_timeout=1e6)
 
 
 A, B, C = HostPort("10.0.0.1", 1), HostPort("10.0.0.2", 2), HostPort("::1", 3)
@@ -69,7 +69,7 @@ async def test_providers_get_one_pool_per_address_shared_by_exports_and_one_grou
         assert directory.group("triple:demo.Other").name == "providers of demo.Other"
         assert directory.group("triple:demo.Other").pools[0] is directory.group("triple:demo.Echo").pools[1]
         await wait_for(lambda: all(pool.connecting for pool in directory._pools.values()))
-        retired = directory._pools["triple", A]
+        retired = directory._pools["triple", A, 1]
         directory.set_providers("triple:demo.Echo", "triple", [B])  # A left every export: retired
         assert directory.addresses("triple:demo.Echo") == ["10.0.0.2:2"] and directory.addresses("nope") == []
         await wait_for(lambda: retired.retired)
@@ -111,4 +111,22 @@ async def test_a_registry_feeds_an_exports_providers_and_a_stale_set_keeps_the_l
         await nursery.start(directory.follow, Registry([fresh, stale]), "triple:demo.Echo", "triple", key)
         await trio.sleep(1)
         assert directory.addresses("triple:demo.Echo") == ["10.0.0.1:1", "10.0.0.2:2"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_exports_connection_count_makes_its_pools_and_a_change_moves_it(autojump_clock):
+    factory = Factory()
+    directory = ProviderDirectory(factory)
+    directory.set_connections("triple:demo.Echo", "triple", 3)
+    directory.set_providers("triple:demo.Echo", "triple", [A, B])
+    directory.set_providers("triple:demo.Other", "triple", [B])  # the default: its own pool of one
+    async with trio.open_nursery() as nursery:
+        await nursery.start(directory.run)
+        assert factory.made == [("triple", A, 3), ("triple", B, 3), ("triple", B)]
+        assert [pool.size for pool in directory.group("triple:demo.Echo").pools] == [3, 3]
+        old = directory.group("triple:demo.Echo").pools[0]
+        directory.set_connections("triple:demo.Echo", "triple", 2)  # a reload: new pools, the old ones retire
+        assert [pool.size for pool in directory.group("triple:demo.Echo").pools] == [2, 2]
+        assert directory.addresses("triple:demo.Echo") == ["10.0.0.1:1", "10.0.0.2:2"]
+        await wait_for(lambda: old.retired)
         nursery.cancel_scope.cancel()
