@@ -89,6 +89,19 @@ class AclRule:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderTags:
+    """Where a provider runs and its share, for routing (`providers: [{address, zone, unit, weight}]`, or what a
+    registry says: SOFARPC URL parameters zone / unit / weight, DNS-SD SRV weight and TXT zone / unit)."""
+
+    zone: str | None = None
+    unit: str | None = None
+    weight: int = 100
+
+
+ROUTING_STAGES = ("target_zone", "unit", "nearest", "weighted")
+
+
+@dataclass(frozen=True, slots=True)
 class OutlierConfig:
     """`exports[].outlier` — passive health: a provider that fails `consecutive_failures` calls in a row takes no
     calls for `eject_s`, as long as no more than `max_ejected_percent` of the export's providers are ejected."""
@@ -116,6 +129,8 @@ class ExportConfig:
     max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
     outlier: OutlierConfig | None = None  # eject failing providers for a while (None: never)
     connections: int = 1  # connections the gateway keeps to each provider
+    provider_tags: Mapping[HostPort, ProviderTags] = field(default_factory=dict)  # providers: written as mappings
+    routing: tuple[str, ...] = ()  # ordered stages of ROUTING_STAGES; none: round robin over the providers
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,5 +243,7 @@ class SiteConfig:
     tracing: TracingConfig = TracingConfig()
     loadtest: LoadTestConfig = LoadTestConfig()
     messaging: MessagingConfig | None = None  # no message interop without it
+    zone: str | None = None  # where this gateway runs (routing stage `nearest`)
+    unit: str | None = None  # its unit: the routing stage `unit` uses it for calls that name none
     # YAML location of each key, e.g. lines["peers.site-b.domain"] == 17, for cross-file errors.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from cryptography import x509
 
-from interlink.config import AclRule, HostPort, OutlierConfig, SiteConfig
+from interlink.config import AclRule, HostPort, OutlierConfig, ProviderTags, SiteConfig
 from interlink.net import tls
 from interlink.wire import message_link
 from registry_adapters.model import ServiceKey
@@ -51,6 +51,8 @@ class ExportRoute:
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
     outlier: OutlierConfig | None = None  # eject failing providers for a while (net/pool.py Outliers)
     connections: int = 1  # connections to each provider
+    routing: tuple[str, ...] = ()  # routing stages over the providers (net/pool.py Router)
+    provider_tags: Mapping[HostPort, ProviderTags] = field(default_factory=dict)  # the site file's tags
 
     # Derived once here, not per call: the names the request path and the registry use.
     bolt_name: str = field(init=False)  # the unique name Bolt callers address it by (and sofa_head_target_service)

@@ -26,6 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from interlink.control.certs import CertError, check_site_name, check_trust_domain
 from interlink.wire import message_link
 from interlink.config import (
+    ROUTING_STAGES,
     AclRule,
     BrokerConfig,
     ExportConfig,
@@ -39,6 +40,7 @@ from interlink.config import (
     MessagingConfig,
     OutlierConfig,
     PeerConfig,
+    ProviderTags,
     RegistryConfig,
     SiteConfig,
     TlsFiles,
@@ -79,6 +81,8 @@ SITE_KEYS = (
     "tracing",
     "loadtest",
     "messaging",
+    "zone",
+    "unit",
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
 TLS_KEYS = ("ca", "cert", "key", "expiry_warning_days")
@@ -87,8 +91,9 @@ PEER_KEYS = (
 )
 EXPORT_KEYS = (
     "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
-    "shadow_providers", "loadtest", "max_in_flight", "outlier", "connections",
+    "shadow_providers", "loadtest", "max_in_flight", "outlier", "connections", "routing",
 )
+PROVIDER_KEYS = ("address", "zone", "unit", "weight")
 OUTLIER_KEYS = ("consecutive_failures", "eject_s", "max_ejected_percent")
 IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight")
 ACL_KEYS = ("apps", "methods", "rate", "burst", "per_method")
@@ -340,6 +345,9 @@ def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
         optional["tracing"] = _read_tracing(r, fields["tracing"])
     if "loadtest" in fields:
         optional["loadtest"] = _read_loadtest(r, fields["loadtest"])
+    for key in ("zone", "unit"):
+        if key in fields:
+            optional[key] = r.name_text(fields[key], key, "hz-a" if key == "zone" else "u00")
     listen = _read_listen(r, fields["listen"]) if "listen" in fields else None
     tls = _read_tls(r, fields["tls"]) if "tls" in fields else None
 
@@ -837,8 +845,12 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         if not applies(protocol, values.get("flavour", "grpc")):
             r.report(r.lines.get(f"{where}.{key}"), f"{where}.{key}", _FLAVOUR_KEY_HELP[key])
     if "providers" in fields:
-        providers = r.host_port_list(fields["providers"], f"{where}.providers", required=False)
-        values["providers"] = tuple(providers) if providers is not None else None
+        read = _read_providers(r, f"{where}.providers", fields["providers"])
+        values["providers"] = tuple(read[0]) if read is not None else None
+        if read is not None and read[1]:
+            values["provider_tags"] = read[1]
+    if "routing" in fields:
+        values["routing"] = _read_routing(r, f"{where}.routing", fields["routing"])
     if "allow" in fields:
         values["allow"] = _read_allow(r, f"{where}.allow", fields["allow"], names)
     if "timeout_ms" in fields:
@@ -1010,6 +1022,54 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
     if service is None or from_site is None or None in values.values():
         return None
     return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
+
+
+def _read_providers(r: _SiteFileReader, where: str, node: Node) -> tuple[list[HostPort], dict[HostPort, ProviderTags]] | None:
+    """`providers: [10.0.0.21:50061, {address: 10.0.0.22:50061, zone: hz-b, unit: u01, weight: 20}]`."""
+    items = r.sequence(node, where, "providers: [10.0.0.21:50061, {address: 10.0.0.22:50061, zone: hz-b, weight: 20}]")
+    if items is None:
+        return None
+    addresses: list[HostPort] = []
+    tags: dict[HostPort, ProviderTags] = {}
+    broken = False
+    for item_where, item in items:
+        if not isinstance(item, MappingNode):
+            address = r.host_port(item, item_where)
+            broken |= address is None
+            if address is not None:
+                addresses.append(address)
+            continue
+        fields = r.mapping(item, item_where, "{address: 10.0.0.22:50061, zone: hz-b, unit: u01, weight: 20}",
+                           known=PROVIDER_KEYS, required={"address": "address: 10.0.0.22:50061"})
+        if fields is None:
+            broken = True
+            continue
+        address = r.host_port(fields["address"], f"{item_where}.address") if "address" in fields else None
+        values: dict[str, object] = {}
+        for key in ("zone", "unit"):
+            if key in fields:
+                values[key] = r.name_text(fields[key], f"{item_where}.{key}", "hz-a")
+        if "weight" in fields:
+            values["weight"] = r.integer(fields["weight"], f"{item_where}.weight", 0, 10_000, 100)
+        if address is None or None in values.values():
+            broken = True
+            continue
+        addresses.append(address)
+        tags[address] = ProviderTags(**values)  # type: ignore[arg-type]
+    return None if broken else (addresses, tags)
+
+
+def _read_routing(r: _SiteFileReader, where: str, node: Node) -> tuple[str, ...] | None:
+    items = r.sequence(node, where, "routing: [target_zone, unit, nearest, weighted]")
+    if items is None:
+        return None
+    stages = [r.choice(item, item_where, ROUTING_STAGES) for item_where, item in items]
+    if None in stages:
+        return None
+    if len(set(stages)) != len(stages):
+        r.report(node, where, "names a stage twice; list each once, in the order they narrow the providers")
+        return None
+    return tuple(stages)  # type: ignore[arg-type]
 
 
 def _read_outlier(r: _SiteFileReader, where: str, node: Node) -> OutlierConfig | None:

@@ -142,6 +142,8 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         max_in_flight=item.max_in_flight,
         outlier=item.outlier,
         connections=item.connections,
+        routing=item.routing,
+        provider_tags=dict(item.provider_tags),
     )
 
 

@@ -445,6 +445,13 @@ class GatewayCall:
         gets its SOFATracer ids in its Call: _translate.)"""
         stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=to_peer)
         stamps.append((link_headers.LOADTEST, b"1" if self.loadtest else None))
+        head = self.down.head
+        if to_peer and isinstance(head, grpc.RequestHead) and (head.target_zone or head.unit):
+            # the caller's routing hints, for the providers' gateway (net/pool.py Router)
+            if head.target_zone:
+                stamps.append((link_headers.TARGET_ZONE, head.target_zone.encode()))
+            if head.unit:
+                stamps.append((link_headers.UNIT, head.unit.encode()))
         if not to_peer:
             route: ExportRoute = self.route  # type: ignore[assignment]
             head = self.down.head
@@ -509,7 +516,7 @@ class GatewayCall:
                           else f"{group.name}: none is known (none configured, or the registry lists none)")
         if self.deadline <= now:
             raise Refusal(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
-        upstream = group.pick()
+        upstream = group.pick() if group.router is None else self._routed_pick(group)
         if upstream is not None:
             self._dispatch(group, upstream)
         elif group.up:
@@ -522,6 +529,11 @@ class GatewayCall:
         else:
             raise Refusal(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
 
+    def _routed_pick(self, group: PoolGroup) -> object:
+        """The export's routing stages choose (net/pool.py Router), with the zone and unit the call names."""
+        head = self.down.head
+        return group.pick_routed(getattr(head, "target_zone", None), getattr(head, "unit", None))
+
     async def _when_ready(self, group: PoolGroup) -> None:
         with trio.move_on_at(min(self.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
             if group.first_connect_pending:
@@ -529,7 +541,7 @@ class GatewayCall:
             else:
                 await group.wait_settled()  # a reconnect: only while that attempt lasts
         if self.state is WAITING:
-            upstream = group.pick()
+            upstream = group.pick() if group.router is None else self._routed_pick(group)
             if self.deadline <= trio.current_time():
                 self.fail(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
             elif upstream is None:

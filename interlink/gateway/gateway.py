@@ -173,10 +173,13 @@ class Gateway:
 
     def _set_shadow_providers(self, snapshot: Snapshot) -> None:
         """Load-test calls' providers (exports with shadow_providers:), from the site file only; and every
-        export's connections per provider and outlier settings."""
+        export's connections per provider, outlier settings and routing stages."""
         for route in snapshot.export_routes:
             self.providers.set_connections(route.pool_key, route.protocol, route.connections)
             self.providers.set_outlier(route.pool_key, route.outlier)
+            self.providers.set_routing(route.pool_key, route.routing, snapshot.config.zone, snapshot.config.unit)
+            if route.providers:  # the site file's tags (a registry's come with its sets)
+                self.providers.retag(route.pool_key, dict(route.provider_tags))
         for route in snapshot.export_routes:
             if route.shadow_pool_key is not None:
                 self.providers.set_providers(route.shadow_pool_key, route.protocol, route.shadow_providers)
@@ -519,8 +522,16 @@ def _with_streams(settings: H2Settings, max_streams: int) -> H2Settings:
 
 
 def _static_sets(snapshot: Snapshot) -> dict[ServiceKey, frozenset[Instance]]:
+    """The site file's providers as a registry would give them (tags as weight and zone / unit meta)."""
+    def instance(route, address: HostPort) -> Instance:  # noqa: ANN001 - ExportRoute
+        tags = route.provider_tags.get(address)
+        if tags is None:
+            return Instance(address.host, address.port)
+        meta = {key: value for key, value in (("zone", tags.zone), ("unit", tags.unit)) if value is not None}
+        return Instance(address.host, address.port, weight=tags.weight, meta=meta)
+
     return {
-        route.registry_key: frozenset(Instance(address.host, address.port) for address in route.providers)
+        route.registry_key: frozenset(instance(route, address) for address in route.providers)
         for route in snapshot.export_routes
         if route.providers
     }

@@ -18,10 +18,10 @@ from typing import Callable, Iterable
 import structlog
 import trio
 
-from interlink.config import HostPort, OutlierConfig
-from interlink.net.pool import ConnectionPool, Outliers, PoolGroup
+from interlink.config import HostPort, OutlierConfig, ProviderTags
+from interlink.net.pool import UNTAGGED, ConnectionPool, Outliers, PoolGroup, Router
 from registry_adapters.base import Registry, without_gateways
-from registry_adapters.model import ServiceKey
+from registry_adapters.model import Instance, ServiceKey
 
 log = structlog.get_logger("interlink.gateway")
 
@@ -41,6 +41,7 @@ class ProviderDirectory:
         # pool_key -> (registry name, unix time of its last set, whether that set was stale), for status
         self.synced: dict[str, tuple[str, float, bool]] = {}
         self._outlier_policies: dict[str, OutlierConfig] = {}  # pool_key -> exports[].outlier
+        self._routing: dict[str, Router] = {}  # pool_key -> exports[].routing
 
     def group(self, pool_key: str) -> PoolGroup | None:
         return self._groups.get(pool_key)
@@ -61,8 +62,10 @@ class ProviderDirectory:
             task_status.started()
             await trio.sleep_forever()
 
-    def set_providers(self, pool_key: str, protocol: str, addresses: Iterable[HostPort]) -> None:
-        """Make `addresses` the providers of one export (a whole set, as registries deliver it)."""
+    def set_providers(self, pool_key: str, protocol: str, addresses: Iterable[HostPort],
+                      tags: dict[HostPort, ProviderTags] | None = None) -> None:
+        """Make `addresses` the providers of one export (a whole set, as registries deliver it); `tags`: where
+        each runs and its weight, for the export's routing stages (none: untagged, weight 100)."""
         wanted = list(dict.fromkeys(addresses))
         size = self._connections.get(pool_key, 1)
         pools = []
@@ -77,11 +80,14 @@ class ProviderDirectory:
         if group is None:
             group = self._groups[pool_key] = PoolGroup(f"providers of {pool_key.partition(':')[2]}", pools)
             self._apply_outlier(pool_key, group)
+            self._apply_routing(pool_key, group)
         else:
             before = {pool.name for pool in group.pools}
             group.pools = pools
             if before != {pool.name for pool in pools}:
                 log.info("providers.changed", export=pool_key, providers=[str(a) for a in wanted])
+        if tags is not None or group.tags:
+            group.tags = {id(pool): (tags or {}).get(address, UNTAGGED) for pool, address in zip(pools, wanted)}
         self._retire_unused()
 
     def set_connections(self, pool_key: str, protocol: str, connections: int) -> None:
@@ -97,6 +103,25 @@ class ProviderDirectory:
 
     def _address_of(self, pool: ConnectionPool) -> tuple[str, HostPort]:
         return next((key[0], key[1]) for key, known in self._pools.items() if known is pool)
+
+    def retag(self, pool_key: str, tags: dict[HostPort, ProviderTags]) -> None:
+        """New tags for an export's current providers (a reload of the site file's; registries send whole sets)."""
+        group = self._groups.get(pool_key)
+        if group is not None:
+            group.tags = {id(pool): tags.get(self._address_of(pool)[1], UNTAGGED) for pool in group.pools}
+
+    def set_routing(self, pool_key: str, stages: tuple[str, ...], zone: str | None, unit: str | None) -> None:
+        """An export's routing stages, with this gateway's zone and unit (a reload may change them)."""
+        if stages:
+            self._routing[pool_key] = Router(stages, zone, unit)
+        else:
+            self._routing.pop(pool_key, None)
+        group = self._groups.get(pool_key)
+        if group is not None:
+            self._apply_routing(pool_key, group)
+
+    def _apply_routing(self, pool_key: str, group: PoolGroup) -> None:
+        group.router = self._routing.get(pool_key)
 
     def set_outlier(self, pool_key: str, policy: OutlierConfig | None) -> None:
         """An export's outlier settings (a reload may change them: ejections in force stay until they end)."""
@@ -133,7 +158,8 @@ class ProviderDirectory:
                                 keeping=self.addresses(pool_key))
                 else:
                     instances = sorted(without_gateways(instance_set.instances), key=lambda i: (i.host, i.port))
-                    self.set_providers(pool_key, protocol, [HostPort(i.host, i.port) for i in instances])
+                    self.set_providers(pool_key, protocol, [HostPort(i.host, i.port) for i in instances],
+                                       {HostPort(i.host, i.port): _tags(i) for i in instances})
                     log.info("registry.providers", export=pool_key, registry=registry.name,
                              revision=instance_set.revision, providers=[f"{i.host}:{i.port}" for i in instances])
                 if not started:
@@ -175,3 +201,10 @@ class ProviderDirectory:
                 await trio.sleep(0.01)
         log.info("providers.retired", pool=pool.name)
         scope.cancel()
+
+
+def _tags(instance: Instance) -> ProviderTags:
+    """What a registry says of a provider's place and share (SOFARPC URL parameters / DNS-SD TXT: zone, unit;
+    the weight from the URL or the SRV record)."""
+    meta = instance.meta
+    return ProviderTags(zone=meta.get("zone") or None, unit=meta.get("unit") or None, weight=instance.weight)

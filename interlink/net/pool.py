@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Hashable, Protocol
 import structlog
 import trio
 
+from interlink.config import ProviderTags
 from interlink.net import trips
 
 if TYPE_CHECKING:
@@ -239,6 +240,56 @@ class Outliers:
         log.warning("providers.ejected", pool=pool.name, failures=count, seconds=policy.eject_s)
 
 
+UNTAGGED = ProviderTags()
+
+
+class Router:
+    """An export's routing stages over its providers (exports[].routing), each narrowing the candidates and never
+    to none (a stage that would leave none is skipped: the next fallback is the wider set):
+
+        target_zone   the zone the call names (x-interlink-target-zone)
+        unit          the unit the call names (x-interlink-unit), else this gateway's unit
+        nearest       this gateway's zone (`zone:` in the site file)
+        weighted      a weighted random choice among what is left (else round robin)
+
+    Candidates are the pools that are up and not ejected (Outliers); with none, the group's plain pick decides
+    (it knows what is connecting or full)."""
+
+    __slots__ = ("stages", "zone", "unit", "weighted")
+
+    def __init__(self, stages: tuple[str, ...], zone: str | None, unit: str | None) -> None:
+        self.stages = tuple(stage for stage in stages if stage != "weighted")
+        self.weighted = "weighted" in stages
+        self.zone, self.unit = zone, unit
+
+    def candidates(self, group: PoolGroup, target_zone: str | None, unit: str | None) -> list[ConnectionPool]:
+        outliers, tags = group.outliers, group.tags
+        now = trio.current_time() if outliers is not None else 0.0
+        pools = [pool for pool in group.pools if pool.up and (outliers is None or outliers.usable(pool, now))]
+        for stage in self.stages:
+            if stage == "target_zone":
+                wanted, field = target_zone, "zone"
+            elif stage == "unit":
+                wanted, field = unit or self.unit, "unit"
+            else:  # nearest
+                wanted, field = self.zone, "zone"
+            if wanted is None:
+                continue
+            narrowed = [pool for pool in pools if getattr(tags.get(id(pool), UNTAGGED), field) == wanted]
+            if narrowed:
+                pools = narrowed
+        return pools
+
+    def choose(self, group: PoolGroup, pools: list[ConnectionPool]) -> ConnectionPool:
+        if self.weighted and len(pools) > 1:
+            tags = group.tags
+            weights = [tags.get(id(pool), UNTAGGED).weight for pool in pools]
+            if sum(weights) > 0:
+                return random.choices(pools, weights)[0]
+        group._next = (group._next + 1) % len(pools)
+        return pools[group._next]
+
+
 class PoolGroup:
     """The pools of all addresses of one upstream (a peer site's gateways, an export's providers), picked
     round-robin; within a pool the least-loaded connection wins. With `outliers`, ejected pools are skipped
@@ -248,6 +299,8 @@ class PoolGroup:
         self.name = name
         self.pools = pools
         self.outliers: Outliers | None = None
+        self.router: Router | None = None  # routing stages (exports[].routing): pick_routed
+        self.tags: dict[int, ProviderTags] = {}  # id(pool) -> where it runs and its weight (routing)
         self._next = 0
         self.holders: dict[Hashable, int] = {}  # caller connection -> its calls in flight through this group
         self.held = 0  # all calls in flight through this group
@@ -310,6 +363,23 @@ class PoolGroup:
                 if endpoint is not None:
                     return endpoint
         return None
+
+    def pick_routed(self, target_zone: str | None, unit: str | None) -> PooledConnection | None:
+        """With routing stages: a connection of the provider they choose (another of the same candidates when
+        that one is full); the plain pick when no provider is a candidate."""
+        router = self.router
+        assert router is not None
+        pools = router.candidates(self, target_zone, unit)
+        if not pools:
+            return self.pick()
+        first = router.choose(self, pools)
+        endpoint = first.pick()
+        if endpoint is None:
+            for pool in pools:
+                endpoint = pool.pick()
+                if endpoint is not None:
+                    break
+        return endpoint
 
     def outcome(self, connection: PooledConnection, failed: bool) -> None:
         """A call on `connection` of this group ended (`failed`: the upstream failed it); for outlier ejection."""

@@ -269,6 +269,8 @@ class RequestHead:
     sofa_trace_id: bytes | None = None  # sofa-traceid, else tri-trace-traceid
     sys_baggage: bytes | None = None  # tri-trace-sys-baggage (SOFATracer system baggage)
     loadtest_mark: bytes | None = None  # x-interlink-loadtest (a caller may set it; a peer gateway does)
+    target_zone: str | None = None  # x-interlink-target-zone: routing hints (a caller may set them)
+    unit: str | None = None  # x-interlink-unit
 
 
 # Request heads (and their traceparent) by their header lists: callers send the same heads call after call
@@ -305,6 +307,7 @@ def _head_of(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, bytes | N
 def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead, bytes | None]:
     path = authority = method = content_type = timeout_raw = None
     consumer_app = caller_app = traceparent = sofa_trace_id = tri_trace_id = sys_baggage = loadtest_mark = None
+    target_zone = unit = None
     metadata: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name[:1] == b":":
@@ -327,6 +330,10 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead
                 caller_app = value.decode("ascii", "replace")
             elif name == link_headers.LOADTEST:
                 loadtest_mark = value
+            elif name == link_headers.TARGET_ZONE:
+                target_zone = value.decode("ascii", "replace")[:100]
+            elif name == link_headers.UNIT:
+                unit = value.decode("ascii", "replace")[:100]
             continue
         elif name == CONSUMER_APP:
             consumer_app = value.decode("ascii", "replace")
@@ -366,6 +373,8 @@ def _parse_request_head(headers: list[tuple[bytes, bytes]]) -> tuple[RequestHead
         sofa_trace_id=sofa_trace_id or tri_trace_id,
         sys_baggage=sys_baggage,
         loadtest_mark=loadtest_mark,
+        target_zone=target_zone,
+        unit=unit,
     )
     return head, traceparent
 

@@ -12,6 +12,8 @@ certificate (the caller site is always the certificate's site, never a header).
     x-interlink-cancel         Bolt oneway (link)    caller's gateway     the request id the caller gave up on
     x-interlink-loadtest       HTTP/2 and Bolt req.  either gateway       "1": a load-test call (a local caller may
                                                                           set it too: it marks, it grants nothing)
+    x-interlink-target-zone    HTTP/2 requests       caller, its gateway  the zone the call should be served in
+    x-interlink-unit           HTTP/2 requests       caller, its gateway  the caller's unit (routing stage `unit`)
 
 HTTP/2 header names are bytes; Bolt header maps are decoded to str by the translation adapters, hence the
 `*_TEXT` spellings.
@@ -24,6 +26,8 @@ METHOD = b"x-interlink-method"
 STATUS = b"x-interlink-status"
 CANCEL = b"x-interlink-cancel"
 LOADTEST = b"x-interlink-loadtest"
+TARGET_ZONE = b"x-interlink-target-zone"  # routing hints a caller may set (they choose, they grant nothing)
+UNIT = b"x-interlink-unit"
 
 PREFIX_TEXT = PREFIX.decode()
 CALLER_APP_TEXT = CALLER_APP.decode()

@@ -96,3 +96,34 @@ def test_outlier_settings_load_with_their_defaults(write_site: WriteSite) -> Non
     with pytest.raises(SiteFileError) as caught:
         load_site(write_site("site-a", text))
     assert "outlier.eject_s" in str(caught.value) and caught.value.problems[0].line == line_of(text, "outlier:")
+
+
+ROUTED = LIMITED.replace(
+    "    providers: [127.0.0.1:50061]\n",
+    "    providers:\n      - 127.0.0.1:50061\n      - {address: 127.0.0.1:50062, zone: hz-b, unit: u01, weight: 20}\n"
+    "    routing: [target_zone, unit, nearest, weighted]\n",
+).replace("site: site-a\n", "site: site-a\nzone: hz-a\nunit: u00\n")
+
+
+def test_tagged_providers_routing_and_the_gateways_zone_load(write_site: WriteSite) -> None:
+    from interlink.config import HostPort, ProviderTags
+
+    config = load_site(write_site("site-a", ROUTED))
+    echo = config.exports[0]
+    assert echo.providers == (HostPort("127.0.0.1", 50061), HostPort("127.0.0.1", 50062))
+    assert echo.provider_tags == {HostPort("127.0.0.1", 50062): ProviderTags("hz-b", "u01", 20)}
+    assert echo.routing == ("target_zone", "unit", "nearest", "weighted")
+    assert (config.zone, config.unit) == ("hz-a", "u00")
+
+
+@pytest.mark.parametrize("old, new, words", [
+    ("routing: [target_zone, unit, nearest, weighted]", "routing: [fastest]", "routing[0]"),
+    ("routing: [target_zone, unit, nearest, weighted]", "routing: [unit, unit]", "names a stage twice"),
+    ("weight: 20}", "weight: -1}", "weight"),
+    ("{address: 127.0.0.1:50062, zone", "{adress: 127.0.0.1:50062, zone", 'did you mean "address"'),
+])
+def test_a_routing_mistake_is_one_problem(write_site: WriteSite, old: str, new: str, words: str) -> None:
+    with pytest.raises(SiteFileError) as caught:
+        load_site(write_site("site-a", ROUTED.replace(old, new)))
+    problems = caught.value.problems
+    assert len(problems) >= 1 and words in problems[0].message, "\n".join(map(str, problems))

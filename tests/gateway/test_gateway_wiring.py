@@ -130,3 +130,14 @@ async def test_an_exports_connection_count_makes_its_pools_and_a_change_moves_it
         assert directory.addresses("triple:demo.Echo") == ["10.0.0.1:1", "10.0.0.2:2"]
         await wait_for(lambda: old.retired)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_retags_the_site_files_providers(autojump_clock):
+    from interlink.config import ProviderTags
+
+    directory = ProviderDirectory(Factory())
+    directory.set_providers("triple:demo.Echo", "triple", [A, B], {A: ProviderTags("hz-a", None, 80)})
+    group = directory.group("triple:demo.Echo")
+    assert [group.tags[id(pool)] for pool in group.pools] == [ProviderTags("hz-a", None, 80), ProviderTags()]
+    directory.retag("triple:demo.Echo", {B: ProviderTags("hz-b", "u01", 20)})
+    assert [group.tags[id(pool)] for pool in group.pools] == [ProviderTags(), ProviderTags("hz-b", "u01", 20)]

@@ -1,5 +1,6 @@
-"""Outlier ejection (exports[].outlier): consecutive failures eject a pool for a while, never more than the cap,
-and the group's pick skips it until then (or uses it anyway when every pool is ejected)."""
+"""How a provider group picks: outlier ejection (exports[].outlier: consecutive failures eject a pool for a while,
+never more than the cap, skipped until then or used anyway when every pool is ejected) and routing stages
+(exports[].routing: target_zone, unit, nearest, weighted)."""
 
 from __future__ import annotations
 
@@ -73,3 +74,49 @@ async def test_when_every_pool_is_ejected_they_are_used_anyway(autojump_clock):
         group.outcome(pool.endpoint, True)
     assert group.outliers.ejections == 2  # type: ignore[union-attr]
     assert picks(group, 1)[0] in {"p0", "p1"}
+
+
+# --- routing stages (exports[].routing) ------------------------------------------------------------------
+
+from interlink.config import ProviderTags  # noqa: E402
+from interlink.net.pool import Router  # noqa: E402
+
+
+class UpPool(FakePool):
+    up = True
+
+
+def routed(stages: tuple[str, ...], zone: str | None = "hz-a", unit: str | None = None):
+    pools = [UpPool("near"), UpPool("far"), UpPool("untagged")]
+    group = PoolGroup("providers", pools)  # type: ignore[arg-type]
+    group.tags = {id(pools[0]): ProviderTags("hz-a", "u00", 80), id(pools[1]): ProviderTags("hz-b", "u01", 20)}
+    group.router = Router(stages, zone, unit)
+    return group, pools
+
+
+def routed_picks(group: PoolGroup, count: int, target_zone=None, unit=None) -> list[str]:
+    return [group.pick_routed(target_zone, unit).attributes["pool"].name for _ in range(count)]  # type: ignore[union-attr]
+
+
+async def test_each_stage_narrows_and_a_stage_that_would_leave_none_is_skipped(autojump_clock):
+    group, _ = routed(("target_zone", "unit", "nearest"))
+    assert set(routed_picks(group, 6)) == {"near"}  # nearest: hz-a
+    assert set(routed_picks(group, 6, target_zone="hz-b")) == {"far"}
+    assert set(routed_picks(group, 6, unit="u01")) == {"far"}  # nearest would leave none after it: skipped
+    assert set(routed_picks(group, 6, target_zone="mars")) == {"near"}
+    group, _ = routed(("unit",), unit="u01")  # the gateway's own unit when the call names none
+    assert set(routed_picks(group, 6)) == {"far"}
+    group, _ = routed(("nearest",), zone=None)  # no zone of ours: every provider
+    assert set(routed_picks(group, 9)) == {"near", "far", "untagged"}
+
+
+async def test_weighted_follows_the_weights_and_skips_what_is_down_or_ejected(autojump_clock):
+    group, pools = routed(("weighted",))
+    counts = {name: 0 for name in ("near", "far", "untagged")}
+    for name in routed_picks(group, 4000):
+        counts[name] += 1
+    assert 0.34 < counts["near"] / 4000 < 0.46 and 0.06 < counts["far"] / 4000 < 0.14  # 80 / 20 / 100 of 200
+    pools[2].up = False
+    group.outliers = Outliers(OutlierConfig(1, 30, 50))
+    group.outcome(pools[0].endpoint, True)  # near ejected
+    assert set(routed_picks(group, 6)) == {"far"}
