@@ -61,3 +61,49 @@ def test_weighted_then_zone_unit_and_nearest_routing(certs, tmp_path):
         sites.stop()
         near.stop(0)
         far.stop(0)
+
+
+def test_a_reload_changing_weights_under_load_fails_no_call(certs, tmp_path):
+    import threading
+
+    ports = [free_port(), free_port()]
+    servers = [demo_provider.serve(f"127.0.0.1:{ports[0]}", name="first"),
+               demo_provider.serve(f"127.0.0.1:{ports[1]}", name="second")]
+    providers = [{"address": f"127.0.0.1:{ports[0]}", "weight": 80},
+                 {"address": f"127.0.0.1:{ports[1]}", "weight": 20}]
+    sites = two_sites(certs, tmp_path, "", name="reweigh",
+                      export_options={"providers": providers, "routing": ["weighted"]})
+    try:
+        with EchoClient(sites.triple_target) as client:
+            client.wait_ready()
+            outcomes: list[str] = []
+            stop = threading.Event()
+
+            def load() -> None:
+                while not stop.is_set():
+                    try:
+                        outcomes.append(md_value(client.echo("hi", metadata=APP)[1], "x-served-by"))
+                    except Exception as exc:  # noqa: BLE001 - any failure is what this test counts
+                        outcomes.append(f"failed: {exc}")
+
+            workers = [threading.Thread(target=load) for _ in range(3)]
+            for worker in workers:
+                worker.start()
+            time.sleep(1.0)
+            reweighed = copy.deepcopy(sites.a.config)
+            reweighed["exports"][0]["providers"][0]["weight"] = 20
+            reweighed["exports"][0]["providers"][1]["weight"] = 80
+            _reload(sites.a, reweighed)
+            after = len(outcomes)
+            time.sleep(1.5)
+            stop.set()
+            for worker in workers:
+                worker.join(10)
+        failed = [outcome for outcome in outcomes if outcome.startswith("failed")]
+        assert not failed, failed[:3]
+        later = Counter(outcomes[after:])
+        assert sum(later.values()) > 300 and later["second"] / sum(later.values()) > 0.7, later
+    finally:
+        sites.stop()
+        for server in servers:
+            server.stop(0)
