@@ -105,34 +105,26 @@ class MessagingRuntime:
         """Every message export's stream exists and captures its subject: made at start (the gateway is ready
         once they are, or once the broker has had FIRST_CONNECT_WAIT to answer), then checked every
         EXPORT_STREAMS_CHECK seconds (a reload's new exports, a broker that was away, a stream deleted)."""
-        done: tuple | None = None
         delay = 0.2
         with trio.move_on_after(FIRST_CONNECT_WAIT):
             await self.broker.wait_connected(FIRST_CONNECT_WAIT)
         while True:
-            config = self.gateway.config.messaging
-            exports = config.exports if config is not None else ()
-            wanted = _streams(tuple(MessageExportRoute(item.subject, item.stream, item.allow) for item in exports))
+            pause = 0.5  # the broker is away: look again soon
             if self.broker.connected:  # (again every few seconds: a stream deleted meanwhile is made again)
                 try:
-                    for stream, subjects in wanted:
+                    for stream, subjects in _streams(self.gateway.snapshot.message_exports.routes()):
                         await self.broker.ensure_stream(stream, list(subjects))
                 except BrokerError as exc:
                     self.export_streams_error = str(exc)
                     log.warning("messages.export_stream_failed", error=str(exc))
+                    pause, delay = delay, min(delay * 2, BACKOFF_MAX)
                 else:
-                    done, delay, self.export_streams_error = wanted, 0.2, None
-            else:
-                done = None
+                    pause, delay, self.export_streams_error = EXPORT_STREAMS_CHECK, 0.2, None
             # (once: ready when the streams are there, or when the broker is away or refuses: the rest of the
             # gateway does not wait for it)
             task_status.started()
             task_status = trio.TASK_STATUS_IGNORED
-            if self.export_streams_error:
-                await trio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX)
-            else:
-                await trio.sleep(EXPORT_STREAMS_CHECK if done is not None else 0.5)
+            await trio.sleep(pause)
 
 
 def _streams(routes: tuple[MessageExportRoute, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:

@@ -68,19 +68,24 @@ class ExportAclFilter(Filter):
     A message (MessageLink call) is judged the same way: its subject is the method, its producer's app the app."""
 
     def on_request(self, call: GatewayCall) -> None:
-        route, peer, service = call.route, call.caller_site, call.service
-        what = f"subject {call.method}" if service == message_link.SERVICE else f"service {service}"
+        route, peer = call.route, call.caller_site
         if route is None:
-            raise Refusal(Status.UNIMPLEMENTED, f"{what} is not exported by site {call.snapshot.site}",
+            raise Refusal(Status.UNIMPLEMENTED, f"{called(call)} is not exported by site {call.snapshot.site}",
                           kind="not_exported")
         rule = route.allow.get(peer)
         if rule is None:
-            raise Refusal(Status.PERMISSION_DENIED, f"{what} is not exported to site {peer}", kind="not_exported")
+            raise Refusal(Status.PERMISSION_DENIED, f"{called(call)} is not exported to site {peer}",
+                          kind="not_exported")
         app, method = call.caller_app, call.method or ""
         if not rule.permits(app, method):
-            target = what if service == message_link.SERVICE else f"{service}/{method}"
+            target = called(call) if call.service == message_link.SERVICE else f"{call.service}/{method}"
             raise Refusal(Status.PERMISSION_DENIED, f"app {app or '(none)'} of site {peer} may not call {target}",
                           kind="acl")
+
+
+def called(call: GatewayCall) -> str:
+    """What a call addresses, in refusal messages: `service S`, or `subject X` for a message (MessageLink)."""
+    return f"subject {call.method}" if call.service == message_link.SERVICE else f"service {call.service}"
 
 
 class LoadTestFilter(Filter):

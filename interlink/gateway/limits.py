@@ -23,11 +23,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from interlink.config import AclRule
+from interlink.gateway.filters import Filter, called
 from interlink.model import Refusal, Status
 from interlink.net import trips
-from interlink.wire import message_link
-
-from interlink.gateway.filters import Filter
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
@@ -92,7 +90,7 @@ class InFlightFilter(Filter):
         if held >= limit:
             trips.trip(trips.MAX_IN_FLIGHT)
             raise Refusal(Status.RESOURCE_EXHAUSTED,
-                          f"{_what(call)} has {limit} calls in flight at site {call.snapshot.site}'s gateway "
+                          f"{called(call)} has {limit} calls in flight at site {call.snapshot.site}'s gateway "
                           "(max_in_flight); retry later", kind="max_in_flight")
         self.state.in_flight[key] = held + 1
         call.holds_slot = True
@@ -123,10 +121,6 @@ class RateLimitFilter(Filter):
             trips.trip(trips.RATE_LIMIT)
             per = f" for {call.method}" if rule.rate_per_method else ""
             raise Refusal(Status.RESOURCE_EXHAUSTED,
-                          f"app {app or '(none)'} of site {call.caller_site} is over its rate{per} on {_what(call)}: "
+                          f"app {app or '(none)'} of site {call.caller_site} is over its rate{per} on {called(call)}: "
                           f"{rule.rate:g}/s, burst {rule.burst:g} (site {call.snapshot.site}'s limit); retry later",
                           kind="rate_limit")
-
-
-def _what(call: GatewayCall) -> str:
-    return f"subject {call.method}" if call.service == message_link.SERVICE else f"service {call.service}"
