@@ -96,9 +96,55 @@ class ProviderTags:
     zone: str | None = None
     unit: str | None = None
     weight: int = 100
+    group: str | None = None  # a named provider group (canary, gold, ...), chosen by `header` routing stages
 
 
 ROUTING_STAGES = ("target_zone", "unit", "nearest", "weighted")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderStage:
+    """A `header` routing stage: `{header: x-release, values: [canary], group: canary}` — a call whose header
+    `header` has one of `values` goes to the providers of `group` (skipped when that group has none up)."""
+
+    header: str  # lower-case, as HTTP/2 carries it (a Bolt key is compared the same way)
+    values: frozenset[str]
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRule:
+    """`unit_rule` — a caller's unit from a user id (SOFA LDC style) when it names none in x-interlink-unit: the
+    id's last two digits (00-99) fall in one unit's ranges, e.g. `{header: x-uid, units: {u00: "00-49",
+    u01: "50-99"}}`."""
+
+    header: str
+    units: tuple[str | None, ...]  # 100 entries: the unit of each shard 00..99 (None: no unit)
+
+    def unit_of(self, uid: bytes) -> str | None:
+        if len(uid) < 2 or not uid[-2:].isdigit():
+            return None
+        return self.units[int(uid[-2:])]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """`imports[].retry` / `exports[].retry` — safe retries on another upstream: only calls known not to have
+    reached one (refused stream, GOAWAY above it, connection lost before it was written, a gateway's refusal made
+    before forwarding), and for `idempotent_methods` also calls answered UNAVAILABLE; within the deadline and
+    within the budget (retries at most `budget_percent` of the calls over the last 10 s, at least 10)."""
+
+    attempts: int = 2  # tries in all, the first included
+    budget_percent: int = 20
+    idempotent_methods: tuple[str, ...] = ()  # method names; "Get*" matches a prefix, "*" every method
+
+    def idempotent(self, method: str | None) -> bool:
+        if method is None:
+            return False
+        for pattern in self.idempotent_methods:
+            if pattern == method or (pattern.endswith("*") and method.startswith(pattern[:-1])):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +176,8 @@ class ExportConfig:
     outlier: OutlierConfig | None = None  # eject failing providers for a while (None: never)
     connections: int = 1  # connections the gateway keeps to each provider
     provider_tags: Mapping[HostPort, ProviderTags] = field(default_factory=dict)  # providers: written as mappings
-    routing: tuple[str, ...] = ()  # ordered stages of ROUTING_STAGES; none: round robin over the providers
+    routing: tuple[str | HeaderStage, ...] = ()  # ordered stages (ROUTING_STAGES, HeaderStage); none: round robin
+    retry: RetryConfig | None = None  # safe retries on another provider (None: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +188,7 @@ class ImportConfig:
     version: str | None = None
     max_in_flight: int | None = None  # calls in flight at this gateway; beyond it, fail fast (RESOURCE_EXHAUSTED)
     failover: tuple[str, ...] = ()  # "from: [site-a, site-c]": the sites after the first, in order
+    retry: RetryConfig | None = None  # safe retries on another gateway of the peer (None: never)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -207,6 +255,8 @@ class Limits:
     peer_idle_timeout: float = 300.0  # peer port: no frame at all (peer gateways PING every 10 s)
     partial_frame_timeout: float = 10.0  # a frame or header block begun and not finished
     write_timeout: float = 20.0  # bytes queued for a connection that takes none of them
+    provider_idle_timeout: float = 3600.0  # a provider connection without a call this long is closed (dialled
+    #                                        again when a call needs it)
     # HTTP/2
     max_concurrent_streams: int = 100  # per local connection (peers: peers.<site>.max_concurrent_streams)
     initial_window: int = 65_535 + 1  # local connections: receive window per stream (64 KiB)
@@ -245,5 +295,6 @@ class SiteConfig:
     messaging: MessagingConfig | None = None  # no message interop without it
     zone: str | None = None  # where this gateway runs (routing stage `nearest`)
     unit: str | None = None  # its unit: the routing stage `unit` uses it for calls that name none
+    unit_rule: UnitRule | None = None  # a caller's unit from its user id, when it names none
     # YAML location of each key, e.g. lines["peers.site-b.domain"] == 17, for cross-file errors.
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)

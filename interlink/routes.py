@@ -14,7 +14,7 @@ from typing import Mapping
 
 from cryptography import x509
 
-from interlink.config import AclRule, HostPort, OutlierConfig, ProviderTags, SiteConfig
+from interlink.config import AclRule, HeaderStage, HostPort, OutlierConfig, ProviderTags, RetryConfig, SiteConfig
 from interlink.net import tls
 from interlink.wire import message_link
 from registry_adapters.model import ServiceKey
@@ -29,6 +29,7 @@ class ImportRoute:
     authority: bytes  # the access domain the peer gave us: :authority and SNI on the link
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
     failover: tuple[tuple[str, bytes], ...] = ()  # (site, its access domain for us): the next sites in order
+    retry: RetryConfig | None = None  # safe retries on another gateway of the peer (gateway/retries.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ class ExportRoute:
     max_in_flight: int | None = None  # circuit breaking (gateway/limits.py)
     outlier: OutlierConfig | None = None  # eject failing providers for a while (net/pool.py Outliers)
     connections: int = 1  # connections to each provider
-    routing: tuple[str, ...] = ()  # routing stages over the providers (net/pool.py Router)
+    routing: tuple[str | HeaderStage, ...] = ()  # routing stages over the providers (net/pool.py Router)
+    retry: RetryConfig | None = None  # safe retries on another provider (gateway/retries.py)
     provider_tags: Mapping[HostPort, ProviderTags] = field(default_factory=dict)  # the site file's tags
 
     # Derived once here, not per call: the names the request path and the registry use.

@@ -30,6 +30,7 @@ from interlink.config import (
     AclRule,
     BrokerConfig,
     ExportConfig,
+    HeaderStage,
     HostPort,
     ImportConfig,
     Limits,
@@ -42,9 +43,11 @@ from interlink.config import (
     PeerConfig,
     ProviderTags,
     RegistryConfig,
+    RetryConfig,
     SiteConfig,
     TlsFiles,
     TracingConfig,
+    UnitRule,
 )
 
 __all__ = [
@@ -83,6 +86,7 @@ SITE_KEYS = (
     "messaging",
     "zone",
     "unit",
+    "unit_rule",
 )
 LISTEN_KEYS = ("triple", "bolt", "peer", "admin")
 TLS_KEYS = ("ca", "cert", "key", "expiry_warning_days")
@@ -91,11 +95,17 @@ PEER_KEYS = (
 )
 EXPORT_KEYS = (
     "service", "version", "protocol", "flavour", "codec", "unique_id", "group", "providers", "allow", "timeout_ms",
-    "shadow_providers", "loadtest", "max_in_flight", "outlier", "connections", "routing",
+    "shadow_providers", "loadtest", "max_in_flight", "outlier", "connections", "routing", "retry",
 )
-PROVIDER_KEYS = ("address", "zone", "unit", "weight")
+PROVIDER_KEYS = ("address", "zone", "unit", "weight", "group")
+HEADER_STAGE_KEYS = ("header", "values", "group")
+_HEADER_STAGE_EXAMPLE = "{header: x-release, values: [canary], group: canary}"
+RETRY_KEYS = ("attempts", "budget_percent", "idempotent_methods")
+UNIT_RULE_KEYS = ("header", "units")
+_UNIT_RULE_EXAMPLE = '{header: x-uid, units: {u00: "00-49", u01: "50-99"}}'
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 OUTLIER_KEYS = ("consecutive_failures", "eject_s", "max_ejected_percent")
-IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight")
+IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight", "retry")
 ACL_KEYS = ("apps", "methods", "rate", "burst", "per_method")
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|second|m|min|minute)")
 _RATE_EXAMPLE = "200/s"
@@ -123,6 +133,7 @@ LIMIT_KEYS: dict[str, tuple[str, float, int, int]] = {
     "peer_idle_timeout_ms": ("peer_idle_timeout", 0.001, 1_000, 86_400_000),
     "partial_frame_timeout_ms": ("partial_frame_timeout", 0.001, 100, 600_000),
     "write_timeout_ms": ("write_timeout", 0.001, 100, 600_000),
+    "provider_idle_timeout_ms": ("provider_idle_timeout", 0.001, 1_000, 86_400_000),
     "max_concurrent_streams": ("max_concurrent_streams", 1, 1, 100_000),
     "initial_window_bytes": ("initial_window", 1, 1_024, (1 << 31) - 1),
     "connection_window_bytes": ("connection_window", 1, 65_535, (1 << 31) - 1),
@@ -348,6 +359,8 @@ def _read_site(r: _SiteFileReader, root: Node) -> SiteConfig | None:
     for key in ("zone", "unit"):
         if key in fields:
             optional[key] = r.name_text(fields[key], key, "hz-a" if key == "zone" else "u00")
+    if "unit_rule" in fields:
+        optional["unit_rule"] = _read_unit_rule(r, "unit_rule", fields["unit_rule"])
     listen = _read_listen(r, fields["listen"]) if "listen" in fields else None
     tls = _read_tls(r, fields["tls"]) if "tls" in fields else None
 
@@ -864,6 +877,8 @@ def _read_export(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["outlier"] = _read_outlier(r, f"{where}.outlier", fields["outlier"])
     if "connections" in fields:
         values["connections"] = r.integer(fields["connections"], f"{where}.connections", 1, 64, 2)
+    if "retry" in fields:
+        values["retry"] = _read_retry(r, f"{where}.retry", fields["retry"])
     if "loadtest" in fields:
         values["loadtest"] = r.choice(fields["loadtest"], f"{where}.loadtest", LOADTEST_MODES)
         if values["loadtest"] == "deny" and values.get("shadow_providers"):
@@ -1019,6 +1034,8 @@ def _read_import(r: _SiteFileReader, where: str, node: Node, names: _KnownNames)
         values["version"] = r.name_text(fields["version"], f"{where}.version", '"1.0"')
     if "max_in_flight" in fields:
         values["max_in_flight"] = r.integer(fields["max_in_flight"], f"{where}.max_in_flight", 1, 1_000_000, 1000)  # type: ignore[assignment]
+    if "retry" in fields:
+        values["retry"] = _read_retry(r, f"{where}.retry", fields["retry"])  # type: ignore[assignment]
     if service is None or from_site is None or None in values.values():
         return None
     return ImportConfig(service=service, from_site=from_site, **values)  # type: ignore[arg-type]
@@ -1046,9 +1063,9 @@ def _read_providers(r: _SiteFileReader, where: str, node: Node) -> tuple[list[Ho
             continue
         address = r.host_port(fields["address"], f"{item_where}.address") if "address" in fields else None
         values: dict[str, object] = {}
-        for key in ("zone", "unit"):
+        for key in ("zone", "unit", "group"):
             if key in fields:
-                values[key] = r.name_text(fields[key], f"{item_where}.{key}", "hz-a")
+                values[key] = r.name_text(fields[key], f"{item_where}.{key}", "hz-a" if key != "group" else "canary")
         if "weight" in fields:
             values["weight"] = r.integer(fields["weight"], f"{item_where}.weight", 0, 10_000, 100)
         if address is None or None in values.values():
@@ -1059,17 +1076,115 @@ def _read_providers(r: _SiteFileReader, where: str, node: Node) -> tuple[list[Ho
     return None if broken else (addresses, tags)
 
 
-def _read_routing(r: _SiteFileReader, where: str, node: Node) -> tuple[str, ...] | None:
+def _read_routing(r: _SiteFileReader, where: str, node: Node) -> tuple[str | HeaderStage, ...] | None:
+    """`routing: [target_zone, unit, nearest, {header: x-release, values: [canary], group: canary}, weighted]`."""
     items = r.sequence(node, where, "routing: [target_zone, unit, nearest, weighted]")
     if items is None:
         return None
-    stages = [r.choice(item, item_where, ROUTING_STAGES) for item_where, item in items]
+    stages: list[str | HeaderStage | None] = []
+    for item_where, item in items:
+        if isinstance(item, MappingNode):
+            stages.append(_read_header_stage(r, item_where, item))
+        else:
+            stages.append(r.choice(item, item_where, ROUTING_STAGES))
     if None in stages:
         return None
-    if len(set(stages)) != len(stages):
+    named = [stage for stage in stages if isinstance(stage, str)]
+    if len(set(named)) != len(named):
         r.report(node, where, "names a stage twice; list each once, in the order they narrow the providers")
         return None
     return tuple(stages)  # type: ignore[arg-type]
+
+
+def _read_header_stage(r: _SiteFileReader, where: str, node: Node) -> HeaderStage | None:
+    """`{header: x-release, values: [canary], group: canary}`: calls whose header has one of the values go to the
+    providers tagged `group: canary`."""
+    fields = r.mapping(node, where, _HEADER_STAGE_EXAMPLE, known=HEADER_STAGE_KEYS,
+                       required={"header": "header: x-release", "values": "values: [canary]", "group": "group: canary"})
+    if fields is None or len(fields) < len(HEADER_STAGE_KEYS):
+        return None
+    header = _header_name(r, f"{where}.header", fields["header"])
+    group = r.name_text(fields["group"], f"{where}.group", "canary")
+    items = r.sequence(fields["values"], f"{where}.values", "values: [canary, beta]")
+    values = [r.text(item, item_where, "canary") for item_where, item in items or ()]
+    if items is not None and not items:
+        r.report(fields["values"], f"{where}.values", "is empty; list the header values that choose the group")
+        return None
+    if header is None or group is None or items is None or None in values:
+        return None
+    return HeaderStage(header, frozenset(values), group)  # type: ignore[arg-type]
+
+
+def _header_name(r: _SiteFileReader, where: str, node: Node) -> str | None:
+    def check(value: str) -> str:
+        name = value.lower()
+        if not _HEADER_NAME.fullmatch(name) or name.startswith(("grpc-", "x-interlink-")):
+            raise ValueError(f'"{value}" is not a header a caller may set (letters, digits, ".", "_", "-"; not grpc-* '
+                             "or x-interlink-*); write e.g. x-release")
+        return name
+
+    return r._checked_text(node, where, "x-release", check)
+
+
+def _read_unit_rule(r: _SiteFileReader, where: str, node: Node) -> UnitRule | None:
+    """`unit_rule: {header: x-uid, units: {u00: "00-49", u01: "50-99"}}`: a caller's unit from the last two digits
+    of its user id, when it names none in x-interlink-unit (LDC-style sharding: 100 shards over the units)."""
+    fields = r.mapping(node, where, _UNIT_RULE_EXAMPLE, known=UNIT_RULE_KEYS,
+                       required={"header": "header: x-uid", "units": 'units: {u00: "00-49", u01: "50-99"}'})
+    if fields is None or len(fields) < len(UNIT_RULE_KEYS):
+        return None
+    header = _header_name(r, f"{where}.header", fields["header"])
+    units = r.mapping(fields["units"], f"{where}.units", 'units: {u00: "00-49", u01: "50-99"}')
+    if header is None or units is None:
+        return None
+    shards: list[str | None] = [None] * 100
+    broken = False
+    for unit, ranges_node in units.items():
+        unit_where = f"{where}.units.{unit}"
+        ranges = r.text(ranges_node, unit_where, '"00-49" or "00-19, 60-79"')
+        if not _NAME_TEXT.fullmatch(unit):
+            r.report(ranges_node, unit_where, f'unit "{unit}" must not contain spaces, "/" or ":"; write e.g. u00')
+            broken = True
+            continue
+        if ranges is None:
+            broken = True
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.strip().partition("-")
+            high = high or low
+            if not (low.isdigit() and high.isdigit() and int(low) <= int(high) <= 99):
+                r.report(ranges_node, unit_where, f'"{part.strip()}" is not a range of shards 00-99; write e.g. "00-49"')
+                broken = True
+                continue
+            for shard in range(int(low), int(high) + 1):
+                if shards[shard] is not None and shards[shard] != unit:
+                    r.report(ranges_node, unit_where, f"shard {shard:02d} is already unit {shards[shard]}'s; "
+                             "each shard belongs to one unit")
+                    broken = True
+                    break
+                shards[shard] = unit
+    return None if broken else UnitRule(header, tuple(shards))
+
+
+def _read_retry(r: _SiteFileReader, where: str, node: Node) -> RetryConfig | None:
+    """`retry: {attempts: 2, budget_percent: 20, idempotent_methods: [Get*, Echo]}`; every key optional."""
+    if _is_null(node):
+        return RetryConfig()
+    fields = r.mapping(node, where, "retry: {attempts: 2, idempotent_methods: [Get*]}", known=RETRY_KEYS)
+    if fields is None:
+        return None
+    values: dict[str, object] = {}
+    if "attempts" in fields:
+        values["attempts"] = r.integer(fields["attempts"], f"{where}.attempts", 1, 5, 2)
+    if "budget_percent" in fields:
+        values["budget_percent"] = r.integer(fields["budget_percent"], f"{where}.budget_percent", 1, 100, 20)
+    if "idempotent_methods" in fields:
+        items = r.sequence(fields["idempotent_methods"], f"{where}.idempotent_methods", "idempotent_methods: [Get*, Echo]")
+        methods = [r.name_text(item, item_where, "GetOrder or Get*") for item_where, item in items or ()]
+        values["idempotent_methods"] = None if items is None or None in methods else tuple(methods)
+    if None in values.values():
+        return None
+    return RetryConfig(**values)  # type: ignore[arg-type]
 
 
 def _read_outlier(r: _SiteFileReader, where: str, node: Node) -> OutlierConfig | None:

@@ -121,7 +121,7 @@ def _import_route(item: ImportConfig, config: SiteConfig) -> ImportRoute:
     peer = config.peers[item.from_site]
     failover = tuple((site, config.peers[site].domain.lower().encode()) for site in item.failover)
     return ImportRoute(service=item.service, peer=peer.name, authority=peer.domain.lower().encode(),
-                       max_in_flight=item.max_in_flight, failover=failover)
+                       max_in_flight=item.max_in_flight, failover=failover, retry=item.retry)
 
 
 def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
@@ -143,6 +143,7 @@ def _export_route(item: ExportConfig, config: SiteConfig) -> ExportRoute:
         outlier=item.outlier,
         connections=item.connections,
         routing=item.routing,
+        retry=item.retry,
         provider_tags=dict(item.provider_tags),
     )
 

@@ -255,6 +255,7 @@ def _link(address: str, protocol: str, pool: ConnectionPool) -> dict:
         "connections_up": sum(1 for item in connections if item["usable"]),
         "connections": pool.size,
         "connecting": pool.connecting,
+        "idle": pool.dormant > 0,  # closed for idleness (limits.provider_idle_timeout_ms): dialled on the next call
         "rtt_ms": min(rtts) if rtts else None,
         "last_handshake": max((item["since"] for item in connections), default=None),
         "last_error": None if pool.up else pool.last_error,
@@ -414,6 +415,13 @@ class _Collector(Collector):
         for (peer, decision, reason), count in metrics.audit.items():
             audit.add_metric([peer, decision, reason], count)
         yield audit
+
+        retries = CounterMetricFamily("interlink_retries", "Calls tried again on another upstream (gateway/retries.py): "
+                                      "why = unprocessed (it had not reached one) | idempotent (UNAVAILABLE, a "
+                                      "method declared idempotent).", labels=["ingress", "service", "why"])
+        for (ingress, service, why), count in metrics.retries.items():
+            retries.add_metric([ingress, service, why], count)
+        yield retries
 
         expiry = GaugeMetricFamily("interlink_certificate_expiry_timestamp_seconds",
                                    "When a certificate expires (unix time): ours, our CA, each peer's CA bundle, and "

@@ -102,11 +102,12 @@ class BoltDownstream:
         self.endpoint.write(bolt.encode(frame))
         return ("APPLICATION_ERROR" if reply.exception else reply.status.name), reply.message
 
-    def answer_error(self, refusal: Refusal) -> None:
+    def answer_error(self, refusal: Refusal, unprocessed: bool = False) -> None:
         """A gateway-made error, as SOFARPC clients understand it best (wire/bolt_call.error_frame); a oneway
-        call gets nothing."""
+        call gets nothing. `unprocessed`: refused before any provider saw it (link_headers.UNPROCESSED)."""
         if not self.request.is_oneway:
-            frame = bolt_call.error_frame(self.request, refusal.status, f"interlink {refusal.status.name}: {refusal.message}")
+            frame = bolt_call.error_frame(self.request, refusal.status, f"interlink {refusal.status.name}: {refusal.message}",
+                                          unprocessed=unprocessed)
             self.endpoint.write(bolt.encode(frame))
 
     def release(self, caller_alive: bool) -> None:
@@ -117,7 +118,7 @@ class BoltUpstream:
     """A request the gateway sends under a fresh id of an upstream connection; the response is relayed to a
     Bolt caller, or turned into a `Reply` for a Triple caller."""
 
-    __slots__ = ("call", "frame", "translated", "endpoint", "request_id")
+    __slots__ = ("call", "frame", "translated", "endpoint", "request_id", "mark")
 
     protocol = "bolt"
 
@@ -127,15 +128,26 @@ class BoltUpstream:
         self.translated = translated
         self.endpoint: BoltEndpoint | None = None
         self.request_id = 0
+        self.mark = 0  # the endpoint's write number of the request (BoltEndpoint.unwritten)
 
     def open(self, endpoint: BoltEndpoint) -> None:
         frame = self.frame
         self.endpoint = endpoint
         oneway = frame.is_oneway
         self.request_id = endpoint.send_request(frame, None if oneway else self)
-        self.frame = None  # type: ignore[assignment]
+        self.mark = endpoint.writes
+        if self.call.retry is None:  # kept only for another try (retries.py)
+            self.frame = None  # type: ignore[assignment]
         if oneway:  # nothing comes back, nothing is kept for it
             self.request_id = 0
+
+    def replayable(self) -> bool:
+        return self.frame is not None
+
+    def again(self, timeout_ms: int) -> BoltUpstream:
+        """A fresh leg for another try of the same request, with what is left of its timeout."""
+        self.cancel()
+        return BoltUpstream(self.call, _with_timeout(self.frame, timeout_ms), self.translated)
 
     def cancel(self) -> None:
         """Give up the request: a late response is dropped, and on a peer link the other gateway is told."""
@@ -162,14 +174,27 @@ class BoltUpstream:
             return
         down = call.down
         assert isinstance(down, BoltDownstream)
+        if call.retry is not None and frame.header:
+            try:
+                status, unprocessed = bolt.header_values(frame.header, _RETRY_KEYS)
+            except bolt.BoltProtocolError:
+                status = unprocessed = None  # (relay_response reports it)
+            if status == b"UNAVAILABLE" and call.unavailable_answer("the upstream answered UNAVAILABLE",
+                                                                    unprocessed == b"1"):
+                return
         call.answered(down.relay_response(frame))
 
     def on_connection_lost(self, reason: str) -> None:
         self.request_id = 0
-        self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}")
+        endpoint = self.endpoint
+        unprocessed = endpoint is not None and endpoint.unwritten(self.mark)
+        self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}",
+                                  unprocessed=unprocessed)
 
 
 _RESPONSE_KEYS = bolt.HeaderKeys((link_headers.STATUS, RESPONSE_ERROR))
+_RETRY_KEYS = bolt.HeaderKeys((link_headers.STATUS, link_headers.UNPROCESSED))  # a gateway's refusal, and whether
+#                                                                                 it came before forwarding
 _SUCCESS = bolt.ResponseStatus.SUCCESS
 
 
@@ -224,6 +249,10 @@ def _restamped(request: bolt.BoltFrame, header: bytes, timeout_ms: int) -> bolt.
         bolt.PROTO_V1, request.type, request.cmdcode, request.request_id, request.codec, 0, request.ver2, 0,
         timeout_ms, request.status, request.class_name, header, request.content, False, None,
     )
+
+
+def _with_timeout(frame: bolt.BoltFrame, timeout_ms: int) -> bolt.BoltFrame:
+    return _restamped(frame, frame.header, timeout_ms)
 
 
 def _answer_as_request(response: bolt.BoltFrame, request: bolt.BoltFrame) -> bytes:

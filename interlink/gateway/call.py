@@ -10,10 +10,12 @@
         codec      passthrough, or translation when the export's providers speak the other protocol (a
                    Triple request is then collected whole first: forward waits for request_complete)
         forward    build the upstream request (stamping identity, the mark, and our traceparent last), choose
-                   an upstream connection (the caller's fair share of it; shadow providers for marked calls),
-                   open the upstream leg
+                   an upstream connection (the routing stages of its export, the caller's fair share of it;
+                   shadow providers for marked calls), open the upstream leg
     ... the legs carry the rest (h2legs.py, boltlegs.py) and report the outcome:
         answered / reply / fail / upstream_failed / caller_gone / deadline_passed
+       (a failed try that certainly reached no upstream, or an idempotent one, may go again to another:
+        retried, gateway/retries.py)
     -> _finish, exactly once: status, access line, metrics, span (when sampled and exported), filters' end
        hooks, timer cleared, upstream released, both legs released.
 
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import structlog
 import trio
 
-from interlink.gateway import translation
+from interlink.gateway import retries, translation
 from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_frame
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import Filter, FilterChains
@@ -48,13 +50,14 @@ from interlink.wire import bolt, bolt_call, grpc, link_headers, message_link, tr
 
 if TYPE_CHECKING:
     from broker_adapters.base import Broker
-    from interlink.config import MessagingConfig
+    from interlink.config import MessagingConfig, RetryConfig
     from interlink.net.boltlink import BoltEndpoint
     from interlink.net.h2link import H2Endpoint, Headers
     from interlink.net.otlp import SpanExporter
 
 access_log = structlog.get_logger("interlink.access")
 audit_log = structlog.get_logger("interlink.audit")
+log = structlog.get_logger("interlink.gateway")
 
 Downstream = Union[H2Downstream, BoltDownstream]
 Upstream = Union[H2Upstream, BoltUpstream, BrokerPublish]
@@ -113,6 +116,7 @@ class CallCore:
         self.order_guard = OrderGuard()
         self._stored_waiters: dict[str, StoreWaiter] = {}  # per destination stream (from the site file)
         self.limits = CallLimits()  # calls in flight per service, token buckets (kept across reloads)
+        self.retry_budgets = retries.RetryBudgets()  # per service with a retry policy (kept across reloads)
         self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
@@ -202,7 +206,7 @@ class GatewayCall:
         "core", "ingress", "down", "up", "snapshot", "chain", "caller_site", "caller_app", "service", "method", "authority", "route",
         "log_fields", "deadline", "started", "state", "serialize", "upstream_name", "_group", "_timer",
         "_answer", "_authorized", "trace_id", "span_id", "parent_span_id", "trace_flags", "loadtest", "holds_slot",
-        "_connection",
+        "_connection", "retry", "attempts", "_reached", "_wants",
     )
 
     def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
@@ -236,6 +240,10 @@ class GatewayCall:
         self.trace_flags = tracecontext.SAMPLED
         self.loadtest = False  # marked as load-test traffic
         self.holds_slot = False  # counted in its service's max_in_flight (gateway/limits.py)
+        self.retry: RetryConfig | None = None  # its route's retry policy (gateway/retries.py), once forwarded
+        self.attempts = 1  # tries so far
+        self._reached = False  # an earlier try may have reached an upstream (it failed after being sent)
+        self._wants: tuple | None = None  # (router, what the call wants of its stages): read once (Router.wants)
         down.attach(self)
 
     @property
@@ -395,22 +403,30 @@ class GatewayCall:
         if isinstance(route, MessageExportRoute):
             self._publish(route)
             return
+        assert route is not None
+        retry = self.retry = route.retry
+        if retry is not None:
+            self.core.retry_budgets.of(self.ingress.value, route.service).called(now)
+        group, authority = self._upstream_group(route)
         if isinstance(route, ImportRoute):
-            group, authority = self._peer_site(route)
             stamps = self._stamps(to_peer=True)
             self.up = self._passthrough(stamps, now, authority)
         else:
-            assert route is not None
-            shadow = route.shadow_pool_key if self.loadtest else None  # never for an unmarked call
-            group = self.core.provider_group(shadow or route.pool_key)
-            if shadow is not None:
-                self.upstream_name = self.log_fields["upstream"] = f"shadow providers of {self.service}"
             stamps = self._stamps(to_peer=False)
             self.up = (self._passthrough(stamps, now, None) if route.protocol == down.protocol
                        else self._translate(route, stamps, now))
-        if isinstance(down, BoltDownstream):
-            down.forwarded()
         self._choose_upstream(group, now)
+        if isinstance(down, BoltDownstream):
+            down.forwarded()  # (after the choice: routing stages may read the caller's header map)
+
+    def _upstream_group(self, route: ImportRoute | ExportRoute) -> tuple[PoolGroup | None, bytes | None]:
+        """The pools the call goes to, and (an import) the access domain of the site they reach."""
+        if isinstance(route, ImportRoute):
+            return self._peer_site(route)
+        shadow = route.shadow_pool_key if self.loadtest else None  # never for an unmarked call
+        if shadow is not None:
+            self.upstream_name = self.log_fields["upstream"] = f"shadow providers of {self.service}"
+        return self.core.provider_group(shadow or route.pool_key), None
 
     def _peer_site(self, route: ImportRoute) -> tuple[PoolGroup | None, bytes]:
         """Where an import's call goes: its first site, unless no link to it is up and a later site of its
@@ -446,13 +462,14 @@ class GatewayCall:
         stamps = link_headers.identity_stamps(self.caller_site, self.caller_app, to_peer=to_peer)
         stamps.append((link_headers.LOADTEST, b"1" if self.loadtest else None))
         head = self.down.head
-        if to_peer and isinstance(head, grpc.RequestHead) and (head.target_zone or head.unit):
-            # the caller's routing hints, for the providers' gateway (net/pool.py Router)
-            if head.target_zone:
-                stamps.append((link_headers.TARGET_ZONE, head.target_zone.encode()))
-            if head.unit:
-                stamps.append((link_headers.UNIT, head.unit.encode()))
-        if not to_peer:
+        if to_peer:  # the caller's routing hints, for the providers' gateway (net/pool.py Router)
+            zone = head.target_zone  # type: ignore[union-attr]
+            unit = head.unit if self.snapshot.config.unit_rule is None else self._unit()  # type: ignore[union-attr]
+            if zone:
+                stamps.append((link_headers.TARGET_ZONE, zone.encode()))
+            if unit:
+                stamps.append((link_headers.UNIT, unit.encode()))
+        else:
             route: ExportRoute = self.route  # type: ignore[assignment]
             head = self.down.head
             if self.loadtest and head.sys_baggage is None:  # type: ignore[union-attr]
@@ -479,7 +496,7 @@ class GatewayCall:
                 head, scheme=b"https" if to_peer else b"http", authority=authority if to_peer else head.authority,
                 timeout=_remaining(self.deadline, now), stamps=[(k, v) for k, v in stamps if v is not None],
             )
-            up = H2Upstream(self, headers)
+            up = H2Upstream(self, headers, replay=self.retry is not None)
             up.source, down.source = down, up
             if down.caller_ended:
                 up.out.end = True
@@ -505,20 +522,23 @@ class GatewayCall:
             return BoltUpstream(self, frame, translated=True)
         timeout = _remaining(self.deadline, now)
         headers, message, self.serialize = translation.triple_request(call, route, stamps, timeout)
-        return H2Upstream(self, headers, message)
+        return H2Upstream(self, headers, message, replay=self.retry is not None)
 
-    def _choose_upstream(self, group: PoolGroup | None, now: float) -> None:
-        """The least-loaded usable connection of `group`. Full -> RESOURCE_EXHAUSTED; down -> UNAVAILABLE at
-        once; never connected yet but connecting (a gateway that just started) -> wait for that first
-        connection, within the deadline."""
+    def _choose_upstream(self, group: PoolGroup | None, now: float, avoid: object = None) -> None:
+        """The least-loaded usable connection of `group` (another pool than `avoid` when there is one: a retry).
+        Full -> RESOURCE_EXHAUSTED; down -> UNAVAILABLE at once; never connected yet but connecting (a gateway
+        that just started) -> wait for that first connection, within the deadline."""
         if group is None or not group.pools:
             raise Refusal(Status.UNAVAILABLE, "no upstream is configured for it" if group is None
                           else f"{group.name}: none is known (none configured, or the registry lists none)")
         if self.deadline <= now:
             raise Refusal(Status.DEADLINE_EXCEEDED, "the deadline passed before the call could be forwarded")
-        upstream = group.pick() if group.router is None else self._routed_pick(group)
+        upstream = group.pick(avoid) if group.router is None else self._routed_pick(group, avoid)
         if upstream is not None:
             self._dispatch(group, upstream)
+        elif group.waking and self.core.nursery is not None:  # a provider closed for idleness is being dialled
+            self.state = WAITING
+            self.core.nursery.start_soon(self._when_ready, group)
         elif group.up:
             trips.trip(trips.UPSTREAM_FULL)
             raise Refusal(Status.RESOURCE_EXHAUSTED,
@@ -529,10 +549,44 @@ class GatewayCall:
         else:
             raise Refusal(Status.UNAVAILABLE, f"{group.name} is unreachable: {group.last_error}")
 
-    def _routed_pick(self, group: PoolGroup) -> object:
-        """The export's routing stages choose (net/pool.py Router), with the zone and unit the call names."""
+    def _routed_pick(self, group: PoolGroup, avoid: object = None) -> object:
+        """The export's routing stages choose (net/pool.py Router) by what the call wants of them: its zone, its
+        unit, its headers — read once (a retry or a reload's new stages read them again only if they can)."""
+        router = group.router
+        wants = self._wants
+        if wants is None or wants[0] is not router:
+            head = self.down.head
+            header = self._header if router.headers else None
+            unit = head.unit if self.snapshot.config.unit_rule is None else self._unit()  # type: ignore[union-attr]
+            wants = self._wants = (router, router.wants(head.target_zone, unit, header))  # type: ignore[union-attr]
+        return group.pick_routed(wants[1], avoid)
+
+    def _unit(self) -> str | None:
+        """The caller's unit: x-interlink-unit, else the one its user id falls in (the site's unit_rule)."""
         head = self.down.head
-        return group.pick_routed(getattr(head, "target_zone", None), getattr(head, "unit", None))
+        unit = head.unit  # type: ignore[union-attr]
+        rule = self.snapshot.config.unit_rule
+        if unit is None and rule is not None:
+            uid = self._header(rule.header)
+            unit = rule.unit_of(uid.encode()) if uid else None
+        return unit
+
+    def _header(self, name: str) -> str | None:
+        """A caller's header (gRPC metadata, or a Bolt header map key) by lower-case name, for the routing stages."""
+        down = self.down
+        key = name.encode()
+        if isinstance(down, H2Downstream):
+            for item, value in down.head.metadata:  # type: ignore[union-attr]
+                if item == key:
+                    return value.decode("ascii", "replace")
+            return None
+        header = down.request.header
+        value = bolt.header_get(header, key) if header else None
+        if value is not None:
+            return value.decode("utf-8", "replace")
+        props = bolt_call.request_props(down.request, down.head)  # type: ignore[arg-type]  (sofa-rpc-node: only there)
+        prop = props.get(name) if props is not None else None
+        return prop if isinstance(prop, str) else None
 
     async def _when_ready(self, group: PoolGroup) -> None:
         with trio.move_on_at(min(self.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
@@ -588,6 +642,9 @@ class GatewayCall:
         """A translated call's answer, from the upstream leg."""
         if self.state is DONE:
             return
+        if reply.status is Status.UNAVAILABLE and self.retry is not None and \
+                self.retried("UNAVAILABLE", reply.message, unprocessed=False):
+            return
         down = self.down
         if isinstance(down, H2Downstream):
             status = Status.INTERNAL if reply.status == Status.OK and reply.payload is None else reply.status
@@ -607,12 +664,66 @@ class GatewayCall:
             self.up.cancel()
         if not self._authorized:  # every refusal on the peer port is audited
             self.core.audit("deny", self.log_fields, message, kind or status.name.lower())
-        self.down.answer_error(Refusal(status, message, http_status))
+        # Refused before any upstream could have seen it: the caller's gateway may try another of ours.
+        unprocessed = status is Status.UNAVAILABLE and (self.state is ADMITTED or self.state is WAITING) \
+            and not self._reached
+        self.down.answer_error(Refusal(status, message, http_status), unprocessed)
         self._finish(status.name, message)
 
-    def upstream_failed(self, status: Status, message: str) -> None:
-        """The upstream leg ended under the call (reset, connection lost): the caller gets the error."""
+    def upstream_failed(self, status: Status, message: str, unprocessed: bool = False) -> None:
+        """The upstream leg ended under the call (reset, connection lost): tried again elsewhere when it may be
+        (`unprocessed`: the upstream certainly never saw it; gateway/retries.py), else the caller gets the error."""
+        if self.retry is not None and self.retried(status.name, message, unprocessed):
+            return
         self.fail(status, message)
+
+    def unavailable_answer(self, message: str, refused_unprocessed: bool) -> bool:
+        """The upstream answered UNAVAILABLE (nothing relayed yet): True when the call was sent again instead.
+        `refused_unprocessed`: the answer says it was refused before forwarding (link_headers.UNPROCESSED),
+        believed only from a peer gateway (our imports' upstream), never from a provider."""
+        return self.retried("UNAVAILABLE", message, refused_unprocessed and self.ingress is LOCAL)
+
+    def retried(self, status: str, message: str, unprocessed: bool) -> bool:
+        """Send the call again, to another upstream of its group, if it may go (gateway/retries.py): True when
+        it went (or failed for good on the way: no upstream left); False leaves the outcome to the caller."""
+        policy, up, route = self.retry, self.up, self.route
+        if (self.state is not FORWARDED or policy is None or up is None or isinstance(up, BrokerPublish)
+                or not retries.may_retry(policy, self.attempts, status, unprocessed, self.method)
+                or not up.replayable()):
+            return False
+        now = trio.current_time()
+        if self.deadline - now < retries.MIN_TIME_LEFT:
+            return False
+        core = self.core
+        if not core.retry_budgets.of(self.ingress.value, route.service).spend(now, policy.budget_percent):  # type: ignore[union-attr]
+            retries.over_budget(self.service, self.upstream_name)
+            return False
+        group, connection = self._group, self._connection
+        avoid = getattr(connection, "attributes", {}).get("pool")
+        if group is not None:  # the failed try gives back its slot and counts against its upstream
+            if group.outliers is not None:
+                group.outcome(connection, True)  # type: ignore[arg-type]
+            group.release(self.down.endpoint)
+            self._group = self._connection = None
+        why = "unprocessed" if unprocessed else "idempotent"
+        self._reached |= not unprocessed
+        self.attempts += 1
+        fields = self.log_fields
+        fields["attempts"] = self.attempts
+        core.metrics.retried(fields["ingress"], self.service, why)  # type: ignore[arg-type]
+        log.info("call.retried", service=self.service, method=self.method, upstream=self.upstream_name, why=why,
+                 error=message, attempt=self.attempts, trace_id=self.trace_id)
+        self.state = ADMITTED
+        try:
+            group, authority = self._upstream_group(route)  # type: ignore[arg-type]
+            if isinstance(up, BoltUpstream):
+                self.up = up.again(_remaining_ms(self.deadline, now))
+            else:
+                self.up = up.again(_retimed(up.headers, authority, _remaining(self.deadline, now)))
+            self._choose_upstream(group, now, avoid)
+        except Refusal as refusal:
+            self.fail(refusal.status, refusal.message, refusal.http_status, refusal.kind)
+        return True
 
     def caller_gone(self, reason: str) -> None:
         """The caller reset its stream, or its connection ended: drop the call upstream, answer nothing."""
@@ -689,6 +800,19 @@ _UPSTREAM_FAILURES = frozenset({
 _NEUTRAL = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "TIMEOUT"})
 # Where providers of each protocol read SOFATracer system baggage.
 _SYS_BAGGAGE_KEY = {"triple": tracecontext.TRIPLE_SYS_BAGGAGE, "bolt": SYS_BAGGAGE.encode()}
+
+
+def _retimed(headers: Headers, authority: bytes | None, timeout: float | None) -> Headers:
+    """A request's HEADERS for another try: the time left as its grpc-timeout, and (an import failing over to
+    another site) that site's access domain as its :authority."""
+    retimed = []
+    for name, value in headers:
+        if name == b"grpc-timeout" and timeout is not None:
+            value = grpc.format_timeout(timeout)
+        elif name == b":authority" and authority is not None:
+            value = authority
+        retimed.append((name, value))
+    return retimed
 
 
 def _remaining(deadline: float, now: float) -> float | None:

@@ -481,7 +481,8 @@ class Gateway:
                 name=f"provider:{address}", policy=self.limits.outbound_policy,
             )
 
-        return ConnectionPool(f"provider {address}", connect, size=connections, table=self.connections)
+        return ConnectionPool(f"provider {address}", connect, size=connections, table=self.connections,
+                              idle_timeout=self.config.limits.provider_idle_timeout)
 
     def _bolt_provider_pool(self, address: HostPort, connections: int) -> ConnectionPool:
         async def connect() -> BoltEndpoint:
@@ -494,7 +495,7 @@ class Gateway:
         # Heartbeat idle provider connections every 15 s, as Java Bolt clients do (servers close at 90 s).
         return ConnectionPool(
             f"provider {address}", connect, size=connections, keepalive_interval=15.0, keepalive_timeout=3.0,
-            table=self.connections,
+            table=self.connections, idle_timeout=self.config.limits.provider_idle_timeout,
         )
 
 

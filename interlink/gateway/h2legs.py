@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING
 
+from interlink.gateway.retries import REPLAY_LIMIT
 from interlink.model import Call, PayloadKind, Refusal, Reply, Status
 from interlink.net.h2link import H2Endpoint, Headers
 from interlink.routes import ExportRoute
 from interlink.wire import grpc, h2conn, triple_call
+from interlink.wire.link_headers import UNPROCESSED
 
 if TYPE_CHECKING:
     from interlink.gateway.call import GatewayCall
@@ -210,6 +212,8 @@ class H2Downstream(H2Leg):
             self.caller_ended = True
         up = call.up
         if isinstance(up, H2Upstream):
+            if up.replay is not None:
+                up.keep(data)
             up.queue(data, flow_length, end_stream)
             if up.endpoint is not None:
                 up.forward_request()
@@ -277,8 +281,9 @@ class H2Downstream(H2Leg):
         self.out.end = True
         return self.pump()
 
-    def answer_error(self, refusal: Refusal) -> None:
-        """A gateway-made error: trailers after a started response, else Trailers-Only."""
+    def answer_error(self, refusal: Refusal, unprocessed: bool = False) -> None:
+        """A gateway-made error: trailers after a started response, else Trailers-Only (`unprocessed`: refused
+        before any provider saw it, link_headers.UNPROCESSED)."""
         self.discard()
         endpoint = self.endpoint
         assert endpoint is not None
@@ -286,9 +291,10 @@ class H2Downstream(H2Leg):
             endpoint.send_headers(self.sid, grpc.status_trailers(refusal.status, refusal.message), end_stream=True)
         else:
             self.response_started = True
-            endpoint.send_headers(
-                self.sid, grpc.trailers_only(refusal.status, refusal.message, refusal.http_status), end_stream=True
-            )
+            headers = grpc.trailers_only(refusal.status, refusal.message, refusal.http_status)
+            if unprocessed:
+                headers.append((UNPROCESSED, b"1"))
+            endpoint.send_headers(self.sid, headers, end_stream=True)
 
     def release(self, caller_alive: bool) -> None:
         """The call is over: the stream is forgotten; a caller still sending is told to stop (RFC 9113 8.1)."""
@@ -306,18 +312,54 @@ class H2Upstream(H2Leg):
     """A stream the gateway opens to a peer gateway or a provider. Relays the response to an HTTP/2
     caller, or collects it into a `Reply` for a Bolt caller."""
 
-    __slots__ = ("headers", "request_done", "response_head")
+    __slots__ = ("headers", "request_done", "response_head", "message", "replay", "replay_bytes")
 
-    def __init__(self, call: GatewayCall, headers: Headers, message: bytes | None = None) -> None:
-        """`message`: the one request message of a translated call (then the response is collected)."""
+    def __init__(self, call: GatewayCall, headers: Headers, message: bytes | None = None, replay: bool = False) -> None:
+        """`message`: the one request message of a translated call (then the response is collected);
+        `replay`: keep the request's bytes so that it can be sent again (the call may be retried)."""
         super().__init__(call, None, 0)
         self.headers = headers
         self.request_done = False  # END_STREAM sent upstream
         self.response_head: Headers | None = None
+        self.message = message if replay else None
+        self.replay: list[bytes] | None = [] if replay and message is None else None  # DATA queued so far
+        self.replay_bytes = 0
         if message is not None:
             self.collector = _Collector()
             self.out.chunks.append([message, 0])
             self.out.end = True
+
+    def keep(self, data: bytes) -> None:
+        """Request bytes that may have to be sent again (a retry); beyond REPLAY_LIMIT the call is not retried."""
+        self.replay_bytes += len(data)
+        if self.replay_bytes > REPLAY_LIMIT:
+            self.replay = None
+        else:
+            self.replay.append(data)  # type: ignore[union-attr]
+
+    def replayable(self) -> bool:
+        """The request can be sent again whole (retries.py): kept, nothing of the answer relayed, and a streaming
+        request only when it has ended or sent nothing yet."""
+        if self.message is not None:
+            return True
+        down = self.call.down  # type: ignore[union-attr]
+        return (self.replay is not None and not down.response_started  # type: ignore[union-attr]
+                and (down.caller_ended or not self.replay))  # type: ignore[union-attr]
+
+    def again(self, headers: Headers) -> H2Upstream:
+        """A fresh leg for another try of the same request (`headers` with what changed: authority, timeout)."""
+        call = self.call
+        assert call is not None
+        self.release()
+        if self.message is not None:
+            return H2Upstream(call, headers, self.message, replay=True)
+        leg = H2Upstream(call, headers, replay=True)
+        down = call.down
+        leg.replay, leg.replay_bytes = self.replay, self.replay_bytes
+        leg.out.chunks.extend([data, 0] for data in self.replay)  # type: ignore[union-attr]  (acknowledged already)
+        leg.out.end = down.caller_ended  # type: ignore[union-attr]
+        leg.source, down.source = down, leg  # type: ignore[union-attr]
+        return leg
 
     def open(self, endpoint: H2Endpoint) -> None:
         """Open the stream; request bytes that arrived before follow at once."""
@@ -369,8 +411,11 @@ class H2Upstream(H2Leg):
         assert isinstance(down, H2Downstream)
         if not down.response_started:
             if end_stream:  # Trailers-Only
-                down.relay_trailers_only(headers)
                 status = grpc.status_of(headers)
+                if status is Status.UNAVAILABLE and call.retry is not None and \
+                        call.unavailable_answer("the upstream answered UNAVAILABLE", _unprocessed(headers)):
+                    return
+                down.relay_trailers_only(headers)
                 call.answered(Status.UNKNOWN if status is None else status)
                 return
             down.relay_response_head(headers)
@@ -406,7 +451,8 @@ class H2Upstream(H2Leg):
     def on_reset(self, error_code: int) -> None:
         self.sid = 0  # nothing to reset or detach any more
         self.call.upstream_failed(  # type: ignore[union-attr]
-            grpc.status_of_reset(error_code), f"upstream reset the stream ({h2conn.error_name(error_code)})"
+            grpc.status_of_reset(error_code), f"upstream reset the stream ({h2conn.error_name(error_code)})",
+            unprocessed=error_code == h2conn.REFUSED_STREAM,  # refused before any processing (RFC 9113 8.7)
         )
 
     def on_writable(self) -> None:
@@ -414,9 +460,13 @@ class H2Upstream(H2Leg):
             self.forward_request()
 
     def on_connection_lost(self, reason: str) -> None:
+        endpoint, sid = self.endpoint, self.sid
         self.endpoint = None  # the connection is gone: nothing to reset or detach
-        self.out.chunks.clear()
-        self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}")  # type: ignore[union-attr]
+        self.sid = 0
+        unprocessed = endpoint is not None and sid != 0 and endpoint.unprocessed(sid)
+        call = self.call
+        call.upstream_failed(Status.UNAVAILABLE, f"connection to {call.upstream_name} lost: {reason}",  # type: ignore[union-attr]
+                             unprocessed=unprocessed)
 
     # --- a response collected for a Bolt caller -----------------------------------------------------------
 
@@ -439,3 +489,8 @@ class H2Upstream(H2Leg):
         else:
             reply = triple_call.reply_from_triple(self.response_head, messages, headers, call.serialize)
         call.reply(reply)
+
+
+def _unprocessed(headers: Headers) -> bool:
+    """A gateway's refusal made before it forwarded the call (link_headers.UNPROCESSED)."""
+    return (UNPROCESSED, b"1") in headers

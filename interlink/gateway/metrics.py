@@ -53,6 +53,7 @@ class CallMetrics:
         self.calls: dict[CallLabels, list[float]] = {}
         self._cells: dict[tuple, list[float]] = {}  # what callers sent -> its (bounded) cell
         self.audit: dict[tuple[str, str, str], int] = {}  # (peer_site, decision, reason) -> count
+        self.retries: dict[tuple[str, str, str], int] = {}  # (ingress, service, why) -> retries made
         self.denials: deque[Denial] = deque(maxlen=DENIALS_KEPT)
         self._services: frozenset[str] = frozenset()
         self._peers: frozenset[str] = frozenset()
@@ -103,6 +104,11 @@ class CallMetrics:
         """One audit decision (`reason` is a label from a fixed set: the refusal's kind, or "" when allowed)."""
         key = (peer if peer in self._peers else OTHER if peer else "", decision, reason)
         self.audit[key] = self.audit.get(key, 0) + 1
+
+    def retried(self, ingress: str, service: str, why: str) -> None:
+        """One retry (`why`: unprocessed | idempotent); the service label is bounded like a call's."""
+        key = (ingress, service if service in self._services else OTHER, why)
+        self.retries[key] = self.retries.get(key, 0) + 1
 
     def denied(self, peer: object, caller_app: object, service: object, reason: str) -> None:
         self.denials.append(Denial(time.time(), _text(peer), _text(caller_app), _text(service), reason))

@@ -88,7 +88,7 @@ class BoltEndpoint(Connection):
 
     __slots__ = (
         "streams", "calls", "inbound", "link", "max_pending", "_on_request", "_on_refused", "_decoder", "_partial_budget",
-        "_out", "_next_id", "_readable"
+        "_out", "_next_id", "_readable", "writes", "_handed"
     )
 
     probe_name = "heartbeat"
@@ -120,6 +120,8 @@ class BoltEndpoint(Connection):
         self._out: list[bytes] = []
         self._next_id = 0
         self._readable = trio.Event()
+        self.writes = 0  # frames queued so far; those after `_handed` never reached the transport (unwritten)
+        self._handed = 0
 
     # --- state -------------------------------------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class BoltEndpoint(Connection):
 
     def write(self, data: bytes) -> None:
         if not self.closed:
+            self.writes += 1
             self._out.append(data)
             self._flush_queue.add(self)  # sent once this read batch (or timer) is done
 
@@ -190,10 +193,21 @@ class BoltEndpoint(Connection):
         peer link the other gateway is told, so that it drops the call too."""
         if self.streams.pop(request_id, None) is not None and self.link and not self.closed:
             self.write(bolt_call.cancel_frame(request_id))
-        if self.draining and not self.streams:
-            self._close_if_done()
+        if not self.streams:
+            self.idle_since = trio.current_time()
+            if self.draining:
+                self._close_if_done()
+
+    def unwritten(self, mark: int) -> bool:
+        """The frame queued as write number `mark` never reached the transport (its connection was lost first):
+        the remote side cannot have processed it."""
+        return mark > self._handed
+
+    def _hand_all(self) -> None:
+        self._handed = self.writes
 
     def _pending_output(self) -> bytes:
+        self._handed = self.writes
         if not self._out:
             return b""
         data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
@@ -283,8 +297,10 @@ class BoltEndpoint(Connection):
                     log.debug("bolt.orphan_response", endpoint=self.name, request_id=frame.request_id)
                     return
                 call.on_response(frame)
-                if self.draining and not self.streams:
-                    self._close_if_done()
+                if not self.streams:
+                    self.idle_since = trio.current_time()  # (a pool's idle timeout counts from here)
+                    if self.draining:
+                        self._close_if_done()
             elif self._on_request is not None:
                 self._admit(frame)
         except Exception:  # a bug in one call must not take the connection (and every other call) down
@@ -304,7 +320,8 @@ class BoltEndpoint(Connection):
         if status is Status.RESOURCE_EXHAUSTED:
             trips.trip(trips.BOLT_PENDING_CALLS)
         if not frame.is_oneway:
-            self.write(bolt.encode(bolt_call.error_frame(frame, status, f"interlink {status.name}: {reason}")))
+            self.write(bolt.encode(bolt_call.error_frame(frame, status, f"interlink {status.name}: {reason}",
+                                                         unprocessed=status is Status.UNAVAILABLE)))
         if self._on_refused is not None:
             self._on_refused(self, frame.request_id, status, reason)
 

@@ -247,12 +247,16 @@ class Connection:
 
     # --- ending -----------------------------------------------------------------------------------------
 
+    def _hand_all(self) -> None:
+        """What is queued now will be handed to the transport (close): none of it counts as never sent."""
+
     def close(self, reason: str) -> None:
         """Close now: open calls fail, what they and we queued is handed to the transport (best effort),
         and the transport closes (waking the reader)."""
         if self.closed:
             return
         self.close_reason = reason
+        self._hand_all()
         self._lost(reason)
         self._flush_queue.flush()
         data = self._pending_output()

@@ -85,7 +85,7 @@ class H2Endpoint(Connection):
     __slots__ = (
         "client_side", "settings", "conn", "streams", "max_concurrent_streams", "_on_request",
         "_on_refused", "_close_when_flushed", "_goaway_final", "_gone", "_sent", "_unanswered",
-        "streams_opened", "premature_resets",
+        "streams_opened", "premature_resets", "_handed", "_goaway_last",
     )
 
     probe_name = "PING"
@@ -128,6 +128,10 @@ class H2Endpoint(Connection):
         self._unanswered: dict[int, float] = {}  # stream -> when it opened, until response headers went out
         self.streams_opened = 0
         self.premature_resets = 0
+        # Whether the remote side can have seen a stream of ours (unprocessed): the last one whose HEADERS were
+        # handed to the transport, and the last stream id of a GOAWAY it sent.
+        self._handed = 0
+        self._goaway_last = 0x7FFFFFFF
 
     # --- state -----------------------------------------------------------------------------------------
 
@@ -323,7 +327,17 @@ class H2Endpoint(Connection):
             self.close(self.close_reason or "drained")
 
     def _pending_output(self) -> bytes:
+        self._handed = self.conn.next_local - 2
         return self.conn.take_output()
+
+    def _hand_all(self) -> None:
+        self._handed = self.conn.next_local - 2
+
+    def unprocessed(self, stream_id: int) -> bool:
+        """Stream `stream_id` of ours was certainly not processed by the remote side (safe to send elsewhere):
+        its HEADERS never left this gateway (the connection was lost first), or it is above the last stream id
+        of the remote side's GOAWAY (RFC 9113 6.8)."""
+        return stream_id > self._handed or stream_id > self._goaway_last
 
     def _resume(self) -> None:
         self._all_writable()
@@ -489,6 +503,7 @@ class H2Endpoint(Connection):
             self._call(handler.on_writable, stream_id=stream_id)
 
     def _on_goaway(self, error_code: int, last: int) -> None:
+        self._goaway_last = min(self._goaway_last, last)
         self.draining = True
         self._goaway_final = True
         reason = f"the remote side sent GOAWAY ({h2conn.error_name(error_code)})"

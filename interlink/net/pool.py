@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Hashable, Protocol
 import structlog
 import trio
 
-from interlink.config import ProviderTags
+from interlink.config import HeaderStage, ProviderTags
 from interlink.net import trips
 
 if TYPE_CHECKING:
@@ -37,6 +37,10 @@ class PooledConnection(Protocol):
     name: str
     streams: dict
     close_reason: str
+    idle_since: float  # when its last call ended
+
+    @property
+    def in_flight(self) -> int: ...
 
     @property
     def usable(self) -> bool: ...
@@ -68,7 +72,10 @@ class ConnectionPool:
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         table: ConnectionTable | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
+        """`idle_timeout`: a connection that carried no call for that long is closed, and its slot stays dormant
+        until a call needs it (providers: limits.provider_idle_timeout_ms); None keeps connections up."""
         self.name = name
         self.size = size
         self.endpoints: list[PooledConnection] = []
@@ -88,18 +95,40 @@ class ConnectionPool:
         self._nursery: trio.Nursery | None = None
         self._recycled: set[int] = set()  # ids of endpoints replaced by `recycle`: their slot loop ends
         self.retired = False  # set when nobody routes here any more: slots stop reconnecting
+        self.idle_timeout = idle_timeout
+        self.dormant = 0  # slots closed for idleness, waiting for a call to need them
+        self.waking = False  # a call needed a dormant pool: its connection is being made
+        self._idled: dict[int, trio.Event] = {}  # endpoints closed for idleness -> what wakes their slot
+        self._wake = trio.Event()
 
     def pick(self) -> PooledConnection | None:
-        """The least-loaded connection with room for one more stream, or None."""
+        """The least-loaded connection with room for one more stream, or None (then a dormant pool wakes up:
+        the call waits for it, `PoolGroup.waking`)."""
         best: PooledConnection | None = None
         for endpoint in self.endpoints:
             if endpoint.has_capacity() and (best is None or len(endpoint.streams) < len(best.streams)):
                 best = endpoint
+        if best is None and self.dormant:
+            self._wake_up()
         return best
 
     @property
     def up(self) -> bool:
-        return any(endpoint.usable for endpoint in self.endpoints)
+        """A connection is usable, or the pool is dormant or waking (closed for idleness: presumed reachable)."""
+        if self.waking or self.dormant:
+            return True
+        for endpoint in self.endpoints:  # (a loop: asked for every routed call)
+            if endpoint.usable:
+                return True
+        return False
+
+    def _wake_up(self) -> None:
+        log.info("pool.waking", pool=self.name, slots=self.dormant)
+        self.connecting += self.dormant  # their attempts, counted before their loops run
+        self.dormant = 0
+        self.waking = True
+        wake, self._wake = self._wake, trio.Event()
+        wake.set()
 
     async def wait_ready(self) -> None:
         while not self.up:
@@ -143,6 +172,11 @@ class ConnectionPool:
             if id(endpoint) in self._recycled:
                 self._recycled.discard(id(endpoint))
                 return  # its replacement has its own loop
+            wake = self._idled.pop(id(endpoint), None)
+            if wake is not None:  # dormant until a call needs this pool again
+                await wake.wait()
+                counted, delay = True, initial
+                continue
             if trio.current_time() - connected_at >= STABLE_AFTER:
                 delay = initial  # a connection that lived is replaced at once
             else:  # one that ends as soon as it is made (refused after TLS, a crash-looping provider): back off
@@ -165,6 +199,7 @@ class ConnectionPool:
             return endpoint
         finally:
             self.connecting -= 1
+            self.waking = False
         # One warning per distinct reason, not one per retry.
         if self.last_error != self._logged_error:
             self._logged_error = self.last_error
@@ -184,6 +219,8 @@ class ConnectionPool:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(endpoint.keepalive, *self._keepalive)
+                if self.idle_timeout is not None:
+                    nursery.start_soon(self._close_when_idle, endpoint, self.idle_timeout)
                 self._ready.set()
                 self._ready = trio.Event()
                 await endpoint.run()
@@ -193,6 +230,23 @@ class ConnectionPool:
             if self._table is not None:
                 self._table.discard(endpoint)  # type: ignore[arg-type]
             self.last_error = endpoint.close_reason or "connection closed"
+
+
+    async def _close_when_idle(self, endpoint: PooledConnection, timeout: float) -> None:
+        """Retire `endpoint` once it has carried no call for `timeout` (its slot then sleeps: `dormant`)."""
+        while True:
+            now = trio.current_time()
+            if endpoint.in_flight:
+                await trio.sleep(timeout)
+                continue
+            idle = now - endpoint.idle_since
+            if idle >= timeout:
+                break
+            await trio.sleep(timeout - idle)
+        self._idled[id(endpoint)] = self._wake  # (a call that comes while it closes wakes the slot at once)
+        self.dormant += 1
+        log.info("pool.idle_closed", pool=self.name, endpoint=endpoint.name, seconds=timeout)
+        endpoint.retire(f"no call for {timeout:g}s (idle timeout)")
 
 
 class Outliers:
@@ -241,6 +295,7 @@ class Outliers:
 
 
 UNTAGGED = ProviderTags()
+ROUTES_KEPT = 256  # remembered routing results per group (and wants per router); beyond, they start afresh
 
 
 class Router:
@@ -248,31 +303,64 @@ class Router:
     to none (a stage that would leave none is skipped: the next fallback is the wider set):
 
         target_zone   the zone the call names (x-interlink-target-zone)
-        unit          the unit the call names (x-interlink-unit), else this gateway's unit
+        unit          the unit the call names (x-interlink-unit, or its user id by the site's unit_rule), else this
+                      gateway's unit
         nearest       this gateway's zone (`zone:` in the site file)
+        header rule   a call whose header has one of the rule's values: the providers of the rule's group
         weighted      a weighted random choice among what is left (else round robin)
 
-    Candidates are the pools that are up and not ejected (Outliers); with none, the group's plain pick decides
-    (it knows what is connecting or full)."""
+    What a call wants of each stage is read from it once (`wants`: its header may be gone by a retry); the
+    candidates are the pools that are up and not ejected (Outliers), narrowed stage by stage; with none, the
+    group's plain pick decides (it knows what is connecting or full)."""
 
-    __slots__ = ("stages", "zone", "unit", "weighted")
+    __slots__ = ("stages", "zone", "unit", "weighted", "headers", "_wants")
 
-    def __init__(self, stages: tuple[str, ...], zone: str | None, unit: str | None) -> None:
+    def __init__(self, stages: tuple[str | HeaderStage, ...], zone: str | None, unit: str | None) -> None:
         self.stages = tuple(stage for stage in stages if stage != "weighted")
         self.weighted = "weighted" in stages
         self.zone, self.unit = zone, unit
+        self.headers = tuple(stage.header for stage in self.stages if isinstance(stage, HeaderStage))  # what to read
+        self._wants: dict[tuple[str | None, str | None], tuple] = {}  # (zone, unit) -> wants, without header stages
 
-    def candidates(self, group: PoolGroup, target_zone: str | None, unit: str | None) -> list[ConnectionPool]:
-        outliers, tags = group.outliers, group.tags
-        now = trio.current_time() if outliers is not None else 0.0
-        pools = [pool for pool in group.pools if pool.up and (outliers is None or outliers.usable(pool, now))]
+    def wants(self, target_zone: str | None, unit: str | None, header: Callable[[str], str | None] | None
+              ) -> tuple[tuple[str, str | None], ...]:
+        """(tag field, wanted value or None: stage skipped) per stage, for one call. The same object for calls
+        that want the same (remembered, bounded: the values are the callers')."""
+        if self.headers:
+            return self._wanted(target_zone, unit, header)
+        key = (target_zone, unit)
+        wants = self._wants.get(key)
+        if wants is None:
+            if len(self._wants) >= ROUTES_KEPT:
+                self._wants.clear()
+            wants = self._wants[key] = self._wanted(target_zone, unit, None)
+        return wants
+
+    def _wanted(self, target_zone: str | None, unit: str | None, header: Callable[[str], str | None] | None
+                ) -> tuple[tuple[str, str | None], ...]:
+        wants = []
         for stage in self.stages:
             if stage == "target_zone":
-                wanted, field = target_zone, "zone"
+                wants.append(("zone", target_zone))
             elif stage == "unit":
-                wanted, field = unit or self.unit, "unit"
-            else:  # nearest
-                wanted, field = self.zone, "zone"
+                wants.append(("unit", unit or self.unit))
+            elif stage == "nearest":
+                wants.append(("zone", self.zone))
+            else:
+                value = header(stage.header) if header is not None else None  # type: ignore[union-attr]
+                wants.append(("group", stage.group if value in stage.values else None))  # type: ignore[union-attr]
+        return tuple(wants)
+
+    def candidates(self, group: PoolGroup, wants: tuple[tuple[str, str | None], ...], every: bool = False
+                   ) -> list[ConnectionPool]:
+        """The pools the stages leave of those that are up and not ejected (`every`: of all, as if they were)."""
+        outliers, tags = group.outliers, group.tags
+        if every:
+            pools = list(group.pools)
+        else:
+            now = trio.current_time() if outliers is not None else 0.0
+            pools = [pool for pool in group.pools if pool.up and (outliers is None or outliers.usable(pool, now))]
+        for field, wanted in wants:
             if wanted is None:
                 continue
             narrowed = [pool for pool in pools if getattr(tags.get(id(pool), UNTAGGED), field) == wanted]
@@ -302,6 +390,9 @@ class PoolGroup:
         self.router: Router | None = None  # routing stages (exports[].routing): pick_routed
         self.tags: dict[int, ProviderTags] = {}  # id(pool) -> where it runs and its weight (routing)
         self._next = 0
+        # What the routing stages leave for each wants when every pool is up: (pools, tags, router, {wants: pools});
+        # rebuilt when any of the three is replaced (a registry change, a reload).
+        self._routes: tuple | None = None
         self.holders: dict[Hashable, int] = {}  # caller connection -> its calls in flight through this group
         self.held = 0  # all calls in flight through this group
 
@@ -340,7 +431,9 @@ class PoolGroup:
         else:
             del self.holders[caller]
 
-    def pick(self) -> PooledConnection | None:
+    def pick(self, avoid: object = None) -> PooledConnection | None:
+        """A connection of the next pool in turn that has room; `avoid` (a pool a retry failed on) and ejected
+        pools only when no other has. A retry's pick does not take a turn: the next call goes where it would have."""
         pools = self.pools
         count = len(pools)
         outliers = self.outliers
@@ -350,12 +443,13 @@ class PoolGroup:
         skipped = False
         for offset in range(count):
             pool = pools[(self._next + offset) % count]
-            if outliers is not None and not outliers.usable(pool, now):
+            if pool is avoid or (outliers is not None and not outliers.usable(pool, now)):
                 skipped = True
                 continue
             endpoint = pool.pick()
             if endpoint is not None:
-                self._next = (self._next + offset + 1) % count
+                if avoid is None:  # (a retry's pick leaves the turn where it was)
+                    self._next = (self._next + offset + 1) % count
                 return endpoint
         if skipped:  # only ejected pools could take it: better them than nothing
             for pool in pools:
@@ -364,15 +458,30 @@ class PoolGroup:
                     return endpoint
         return None
 
-    def pick_routed(self, target_zone: str | None, unit: str | None) -> PooledConnection | None:
-        """With routing stages: a connection of the provider they choose (another of the same candidates when
-        that one is full); the plain pick when no provider is a candidate."""
+    def pick_routed(self, wants: tuple[tuple[str, str | None], ...], avoid: object = None) -> PooledConnection | None:
+        """With routing stages: a connection of the provider they choose for what the call wants (Router.wants;
+        another of the same candidates when that one is full; not `avoid` when another is a candidate); the
+        plain pick when no provider is a candidate."""
         router = self.router
         assert router is not None
-        pools = router.candidates(self, target_zone, unit)
+        routes = self._routes
+        if routes is None or routes[0] is not self.pools or routes[1] is not self.tags or routes[2] is not router:
+            routes = self._routes = (self.pools, self.tags, router, {})
+        table = routes[3]
+        pools = table.get(wants)
+        if pools is None:
+            if len(table) >= ROUTES_KEPT:
+                table.clear()
+            pools = table[wants] = router.candidates(self, wants, every=True)
+        # When every pool the stages leave is up and not ejected, the stages over the pools that are give the same;
+        # otherwise they are run again over those.
+        if not self._usable(pools):
+            pools = router.candidates(self, wants)
+        if avoid is not None and len(pools) > 1:
+            pools = [pool for pool in pools if pool is not avoid]
         if not pools:
-            return self.pick()
-        first = router.choose(self, pools)
+            return self.pick(avoid)
+        first = pools[0] if len(pools) == 1 else router.choose(self, pools)
         endpoint = first.pick()
         if endpoint is None:
             for pool in pools:
@@ -381,9 +490,21 @@ class PoolGroup:
                     break
         return endpoint
 
+    def _usable(self, pools: list[ConnectionPool]) -> bool:
+        outliers = self.outliers
+        ejected = outliers.ejected if outliers is not None else None
+        for pool in pools:
+            if not pool.up:
+                return False
+            if ejected and id(pool) in ejected and not outliers.usable(pool, trio.current_time()):  # type: ignore[union-attr]
+                return False
+        return True
+
     def outcome(self, connection: PooledConnection, failed: bool) -> None:
         """A call on `connection` of this group ended (`failed`: the upstream failed it); for outlier ejection."""
         outliers = self.outliers
+        if not failed and (outliers is None or not outliers.failures):
+            return  # a success with no failure streak to end: nothing to count
         pool = getattr(connection, "attributes", {}).get("pool")
         if outliers is not None and pool is not None:
             outliers.report(pool, failed, trio.current_time(), len(self.pools))
@@ -402,9 +523,15 @@ class PoolGroup:
         """A connection is being made right now (startup, a replacement, a reconnect)."""
         return any(pool.connecting for pool in self.pools)
 
+    @property
+    def waking(self) -> bool:
+        """A pool that was dormant (idle timeout) is connecting again because a call needs it."""
+        return any(pool.waking for pool in self.pools)
+
     async def wait_settled(self) -> None:
-        """Until a connection is up, or no connection attempt is in progress any more (then it failed)."""
-        while not self.up and self.connecting:
+        """Until a connection is up, or no connection attempt is in progress any more (then it failed); and
+        until no dormant pool is still waking up."""
+        while (not self.up and self.connecting) or self.waking:
             await trio.sleep(0.005)
 
     @property

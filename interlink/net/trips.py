@@ -25,11 +25,13 @@ UPSTREAM_FULL = "upstream_full"  # every connection to an upstream at its concur
 MAX_IN_FLIGHT = "max_in_flight"  # a service at its max_in_flight (circuit breaking)
 RATE_LIMIT = "rate_limit"  # an app of a peer site over its rate on an export
 OUTLIER_EJECTION = "outlier_ejection"  # a provider ejected after consecutive failures (exports[].outlier)
+RETRY_BUDGET = "retry_budget"  # a retry a service's retry budget did not allow (gateway/retries.py)
 
 LIMITS = (
     PREFACE_TIMEOUT, IDLE_TIMEOUT, PARTIAL_FRAME_TIMEOUT, WRITE_TIMEOUT, H2_ABUSE, H2_PROTOCOL_ERROR,
     H2_MALFORMED_HEADERS, BOLT_PROTOCOL_ERROR, BOLT_PARTIAL_FRAME_BUDGET, BOLT_PENDING_CALLS, CONNECTION_CAP,
     CONNECTION_SHED, UPSTREAM_SHARE, UPSTREAM_FULL, MAX_IN_FLIGHT, RATE_LIMIT, OUTLIER_EJECTION,
+    RETRY_BUDGET,
 )
 
 TRIPS: Counter[str] = Counter()

@@ -69,13 +69,19 @@ class BoltRequestHead:
     sofa_trace_id: bytes | None = None  # rpc_trace_context.sofaTraceId, else new_rpc_trace_context's tcid
     sys_baggage: bytes | None = None  # rpc_trace_context.sysPenAttrs, else the whole new_rpc_trace_context
     loadtest_mark: bytes | None = None  # x-interlink-loadtest
+    target_zone: str | None = None  # x-interlink-target-zone: routing hints (a caller may set them)
+    unit: str | None = None  # x-interlink-unit
+    # The SofaRequest's requestProps when its head was read from the body (sofa-rpc-node's hessian2 callers put
+    # their props only there, Java's go to the header map too): what routing rules read when the map lacks a key.
+    props: Mapping[str, object] | None = None
 
 
 # The keys a request's head is read from: service, target service, method, then the caller's app (its own
 # `app` key on a local caller's connection; the stamped one, and the stamped method first, on a peer link).
 # Then the trace context and the load-test mark (the same on both): their entries' places are kept too
 # (spans_of_keys), so that our own traceparent replaces the caller's instead of adding a second one.
-_TRACE_KEYS = (tracecontext.TRACEPARENT, TRACE_ID.encode(), NEW_TRACE.encode(), SYS_BAGGAGE.encode(), link_headers.LOADTEST)
+_TRACE_KEYS = (tracecontext.TRACEPARENT, TRACE_ID.encode(), NEW_TRACE.encode(), SYS_BAGGAGE.encode(), link_headers.LOADTEST,
+               link_headers.TARGET_ZONE, link_headers.UNIT)
 _LOCAL_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), APP.encode(), *_TRACE_KEYS),
                               link_headers.PREFIX, spans_of_keys=(tracecontext.TRACEPARENT,))
 _LINK_KEYS = bolt.HeaderKeys((SERVICE.encode(), TARGET_SERVICE.encode(), METHOD_NAME.encode(), link_headers.CALLER_APP,
@@ -88,7 +94,7 @@ _HEADS = sofarpc.RequestHeadCache()
 # connection: callers of a service send the same map over and over, so most reads are one lookup. (A map that
 # carries per-call values, such as the trace ids of Java callers, is scanned every time; its miss costs one
 # lookup more.)
-_HeaderRead = tuple[str | None, str | None, str | None, list[bolt.HeaderSpan], tuple[bytes | None, ...]]
+_HeaderRead = tuple[str | None, str | None, str | None, list[bolt.HeaderSpan], tuple]
 _LOCAL_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
 _LINK_READS: BoundedCache[bytes, _HeaderRead] = BoundedCache(max_entries=1024, max_bytes=2 << 20, max_item=4096)
 
@@ -98,15 +104,20 @@ def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltReques
     own keys). Raises BoltProtocolError or HessianError for a header map or head that cannot be read."""
     service, method, app, spans, trace = _read_header(request.header, from_link)
     need_body = method is None if from_link else method is None or app is None
+    props = None
     if need_body and request.codec == bolt.CODEC_HESSIAN2 and request.content and service is not None:
         body_head = _HEADS.read(request.content)
         method = method or body_head.method_name
         if not from_link:
+            props = body_head.request_props
             app = app or sofarpc.caller_app(body_head)
             if trace[1] is None and trace[2] is None:  # sofa-rpc-node sends its trace context only in the body
-                trace = (trace[0], *_body_trace(body_head.request_props), trace[3])
+                trace = (trace[0], *_body_trace(props), *trace[3:])
+            if trace[4] is None and trace[5] is None:  # ... and its routing hints
+                trace = (*trace[:4], _prop_hint(props, link_headers.TARGET_ZONE_TEXT),
+                         _prop_hint(props, link_headers.UNIT_TEXT))
     timeout = request.timeout / 1000 if request.timeout > 0 else None
-    return BoltRequestHead(service, method, app, timeout, spans, *trace)
+    return BoltRequestHead(service, method, app, timeout, spans, *trace, props)
 
 
 def _body_trace(props: Mapping[str, object]) -> tuple[bytes | None, bytes | None]:
@@ -159,13 +170,36 @@ def _read_whole_header(header: bytes, from_link: bool) -> _HeaderRead:
         values, spans = bolt.header_scan(header, _LINK_KEYS if from_link else _LOCAL_KEYS)
         method = (_text(values[4]) or _text(values[2])) if from_link else _text(values[2])
         at = _TRACE_AT[from_link]
-        traceparent, sofa_trace_id, new_trace, sys_baggage, loadtest = values[at:]
+        traceparent, sofa_trace_id, new_trace, sys_baggage, loadtest, target_zone, unit = values[at:]
         if sofa_trace_id is None and new_trace is not None:
             sofa_trace_id = tracecontext.sofa_trace_id_of_new_context(new_trace)
-        trace = (traceparent, sofa_trace_id, sys_baggage or new_trace, loadtest)
+        trace = (traceparent, sofa_trace_id, sys_baggage or new_trace, loadtest, _hint(target_zone), _hint(unit))
         read = (_text(values[0] or values[1]), method, _text(values[3]), spans, trace)
         reads.put(header, read, 2 * len(header) + 64 * len(spans))
     return read
+
+
+def request_props(request: bolt.BoltFrame, head: BoltRequestHead) -> Mapping[str, object] | None:
+    """The SofaRequest's requestProps of a hessian2 request (None for another codec, or an unreadable body):
+    what the head read, else the body head (cached: read once per distinct head bytes)."""
+    if head.props is not None:
+        return head.props
+    if request.codec != bolt.CODEC_HESSIAN2 or not request.content:
+        return None
+    try:
+        return _HEADS.read(request.content).request_props
+    except UNREADABLE:
+        return None
+
+
+def _prop_hint(props: Mapping[str, object], key: str) -> str | None:
+    value = props.get(key)
+    return value[:100] if isinstance(value, str) and value else None
+
+
+def _hint(value: bytes | None) -> str | None:
+    """A routing hint as grpc.read_request_head keeps it (at most 100 characters)."""
+    return value.decode("ascii", "replace")[:100] if value else None
 
 
 def _text(value: bytes | None) -> str | None:
@@ -307,11 +341,15 @@ _BOLT_STATUS_OF = {
 }
 
 
-def error_frame(request: bolt.BoltFrame, status: Status, text: str, header: Mapping[str, str] = {}) -> bolt.BoltFrame:
+def error_frame(request: bolt.BoltFrame, status: Status, text: str, header: Mapping[str, str] = {},
+                unprocessed: bool = False) -> bolt.BoltFrame:
     """An error answer SOFARPC clients understand best (PROTOCOLS.md 3.3): for hessian2 SofaRequests a
     SUCCESS frame carrying SofaResponse{isError: true, errorMsg}, as Java SOFARPC itself answers; otherwise
-    a Bolt status with the text as UTF-8 content (what sofa-rpc-node sends with protobuf, and shows)."""
+    a Bolt status with the text as UTF-8 content (what sofa-rpc-node sends with protobuf, and shows).
+    `unprocessed`: the gateway refused it before any provider saw it (link_headers.UNPROCESSED)."""
     entries = {**header, link_headers.STATUS_TEXT: status.name, RESPONSE_ERROR: "true"}
+    if unprocessed:
+        entries[link_headers.UNPROCESSED_TEXT] = "1"
     encoded = bolt.encode_header_map(entries)
     if request.codec == bolt.CODEC_HESSIAN2 and request.class_name == bolt.SOFA_REQUEST_CLASS:
         return bolt.response_for(

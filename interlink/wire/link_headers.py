@@ -12,8 +12,11 @@ certificate (the caller site is always the certificate's site, never a header).
     x-interlink-cancel         Bolt oneway (link)    caller's gateway     the request id the caller gave up on
     x-interlink-loadtest       HTTP/2 and Bolt req.  either gateway       "1": a load-test call (a local caller may
                                                                           set it too: it marks, it grants nothing)
-    x-interlink-target-zone    HTTP/2 requests       caller, its gateway  the zone the call should be served in
-    x-interlink-unit           HTTP/2 requests       caller, its gateway  the caller's unit (routing stage `unit`)
+    x-interlink-target-zone    HTTP/2 and Bolt req.  caller, its gateway  the zone the call should be served in
+    x-interlink-unit           HTTP/2 and Bolt req.  caller, its gateway  the caller's unit (routing stage `unit`)
+    x-interlink-unprocessed    HTTP/2 trailers-only, either gateway       "1": the gateway refused the call before it
+                               Bolt error responses                       reached any provider (UNAVAILABLE): the
+                                                                          caller's gateway may try another one
 
 HTTP/2 header names are bytes; Bolt header maps are decoded to str by the translation adapters, hence the
 `*_TEXT` spellings.
@@ -28,6 +31,7 @@ CANCEL = b"x-interlink-cancel"
 LOADTEST = b"x-interlink-loadtest"
 TARGET_ZONE = b"x-interlink-target-zone"  # routing hints a caller may set (they choose, they grant nothing)
 UNIT = b"x-interlink-unit"
+UNPROCESSED = b"x-interlink-unprocessed"  # on a gateway's refusal made before forwarding (gateway/retries.py)
 
 PREFIX_TEXT = PREFIX.decode()
 CALLER_APP_TEXT = CALLER_APP.decode()
@@ -35,6 +39,9 @@ CALLER_SITE_TEXT = CALLER_SITE.decode()
 STATUS_TEXT = STATUS.decode()
 CANCEL_TEXT = CANCEL.decode()
 LOADTEST_TEXT = LOADTEST.decode()
+UNPROCESSED_TEXT = UNPROCESSED.decode()
+TARGET_ZONE_TEXT = TARGET_ZONE.decode()
+UNIT_TEXT = UNIT.decode()
 
 
 def identity_stamps(site: str, app: str | None, *, to_peer: bool) -> list[tuple[bytes, bytes | None]]:

@@ -127,3 +127,55 @@ def test_a_routing_mistake_is_one_problem(write_site: WriteSite, old: str, new: 
         load_site(write_site("site-a", ROUTED.replace(old, new)))
     problems = caught.value.problems
     assert len(problems) >= 1 and words in problems[0].message, "\n".join(map(str, problems))
+
+
+HEADERED = ROUTED.replace(
+    "      - {address: 127.0.0.1:50062, zone: hz-b, unit: u01, weight: 20}\n",
+    "      - {address: 127.0.0.1:50062, zone: hz-b, unit: u01, weight: 0, group: canary}\n",
+).replace(
+    "    routing: [target_zone, unit, nearest, weighted]\n",
+    "    routing:\n      - {header: X-Release, values: [canary, c], group: canary}\n      - nearest\n      - weighted\n"
+    "    retry: {attempts: 3, budget_percent: 10, idempotent_methods: [Get*, echo]}\n",
+).replace("unit: u00\n", 'unit: u00\nunit_rule: {header: x-uid, units: {u00: "00-49", u01: "50-89, 95", u02: "90-94"}}\n')
+
+
+def test_header_stages_unit_rules_and_retries_load(write_site: WriteSite) -> None:
+    from interlink.config import HeaderStage, HostPort, ProviderTags, RetryConfig
+
+    config = load_site(write_site("site-a", HEADERED))
+    echo = config.exports[0]
+    assert echo.routing == (HeaderStage("x-release", frozenset({"canary", "c"}), "canary"), "nearest", "weighted")
+    assert echo.provider_tags[HostPort("127.0.0.1", 50062)] == ProviderTags("hz-b", "u01", 0, "canary")
+    assert echo.retry == RetryConfig(3, 10, ("Get*", "echo"))
+    assert echo.retry.idempotent("GetOrder") and echo.retry.idempotent("echo") and not echo.retry.idempotent("add")
+    rule = config.unit_rule
+    assert rule is not None and rule.header == "x-uid"
+    assert [rule.unit_of(uid) for uid in (b"1234500", b"49", b"7750", b"95", b"96", b"91", b"7", b"x12a")] == \
+        ["u00", "u00", "u01", "u01", None, "u02", None, None]
+    assert config.imports[0].retry is None
+    text = HEADERED.replace("    max_in_flight: 64\n", "    max_in_flight: 64\n    retry:\n")
+    assert load_site(write_site("site-a", text)).imports[0].retry == RetryConfig()  # every key has a default
+
+
+@pytest.mark.parametrize("old, new, words, at", [
+    ("{header: X-Release, values: [canary, c], group: canary}", "{header: X-Release, group: canary}",
+     'missing key "values"', "- {header: X-Release"),
+    ("values: [canary, c]", "values: []", "is empty", "- {header: X-Release"),
+    ("header: X-Release", "header: x-interlink-unit", "not a header a caller may set", "- {header: x-interlink"),
+    ("header: X-Release", "header: grpc-timeout", "not a header a caller may set", "- {header: grpc"),
+    ("attempts: 3", "attempts: 9", "attempts", "retry:"),
+    ("budget_percent: 10", "budget_percent: 0", "budget_percent", "retry:"),
+    ("idempotent_methods: [Get*, echo]", "idempotent_methods: Get", "expected a list", "retry:"),
+    ('u02: "90-94"', 'u02: "90-96"', "shard 95 is already unit u01's", "unit_rule:"),
+    ('u02: "90-94"', 'u02: "9a"', "not a range of shards", "unit_rule:"),
+    ("units: {", "unitz: {", 'did you mean "units"', "unit_rule:"),
+])
+def test_a_header_stage_unit_rule_or_retry_mistake_is_one_problem(write_site: WriteSite, old: str, new: str,
+                                                                  words: str, at: str) -> None:
+    assert old in HEADERED
+    text = HEADERED.replace(old, new)
+    with pytest.raises(SiteFileError) as caught:
+        load_site(write_site("site-a", text))
+    problems = caught.value.problems
+    assert words in problems[0].message, "\n".join(map(str, problems))
+    assert problems[0].line == line_of(text, at), str(problems[0])

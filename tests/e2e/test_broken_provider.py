@@ -25,7 +25,10 @@ class BrokenProvider:
     echo -> DATA with END_STREAM and no trailers; count -> response headers with an upper-case name;
     fail -> RST_STREAM REFUSED_STREAM; add -> a correct reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse_every_stream: bool = False) -> None:
+        """`refuse_every_stream`: every request is refused (REFUSED_STREAM) as it arrives, and counted."""
+        self.refuse_every_stream = refuse_every_stream
+        self.refused = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -56,11 +59,14 @@ class BrokenProvider:
             if not data:
                 return
             for event in conn.receive_data(data):
-                if isinstance(event, h2.events.RequestReceived):
+                if isinstance(event, h2.events.RequestReceived) and self.refuse_every_stream:
+                    self.refused += 1
+                    conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif isinstance(event, h2.events.RequestReceived):
                     paths[event.stream_id] = dict(event.headers)[b":path"]
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded):
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id in paths:
                     self._answer(conn, event.stream_id, paths.pop(event.stream_id).rsplit(b"/", 1)[1])
             sock.sendall(conn.data_to_send())
 

@@ -107,3 +107,36 @@ def test_a_reload_changing_weights_under_load_fails_no_call(certs, tmp_path):
         sites.stop()
         for server in servers:
             server.stop(0)
+
+
+def test_bolt_callers_route_by_zone_by_user_id_and_by_header_rule(certs, tmp_path, bolt_peers, run_bolt_client):
+    """sofa-rpc-node callers and providers over Bolt: the caller's request props become Bolt header keys. GW-A
+    (zone hz-a) routes [header rule, target_zone, unit, nearest] over two tagged providers; GW-B maps the caller's
+    user id (x-uid) to its unit by the site's unit_rule and stamps it across the link."""
+    from tests.conftest import bolt_server_argv, start_process_peer, stop_process
+
+    servers = [start_process_peer(bolt_server_argv(bolt_peers, name=name), name) for name in ("bolt-hz-a", "bolt-hz-b")]
+    providers = [{"address": servers[0].target, "zone": "hz-a", "unit": "u00"},
+                 {"address": servers[1].target, "zone": "hz-b", "unit": "u01", "group": "canary"}]
+    routing = [{"header": "x-release", "values": ["canary"], "group": "canary"}, "target_zone", "unit", "nearest"]
+    sites = two_sites(certs, tmp_path, "", name="bolt-routing", protocol="bolt", methods=["whoami"],
+                      export_options={"providers": providers, "routing": routing},
+                      site_options={"a": {"zone": "hz-a"},
+                                    "b": {"unit_rule": {"header": "x-uid", "units": {"u00": "00-49", "u01": "50-99"}}}})
+    try:
+        def served(props: dict[str, str], count: int = 3) -> Counter:
+            results = [run_bolt_client(sites.triple_target, "whoami", app=ALLOWED_APP, props=props) for _ in range(count)]
+            assert all(result["ok"] for result in results), results
+            return Counter(result["whoami"]["served_by"] for result in results)
+
+        assert served({}) == Counter({"bolt-hz-a": 3})  # nearest: the gateway's own zone
+        assert served({"x-interlink-target-zone": "hz-b"}) == Counter({"bolt-hz-b": 3})
+        assert served({"x-interlink-unit": "u01"}) == Counter({"bolt-hz-b": 3})
+        assert served({"x-uid": "2088000000000077"}) == Counter({"bolt-hz-b": 3})  # shard 77: unit u01
+        assert served({"x-uid": "2088000000000012"}) == Counter({"bolt-hz-a": 3})  # shard 12: unit u00
+        assert served({"x-release": "canary"}) == Counter({"bolt-hz-b": 3})  # the header rule's group
+    finally:
+        sites.stop()
+        for server in servers:
+            assert server.process is not None
+            stop_process(server.process)

@@ -372,7 +372,7 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 60.0) -> 
 class World:
     def __init__(self, nursery: trio.Nursery, *, ingress: str, caller: str, upstream: str, snapshot: Snapshot,
                  group: str, connect: str, sni: bytes | None, site: str, provider_streams: int | None,
-                 upstream_max_pending: int, caller_max_pending: int) -> None:
+                 upstream_max_pending: int, caller_max_pending: int, upstreams: int = 1) -> None:
         self.nursery = nursery
         self.ingress, self.caller_protocol, self.upstream_protocol = ingress, caller, upstream
         self.flush = FlushQueue()
@@ -387,10 +387,14 @@ class World:
         self._connect_mode = connect
         self._provider_streams = provider_streams
         self._upstream_max_pending = upstream_max_pending
-        self.pool = ConnectionPool(f"{upstream}-upstream", self._connect, size=1, keepalive_interval=1e6,
-                                   backoff_initial=1e4, backoff_max=1e4)
+        # `upstreams` addresses (two gateways of the peer, two providers): pool i's provider is by_pool[i]
+        self.by_pool: list[list[H2Peer | BoltPeer]] = [[] for _ in range(upstreams)]
+        self.pools = [ConnectionPool(f"{upstream}-upstream" + (f"-{index}" if index else ""), self._connector(index),
+                                     size=1, keepalive_interval=1e6, backoff_initial=1e4, backoff_max=1e4)
+                      for index in range(upstreams)]
+        self.pool = self.pools[0]
         name = f"site {PEER}" if ingress == "local" else "providers"
-        self.group: PoolGroup | None = {"pool": PoolGroup(name, [self.pool]), "empty": PoolGroup(name, []),
+        self.group: PoolGroup | None = {"pool": PoolGroup(name, list(self.pools)), "empty": PoolGroup(name, []),
                                         "none": None}[group]
         self.group_requests: list[tuple] = []
         self.core = CallCore(snapshot, self._peer_group, self._provider_group, self.timers, self.flush, nursery)
@@ -421,6 +425,14 @@ class World:
         self.group_requests.append((pool_key,))
         return self.group
 
+    def _connector(self, index: int):
+        async def connect():
+            endpoint = await self._connect()
+            self.by_pool[index].append(self.providers[-1])
+            return endpoint
+
+        return connect
+
     async def _connect(self):
         await self.connect_gate.wait()
         if self._connect_mode == "refused":
@@ -440,7 +452,8 @@ class World:
 
     async def start(self, wait_ready: bool) -> None:
         self.nursery.start_soon(self.timers.run)
-        self.nursery.start_soon(self.pool.run)
+        for pool in self.pools:
+            self.nursery.start_soon(pool.run)
         self.nursery.start_soon(self.caller_endpoint.run)
         self.nursery.start_soon(self.caller.run)
         if isinstance(self.caller, H2Peer):
@@ -448,7 +461,8 @@ class World:
         if self._connect_mode == "gated":  # the pool's first attempt is under way (and waits for the gate)
             await wait_until(lambda: self.pool.connecting)
         if wait_ready and self.group is not None and self.group.pools:
-            await wait_until(lambda: self.group.up and (self.upstream_protocol == "bolt" or self.providers[-1].settings_seen))
+            await wait_until(lambda: all(pool.up for pool in self.pools) and len(self.providers) == len(self.pools)
+                             and (self.upstream_protocol == "bolt" or all(p.settings_seen for p in self.providers)))
 
     # --- what happened ---
 
@@ -483,7 +497,7 @@ async def open_world(
     ingress: str = "local", caller: str = "h2", upstream: str | None = None, *, snapshot: Snapshot | None = None,
     group: str = "pool", connect: str = "ok", sni: bytes | None = DOMAIN, site: str = PEER,
     provider_streams: int | None = None, upstream_max_pending: int = 1024, caller_max_pending: int = 1024,
-    wait_ready: bool = True,
+    wait_ready: bool = True, upstreams: int = 1,
 ) -> AsyncIterator[World]:
     """`connect`: ok | gated (the first connection waits for `world.connect_gate`) | refused."""
     recorded: list = []
@@ -503,7 +517,7 @@ async def open_world(
                 world = World(nursery, ingress=ingress, caller=caller, upstream=upstream or caller,
                               snapshot=snapshot or make_snapshot(), group=group, connect=connect, sni=sni, site=site,
                               provider_streams=provider_streams, upstream_max_pending=upstream_max_pending,
-                              caller_max_pending=caller_max_pending)
+                              caller_max_pending=caller_max_pending, upstreams=upstreams)
                 world.logs, world.calls = logs, recorded
                 await world.start(wait_ready and connect == "ok")
                 yield world

@@ -72,6 +72,7 @@ class FakeEndpoint:
 
     remote = "fake:1"
     in_flight = 0
+    idle_since = 0.0
 
     def __init__(self, name: str, slots: int = 4) -> None:
         self.name = name
@@ -339,3 +340,61 @@ async def test_a_pool_retired_before_its_slots_ran_is_not_left_connecting(autoju
     pool.retired = True
     await pool.run()
     assert pool.connecting == 0
+
+
+class RetiringDialer(Dialer):
+    """Its connections end at once when retired with no call in flight, as real ones do."""
+
+    async def __call__(self) -> FakeEndpoint:
+        endpoint = await super().__call__()
+        endpoint.idle_since = trio.current_time()
+        endpoint.retire = lambda reason: endpoint.end(reason)  # type: ignore[method-assign]
+        return endpoint
+
+
+async def test_an_idle_connection_is_closed_and_dialled_again_when_a_call_needs_it(autojump_clock):
+    dialer = RetiringDialer(ConnectionError("refused"))
+    pool = ConnectionPool("p", dialer, idle_timeout=30, backoff_initial=0.1)
+    group = PoolGroup("g", [pool])
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pool.run)
+            await eventually(lambda: pool.endpoints)
+            first = pool.endpoints[0]
+            first.in_flight = 1  # a call in flight: never idle, however long it takes
+            await trio.sleep(100)
+            assert not first.closed
+            first.in_flight, first.idle_since = 0, trio.current_time()  # its call ended now
+            await trio.sleep(29)
+            assert not first.closed
+            await trio.sleep(2)
+            assert first.closed and "idle timeout" in first.close_reason
+            await eventually(lambda: pool.dormant == 1)
+            assert pool.up and not pool.endpoints and len(dialer.made) == 1  # dormant: not dialled again by itself
+            await trio.sleep(1000)
+            assert len(dialer.made) == 1
+            assert group.pick() is None and group.waking and pool.connecting == 1  # a call needs it: dialled
+            with trio.fail_after(5):
+                await group.wait_settled()
+            assert group.pick() is dialer.made[1] and not group.waking and pool.dormant == 0
+            nursery.cancel_scope.cancel()
+    events = [e["event"] for e in logs]
+    assert events.count("pool.idle_closed") == 1 and events.count("pool.waking") == 1
+
+
+async def test_a_dormant_pool_that_cannot_be_reached_again_is_down_and_retried_as_usual(autojump_clock):
+    dialer = RetiringDialer()
+    pool = ConnectionPool("p", dialer, idle_timeout=5, backoff_initial=0.1)
+    group = PoolGroup("g", [pool])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        await trio.sleep(6)
+        assert pool.dormant == 1
+        dialer.script = [ConnectionError("refused")] * 3
+        assert group.pick() is None and group.waking
+        with trio.fail_after(5):
+            await group.wait_settled()  # the wake-up attempt failed: not waking, not up
+        assert not group.waking and not pool.up and pool.last_error == "refused"
+        await eventually(lambda: pool.endpoints)  # the slot goes on dialling with backoff, as after any loss
+        assert len(dialer.attempts) == 5
+        nursery.cancel_scope.cancel()

@@ -78,7 +78,7 @@ async def test_when_every_pool_is_ejected_they_are_used_anyway(autojump_clock):
 
 # --- routing stages (exports[].routing) ------------------------------------------------------------------
 
-from interlink.config import ProviderTags  # noqa: E402
+from interlink.config import HeaderStage, ProviderTags  # noqa: E402
 from interlink.net.pool import Router  # noqa: E402
 
 
@@ -94,8 +94,9 @@ def routed(stages: tuple[str, ...], zone: str | None = "hz-a", unit: str | None 
     return group, pools
 
 
-def routed_picks(group: PoolGroup, count: int, target_zone=None, unit=None) -> list[str]:
-    return [group.pick_routed(target_zone, unit).attributes["pool"].name for _ in range(count)]  # type: ignore[union-attr]
+def routed_picks(group: PoolGroup, count: int, target_zone=None, unit=None, headers=None, avoid=None) -> list[str]:
+    wants = group.router.wants(target_zone, unit, (headers or {}).get)  # type: ignore[union-attr]
+    return [group.pick_routed(wants, avoid).attributes["pool"].name for _ in range(count)]  # type: ignore[union-attr]
 
 
 async def test_each_stage_narrows_and_a_stage_that_would_leave_none_is_skipped(autojump_clock):
@@ -120,3 +121,42 @@ async def test_weighted_follows_the_weights_and_skips_what_is_down_or_ejected(au
     group.outliers = Outliers(OutlierConfig(1, 30, 50))
     group.outcome(pools[0].endpoint, True)  # near ejected
     assert set(routed_picks(group, 6)) == {"far"}
+
+
+async def test_a_header_stage_sends_matching_calls_to_its_group_and_leaves_the_others_alone(autojump_clock):
+    pools = [UpPool("stable"), UpPool("canary"), UpPool("other-canary")]
+    group = PoolGroup("providers", pools)  # type: ignore[arg-type]
+    group.tags = {id(pools[0]): ProviderTags(weight=100), id(pools[1]): ProviderTags(weight=0, group="canary"),
+                  id(pools[2]): ProviderTags(weight=0, group="beta")}
+    group.router = Router((HeaderStage("x-release", frozenset({"canary", "c"}), "canary"), "weighted"), None, None)
+    assert group.router.headers == ("x-release",)
+    assert set(routed_picks(group, 20, headers={"x-release": "canary"})) == {"canary"}
+    assert set(routed_picks(group, 20, headers={"x-release": "c"})) == {"canary"}
+    assert set(routed_picks(group, 50, headers={"x-release": "stable"})) == {"stable"}  # weight 0: never by weight
+    assert set(routed_picks(group, 50)) == {"stable"}
+    pools[1].up = False  # the group has none up: the stage is skipped
+    assert set(routed_picks(group, 20, headers={"x-release": "canary"})) == {"stable"}
+
+
+async def test_a_retry_avoids_the_pool_it_failed_on_while_another_is_a_candidate(autojump_clock):
+    group, pools = routed(("weighted",))
+    assert "near" not in routed_picks(group, 200, avoid=pools[0])
+    assert "far" not in [group.pick(pools[1]).attributes["pool"].name for _ in range(30)]  # type: ignore[union-attr]
+    group, pools = routed(("target_zone",))
+    assert set(routed_picks(group, 6, target_zone="hz-b", avoid=pools[1])) == {"far"}  # the only candidate
+    single = PoolGroup("providers", [pools[0]])
+    assert single.pick(pools[0]).attributes["pool"].name == "near"  # type: ignore[union-attr]  (nothing else)
+
+
+async def test_remembered_routes_follow_new_tags_and_stay_bounded(autojump_clock):
+    from interlink.net.pool import ROUTES_KEPT
+
+    group, pools = routed(("target_zone", "nearest"))
+    assert set(routed_picks(group, 6)) == {"near"}
+    group.tags = {id(pools[0]): ProviderTags("hz-b"), id(pools[1]): ProviderTags("hz-a")}  # a registry change
+    assert set(routed_picks(group, 6)) == {"far"}
+    for index in range(ROUTES_KEPT * 3):  # zones a caller makes up: neither table grows past its bound
+        routed_picks(group, 1, target_zone=f"zone-{index}")
+    assert len(group._routes[3]) <= ROUTES_KEPT and len(group.router._wants) <= ROUTES_KEPT
+    pools[1].up = False  # the remembered choice is down: the stages run again over what is up
+    assert set(routed_picks(group, 6)) == {"near", "untagged"}

@@ -76,15 +76,18 @@ def _whole(header: bytes, from_link: bool):
 @pytest.mark.parametrize("from_link", [False, True])
 def test_a_trailing_traceparent_is_read_with_the_rest_of_the_map_remembered(from_link):
     mapping = {**LOCAL_MAP, "rpc_trace_context.sofaTraceId": "abc", "rpc_trace_context.sysPenAttrs": "mark=T",
-               link_headers.LOADTEST_TEXT: "1", "traceparent": TRACE}
+               link_headers.LOADTEST_TEXT: "1", "x-interlink-target-zone": "hz-b", "x-interlink-unit": "u01",
+               "traceparent": TRACE}
     header = bolt.encode_header_map(mapping)
     expected = _whole(header, from_link)
     for _ in range(3):  # first read, then the part before the traceparent comes from the cache
         head = bolt_call.read_request_head(_request(mapping), from_link=from_link)
         assert (head.service, head.method, head.app, head.spans) == expected[:4]
-        assert (head.traceparent, head.sofa_trace_id, head.sys_baggage, head.loadtest_mark) == expected[4]
+        assert (head.traceparent, head.sofa_trace_id, head.sys_baggage, head.loadtest_mark, head.target_zone,
+                head.unit) == expected[4]
         assert head.traceparent == TRACE.encode() and head.sofa_trace_id == b"abc" and head.sys_baggage == b"mark=T"
         assert head.loadtest_mark == b"1"
+        assert (head.target_zone, head.unit) == ("hz-b", "u01")  # routing hints (net/pool.py Router)
 
 
 def test_bytes_that_only_look_like_a_trailing_traceparent_are_read_as_the_whole_map():
