@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from bench import certs
 from bench.processes import Child, Children, wait_for_port
@@ -36,7 +37,7 @@ tls: {{ca: {a}/ca.pem, cert: {a}/gateway.pem, key: {a}/gateway.key}}
 peers:
   site-b: {{endpoints: [127.0.0.1:{peer_b}], ca: {b}/ca.pem, domain: {domain_b_gives_a}}}
 domains: {{site-b: {domain_a_gives_b}}}
-{registry}exports:
+{gw_a_lines}exports:
   - {export}
 """
 
@@ -53,21 +54,29 @@ imports:
 """
 
 
-def export_of(protocol: str, provider_port: int | None = None, **options: str) -> str:
+def export_of(
+    protocol: str, provider_port: int | None = None, *, providers: Sequence[str] = (), site_b_rule: str = "{}",
+    **options: str,
+) -> str:  # fmt: skip
     """GW-A's export of EchoService to site B, a YAML flow mapping: `protocol` ("bolt" | "triple"; Bolt
-    carries the SOFARPC version), `options` (codec, flavour ...) in order, then the static provider, if any
-    (none: the registry supplies them)."""
+    carries the SOFARPC version), `options` (codec, flavour, routing, outlier ...) in order, then the
+    providers: the static one at `provider_port`, else `providers` (YAML items: "host:port" or tagged
+    `{address: ..., zone: ...}` mappings), else none (the registry supplies them); last site B's ACL rule
+    (`allow: {site-b: <site_b_rule>}`; by default every app and method, no rate)."""
     fields = [f"service: {SERVICE}"] + ([f'version: "{VERSION}"'] if protocol == "bolt" else [])
     fields += [f"protocol: {protocol}", *(f"{key}: {value}" for key, value in options.items())]
-    if provider_port is not None:
-        fields.append(f"providers: [127.0.0.1:{provider_port}]")
-    return "{" + ", ".join(fields) + ", allow: {site-b: {}}}"
+    addresses = [f"127.0.0.1:{provider_port}"] if provider_port is not None else list(providers)
+    if addresses:
+        fields.append(f"providers: [{', '.join(addresses)}]")
+    return "{" + ", ".join(fields) + f", allow: {{site-b: {site_b_rule}}}}}"
 
 
-def import_of(protocol: str) -> str:
-    """GW-B's import of EchoService from site A, a YAML flow mapping (Bolt carries the SOFARPC version)."""
-    version = f'version: "{VERSION}", ' if protocol == "bolt" else ""
-    return f"{{service: {SERVICE}, {version}from: site-a, protocol: {protocol}}}"
+def import_of(protocol: str, **options: str) -> str:
+    """GW-B's import of EchoService from site A, a YAML flow mapping (Bolt carries the SOFARPC version), with
+    `options` (max_in_flight ...) last, in order."""
+    fields = [f"service: {SERVICE}"] + ([f'version: "{VERSION}"'] if protocol == "bolt" else [])
+    fields += ["from: site-a", f"protocol: {protocol}", *(f"{key}: {value}" for key, value in options.items())]
+    return "{" + ", ".join(fields) + "}"
 
 
 def make_sites(tmp: Path) -> tuple[certs.SiteCerts, certs.SiteCerts]:
@@ -93,7 +102,7 @@ class PairSpec:
     export: str  # GW-A's one export, a YAML flow mapping
     import_: str  # GW-B's one import, a YAML flow mapping
     ports: dict[str, int]  # entry, peer_a, peer_b
-    registry: str = ""  # a `registry:` line for GW-A (with its newline), or ""
+    gw_a_lines: str = ""  # top-level lines of GW-A's site file, each with its newline (registry:, zone: ...), or ""
     peer_connections: int | None = 1  # GW-B's connections to GW-A; None: interlink's default (2)
 
 
@@ -130,7 +139,7 @@ def launch_pairs(
     for spec in specs:
         values = dict(
             spec.ports, name=spec.name, service=SERVICE, listener=spec.listener, export=spec.export,
-            import_=spec.import_, registry=spec.registry, a=site_a.dir.relative_to(tmp), b=site_b.dir.relative_to(tmp),
+            import_=spec.import_, gw_a_lines=spec.gw_a_lines, a=site_a.dir.relative_to(tmp), b=site_b.dir.relative_to(tmp),
             connections=f", connections: {spec.peer_connections}" if spec.peer_connections else "",
             domain_a_gives_b=DOMAIN_A_GIVES_B, domain_b_gives_a=DOMAIN_B_GIVES_A,
         )  # fmt: skip
@@ -265,6 +274,22 @@ def not_ok_calls(log: Path, start: int, end: int | None = None) -> dict[str, int
                 key = str(event.get("status"))
                 counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def gateway_errors(proxies: dict[str, Child], offsets: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Calls each gateway (role -> process) logged with a status other than OK since `offsets` (role -> log
+    offset): role -> {status: count}, for the gateways that logged any. h2load counts every HTTP 200 as a
+    success, and a gateway's refusal (RESOURCE_EXHAUSTED, PERMISSION_DENIED ...) is one; only the logs say.
+    CANCELLED is among them: h2load resets the calls still in flight when its run ends (up to c per run, and a
+    cell is two runs), so those are expected and not counted as errors (see `logged_errors`)."""
+    counts = {role: not_ok_calls(child.log, offsets[role]) for role, child in proxies.items()}
+    return {role: c for role, c in counts.items() if c}
+
+
+def logged_errors(cell: dict) -> int:
+    """Calls the gateways logged not OK, except CANCELLED (a caller's reset: h2load at the end of its runs)."""
+    return sum(n for counts in cell.get("gateway_errors", {}).values() for status, n in counts.items()
+               if status != "CANCELLED")  # fmt: skip
 
 
 def log_size(log: Path) -> int:

@@ -4,6 +4,11 @@
     direct     h2load -> provider
     nginx      h2load -> hop1 (h2c in, grpc_pass grpcs:// + client cert) -> hop2 (ssl, verify client) -> provider
     interlink  h2load -> GW-B (triple listener) -> GW-A (peer listener, mTLS) -> provider
+    interlink-routed
+               the same with every stage of the routing/resilience pipeline on (not run by default; `--paths
+               interlink,interlink-routed`): GW-A's export has two tagged providers (two ports of the one
+               provider), routing stages, outlier ejection, max_in_flight and a rate on site B's rule, GW-B's
+               import a max_in_flight
 
 For every payload × concurrency the paths are measured one after the other (interleaved, so that drift of
 the machine hits all of them alike): a warm-up run, then a measured run of fixed duration, with CPU
@@ -24,6 +29,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 if __package__ in (None, ""):  # run as a script (`python bench/grpc_bench.py`): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,18 +38,37 @@ from bench import certs, nginx, report  # noqa: E402  (after the path fix above)
 from bench.cells import Bracket, dead_cell, finish_cell, print_outcome  # noqa: E402
 from bench.gateway_pair import (  # noqa: E402
     DOMAIN_A_GIVES_B,
-    InterlinkUnavailable,
     PairSpec,
     export_of,
+    gateway_errors,
     import_of,
+    launch_pairs,
+    log_size,
+    logged_errors,
     make_sites,
-    start_pair,
 )
 from bench.loadgen import echo_message, h2load_version, run_h2load  # noqa: E402
 from bench.processes import Child, Children, free_ports, run_guarded  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_PATHS = ("direct", "nginx", "interlink")
+ALL_PATHS = ("direct", "nginx", "interlink", "interlink-routed")
+DEFAULT_PATHS = ("direct", "nginx", "interlink")  # interlink-routed is asked for by name (--paths)
+INTERLINK_PATHS = ("interlink", "interlink-routed")  # the paths through two gateways
+
+# The interlink-routed path: GW-A's export with every stage of the routing/resilience pipeline on, each set
+# so that it passes every call (what is measured is what the stages cost, not what they refuse). Two
+# providers, two addresses of the one canned provider (it listens on a second port); `nearest` (GW-A's
+# zone hz-a) leaves the first, so it gets every call. Site B's calls (h2load's) name no app: the rule for
+# site B names none either (every app, as on the plain path), and its token bucket is (EchoService,
+# site-b, "").
+ROUTED_GW_A_LINES = "zone: hz-a\nunit: u00\n"
+ROUTED_EXPORT_OPTIONS = {
+    "routing": "[target_zone, unit, nearest, weighted]",
+    "outlier": "{consecutive_failures: 5, eject_s: 30, max_ejected_percent: 50}",
+    "max_in_flight": "100000",
+}
+ROUTED_SITE_B_RULE = "{rate: 1000000/s, burst: 1000000}"
+ROUTED_IMPORT_OPTIONS = {"max_in_flight": "100000"}
 
 
 @dataclass
@@ -67,7 +92,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="HTTP/2 connections from the load generator (calls are spread over them); default 1, "
         "like one gRPC channel",
     )  # fmt: skip
-    p.add_argument("--paths", default=",".join(ALL_PATHS), help="subset of direct,nginx,interlink")
+    p.add_argument(
+        "--paths", default=",".join(DEFAULT_PATHS),
+        help=f"subset of {','.join(ALL_PATHS)} (default {','.join(DEFAULT_PATHS)}; interlink-routed: the interlink "
+        "path with every routing/resilience stage on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rps", type=int,
+        help="offer at most this many calls a second (h2load --rps, split over --connections): paths then do the "
+        "same work and their CPU per call compares without rate effects (batching); default: as fast as they go",
+    )  # fmt: skip
     p.add_argument("--interlink-workers", type=int, help="pass --workers N to `interlink run` (default: not passed)")
     p.add_argument("--startup-timeout", type=float, default=20.0, help="seconds to wait for a gateway to listen")
     p.add_argument("--results-dir", type=Path, default=REPO / "bench" / "results")
@@ -92,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     print(f"bench: temp dir {tmp}")
-    ports = dict(zip(["provider", "hop1", "hop2", "entry", "peer_a", "peer_b"], free_ports(6)))
+    names = ["provider", "provider_2", "hop1", "hop2", "entry", "peer_a", "peer_b", "routed_entry", "routed_peer_a",
+             "routed_peer_b"]  # fmt: skip
+    ports = dict(zip(names, free_ports(len(names))))
     for size in args.sizes:
         (tmp / f"request-{size}.bin").write_bytes(echo_message(size))
 
@@ -100,25 +136,20 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
     site_a, site_b = make_sites(tmp)
     print(f"bench: certificates made by {site_a.made_by}" + (f" ({site_a.note})" if site_a.note else ""))
 
-    provider = start_provider(children, tmp, ports["provider"], args.sizes)
+    routed = "interlink-routed" in args.paths
+    provider = start_provider(children, tmp, ports["provider"], args.sizes, [ports["provider_2"]] if routed else [])
     paths: list[BenchPath] = []
     skipped: dict[str, str] = {}
     if "direct" in args.paths:
         paths.append(BenchPath("direct", ports["provider"]))
     if "nginx" in args.paths:
         paths.append(start_nginx_chain(children, tmp, ports, site_a, site_b))
-    if "interlink" in args.paths:
-        # GW-A exports EchoService (the canned provider) to site B; GW-B serves it on its triple listener,
-        # with interlink's default number of connections to GW-A.
-        spec = PairSpec(
-            "interlink", "triple", export_of("triple", ports["provider"]), import_of("triple"),
-            {k: ports[k] for k in ("entry", "peer_a", "peer_b")}, peer_connections=None,
-        )  # fmt: skip
-        try:
-            pair = start_pair(children, tmp, site_a, site_b, spec, args.interlink_workers, args.startup_timeout)
-            paths.append(BenchPath("interlink", pair.entry_port, pair.proxies))
-        except InterlinkUnavailable as exc:
-            skipped["interlink"] = str(exc)
+    specs = [spec for spec in interlink_specs(ports) if spec.name in args.paths]
+    if specs:  # both pairs start at once
+        launched = launch_pairs(children, tmp, site_a, site_b, specs, args.interlink_workers, args.startup_timeout)
+        pairs, failed = launched.wait()
+        paths += [BenchPath(name, pair.entry_port, pair.proxies) for name, pair in pairs.items()]
+        skipped.update(failed)
 
     # Sanity: a grpcio client through every path, every payload, before anything is measured.
     for path in list(paths):
@@ -150,6 +181,9 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
     if "interlink" in args.paths:
         print("\nissue 2 targets for the interlink path:")
         print(report.target_table(checks))
+    pipeline = report.routing_costs(cells)
+    if pipeline:
+        print("\n" + report.routing_cost_line(pipeline))
     for name, why in skipped.items():
         print(f"\nbench: the {name} path was SKIPPED: {why}")
 
@@ -176,6 +210,8 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
         "ratios_interlink_over_nginx": ratio_rows,
         "interlink_targets": [{"target": w, "met": ok, "measured": v} for w, ok, v in checks],
     }
+    if pipeline:
+        results["routing_pipeline_cost"] = pipeline
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(results, indent=2))
@@ -192,7 +228,8 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
 # --- the servers ---------------------------------------------------------------------------------
 
 
-def start_provider(children: Children, tmp: Path, port: int, sizes: list[int]) -> Child:
+def start_provider(children: Children, tmp: Path, port: int, sizes: list[int], more_ports: Sequence[int] = ()) -> Child:
+    """The canned provider nginx on `port`, and on `more_ports` too (the same server)."""
     prefix = tmp / "nginx-provider"
     (prefix / "replies").mkdir(parents=True)
     stub = prefix / "stub" / "com.example.EchoService" / "echo"  # must exist: see provider.conf.in
@@ -201,7 +238,35 @@ def start_provider(children: Children, tmp: Path, port: int, sizes: list[int]) -
     for size in sizes:
         (prefix / "replies" / f"reply-{size}.bin").write_bytes(echo_message(size))
     reply_map = "\n".join(f"        {size} /reply-{size}.bin;" for size in sizes)
-    return nginx.start(children, "provider nginx", "provider.conf.in", prefix, {"PORT": port, "REPLY_MAP": reply_map})
+    more_listen = "\n".join(f"        listen 127.0.0.1:{p} http2;" for p in more_ports)
+    return nginx.start(
+        children, "provider nginx", "provider.conf.in", prefix,
+        {"PORT": port, "MORE_LISTEN": more_listen, "REPLY_MAP": reply_map},
+    )  # fmt: skip
+
+
+def interlink_specs(ports: dict[str, int]) -> list[PairSpec]:
+    """The pairs of gateways of the interlink paths. Both: GW-A exports EchoService (the canned provider) to
+    site B, GW-B serves it on its triple listener, with interlink's default number of connections to GW-A.
+    interlink-routed: the same with every routing/resilience stage on (ROUTED_*), its two providers being
+    the provider's two ports, tagged as in README.md "Routing over providers"."""
+    providers = [
+        f"{{address: 127.0.0.1:{ports['provider']}, zone: hz-a, unit: u00, weight: 80}}",
+        f"{{address: 127.0.0.1:{ports['provider_2']}, zone: hz-b, unit: u01, weight: 20}}",
+    ]
+    return [
+        PairSpec(
+            "interlink", "triple", export_of("triple", ports["provider"]), import_of("triple"),
+            {k: ports[k] for k in ("entry", "peer_a", "peer_b")}, peer_connections=None,
+        ),
+        PairSpec(
+            "interlink-routed", "triple",
+            export_of("triple", providers=providers, site_b_rule=ROUTED_SITE_B_RULE, **ROUTED_EXPORT_OPTIONS),
+            import_of("triple", **ROUTED_IMPORT_OPTIONS),
+            {k: ports[f"routed_{k}"] for k in ("entry", "peer_a", "peer_b")}, gw_a_lines=ROUTED_GW_A_LINES,
+            peer_connections=None,
+        ),
+    ]  # fmt: skip
 
 
 def start_nginx_chain(
@@ -255,20 +320,25 @@ def measure_all(args: argparse.Namespace, tmp: Path, paths: list[BenchPath], pro
     total = len(args.sizes) * len(args.concurrency) * len(paths)
     n = 0
     all_proxies = {f"{p.name}:{role}": child for p in paths for role, child in p.proxies.items()}
+    width = max([9, *(len(p.name) for p in paths)])
     reported_dead: set[str] = set()
     for size in args.sizes:
         for conc in args.concurrency:
             for path in paths:
                 n += 1
-                label = f"[{n}/{total}] {path.name:<9} {report.size_label(size):>6} c={conc:<3}"
+                label = f"[{n}/{total}] {path.name:<{width}} {report.size_label(size):>6} c={conc:<3}"
                 print(f"bench: {label} ...", end="", flush=True)
                 dead = {role: child for role, child in path.proxies.items() if not child.alive()}
                 if dead:
                     cell = dead_cell(path.name, size, conc, dead, reported_dead)
+                elif path.name in INTERLINK_PATHS:  # what h2load cannot tell: calls the gateways refused
+                    offsets = {role: log_size(child.log) for role, child in path.proxies.items()}
+                    cell = measure_cell(args, tmp, path, size, conc, provider, all_proxies)
+                    cell["gateway_errors"] = gateway_errors(path.proxies, offsets)
                 else:
                     cell = measure_cell(args, tmp, path, size, conc, provider, all_proxies)
                 cells.append(cell)
-                print_outcome(cell)
+                print_outcome(cell, logged_errors(cell))
     return cells
 
 
@@ -288,6 +358,7 @@ def measure_cell(
         connections=args.connections,
         request_file=tmp / f"request-{size}.bin",
         log_file=tmp / "h2load.log",
+        rps=args.rps,
     )
     try:
         run_h2load(path.entry_port, duration_s=args.warmup, **load)

@@ -92,8 +92,11 @@ def run_h2load(
     duration_s: float,
     request_file: Path,
     log_file: Path,
+    rps: int | None = None,
 ) -> LoadResult:
-    """Closed loop: `concurrency` calls in flight over `connections` HTTP/2 connections for `duration_s`."""
+    """Closed loop: `concurrency` calls in flight over `connections` HTTP/2 connections for `duration_s`;
+    with `rps`, at most that many calls a second in all (so that two paths do the same work per second and
+    their CPU per call compares without the batching a higher rate brings)."""
     connections = max(1, min(connections, concurrency))
     streams = -(-concurrency // connections)  # ceil
     log_file.unlink(missing_ok=True)  # h2load appends to an existing log
@@ -102,6 +105,7 @@ def run_h2load(
         "--threads=1",
         f"--clients={connections}",
         f"--max-concurrent-streams={streams}",
+        *([f"--rps={max(1, rps // connections)}"] if rps else []),
         f"--duration={int(duration_s * 1000)}ms",
         f"--data={request_file}",
         "--header=content-type: application/grpc",

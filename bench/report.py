@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from bench.gateway_pair import logged_errors
+
 # Which proxy process of each path stands on which side (B = caller's site, A = provider's site).
 GATEWAYS = ("GW-B", "GW-A")
-SIDES = {"nginx": ("hop1", "hop2"), "interlink": GATEWAYS}
+SIDES = {"nginx": ("hop1", "hop2"), "interlink": GATEWAYS, "interlink-routed": GATEWAYS}
 # The gateways' columns of the Bolt and translate tables: CPU per call and peak RSS of each.
 GATEWAY_HEAD = f" | {'GW-B µs/call RSS MB':>19} | {'GW-A µs/call RSS MB':>19}"
 
@@ -16,6 +18,8 @@ TARGET_RPS_RATIO_C64_100B = 0.3
 TARGET_CPU_US_PER_GATEWAY = 300
 TARGET_P50_MS_C1 = 1.2
 TARGET_RSS_MB = 80
+# Issue 14's target for the routing/resilience pipeline with every stage on (interlink-routed - interlink).
+TARGET_PIPELINE_US = 5
 
 
 def size_label(size: int) -> str:
@@ -40,8 +44,9 @@ def gateway_columns(cell: dict) -> str:
 
 
 def cell_table(cells: list[dict]) -> str:
+    width = max([10, *(len(c["path"]) for c in cells)])
     head = (
-        f"{'path':<10} {'payload':>8} {'conc':>4} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+        f"{'path':<{width}} {'payload':>8} {'conc':>4} {'rps':>8} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
         f" | {'B-side':<6} {'µs/call':>7} {'RSS MB':>6} | {'A-side':<6} {'µs/call':>7} {'RSS MB':>6}"
         f" | {'client':>6} {'provider':>8} {'other':>6}"
     )
@@ -53,10 +58,10 @@ def cell_table(cells: list[dict]) -> str:
             lines.append("")
         previous_group = group
         if "error" in c:
-            lines.append(f"{c['path']:<10} {size_label(c['size']):>8} {c['concurrency']:>4}   FAILED: {c['error']}")
+            lines.append(f"{c['path']:<{width}} {size_label(c['size']):>8} {c['concurrency']:>4}   FAILED: {c['error']}")
             continue
         row = (
-            f"{c['path']:<10} {size_label(c['size']):>8} {c['concurrency']:>4} {c['rps']:>8.0f}"
+            f"{c['path']:<{width}} {size_label(c['size']):>8} {c['concurrency']:>4} {c['rps']:>8.0f}"
             f" {num(c['p50_ms'], '.3f'):>7} {num(c['p99_ms'], '.3f'):>7} {c['errors']:>6}"
         )
         for role in SIDES.get(c["path"], (None, None)):
@@ -93,6 +98,37 @@ def ratios(cells: list[dict]) -> list[dict]:
             }
         )
     return out
+
+
+def routing_costs(cells: list[dict]) -> list[dict]:
+    """What the routing/resilience pipeline with every stage on costs per call: interlink-routed minus
+    interlink, CPU µs per call per gateway, for each concurrency whose 100 B cells both paths measured; with
+    the calls the gateways logged not OK in them (a refusal is a success to h2load, and a cheap one)."""
+    by_key = {(c["path"], c["concurrency"]): c for c in cells if c["size"] == 100 and "error" not in c}
+    out = []
+    for (path, conc), routed in by_key.items():
+        plain = by_key.get(("interlink", conc))
+        if path != "interlink-routed" or plain is None:
+            continue
+        row: dict = {"size": 100, "concurrency": conc, "logged_not_ok": logged_errors(plain) + logged_errors(routed)}
+        for role in GATEWAYS:
+            us = [c["proxies"][role]["cpu_us_per_call"] for c in (plain, routed)]
+            row[role] = {"interlink": us[0], "interlink-routed": us[1], "difference": round(us[1] - us[0], 1)}
+        out.append(row)
+    return out
+
+
+def routing_cost_line(rows: list[dict]) -> str:
+    """One line: the pipeline's cost at GW-A per concurrency (GW-B's beside it), against the target."""
+    def each(role: str) -> str:
+        return ", ".join(f"{r[role]['difference']:+.1f} µs" + (f" at c={r['concurrency']}" if len(rows) > 1 else "")
+                         for r in rows)  # fmt: skip
+
+    where = "100 B" + (f", c={rows[0]['concurrency']}" if len(rows) == 1 else "")
+    refused = sum(r["logged_not_ok"] for r in rows)
+    return (f"routing pipeline cost per call at GW-A: {each('GW-A')} (interlink-routed minus interlink, {where};"
+            f" GW-B: {each('GW-B')}; target <= {TARGET_PIPELINE_US} µs)"
+            + (f"; NOT COMPARABLE: the gateways logged {refused} calls not OK in these cells" if refused else ""))
 
 
 def ratio_table(rows: list[dict]) -> str:

@@ -40,7 +40,17 @@ from pathlib import Path
 
 from bench import bolt_bench, bolt_frames, grpc_bench
 from bench.cells import dead_cell, print_outcome
-from bench.gateway_pair import PairSpec, export_of, import_of, launch_pairs, log_events, log_size, make_sites, not_ok_calls
+from bench.gateway_pair import (
+    PairSpec,
+    export_of,
+    gateway_errors,
+    import_of,
+    launch_pairs,
+    log_events,
+    log_size,
+    logged_errors,
+    make_sites,
+)
 from bench.loadgen import echo_message
 from bench.processes import Child, Children, _die_with_parent, free_ports, wait_for_port
 from bench.report import GATEWAY_HEAD, GATEWAYS, gateway_columns, num, ratio, target_table
@@ -161,20 +171,6 @@ def check_path(node: str, path: TPath) -> list[str]:
 # --- measuring ------------------------------------------------------------------------------------------
 
 
-def gateway_errors(path: TPath, offsets: dict[str, int]) -> dict[str, dict[str, int]]:
-    """Calls each gateway logged with a status other than OK since `offsets` (role -> {status: count}).
-    CANCELLED is among them: h2load resets the calls still in flight when its run ends (up to c per run, and a
-    cell is two runs), so those are expected and not counted as errors (see `logged_errors`)."""
-    counts = {role: not_ok_calls(child.log, offsets[role]) for role, child in path.proxies.items()}
-    return {role: c for role, c in counts.items() if c}
-
-
-def logged_errors(cell: dict) -> int:
-    """Calls the gateways logged not OK, except CANCELLED (a caller's reset: h2load at the end of its runs)."""
-    return sum(n for counts in cell.get("gateway_errors", {}).values() for status, n in counts.items()
-               if status != "CANCELLED")  # fmt: skip
-
-
 def measure_cell(
     opts: TranslateOptions, node: str, tmp: Path, files: dict[str, dict[int, dict[str, Path]]], path: TPath,
     conc: int, all_proxies: dict[str, Child],
@@ -199,7 +195,7 @@ def measure_cell(
             conc, path.provider, watched,
         )  # fmt: skip
     cell["load_generator"] = "h2load" if path.name in H2LOAD_PATHS else "bolt_load.js"
-    cell["gateway_errors"] = gateway_errors(path, offsets)
+    cell["gateway_errors"] = gateway_errors(path.proxies, offsets)
     return cell
 
 
