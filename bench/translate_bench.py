@@ -181,7 +181,7 @@ def measure_cell(
     watched = {**{f"{path.name}:{role}": c for role, c in path.proxies.items()}, **others}
     offsets = {role: log_size(c.log) for role, c in path.proxies.items()}
     if path.name in H2LOAD_PATHS:
-        args = argparse.Namespace(connections=1, warmup=opts.warmup, duration=opts.duration)
+        args = argparse.Namespace(connections=1, warmup=opts.warmup, duration=opts.duration, rps=None)
         cell = grpc_bench.measure_cell(
             args, tmp, grpc_bench.BenchPath(path.name, path.entry_port, path.proxies), SIZE, conc, path.provider, watched
         )
