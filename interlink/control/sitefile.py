@@ -103,7 +103,6 @@ _HEADER_STAGE_EXAMPLE = "{header: x-release, values: [canary], group: canary}"
 RETRY_KEYS = ("attempts", "budget_percent", "idempotent_methods")
 UNIT_RULE_KEYS = ("header", "units")
 _UNIT_RULE_EXAMPLE = '{header: x-uid, units: {u00: "00-49", u01: "50-99"}}'
-_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 OUTLIER_KEYS = ("consecutive_failures", "eject_s", "max_ejected_percent")
 IMPORT_KEYS = ("service", "from", "protocol", "version", "max_in_flight", "retry")
 ACL_KEYS = ("apps", "methods", "rate", "burst", "per_method")
@@ -535,7 +534,7 @@ def _read_loadtest(r: _SiteFileReader, node: Node) -> LoadTestConfig | None:
         return None
     values: dict[str, str | None] = {}
     if "header" in fields:
-        values["header"] = r.header_name(fields["header"], "loadtest.header")
+        values["header"] = r.mark_header(fields["header"], "loadtest.header")
     if "baggage" in fields:
         values["baggage"] = r.baggage_pair(fields["baggage"], "loadtest.baggage")
     if None in values.values():
@@ -1103,7 +1102,7 @@ def _read_header_stage(r: _SiteFileReader, where: str, node: Node) -> HeaderStag
                        required={"header": "header: x-release", "values": "values: [canary]", "group": "group: canary"})
     if fields is None or len(fields) < len(HEADER_STAGE_KEYS):
         return None
-    header = _header_name(r, f"{where}.header", fields["header"])
+    header = r.routing_header(fields["header"], f"{where}.header")
     group = r.name_text(fields["group"], f"{where}.group", "canary")
     items = r.sequence(fields["values"], f"{where}.values", "values: [canary, beta]")
     values = [r.text(item, item_where, "canary") for item_where, item in items or ()]
@@ -1115,17 +1114,6 @@ def _read_header_stage(r: _SiteFileReader, where: str, node: Node) -> HeaderStag
     return HeaderStage(header, frozenset(values), group)  # type: ignore[arg-type]
 
 
-def _header_name(r: _SiteFileReader, where: str, node: Node) -> str | None:
-    def check(value: str) -> str:
-        name = value.lower()
-        if not _HEADER_NAME.fullmatch(name) or name.startswith(("grpc-", "x-interlink-")):
-            raise ValueError(f'"{value}" is not a header a caller may set (letters, digits, ".", "_", "-"; not grpc-* '
-                             "or x-interlink-*); write e.g. x-release")
-        return name
-
-    return r._checked_text(node, where, "x-release", check)
-
-
 def _read_unit_rule(r: _SiteFileReader, where: str, node: Node) -> UnitRule | None:
     """`unit_rule: {header: x-uid, units: {u00: "00-49", u01: "50-99"}}`: a caller's unit from the last two digits
     of its user id, when it names none in x-interlink-unit (LDC-style sharding: 100 shards over the units)."""
@@ -1133,7 +1121,7 @@ def _read_unit_rule(r: _SiteFileReader, where: str, node: Node) -> UnitRule | No
                        required={"header": "header: x-uid", "units": 'units: {u00: "00-49", u01: "50-99"}'})
     if fields is None or len(fields) < len(UNIT_RULE_KEYS):
         return None
-    header = _header_name(r, f"{where}.header", fields["header"])
+    header = r.routing_header(fields["header"], f"{where}.header")
     units = r.mapping(fields["units"], f"{where}.units", 'units: {u00: "00-49", u01: "50-99"}')
     if header is None or units is None:
         return None
@@ -1505,8 +1493,12 @@ class _SiteFileReader:
     def stream_name(self, node: Node, where: str) -> str | None:
         return self._checked_text(node, where, "ORDERS", _check_stream_name)
 
-    def header_name(self, node: Node, where: str) -> str | None:
+    def mark_header(self, node: Node, where: str) -> str | None:
         return self._checked_text(node, where, _MARK_EXAMPLE, _check_mark_header)
+
+    def routing_header(self, node: Node, where: str) -> str | None:
+        """A header of the callers' own that a routing rule reads (lower case, as HTTP/2 carries it)."""
+        return self._checked_text(node, where, "x-release", _check_routing_header)
 
     def baggage_pair(self, node: Node, where: str) -> str | None:
         return self._checked_text(node, where, _BAGGAGE_EXAMPLE, _check_baggage_pair)
@@ -1674,22 +1666,30 @@ def _looks_like_host_port(text: str) -> bool:
 
 def _check_mark_header(text: str) -> str:
     """loadtest.header: a lower-case HTTP/2 header name of the user's own (also a Bolt header-map key)."""
+    return _check_header_name(text, _MARK_EXAMPLE)
+
+
+def _check_routing_header(text: str) -> str:
+    """What a routing rule reads (a header rule, unit_rule): a header of the caller's own, never one of the keys
+    gateways set (x-interlink-*: a caller's are dropped at the local ingress)."""
+    if text.lower().startswith("x-interlink-"):
+        raise ValueError(f'"{text}": x-interlink-* keys are the gateways\' own; name a header of your callers, '
+                         "e.g. x-release")
+    return _check_header_name(text, "x-release")
+
+
+def _check_header_name(text: str, example: str) -> str:
     if text.startswith(":"):
-        raise ValueError(
-            f'"{text}" is an HTTP/2 pseudo-header, not a header name of your own; write e.g. {_MARK_EXAMPLE}'
-        )
+        raise ValueError(f'"{text}" is an HTTP/2 pseudo-header, not a header name of your own; write e.g. {example}')
     if text.lower().startswith("grpc-"):
-        raise ValueError(f'"{text}": grpc-* headers are reserved for gRPC itself; write e.g. {_MARK_EXAMPLE}')
+        raise ValueError(f'"{text}": grpc-* headers are reserved for gRPC itself; write e.g. {example}')
     if text != text.lower() and _HEADER_NAME.fullmatch(text.lower()):
         raise ValueError(f'"{text}" must be lower case (HTTP/2 header names are); write "{text.lower()}"')
     if not _HEADER_NAME.fullmatch(text):
-        raise ValueError(
-            f"{_short(text)} is not a header name; use lower-case letters, digits and '-', e.g. {_MARK_EXAMPLE}"
-        )
+        raise ValueError(f"{_short(text)} is not a header name; use lower-case letters, digits and '-', e.g. {example}")
     if text in _TAKEN_HEADERS:
         raise ValueError(
-            f'"{text}" already means something to HTTP/2, gRPC or tracing; pick a name of your own,'
-            f" e.g. {_MARK_EXAMPLE}"
+            f'"{text}" already means something to HTTP/2, gRPC or tracing; pick a name of your own, e.g. {example}'
         )
     return text
 

@@ -134,7 +134,7 @@ HEADERED = ROUTED.replace(
     "      - {address: 127.0.0.1:50062, zone: hz-b, unit: u01, weight: 0, group: canary}\n",
 ).replace(
     "    routing: [target_zone, unit, nearest, weighted]\n",
-    "    routing:\n      - {header: X-Release, values: [canary, c], group: canary}\n      - nearest\n      - weighted\n"
+    "    routing:\n      - {header: x-release, values: [canary, c], group: canary}\n      - nearest\n      - weighted\n"
     "    retry: {attempts: 3, budget_percent: 10, idempotent_methods: [Get*, echo]}\n",
 ).replace("unit: u00\n", 'unit: u00\nunit_rule: {header: x-uid, units: {u00: "00-49", u01: "50-89, 95", u02: "90-94"}}\n')
 
@@ -158,11 +158,13 @@ def test_header_stages_unit_rules_and_retries_load(write_site: WriteSite) -> Non
 
 
 @pytest.mark.parametrize("old, new, words, at", [
-    ("{header: X-Release, values: [canary, c], group: canary}", "{header: X-Release, group: canary}",
-     'missing key "values"', "- {header: X-Release"),
-    ("values: [canary, c]", "values: []", "is empty", "- {header: X-Release"),
-    ("header: X-Release", "header: x-interlink-unit", "not a header a caller may set", "- {header: x-interlink"),
-    ("header: X-Release", "header: grpc-timeout", "not a header a caller may set", "- {header: grpc"),
+    ("{header: x-release, values: [canary, c], group: canary}", "{header: x-release, group: canary}",
+     'missing key "values"', "- {header: x-release"),
+    ("values: [canary, c]", "values: []", "is empty", "- {header: x-release"),
+    ("header: x-release", "header: x-interlink-unit", "keys are the gateways' own", "- {header: x-interlink"),
+    ("header: x-release", "header: grpc-timeout", "reserved for gRPC", "- {header: grpc"),
+    ("header: x-release", "header: X-Release", 'must be lower case', "- {header: X-Release"),
+    ("header: x-release", "header: traceparent", "already means something", "- {header: traceparent"),
     ("attempts: 3", "attempts: 9", "attempts", "retry:"),
     ("budget_percent: 10", "budget_percent: 0", "budget_percent", "retry:"),
     ("idempotent_methods: [Get*, echo]", "idempotent_methods: Get", "expected a list", "retry:"),
