@@ -543,7 +543,7 @@ class GatewayCall:
             trips.trip(trips.UPSTREAM_FULL)
             raise Refusal(Status.RESOURCE_EXHAUSTED,
                           f"all connections to {group.name} are at their concurrent call limit; retry later")
-        elif group.connecting and self.core.nursery is not None:
+        elif (group.connecting or group.first_connect_pending) and self.core.nursery is not None:
             self.state = WAITING
             self.core.nursery.start_soon(self._when_ready, group)
         else:
@@ -589,11 +589,12 @@ class GatewayCall:
         return prop if isinstance(prop, str) else None
 
     async def _when_ready(self, group: PoolGroup) -> None:
-        with trio.move_on_at(min(self.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
-            if group.first_connect_pending:
-                await group.wait_ready()  # a gateway that just started: through its first retries
-            else:
-                await group.wait_settled()  # a reconnect: only while that attempt lasts
+        if group.first_connect_pending:  # a gateway (or upstream) that just started: through its first retries
+            with trio.move_on_at(min(self.deadline, group.first_wait_until())):
+                await group.wait_ready()
+        else:  # a reconnect, or a provider waking up: only while that attempt lasts
+            with trio.move_on_at(min(self.deadline, trio.current_time() + FIRST_CONNECT_WAIT)):
+                await group.wait_settled()
         if self.state is WAITING:
             upstream = group.pick() if group.router is None else self._routed_pick(group)
             if self.deadline <= trio.current_time():

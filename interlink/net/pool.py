@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("interlink.net.pool")
 
-# How long a call may wait for the very first connection of an upstream (a gateway that just started).
+# How long after an upstream's pools start calls wait for its very first connection (a gateway that just
+# started, or an upstream added by a reload or the registry); after that, a call to one never reached fails at once.
 FIRST_CONNECT_WAIT = 5.0
 STABLE_AFTER = 1.0  # seconds a connection must live for its replacement to be dialled without backoff
 MIN_SHARE = 8  # call slots any caller connection may always hold in a group
@@ -95,6 +96,7 @@ class ConnectionPool:
         self._nursery: trio.Nursery | None = None
         self._recycled: set[int] = set()  # ids of endpoints replaced by `recycle`: their slot loop ends
         self.retired = False  # set when nobody routes here any more: slots stop reconnecting
+        self.started_at: float | None = None  # when its slots started dialling (run)
         self.idle_timeout = idle_timeout
         self.dormant = 0  # slots closed for idleness, waiting for a call to need them
         self.waking = False  # a call needed a dormant pool: its connection is being made
@@ -135,6 +137,7 @@ class ConnectionPool:
             await self._ready.wait()
 
     async def run(self) -> None:
+        self.started_at = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for slot in range(self.size):
@@ -515,8 +518,16 @@ class PoolGroup:
 
     @property
     def first_connect_pending(self) -> bool:
-        """No connection has ever come up, but one is being attempted (startup race)."""
-        return not any(pool.ever_connected for pool in self.pools) and any(pool.connecting for pool in self.pools)
+        """No connection has ever come up, and the pools started less than FIRST_CONNECT_WAIT ago (or have not
+        started yet): calls wait for the first one, whether an attempt is under way or backing off."""
+        return not any(pool.ever_connected for pool in self.pools) and self.first_wait_until() > trio.current_time()
+
+    def first_wait_until(self) -> float:
+        """Until when calls wait for the first connection (FIRST_CONNECT_WAIT after the pools started)."""
+        starts = [pool.started_at for pool in self.pools]
+        if not starts or None in starts:
+            return trio.current_time() + FIRST_CONNECT_WAIT  # (a pool not started yet: its window is ahead)
+        return max(starts) + FIRST_CONNECT_WAIT  # type: ignore[type-var]
 
     @property
     def connecting(self) -> bool:

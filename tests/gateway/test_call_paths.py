@@ -12,7 +12,7 @@ import trio.testing
 
 from interlink.gateway.call import CallState
 from interlink.gateway.filters import AccessDomainFilter, ExportAclFilter, Filter, FilterChains
-from interlink.net.pool import STABLE_AFTER
+from interlink.net.pool import FIRST_CONNECT_WAIT, STABLE_AFTER
 from interlink.routes import bolt_unique_name
 from interlink.wire import bolt, grpc
 from tests.gateway.harness import (
@@ -156,6 +156,25 @@ async def test_a_first_connection_that_never_comes_fails_the_waiting_call(timeou
         (line,) = world.access()
         assert line["status"] == status and says in line["error"]
         assert world.caller.stream(sid).outcome[0] == status
+        world.assert_clean()
+
+
+async def test_calls_wait_for_a_first_connection_only_within_the_startup_window(autojump_clock):
+    """Whether an attempt is under way or the pool is backing off after a refused one, a call in the first
+    FIRST_CONNECT_WAIT after the pools started waits (until the window ends); a call after it fails at once."""
+    async with open_world(connect="refused", wait_ready=False) as world:
+        await wait_until(lambda: world.pool.last_error == "connection refused")  # backing off (10,000 s)
+        started = trio.current_time()
+        sid = unary(world)
+        await wait_until(lambda: world.calls and world.calls[0].state is CallState.WAITING)
+        await wait_until(lambda: world.access())
+        assert world.caller.stream(sid).outcome[0] == "UNAVAILABLE"
+        waited = trio.current_time() - started
+        assert FIRST_CONNECT_WAIT - 0.5 < waited <= FIRST_CONNECT_WAIT + 0.1
+        sid = unary(world)  # the window has passed: at once
+        await wait_until(lambda: len(world.access()) == 2)
+        assert world.caller.stream(sid).outcome[0] == "UNAVAILABLE" and trio.current_time() - started < waited + 0.1
+        assert "connection refused" in world.access()[1]["error"]
         world.assert_clean()
 
 
