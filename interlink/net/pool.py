@@ -238,14 +238,15 @@ class ConnectionPool:
     async def _close_when_idle(self, endpoint: PooledConnection, timeout: float) -> None:
         """Retire `endpoint` once it has carried no call for `timeout` (its slot then sleeps: `dormant`)."""
         while True:
-            now = trio.current_time()
             if endpoint.in_flight:
                 await trio.sleep(timeout)
                 continue
-            idle = now - endpoint.idle_since
-            if idle >= timeout:
+            # (one absolute deadline, asked and awaited alike: `now - since >= timeout` and a sleep of
+            # `timeout - idle` can disagree by a rounding error and spin forever)
+            deadline = endpoint.idle_since + timeout
+            if trio.current_time() >= deadline:
                 break
-            await trio.sleep(timeout - idle)
+            await trio.sleep_until(deadline)
         self._idled[id(endpoint)] = self._wake  # (a call that comes while it closes wakes the slot at once)
         self.dormant += 1
         log.info("pool.idle_closed", pool=self.name, endpoint=endpoint.name, seconds=timeout)
