@@ -699,13 +699,8 @@ class GatewayCall:
         if not core.retry_budgets.of(self.ingress.value, route.service).spend(now, policy.budget_percent):  # type: ignore[union-attr]
             retries.over_budget(self.service, self.upstream_name)
             return False
-        group, connection = self._group, self._connection
-        avoid = getattr(connection, "attributes", {}).get("pool")
-        if group is not None:  # the failed try gives back its slot and counts against its upstream
-            if group.outliers is not None:
-                group.outcome(connection, True)  # type: ignore[arg-type]
-            group.release(self.down.endpoint)
-            self._group = self._connection = None
+        avoid = getattr(self._connection, "attributes", {}).get("pool")
+        self._give_back(failed=True)  # the failed try gives back its slot and counts against its upstream
         why = "unprocessed" if unprocessed else "idempotent"
         self._reached |= not unprocessed
         self.attempts += 1
@@ -725,6 +720,16 @@ class GatewayCall:
         except Refusal as refusal:
             self.fail(refusal.status, refusal.message, refusal.http_status, refusal.kind)
         return True
+
+    def _give_back(self, failed: bool | None) -> None:
+        """The try on `_connection` is over: its fair-share slot goes back to the group, and (outlier ejection)
+        it counts for or against that upstream (`failed` None: neither, the caller's own ending)."""
+        group = self._group
+        if group is not None:
+            if group.outliers is not None and failed is not None:
+                group.outcome(self._connection, failed)  # type: ignore[arg-type]
+            group.release(self.down.endpoint)
+            self._group = self._connection = None
 
     def caller_gone(self, reason: str) -> None:
         """The caller reset its stream, or its connection ended: drop the call upstream, answer nothing."""
@@ -748,12 +753,8 @@ class GatewayCall:
         if self._timer is not None:
             self.core.timers.cancel(self._timer)
             self._timer = None
-        group = self._group
-        if group is not None:
-            if group.outliers is not None and status not in _NEUTRAL:  # passive health of the upstream
-                group.outcome(self._connection, status in _UPSTREAM_FAILURES)
-            group.release(down.endpoint)
-            self._group = self._connection = None
+        if self._group is not None:
+            self._give_back(None if status in _NEUTRAL else status in _UPSTREAM_FAILURES)
         if up is not None:
             up.release()
         down.release(caller_alive)
