@@ -6,7 +6,8 @@ debug log call per field. Here:
 
 - `HeaderBlockEncoder` never adds to the dynamic table (so it needs no state shared with the peer's
   decoder), never Huffman-codes (a few more bytes on loopback/LAN links, far less CPU), and caches the
-  encoding of each (name, value) field.
+  encoding of each (name, value) field and of each repeated header list (one lookup for a relayed
+  response head or trailers).
 - `HeaderBlockDecoder` is a complete RFC 7541 decoder (dynamic table, size updates, limits) whose Huffman
   decoding is cached per encoded string: callers send the same header values over and over.
 
@@ -38,6 +39,11 @@ _MAX_INTEGER_BYTES = 5  # enough for 2**28; anything longer is an attack or garb
 # Process-wide caches (pure functions of their keys, so any connection may use any entry).
 FIELDS: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(max_entries=4096, max_bytes=1 << 20, max_item=512)
 HUFFMAN: BoundedCache[bytes, bytes] = BoundedCache(max_entries=4096, max_bytes=512 << 10, max_item=256)
+# A header list (a tuple of its fields, none of them per call) -> its block as HeaderBlockEncoder writes it: the
+# response heads and trailers a gateway relays repeat, and so do requests without a per-call grpc-timeout.
+ENCODED: BoundedCache[tuple[tuple[bytes, bytes], ...], bytes] = BoundedCache(
+    max_entries=1024, max_bytes=1 << 20, max_item=2048
+)
 # A stateless block -> (its header list, the list's RFC 7541 size, for each decoder's own limit).
 # A block's "inserts" flag: it holds literals with incremental indexing that changed nothing because the table
 # was of size 0 (what nginx and others send once told SETTINGS_HEADER_TABLE_SIZE 0): the cached result stands
@@ -108,6 +114,15 @@ class HeaderBlockEncoder:
             tail = (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
                     else self._encode_field(name, value))
             headers = headers[:-1]
+        key = tuple(headers)  # fields are (name, value) tuples: a repeated list is one lookup
+        block = ENCODED.get(key)
+        if block is None:
+            block = self._encode_fields(headers)
+            if not any(name in PER_CALL_FIELDS for name, _ in headers):
+                ENCODED.put(key, block, 3 * len(block) + 64)  # (the key's fields are about the block's size)
+        return block if tail is None else block + tail
+
+    def _encode_fields(self, headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> bytes:
         known = FIELDS.get
         parts = [known(field) for field in headers]  # fields are (name, value) tuples: the cache's keys
         if None in parts:
@@ -117,8 +132,6 @@ class HeaderBlockEncoder:
                     encoded = parts[index] = self._encode_field(name, value)
                     if name not in PER_CALL_FIELDS:
                         FIELDS.put((name, value), encoded, 2 * len(encoded))
-        if tail is not None:
-            parts.append(tail)
         return b"".join(parts)
 
     @staticmethod

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interlink.wire.hpack import BLOCKS, FIELDS, HUFFMAN, HeaderBlockDecoder, HeaderBlockEncoder, decode_integer, encode_integer
+from interlink.wire.hpack import BLOCKS, ENCODED, FIELDS, HUFFMAN, HeaderBlockDecoder, HeaderBlockEncoder, decode_integer, encode_integer
 
 # RFC 7541 C.4: three requests on one connection, Huffman-coded, sharing the dynamic table.
 RFC_C4 = [
@@ -152,17 +152,19 @@ def test_lowering_the_list_size_limit_applies_to_cached_blocks():
 
 def test_caches_keep_neither_big_nor_one_off_values():
     """The issue's attack: thousands of distinct 48 KB Huffman-coded values must leave nothing behind."""
-    before = (len(BLOCKS), len(HUFFMAN), len(FIELDS), BLOCKS.bytes + HUFFMAN.bytes + FIELDS.bytes)
+    caches = (BLOCKS, HUFFMAN, FIELDS, ENCODED)
+    before = sum(cache.bytes for cache in caches)
     decoder, encoder = HeaderBlockDecoder(max_header_list_size=1 << 20), HeaderBlockEncoder()
     for index in range(50):
         value = f"{index:05d}".encode() * 9_600  # 48 KB
         block = hpack.Encoder().encode([(b"x-big", value)], huffman=True)
         assert decoder.decode(block) == [(b"x-big", value)]
         encoder.encode([(b"x-big", value)])
+        encoder.encode([(b"x-big", value)])  # a second time: still too big to keep
     for index in range(200):  # small but each seen once: not kept either
         decoder.decode(HeaderBlockEncoder().encode([(b"x-once", f"{index}".encode())]))
-    assert BLOCKS.bytes + HUFFMAN.bytes + FIELDS.bytes - before[3] < 64 * 1024
-    assert all(cache.bytes <= cache.max_bytes for cache in (BLOCKS, HUFFMAN, FIELDS))
+    assert sum(cache.bytes for cache in caches) - before < 64 * 1024
+    assert all(cache.bytes <= cache.max_bytes for cache in caches)
 
 
 def test_blocks_that_index_into_a_table_of_size_0_are_cached_for_such_tables_only():
@@ -185,6 +187,27 @@ def test_blocks_that_index_into_a_table_of_size_0_are_cached_for_such_tables_onl
     assert with_table.decode(b"\xbe\xbf") == [(b"x-indexed2", b"w"), (b"x-indexed1", b"v")]
 
 
+def test_a_repeated_header_list_is_encoded_once_and_then_looked_up():
+    encoder = HeaderBlockEncoder()
+    trailers = [(b"grpc-status", b"0"), (b"grpc-message", b"fine"), (b"x-repeated-list", b"1")]
+    ENCODED.clear()
+    blocks = [encoder.encode(list(trailers)) for _ in range(3)]  # kept the second time it is seen
+    assert ENCODED.get(tuple(trailers)) == blocks[0] == blocks[1] == blocks[2]
+    assert hpack.Decoder().decode(blocks[2], raw=True) == trailers
+    assert encoder.encode(tuple(trailers)) == blocks[0]  # a tuple is the same list
+
+
+def test_a_list_with_a_per_call_field_is_looked_up_without_it_or_not_kept():
+    encoder = HeaderBlockEncoder()
+    ENCODED.clear()
+    for _ in range(3):
+        last = encoder.encode([*_REQUEST, _TRACE])  # the trace last: the rest is the key, the trace its tail
+        middle = encoder.encode([_REQUEST[0], _TRACE, *_REQUEST[1:]])
+    assert ENCODED.get(tuple(_REQUEST)) is not None and len(ENCODED) == 1
+    assert hpack.Decoder().decode(last, raw=True) == [*_REQUEST, _TRACE]
+    assert hpack.Decoder().decode(middle, raw=True) == [_REQUEST[0], _TRACE, *_REQUEST[1:]]
+
+
 # --- a gateway's traceparent, last in its block ---------------------------------------------------------------
 
 _TRACE = (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
@@ -200,6 +223,7 @@ def _size_zero_decoder() -> HeaderBlockDecoder:
 
 def test_the_traceparent_is_encoded_last_without_entering_the_field_cache():
     FIELDS.clear()
+    ENCODED.clear()
     block = HeaderBlockEncoder().encode([*_REQUEST, _TRACE])
     assert block.endswith(b"\x00\x0btraceparent\x37" + _TRACE[1])
     assert _TRACE not in FIELDS._entries and len(FIELDS._seen) == len(_REQUEST)  # offered: all but the trace
