@@ -186,3 +186,59 @@ def test_timestamp_is_what_timestamper_iso_utc_writes(monkeypatch, ns):
     monkeypatch.setattr(logs.time, "time_ns", lambda: ns)
     expected = (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=ns // 1000))
     assert logs.now_iso() == expected.isoformat().replace("+00:00", "Z")
+
+
+# --- the per-call lines (CallLog) ----------------------------------------------------------------------------
+
+
+def _binary_stream() -> tuple[BinaryWrites, io.TextIOWrapper]:
+    raw = BinaryWrites()
+    return raw, io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", write_through=True)
+
+
+_CALL_LINES = [  # (event, keywords): an access line, an error one, an audit line, and values orjson cannot write
+    ("call", {"status": "OK", "ms": 0.412, "site": "site-a", "ingress": "peer", "peer": "site-b", "service": "x.Y",
+              "method": "echo", "caller_app": None, "trace_id": "0af7651916cd43dd8448eb211c80319c", "loadtest": True}),
+    ("call", {"status": "UNAVAILABLE", "ms": 12.0, "error": "naïve ✓ \u2028 \"quoted\"", "site": "site-a"}),
+    ("audit", {"decision": "allow", "reason": None, "site": "site-a", "caller_app": "shop", "attempts": 2}),
+    ("call", {"status": "OK", "big": 2**70, "mapping": {1: "one"}}),  # the JSONRenderer fallback
+]
+
+
+def test_a_call_line_is_the_line_structlog_writes(monkeypatch):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_123_456_789)
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    assert logs._direct is not None and logs._direct.current()  # noqa: SLF001 - the fast path is taken
+    direct, through_structlog = logs.CallLog("interlink.access"), structlog.get_logger("interlink.access")
+    for event, keywords in _CALL_LINES:
+        direct.info(event, **keywords)
+        through_structlog.info(event, **keywords)
+    assert len(raw.calls) == 2 * len(_CALL_LINES)  # one write per line
+    for mine, theirs in zip(raw.calls[::2], raw.calls[1::2]):
+        assert mine == theirs and mine.endswith(b"\n") and mine.count(b"\n") == 1
+
+
+def test_call_lines_go_through_structlog_when_it_is_configured_otherwise():
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    access = logs.CallLog("interlink.access")
+    with structlog.testing.capture_logs() as captured:  # tests capture call lines
+        access.info("call", status="OK", site="site-a")
+    assert captured == [{"status": "OK", "site": "site-a", "event": "call", "log_level": "info"}]
+    assert raw.calls == []
+    access.info("call", status="after")  # the capture is over: written again
+    assert json.loads(raw.calls[-1])["status"] == "after"
+    # (structlog's loggers keep the configuration of their first line: each configuration gets a new one here,
+    # as a gateway's modules get theirs after configure() at its start)
+    logs.configure("warning", stream=stream)  # a level above info: no call lines
+    logs.CallLog("interlink.access").info("call", status="dropped")
+    assert len(raw.calls) == 1
+    text = Writes()
+    logs.configure("info", json=False, stream=text)  # console lines
+    logs.CallLog("interlink.access").info("call", status="OK")
+    assert len(text.calls) == 1 and "status=OK" in text.calls[0]
+    assert logs._direct is None  # noqa: SLF001
+    logs.configure("info", stream=stream)
+    structlog.reset_defaults()  # structlog's defaults again: printed by structlog, not written here
+    assert not logs._direct.current()  # noqa: SLF001

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Union
 import structlog
 import trio
 
+from interlink import logs
 from interlink.gateway import retries, translation
 from interlink.gateway.boltlegs import BoltDownstream, BoltUpstream, upstream_frame
 from interlink.gateway.deadlines import DeadlineTimers
@@ -55,8 +56,8 @@ if TYPE_CHECKING:
     from interlink.net.h2link import H2Endpoint, Headers
     from interlink.net.otlp import SpanExporter
 
-access_log = structlog.get_logger("interlink.access")
-audit_log = structlog.get_logger("interlink.audit")
+access_log = logs.CallLog("interlink.access")
+audit_log = logs.CallLog("interlink.audit")
 log = structlog.get_logger("interlink.gateway")
 
 Downstream = Union[H2Downstream, BoltDownstream]

@@ -40,6 +40,7 @@ import structlog
 import trio
 
 from broker_adapters.base import Broker, BrokerError, BrokerMessage, PendingPublish
+from interlink import logs
 from interlink.config import MessageImportConfig, MessagingConfig
 from interlink.model import Payload, PayloadKind, Refusal, Reply, Status
 from interlink.net.pool import PoolGroup
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from interlink.routes import MessageExportRoute
 
 log = structlog.get_logger("interlink.messages")
-access_log = structlog.get_logger("interlink.access")
+access_log = logs.CallLog("interlink.access")
 
 DEAD_LETTER_STREAM = "INTERLINK_DEAD"
 BACKOFF_FIRST = 0.2
