@@ -1,0 +1,22 @@
+"""bench/inmemory.py keeps working (its numbers are never asserted): both roles run calls through a CallCore.
+(In a process of its own: it configures logging for the whole process.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("role", ["peer", "local"])
+def test_the_in_memory_bench_runs_calls_through_the_call_core(role: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.inmemory", "--role", role, "--calls", "128", "--rounds", "2", "--concurrency", "16"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{role} c=16: min "), done.stdout
