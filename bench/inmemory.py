@@ -29,7 +29,8 @@ import time
 import trio
 
 from interlink import logs
-from interlink.wire import grpc, h2conn
+from interlink.routes import bolt_unique_name
+from interlink.wire import bolt, grpc, h2conn
 from interlink.wire.h2frames import FloodBudget
 from tests.gateway import harness
 
@@ -79,24 +80,71 @@ class RawPeer:
         self.flush()
 
 
-async def _measure(role: str, concurrency: int, calls: int, rounds: int) -> list[float]:
+class RawBoltPeer:
+    """A Bolt caller or provider on the test's end of a memory transport: the provider answers each request
+    with a 100-byte SofaResponse; the caller counts successful responses (anything else stops the run)."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+        self.decoder = bolt.BoltDecoder()
+        self.answered = 0
+        self.answer = trio.Event()
+        self.next_id = 1
+
+    async def run(self) -> None:
+        await harness.read_until_closed(self, self._received)
+
+    def _received(self, data: bytes) -> None:
+        out = []
+        for frame in self.decoder.feed(data):
+            if frame.is_heartbeat:
+                if frame.is_request:
+                    out.append(bolt.encode(bolt.heartbeat_ack(frame)))
+            elif frame.is_request:
+                out.append(bolt.encode(bolt.response_for(frame, 0, bolt.SOFA_RESPONSE_CLASS, b"", _MESSAGE[5:])))
+            elif frame.status == bolt.ResponseStatus.SUCCESS:
+                self.answered += 1
+                self.answer.set()
+            else:
+                raise RuntimeError(f"a call failed: {harness.bolt_outcome(frame)}")
+        if out:
+            self.transport.write(b"".join(out))
+
+
+async def _measure(role: str, caller_protocol: str, upstream: str, concurrency: int, calls: int,
+                   rounds: int) -> list[float]:
     harness.H2Peer = RawPeer  # type: ignore[misc, assignment]
+    harness.BoltPeer = RawBoltPeer  # type: ignore[misc, assignment]
     async with trio.open_nursery() as nursery:
         world = harness.World(
-            nursery, ingress=role, caller="h2", upstream="h2", snapshot=harness.make_snapshot(), group="pool",
+            nursery, ingress=role, caller="h2" if caller_protocol == "triple" else "bolt",
+            upstream="h2" if upstream == "triple" else "bolt", snapshot=harness.make_snapshot(), group="pool",
             connect="ok", sni=harness.DOMAIN, site=harness.PEER, provider_streams=None, upstream_max_pending=1024,
             caller_max_pending=1024,
         )
         await world.start(True)
-        caller: RawPeer = world.caller  # type: ignore[assignment]
-        headers = harness.h2_request_headers(harness.TRIPLE, authority=harness.DOMAIN if role == "peer" else b"localhost")
+        caller = world.caller
+        service = harness.TRIPLE if upstream == "triple" else harness.BOLT  # (translated when they differ)
+        if caller_protocol == "triple":
+            headers = harness.h2_request_headers(service, authority=harness.DOMAIN if role == "peer" else b"localhost")
+
+            def send() -> None:
+                stream_id = caller.conn.open_stream(headers)
+                caller.conn.send_data(stream_id, _MESSAGE, end_stream=True)
+        else:
+            name = bolt_unique_name(service, None)
+
+            def send() -> None:
+                caller.next_id += 1
+                caller.transport.write(bolt.encode(harness.bolt_request(
+                    name, content=_MESSAGE[5:], link=role == "peer", request_id=caller.next_id)))
 
         async def burst() -> None:
             target = caller.answered + concurrency
             for _ in range(concurrency):
-                stream_id = caller.conn.open_stream(headers)
-                caller.conn.send_data(stream_id, _MESSAGE, end_stream=True)
-            caller.flush()
+                send()
+            if caller_protocol == "triple":
+                caller.flush()
             while caller.answered < target:
                 caller.answer = trio.Event()
                 with trio.fail_after(10):
@@ -119,6 +167,9 @@ async def _measure(role: str, concurrency: int, calls: int, rounds: int) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inmemory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--role", choices=("peer", "local"), default="peer")
+    parser.add_argument("--caller", choices=("triple", "bolt"), default="triple", help="the caller's protocol")
+    parser.add_argument("--upstream", choices=("triple", "bolt"), default=None,
+                        help="the upstream's protocol (default: the caller's; another one on the peer role: translated)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--calls", type=int, default=5000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=12)
@@ -126,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     sink = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
     logs.configure(opts.log_level, stream=sink)
-    results = trio.run(_measure, opts.role, opts.concurrency, opts.calls, opts.rounds)
-    print(f"{opts.role} c={opts.concurrency}: min {results[0]:.1f} q1 {results[len(results) // 4]:.1f} "
+    upstream = opts.upstream or opts.caller
+    if upstream != opts.caller and opts.role != "peer":
+        parser.error("translation happens on the peer role (the providers' gateway) only")
+    results = trio.run(_measure, opts.role, opts.caller, upstream, opts.concurrency, opts.calls, opts.rounds)
+    shape = opts.caller if upstream == opts.caller else f"{opts.caller}->{upstream}"
+    print(f"{opts.role} {shape} c={opts.concurrency}: min {results[0]:.1f} q1 {results[len(results) // 4]:.1f} "
           f"median {results[len(results) // 2]:.1f} µs CPU per call ({opts.rounds} rounds of {opts.calls})")
     sink.close()
     return 0
