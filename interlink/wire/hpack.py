@@ -52,8 +52,8 @@ BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int, bool]] =
     max_entries=4096, max_bytes=4 << 20, max_item=2048
 )
 
-# Fields that differ in every request (PER_CALL_FIELDS) are never offered to FIELDS. A gateway sends its
-# traceparent last, written as below (a literal without indexing, 55-byte value); a decoder whose table is of
+# Fields that differ in every request (PER_CALL_FIELDS) are never offered to FIELDS; those that end a header
+# list are encoded after the remembered rest of it (ENCODED). A gateway sends its traceparent last, written as below (a literal without indexing, 55-byte value); a decoder whose table is of
 # size 0 looks up the block without it, which repeats (HeaderBlockDecoder.decode).
 _TRACEPARENT_FIELD = b"\x00" + bytes([len(TRACEPARENT)]) + TRACEPARENT + b"\x37"
 _TRACEPARENT_TAIL = len(_TRACEPARENT_FIELD) + 55
@@ -109,11 +109,13 @@ class HeaderBlockEncoder:
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)
         tail = None
-        if headers and headers[-1][0] in PER_CALL_FIELDS:  # a gateway's traceparent, last (see above)
-            name, value = headers[-1]
-            tail = (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
-                    else self._encode_field(name, value))
-            headers = headers[:-1]
+        if headers and headers[-1][0] in PER_CALL_FIELDS:  # a gateway's trace context, last (see above)
+            cut = len(headers) - 1
+            while cut and headers[cut - 1][0] in PER_CALL_FIELDS:
+                cut -= 1
+            tail = b"".join([_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
+                             else self._encode_field(name, value) for name, value in headers[cut:]])
+            headers = headers[:cut]
         key = tuple(headers)  # fields are (name, value) tuples: a repeated list is one lookup
         block = ENCODED.get(key)
         if block is None:

@@ -25,9 +25,10 @@ TRACESTATE = b"tracestate"
 TRIPLE_TRACE_ID = (b"tri-trace-traceid", b"sofa-traceid")
 TRIPLE_RPC_ID = (b"tri-trace-rpcid", b"sofa-rpcid")
 TRIPLE_SYS_BAGGAGE = b"tri-trace-sys-baggage"
-# Header fields whose value differs in every request (ours: the trace context). Caches keyed by what callers
-# send never offer them a place (wire/hpack.py, wire/h2headers.py).
-PER_CALL_FIELDS = frozenset({TRACEPARENT})
+# Header fields whose value differs in every request (the trace context: W3C, and SOFATracer's trace id). Caches
+# keyed by what callers send never offer them a place (wire/hpack.py, wire/h2headers.py); the requests we make
+# carry them last, so that the rest of a header list repeats (hpack.HeaderBlockEncoder).
+PER_CALL_FIELDS = frozenset({TRACEPARENT, *TRIPLE_TRACE_ID})
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _HEX = re.compile(rb"[0-9a-fA-F]{1,32}\Z")

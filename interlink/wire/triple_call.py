@@ -102,13 +102,30 @@ _METADATA_HEADERS: BoundedCache[tuple[tuple[str, str], ...], tuple[tuple[bytes, 
 
 def metadata_headers(metadata: Mapping[str, str]) -> Headers:
     """gRPC metadata for canonical metadata: trace keys under their tri-/sofa- names, the others lowercase
-    (their case kept in tri-header-convert), values that are not visible ASCII sent as `<key>-bin`."""
+    (their case kept in tri-header-convert), values that are not visible ASCII sent as `<key>-bin`. The trace
+    id, which differs in every call, comes last."""
+    trace_id = metadata.get(TRACE_ID)
+    return _remembered_metadata_headers(metadata, trace_id) + _trace_id_headers(trace_id)
+
+
+def _remembered_metadata_headers(metadata: Mapping[str, str], trace_id: str | None) -> Headers:
+    """metadata_headers without the trace id's, remembered per metadata (a caller's calls repeat theirs)."""
+    if trace_id is not None:
+        metadata = dict(metadata)
+        del metadata[TRACE_ID]
     key = tuple(metadata.items())
     headers = _METADATA_HEADERS.get(key)
     if headers is None:
         headers = tuple(_metadata_headers(metadata))
         _METADATA_HEADERS.put(key, headers, sum(len(k) + len(v) for k, v in key) * 3 + 64 * len(headers) + 64)
     return list(headers)
+
+
+def _trace_id_headers(trace_id: str | None) -> Headers:
+    if trace_id is None:
+        return []
+    encoded = trace_id.encode("utf-8")
+    return [(name, encoded) for name in TRACE_HEADERS[TRACE_ID]] if _visible_ascii(encoded) else []
 
 
 def _metadata_headers(metadata: Mapping[str, str]) -> Headers:
@@ -200,8 +217,16 @@ def request_headers(
     app = call.caller.app if call.caller is not None else None
     if app:
         headers += [(CONSUMER_APP, app.encode()), (CURRENT_APP, app.encode())]
-    headers += metadata_headers(call.metadata)
-    headers.extend(stamps)
+    # The per-call trace context last (the encoder remembers the rest of the list): our stamps, SOFATracer's
+    # trace id, our traceparent.
+    trace_id = call.metadata.get(TRACE_ID)
+    headers += _remembered_metadata_headers(call.metadata, trace_id)
+    stamps = list(stamps)
+    traceparent = stamps.pop() if stamps and stamps[-1][0] == tracecontext.TRACEPARENT else None
+    headers += stamps
+    headers += _trace_id_headers(trace_id)
+    if traceparent is not None:
+        headers.append(traceparent)
     return headers
 
 

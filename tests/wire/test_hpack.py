@@ -259,3 +259,15 @@ def test_the_header_list_limit_counts_the_traceparent():
     decoder.max_header_list_size = 34 + 98 - 1
     with pytest.raises(hpack.exceptions.OversizedHeaderListError):
         decoder.decode(block)
+
+
+def test_several_per_call_fields_at_the_end_are_encoded_after_the_remembered_rest():
+    encoder = HeaderBlockEncoder()
+    ENCODED.clear()
+    for index in range(3):
+        trace = f"{index:032x}".encode()
+        headers = [*_REQUEST, (b"tri-trace-traceid", trace), (b"sofa-traceid", trace), _TRACE]
+        block = encoder.encode(headers)
+        assert hpack.Decoder().decode(block, raw=True) == headers
+    assert ENCODED.get(tuple(_REQUEST)) is not None and len(ENCODED) == 1
+    assert (b"sofa-traceid", trace) not in FIELDS._entries

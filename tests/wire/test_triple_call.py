@@ -147,3 +147,33 @@ def test_trailer_metadata_is_remembered_but_each_reply_gets_its_own_dict():
     second = triple_call.reply_from_triple([(b":status", b"200")], [b"m"], list(trailers), None)
     assert second.metadata == {"x-k": "v", TRACE_ID: "abc"}
     assert second.metadata is not first.metadata
+
+
+def test_a_requests_per_call_trace_context_comes_last_and_the_rest_is_remembered_once():
+    """SOFATracer's trace id differs in every call: after the stamps, before the traceparent, so that the encoder
+    remembers the rest of the list (hpack.ENCODED) and the metadata cache one entry for every trace."""
+    from interlink.wire import hpack
+
+    traceparent = (b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")
+    stamps = [(b"x-interlink-caller-site", b"site-b"), traceparent]
+    before = len(triple_call._METADATA_HEADERS._seen) + len(triple_call._METADATA_HEADERS)  # noqa: SLF001
+    hpack.ENCODED.clear()
+    for index in range(4):
+        call = _call()
+        call.metadata = {TRACE_ID: f"{index:032x}", "Custom-Key": "v"}
+        headers = triple_call.request_headers(call, authority=b"a", timeout=None, flavour="sofa",
+                                              unique_name="x:1.0", version="1.0", unique_id=None, group=None,
+                                              stamps=stamps)
+        trace_id = f"{index:032x}".encode()
+        assert headers[-4:] == [stamps[0], (b"tri-trace-traceid", trace_id), (b"sofa-traceid", trace_id), traceparent]
+        assert (b"custom-key", b"v") in headers[:-4]
+        block = hpack.HeaderBlockEncoder().encode(headers)
+        assert hpack_decode(block) == headers
+    assert len(triple_call._METADATA_HEADERS._seen) + len(triple_call._METADATA_HEADERS) - before <= 1  # noqa: SLF001
+    assert hpack.ENCODED.get(tuple(headers[:-3])) is not None  # the list up to the trace context, remembered
+
+
+def hpack_decode(block: bytes) -> list[tuple[bytes, bytes]]:
+    import hpack as reference
+
+    return reference.Decoder().decode(block, raw=True)
