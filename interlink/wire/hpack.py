@@ -53,8 +53,9 @@ BLOCKS: BoundedCache[bytes, tuple[tuple[tuple[bytes, bytes], ...], int, bool]] =
 )
 
 # Fields that differ in every request (PER_CALL_FIELDS) are never offered to FIELDS; those that end a header
-# list are encoded after the remembered rest of it (ENCODED). A gateway sends its traceparent last, written as below (a literal without indexing, 55-byte value); a decoder whose table is of
-# size 0 looks up the block without it, which repeats (HeaderBlockDecoder.decode).
+# list are encoded after the remembered rest of it (ENCODED). A gateway sends its traceparent last, written as
+# below (a literal without indexing, 55-byte value); a decoder whose table is of size 0 looks up the block
+# without it, which repeats (HeaderBlockDecoder.decode).
 _TRACEPARENT_FIELD = b"\x00" + bytes([len(TRACEPARENT)]) + TRACEPARENT + b"\x37"
 _TRACEPARENT_TAIL = len(_TRACEPARENT_FIELD) + 55
 _TRACEPARENT_SIZE = len(TRACEPARENT) + 55 + ENTRY_OVERHEAD
