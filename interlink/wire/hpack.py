@@ -114,8 +114,10 @@ class HeaderBlockEncoder:
             cut = len(headers) - 1
             while cut and headers[cut - 1][0] in PER_CALL_FIELDS:
                 cut -= 1
-            tail = b"".join([_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
-                             else self._encode_field(name, value) for name, value in headers[cut:]])
+            tail = b""
+            for name, value in headers[cut:]:  # (usually the one traceparent: no comprehension frame per call)
+                tail += (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
+                         else self._encode_field(name, value))
             headers = headers[:cut]
         key = tuple(headers)  # fields are (name, value) tuples: a repeated list is one lookup
         block = ENCODED.get(key)
