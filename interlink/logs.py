@@ -33,11 +33,12 @@ from typing import Any, NamedTuple, TextIO
 
 import orjson
 import structlog
+from structlog.processors import JSONRenderer, format_exc_info
+
 try:  # the configuration in force (CallLog checks that it is still the one configure() made)
     from structlog._config import _CONFIG
 except ImportError:  # a structlog without it: every line goes through structlog
     _CONFIG = None  # type: ignore[assignment]
-from structlog.processors import JSONRenderer, format_exc_info
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
