@@ -1,20 +1,23 @@
-"""One gateway's CPU per gRPC call, in memory: no sockets, no other processes, a few µs of noise.
+"""One gateway's CPU per call (gRPC, Bolt, translated), in memory: no sockets, no other processes, a few µs of noise.
 
-    .venv/bin/python -m bench.inmemory [--role peer|local] [--concurrency 64] [--calls 5000] [--rounds 12]
+    .venv/bin/python -m bench.inmemory [--role peer|local] [--caller triple|bolt] [--upstream triple|bolt]
+                                       [--concurrency 64] [--calls 5000] [--rounds 12] [--log-level info]
 
 For A/B comparisons of a change on the call path (bench/run.sh's numbers move by ±10% between runs of the
 same tree: two gateways, the load generator and the provider share two cores and take turns). One `CallCore`
-with its endpoints as `interlink run` has them (tests/gateway/harness.py's world: H2Endpoint on the caller's
-side, a PoolGroup of one H2Endpoint to the upstream), the access and audit lines rendered as configured by
-`interlink.logs` and written to /dev/null. The caller and the upstream are raw HTTP/2 endpoints
-(interlink.wire.h2conn, no call core): the caller keeps `--concurrency` unary 100-byte calls in flight, the
-upstream answers each with a head, a 100-byte message and OK trailers; any other outcome stops the run.
+with its endpoints as `interlink run` has them (tests/gateway/harness.py's world: an H2Endpoint or BoltEndpoint
+on the caller's side, a PoolGroup of one endpoint to the upstream), the access and audit lines rendered as
+configured by `interlink.logs` and written to /dev/null. The caller and the upstream are raw endpoints (HTTP/2
+of interlink.wire.h2conn, or Bolt frames; no call core): the caller keeps `--concurrency` unary 100-byte calls
+in flight, the upstream answers each with a 100-byte message (HTTP/2: a head, the message and OK trailers);
+any other outcome stops the run.
 
 - `--role peer`: the gateway's peer port (a call from site-a's gateway to an export, then to a provider);
+  with `--upstream` other than `--caller`, the call is translated there;
 - `--role local`: its local ingress (a local caller to an import, then to the peer's gateway).
 
 Prints the minimum, first quartile and median over `--rounds` rounds of `--calls` calls each, in µs of
-process CPU per call; the caller and the upstream are included (about 10 µs of it). Compare two trees by
+process CPU per call; the caller and the upstream are included (about 5-10 µs of it). Compare two trees by
 running it from each tree's root (`cd TREE && python -m bench.inmemory`), alternating, several times.
 """
 
