@@ -50,6 +50,8 @@ class RawPeer:
         self.transport = transport
         self.conn = h2conn.H2Connection(client_side=client_side, budget=FloodBudget(1 << 30, 1 << 30, 0.0),
                                         max_concurrent_streams=1024)
+        if not client_side:  # the upstream reads no request header: it does not pay for decoding them either
+            self.conn.decoder = _Undecoded()
         self.conn.initiate()
         self.settings_seen = False
         self.answered = 0
@@ -81,6 +83,19 @@ class RawPeer:
                 raise RuntimeError(f"a call failed: {event}")  # a refusal (Trailers-Only), an error status, a reset
         self.settings_seen = True
         self.flush()
+
+
+class _Undecoded:
+    """The raw upstream's HPACK decoder: every request head reads as one field. The gateway's encoder is
+    stateless (no dynamic table), so skipping its blocks loses nothing; decoding them would charge the gateway
+    for the upstream's work, and unevenly: a request with a per-call field before its traceparent (a
+    translated call's SOFATracer id) misses the decoder's caches and cost the raw upstream ~15 µs."""
+
+    max_header_list_size = 1 << 20
+    max_allowed_table_size = 4096
+
+    def decode(self, data: bytes, raw: bool = True) -> list[tuple[bytes, bytes]]:  # noqa: ARG002
+        return [(b":method", b"POST")]
 
 
 class RawBoltPeer:
