@@ -2,8 +2,8 @@
 
 (h2's inbound validation, a chain of per-field generators, cost about 30 µs per header block on this
 machine kind.) Pseudo-headers are checked in one loop; regular fields that passed once are remembered in a
-bounded cache (the same names and values come call after call). The endpoint turns a violation into a
-stream error (RST_STREAM PROTOCOL_ERROR), never a connection error.
+bounded cache (the same names and values come call after call), and so are whole requests. The endpoint turns
+a violation into a stream error (RST_STREAM PROTOCOL_ERROR), never a connection error.
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 # Regular fields that passed the checks (bounded like every cache keyed by what callers send); fields that
 # differ in every request (the trace context) are checked each time and never offered.
 _GOOD_FIELDS: BoundedCache[tuple[bytes, bytes], bool] = BoundedCache(max_entries=4096, max_bytes=1 << 20, max_item=1024)
+# Whole request header lists that passed, without their per-call tail (check_request).
+_GOOD_REQUESTS: BoundedCache[tuple[tuple[bytes, bytes], ...], bool] = BoundedCache(
+    max_entries=1024, max_bytes=1 << 20, max_item=8192
+)
 
 
 class MalformedHeaders(Exception):
@@ -61,6 +65,23 @@ def _check_fields(fields: Iterable[tuple[bytes, bytes]], misplaced_pseudo: str) 
 
 
 def check_request(headers: Headers) -> None:
+    """RFC 9113 8.3.1 and the field rules. A request that passed is remembered whole, without the per-call
+    fields that end it (a gateway's trace context): a caller's requests repeat, and one lookup replaces a
+    lookup per field. Those trailing fields have known good names; only their values are checked."""
+    end = len(headers)
+    while end and headers[end - 1][0] in PER_CALL_FIELDS:
+        end -= 1
+    head = headers[:end] if end != len(headers) else headers
+    key = tuple(head)
+    if _GOOD_REQUESTS.get(key) is None:
+        _check_request(head)  # the tail only appends regular fields with good names: it changes no rule's outcome
+        _GOOD_REQUESTS.put(key, True, sum(len(name) + len(value) + 64 for name, value in head))
+    for name, value in headers[end:]:
+        if _FORBIDDEN_BYTES.search(value):
+            raise MalformedHeaders(f"header {name!r} has a NUL, CR or LF in its value")
+
+
+def _check_request(headers: Headers) -> None:
     seen: set[bytes] = set()
     index = 0
     known = _GOOD_FIELDS.get
