@@ -144,7 +144,7 @@ class CallCore:
 
     def audit(self, decision: str, fields: dict[str, object], reason: str, kind: str = "") -> None:
         """One audit line (every call on the peer port, every refused peer connection), counted."""
-        audit_log.info("audit", decision=decision, reason=reason or None, **fields)
+        audit_log.line("audit", {"decision": decision, "reason": reason or None}, fields)
         peer = fields.get("peer")
         self.metrics.decided(peer, decision, kind)
         if decision == "deny":
@@ -196,7 +196,7 @@ class CallCore:
         if ingress is PEER:
             fields["peer"] = endpoint.attributes.get("site")
             self.audit("deny", fields, reason, status.name.lower())
-        access_log.info("call", status=status.name, ms=0.0, error=reason, **fields)
+        access_log.line("call", {"status": status.name, "ms": 0.0, "error": reason}, fields)
         self.metrics.observe(fields["ingress"], fields.get("peer"), "", None, "bolt", status.name, None, False, 0.0)
 
 
@@ -762,9 +762,9 @@ class GatewayCall:
         seconds = time.perf_counter() - self.started
         fields = self.log_fields
         if message:
-            access_log.info("call", status=status, ms=round(seconds * 1000, 3), error=message, **fields)
+            access_log.line("call", {"status": status, "ms": round(seconds * 1000, 3), "error": message}, fields)
         else:
-            access_log.info("call", status=status, ms=round(seconds * 1000, 3), **fields)
+            access_log.line("call", {"status": status, "ms": round(seconds * 1000, 3)}, fields)
         core = self.core
         core.metrics.observe(fields["ingress"], fields.get("peer"), self.service, self.method, down.protocol, status,  # type: ignore[arg-type]
                              fields.get("translated"), self.loadtest, seconds)

@@ -527,10 +527,10 @@ class MessagePump:
         fields = {"site": self.site, "ingress": "messages", "peer": self.item.to, "service": message_link.SERVICE,
                   "method": message.subject, "caller_app": crossing.app, "message_id": crossing.message_id,
                   "attempt": crossing.attempt, "trace_id": crossing.trace_id, "span_id": crossing.span_id}
+        lead: dict[str, object] = {"status": outcome.status.name, "ms": round(seconds * 1000, 3)}
         if outcome.text and outcome.status is not Status.OK:
-            access_log.info("call", status=outcome.status.name, ms=round(seconds * 1000, 3), error=outcome.text, **fields)
-        else:
-            access_log.info("call", status=outcome.status.name, ms=round(seconds * 1000, 3), **fields)
+            lead["error"] = outcome.text
+        access_log.line("call", lead, fields)
         self._calls.observe("messages", self.item.to, message_link.SERVICE, message.subject, "triple",
                             outcome.status.name, None, False, seconds)
 
