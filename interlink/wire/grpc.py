@@ -119,8 +119,24 @@ def format_timeout(seconds: float) -> bytes:
     repeat and HPACK's caches on both hops keep hitting (a 30 s deadline sent as "29999987u" made every
     request head a cache miss)."""
     nanos = int(seconds * 1e9) if seconds > 0 else 0  # floor
-    if nanos <= 0:
-        return b"1n"
+    if nanos < 1_000_000_000:
+        return _format_timeout(nanos) if nanos > 0 else b"1n"
+    # From 1 s on, 4 significant digits are whole milliseconds or coarser: the value depends only on the
+    # milliseconds, and calls with the same deadline send the same few (remembered, ints only, bounded).
+    millis = nanos // 1_000_000
+    value = _TIMEOUT_OF_MILLIS.get(millis)
+    if value is None:
+        value = _format_timeout(nanos)
+        if len(_TIMEOUT_OF_MILLIS) >= 4096:
+            _TIMEOUT_OF_MILLIS.clear()
+        _TIMEOUT_OF_MILLIS[millis] = value
+    return value
+
+
+_TIMEOUT_OF_MILLIS: dict[int, bytes] = {}
+
+
+def _format_timeout(nanos: int) -> bytes:
     step = 10 ** max(0, len(str(nanos)) - 4)
     nanos = nanos // step * step
     for unit, unit_nanos in _UNITS_COARSEST_FIRST:

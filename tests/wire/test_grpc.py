@@ -101,6 +101,14 @@ def test_format_timeout_fits_is_never_longer_and_at_most_a_thousandth_shorter(se
     assert told >= seconds * 0.999 - 1e-9 or raw.endswith((b"M", b"H"))  # minutes and hours: 8 digits, floored
 
 
+@given(st.floats(min_value=1.0, max_value=1e8, allow_nan=False), st.floats(min_value=0.0, max_value=0.000999))
+def test_format_timeout_remembered_per_millisecond_is_what_it_computes(seconds, jitter):
+    """From 1 s on, values are remembered per millisecond: another time in the same millisecond, formatted
+    first, never changes the answer."""
+    grpc.format_timeout(seconds + jitter)
+    assert grpc.format_timeout(seconds) == grpc._format_timeout(int(seconds * 1e9))  # noqa: SLF001
+
+
 def test_format_timeout_takes_few_values_as_a_deadline_runs_down():
     """What a gateway sends for a 30 s default deadline over its first second: one value per 10 ms, not one
     per call."""
