@@ -292,4 +292,7 @@ def _header_convert(value: bytes) -> dict[str, str]:
 
 
 def _visible_ascii(value: bytes) -> bool:
-    return all(0x20 <= byte < 0x7F for byte in value)
+    return _VISIBLE_ASCII(value) is not None
+
+
+_VISIBLE_ASCII = re.compile(rb"[\x20-\x7e]*").fullmatch
