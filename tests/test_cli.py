@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_run_refuses_a_bad_site_file_with_its_line(tmp_path):
     done = interlink("run", "-c", str(bad), timeout=30)
     assert done.returncode == 1
     assert f"{bad}:3:" in done.stderr and "host:port" in done.stderr, done.stderr
+
+
+def test_run_says_which_address_is_taken(lab_copy, free_port):
+    """A listener that cannot bind is named with the OS's reason (it once read "Exceptions from Trio nursery
+    (1 sub-exception)": the error sat in a group nested in another)."""
+    site_a = lab_copy / "site-a.yaml"
+    text = re.sub(r"\n  admin: .*", "", site_a.read_text())  # (optional: one listener less to find free)
+    site_a.write_text(text.replace("127.0.0.1:17443", f"127.0.0.1:{free_port}"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", free_port))
+        taken.listen()
+        done = interlink("run", "-c", str(site_a), timeout=60)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"interlink run: [Errno 98] cannot listen on 127.0.0.1:{free_port}: Address already in use", done.stderr
 
 
 def test_certs_init_site_refuses_to_overwrite_a_ca(tmp_path):

@@ -49,10 +49,19 @@ def run_gateway(
     try:
         trio.run(_serve_until_signalled, gateway, registry, drain_seconds)
     except* OSError as group:  # listening failed: port in use, address not local ...
-        raise StartupError(f"interlink run: {group.exceptions[0]}") from None
+        raise StartupError(f"interlink run: {_first_leaf(group)}") from None
     except* RegistryError as group:  # the registry cannot be reached or refused us at start
-        raise StartupError(f"interlink run: registry: {group.exceptions[0]}") from None
+        raise StartupError(f"interlink run: registry: {_first_leaf(group)}") from None
     return 0
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first error itself: trio nests a nursery's group in its parent's, and a group's text is only
+    "Exceptions from Trio nursery (1 sub-exception)"."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def admin_port(port: int, worker: int) -> int:
