@@ -1,6 +1,6 @@
 """Shared fixtures: free ports, the demo providers (grpcio and @grpc/grpc-js) and the Node client.
 
-* ``free_port`` -- an unused TCP port on 127.0.0.1 (picked by binding port 0).
+* ``free_port`` -- an unused TCP port on 127.0.0.1 (tests/ports.py: below the ephemeral range).
 * ``py_provider`` / ``node_server`` -- a running demo provider (``Peer``: target, port, name);
   both implement the same semantics (interlink/demo/provider.py).
 * ``run_node_client(target, case, ...) -> dict`` -- runs tests/peers/grpcjs_client.js once.
@@ -16,7 +16,6 @@ import json
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests import ports
 from tests.requires import missing
 
 pytest_plugins = ["tests.servers.zookeeper", "tests.servers.bind9", "tests.servers.nats"]
@@ -52,9 +52,7 @@ class Peer:
 
 
 def pick_free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return ports.free_port(host)
 
 
 @pytest.fixture

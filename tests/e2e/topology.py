@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import yaml
 
 from interlink.control.certs import SitePaths, init_site
+from tests import ports
 
 SERVICE = "com.example.EchoService"
 ALLOWED_APP = "order-app"
@@ -27,9 +27,7 @@ METHODS = ["echo", "add", "fail", "sleep", "count", "sum", "chat"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port()
 
 
 def access_domain(consumer: str, provider: str) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import ports
 from tests.requires import missing
 
 __all__ = ["Bind9Server", "bind9", "start_bind9"]
@@ -155,23 +156,11 @@ class Bind9Server:
 
 def _free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1 (named listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free UDP+TCP port on 127.0.0.1")
+    return ports.free_port(udp=True)
 
 
 def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        udp.bind(("127.0.0.1", 0))
-        return udp.getsockname()[1]
+    return ports.free_port(tcp=False, udp=True)
 
 
 def _soa_serial(host: str, port: int, zone: str, timeout: float) -> int | None:

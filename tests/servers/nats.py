@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import ports
 from tests.requires import missing
 
 __all__ = ["NatsServer", "nats_server", "nats_servers", "start_nats_server"]
@@ -53,9 +54,7 @@ jetstream {{
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port()
 
 
 def read_info(port: int, timeout: float = PROBE_TIMEOUT) -> dict | None:

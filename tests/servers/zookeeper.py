@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import ports
 from tests.requires import missing
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # its manifest Class-Path names the Debian deps
@@ -59,9 +60,7 @@ def four_letter_word(host: str, port: int, word: str = "ruok", timeout: float = 
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port()
 
 
 def _port_answers(port: int) -> bool:
