@@ -162,17 +162,11 @@ def run_guarded(body: Callable[[Path, Children], int], keep_tmp: bool) -> int:
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so that they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range (tests/ports.py: no outgoing
+    connection can take one before the server that is given it binds it)."""
+    from tests import ports
+
+    return [ports.free_port() for _ in range(n)]
 
 
 def wait_for_port(port: int, child: Child | None = None, timeout: float = 15.0) -> bool:
