@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 
 from interlink.wire.cache import BoundedCache
-from interlink.wire.tracecontext import PER_CALL_FIELDS
+from interlink.wire.tracecontext import PER_CALL_FIELDS, per_call_tail
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -68,17 +68,14 @@ def check_request(headers: Headers) -> None:
     """RFC 9113 8.3.1 and the field rules. A request that passed is remembered whole, without the per-call
     fields that end it (a gateway's trace context): a caller's requests repeat, and one lookup replaces a
     lookup per field. Those trailing fields have known good names; only their values are checked."""
-    end = len(headers)
-    while end and headers[end - 1][0] in PER_CALL_FIELDS:
-        end -= 1
+    end = per_call_tail(headers)
     head = headers[:end] if end != len(headers) else headers
     key = tuple(head)
     if _GOOD_REQUESTS.get(key) is None:
         _check_request(head)  # the tail only appends regular fields with good names: it changes no rule's outcome
         _GOOD_REQUESTS.put(key, True, sum(len(name) + len(value) + 64 for name, value in head))
-    for name, value in headers[end:]:
-        if _FORBIDDEN_BYTES.search(value):
-            raise MalformedHeaders(f"header {name!r} has a NUL, CR or LF in its value")
+    if end != len(headers):
+        _check_fields(headers[end:], "after a regular header")
 
 
 def _check_request(headers: Headers) -> None:

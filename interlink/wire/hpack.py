@@ -28,7 +28,7 @@ from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
 from interlink.wire.cache import BoundedCache
-from interlink.wire.tracecontext import PER_CALL_FIELDS, TRACEPARENT
+from interlink.wire.tracecontext import PER_CALL_FIELDS, TRACEPARENT, per_call_tail
 
 STATIC_TABLE: tuple[tuple[bytes, bytes], ...] = HeaderTable.STATIC_TABLE
 STATIC_COUNT = len(STATIC_TABLE)  # 61
@@ -110,10 +110,8 @@ class HeaderBlockEncoder:
         if not isinstance(headers, (list, tuple)):
             headers = list(headers)
         tail = None
-        if headers and headers[-1][0] in PER_CALL_FIELDS:  # a gateway's trace context, last (see above)
-            cut = len(headers) - 1
-            while cut and headers[cut - 1][0] in PER_CALL_FIELDS:
-                cut -= 1
+        cut = per_call_tail(headers)
+        if cut != len(headers):  # a gateway's trace context, last (see above)
             tail = b""
             for name, value in headers[cut:]:  # (usually the one traceparent: no comprehension frame per call)
                 tail += (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55

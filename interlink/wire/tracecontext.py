@@ -30,6 +30,15 @@ TRIPLE_SYS_BAGGAGE = b"tri-trace-sys-baggage"
 # carry them last, so that the rest of a header list repeats (hpack.HeaderBlockEncoder).
 PER_CALL_FIELDS = frozenset({TRACEPARENT, *TRIPLE_TRACE_ID})
 
+
+def per_call_tail(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> int:
+    """Where the per-call fields that end `headers` begin (len(headers) when none does): what comes before
+    repeats from call to call, and is what the header caches key on."""
+    end = len(headers)
+    while end and headers[end - 1][0] in PER_CALL_FIELDS:
+        end -= 1
+    return end
+
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z", re.S)
 _HEX = re.compile(rb"[0-9a-fA-F]{1,32}\Z")
 _ZERO_TRACE = "0" * 32
