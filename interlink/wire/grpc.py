@@ -122,18 +122,16 @@ def format_timeout(seconds: float) -> bytes:
     if nanos < 1_000_000_000:
         return _format_timeout(nanos) if nanos > 0 else b"1n"
     # From 1 s on, 4 significant digits are whole milliseconds or coarser: the value depends only on the
-    # milliseconds, and calls with the same deadline send the same few (remembered, ints only, bounded).
+    # milliseconds, and calls with the same deadline send the same few (remembered per millisecond).
     millis = nanos // 1_000_000
     value = _TIMEOUT_OF_MILLIS.get(millis)
     if value is None:
         value = _format_timeout(nanos)
-        if len(_TIMEOUT_OF_MILLIS) >= 4096:
-            _TIMEOUT_OF_MILLIS.clear()
-        _TIMEOUT_OF_MILLIS[millis] = value
+        _TIMEOUT_OF_MILLIS.put(millis, value, 64)
     return value
 
 
-_TIMEOUT_OF_MILLIS: dict[int, bytes] = {}
+_TIMEOUT_OF_MILLIS: BoundedCache[int, bytes] = BoundedCache(max_entries=4096, max_bytes=1 << 18, max_item=64)
 
 
 def _format_timeout(nanos: int) -> bytes:
