@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import ports
+
 _PR_SET_PDEATHSIG = 1
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -164,8 +166,6 @@ def run_guarded(body: Callable[[Path, Children], int], keep_tmp: bool) -> int:
 def free_ports(n: int) -> list[int]:
     """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range (tests/ports.py: no outgoing
     connection can take one before the server that is given it binds it)."""
-    from tests import ports
-
     return [ports.free_port() for _ in range(n)]
 
 
