@@ -109,7 +109,7 @@ def _stamp(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[st
     event_dict["level"] = _LEVEL_NAME.get(method_name, method_name)
     event_dict["ts"] = now_iso()
     if "exc_info" in event_dict:
-        return format_exc_info(logger, method_name, event_dict)
+        return format_exc_info(logger, method_name, event_dict)  # type: ignore[return-value]
     return event_dict
 
 
@@ -135,7 +135,7 @@ def _render_json_bytes(logger: Any, method_name: str, event_dict: dict[str, Any]
     try:
         return orjson.dumps(event_dict, default=_default, option=_ORJSON_OPTIONS)
     except TypeError:  # orjson.JSONEncodeError: non-str keys, an int beyond 64 bits, a lone surrogate ...
-        return _JSON_RENDERER(logger, method_name, event_dict).encode()
+        return _JSON_RENDERER(logger, method_name, event_dict).encode()  # type: ignore[union-attr]
 
 
 def _render_json_text(logger: Any, method_name: str, event_dict: dict[str, Any]) -> str:
@@ -193,7 +193,7 @@ class CallLog:
         try:
             line = orjson.dumps(kw, default=_default, option=_LINE_OPTIONS)
         except TypeError:  # what _render_json_bytes falls back on
-            line = _JSON_RENDERER(None, "info", kw).encode() + b"\n"
+            line = _JSON_RENDERER(None, "info", kw).encode() + b"\n"  # type: ignore[union-attr]
         direct.write(line)
         direct.flush()
 

@@ -96,9 +96,9 @@ class BoltDownstream:
             self.answer_error(refusal)
             return refusal.status.name, refusal.message
         except bolt_call.UNTRANSLATABLE as exc:
-            refusal = Refusal(Status.INTERNAL, f"cannot translate the provider's response: {exc}")
-            self.answer_error(refusal)
-            return refusal.status.name, refusal.message
+            untranslatable = Refusal(Status.INTERNAL, f"cannot translate the provider's response: {exc}")
+            self.answer_error(untranslatable)
+            return untranslatable.status.name, untranslatable.message
         self.endpoint.write(bolt.encode(frame))
         return ("APPLICATION_ERROR" if reply.exception else reply.status.name), reply.message
 
@@ -123,7 +123,7 @@ class BoltUpstream:
     protocol = "bolt"
 
     def __init__(self, call: GatewayCall, frame: bolt.BoltFrame, translated: bool) -> None:
-        self.call = call
+        self.call: GatewayCall | None = call
         self.frame = frame
         self.translated = translated
         self.endpoint: BoltEndpoint | None = None
@@ -136,7 +136,7 @@ class BoltUpstream:
         oneway = frame.is_oneway
         self.request_id = endpoint.send_request(frame, None if oneway else self)
         self.mark = endpoint.writes
-        if self.call.retry is None:  # kept only for another try (retries.py)
+        if self.call.retry is None:  # type: ignore[union-attr]  # kept only for another try (retries.py)
             self.frame = None  # type: ignore[assignment]
         if oneway:  # nothing comes back, nothing is kept for it
             self.request_id = 0
@@ -147,6 +147,7 @@ class BoltUpstream:
     def again(self, timeout_ms: int) -> BoltUpstream:
         """A fresh leg for another try of the same request, with what is left of its timeout."""
         self.cancel()
+        assert self.call is not None
         return BoltUpstream(self.call, _with_timeout(self.frame, timeout_ms), self.translated)
 
     def cancel(self) -> None:
@@ -163,6 +164,7 @@ class BoltUpstream:
     def on_response(self, frame: bolt.BoltFrame) -> None:
         self.request_id = 0
         call = self.call
+        assert call is not None  # (unlinked only when the call ended, after the request was given up)
         if self.translated:
             try:
                 reply = bolt_call.reply_from_bolt(frame, call.serialize)
@@ -188,8 +190,10 @@ class BoltUpstream:
         self.request_id = 0
         endpoint = self.endpoint
         unprocessed = endpoint is not None and endpoint.unwritten(self.mark)
-        self.call.upstream_failed(Status.UNAVAILABLE, f"connection to {self.call.upstream_name} lost: {reason}",
-                                  unprocessed=unprocessed)
+        call = self.call
+        assert call is not None
+        call.upstream_failed(Status.UNAVAILABLE, f"connection to {call.upstream_name} lost: {reason}",
+                             unprocessed=unprocessed)
 
 
 _RESPONSE_KEYS = bolt.HeaderKeys((link_headers.STATUS, RESPONSE_ERROR))

@@ -246,7 +246,7 @@ class H2Downstream(H2Leg):
 
     def on_writable(self) -> None:
         if self.out and self.pump():
-            self.call.answer_sent()  # type: ignore[union-attr]  (complete only once the trailers went too)
+            self.call.answer_sent()  # type: ignore[union-attr]  # complete only once the trailers went too
 
     # --- the answer -------------------------------------------------------------------------------------
 
@@ -355,10 +355,11 @@ class H2Upstream(H2Leg):
             return H2Upstream(call, headers, self.message, replay=True)
         leg = H2Upstream(call, headers, replay=True)
         down = call.down
+        assert isinstance(down, H2Downstream)  # a streamed request: an HTTP/2 caller's (a translated one is whole)
         leg.replay, leg.replay_bytes = self.replay, self.replay_bytes
-        leg.out.chunks.extend([data, 0] for data in self.replay)  # type: ignore[union-attr]  (acknowledged already)
-        leg.out.end = down.caller_ended  # type: ignore[union-attr]
-        leg.source, down.source = down, leg  # type: ignore[union-attr]
+        leg.out.chunks.extend([data, 0] for data in self.replay)  # type: ignore[union-attr]  # acknowledged already
+        leg.out.end = down.caller_ended
+        leg.source, down.source = down, leg
         return leg
 
     def open(self, endpoint: H2Endpoint) -> None:

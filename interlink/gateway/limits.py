@@ -110,7 +110,7 @@ class RateLimitFilter(Filter):
 
     def on_request(self, call: GatewayCall) -> None:
         route = call.route
-        rule: AclRule | None = route.allow.get(call.caller_site) if route is not None else None
+        rule: AclRule | None = route.allow.get(call.caller_site) if route is not None else None  # type: ignore[union-attr]
         if rule is None or rule.rate is None:
             return
         app = call.caller_app or ""

@@ -103,7 +103,7 @@ class CallMetrics:
     def decided(self, peer: object, decision: str, reason: str) -> None:
         """One audit decision (`reason` is a label from a fixed set: the refusal's kind, or "" when allowed)."""
         key = (peer if peer in self._peers else OTHER if peer else "", decision, reason)
-        self.audit[key] = self.audit.get(key, 0) + 1
+        self.audit[key] = self.audit.get(key, 0) + 1  # type: ignore[arg-type, index]
 
     def retried(self, ingress: str, service: str, why: str) -> None:
         """One retry (`why`: unprocessed | idempotent); the service label is bounded like a call's."""

@@ -87,7 +87,7 @@ def response_content_type(route: ExportRoute) -> bytes:
 def _serialize_type(message: bytes) -> str:
     """The serializeType of a TripleRequestWrapper, which the response is written in too."""
     try:
-        return triple_wrapper_pb2.TripleRequestWrapper.FromString(message).serializeType
+        return triple_wrapper_pb2.TripleRequestWrapper.FromString(message).serializeType  # type: ignore[attr-defined]
     except DecodeError as exc:
         raise Refusal(Status.INTERNAL, f"the request is not a TripleRequestWrapper: {exc}") from None
 

@@ -117,7 +117,7 @@ def read_request_head(request: bolt.BoltFrame, *, from_link: bool) -> BoltReques
                 trace = (*trace[:4], _prop_hint(props, link_headers.TARGET_ZONE_TEXT),
                          _prop_hint(props, link_headers.UNIT_TEXT))
     timeout = request.timeout / 1000 if request.timeout > 0 else None
-    return BoltRequestHead(service, method, app, timeout, spans, *trace, props)
+    return BoltRequestHead(service, method, app, timeout, spans, *trace, props)  # type: ignore[call-arg]
 
 
 def _body_trace(props: Mapping[str, object]) -> tuple[bytes | None, bytes | None]:
@@ -221,7 +221,7 @@ def call_from_bolt(request: bolt.BoltFrame, interface: str, deadline: float | No
         method = method or body_head.method_name
         target_app = target_app or body_head.target_app
         app = app or sofarpc.caller_app(body_head)
-        for key, value in _flatten(body_head.request_props):
+        for key, value in _flatten(body_head.request_props):  # type: ignore[arg-type]
             if key not in _NOT_METADATA:
                 metadata.setdefault(key, value)
         payload = Payload(PayloadKind.SOFA_HESSIAN, request.content)

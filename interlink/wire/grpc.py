@@ -22,7 +22,7 @@ PREFIX = struct.Struct(">BI")
 PREFIX_SIZE = PREFIX.size  # 5
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 
-CONTENT_TYPE = b"application/grpc"
+CONTENT_TYPE: bytes = b"application/grpc"
 
 
 class GrpcFramingError(Exception):
@@ -59,7 +59,7 @@ class MessageDecoder:
     def pending(self) -> bool:
         return bool(self._buffer)
 
-    def feed(self, chunk: bytes) -> list[Message]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Message]:
         buffer = self._buffer
         buffer += chunk
         messages: list[Message] = []
