@@ -75,4 +75,9 @@ if [ "$check_zk" = 1 ]; then
     || echo "bench: WARNING: kazoo missing in .venv (scripts/setup.sh installs the test extras); the churn part needs it" >&2
 fi
 
+# Which build the gateways run (README: The compiled build): INTERLINK_PURE=1 bash bench/run.sh measures the sources.
+.venv/bin/python -W ignore -c '
+import interlink.gateway.call as call
+print("bench: interlink build:", "Python sources" if call.__file__.endswith(".py") else "compiled (mypyc)")'
+
 exec .venv/bin/python -m bench "$@"

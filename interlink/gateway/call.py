@@ -118,6 +118,9 @@ class CallCore:
         self._stored_waiters: dict[str, StoreWaiter] = {}  # per destination stream (from the site file)
         self.limits = CallLimits()  # calls in flight per service, token buckets (kept across reloads)
         self.retry_budgets = retries.RetryBudgets()  # per service with a retry policy (kept across reloads)
+        # When a list: every call made is appended (the tests' in-memory world; the module is compiled, so its
+        # classes cannot be replaced from outside).
+        self.made: list[GatewayCall] | None = None
         self.install(snapshot)
 
     def install(self, snapshot: Snapshot) -> None:
@@ -161,7 +164,7 @@ class CallCore:
         attributes.append(("rpc.system", "grpc" if call.down.protocol == "triple" else "sofarpc"))
         assert self.spans is not None
         self.spans.submit(SpanRecord(
-            trace_id=bytes.fromhex(call.trace_id), span_id=bytes.fromhex(call.span_id),
+            trace_id=bytes.fromhex(call.trace_id), span_id=bytes.fromhex(call.span_id),  # type: ignore[arg-type]
             parent_span_id=bytes.fromhex(call.parent_span_id) if call.parent_span_id else b"",
             name=f"{call.service}/{call.method}", kind=2, start_ns=end - int(seconds * 1e9), end_ns=end,
             status_ok=status == "OK", status_message=message if status == "OK" else f"{status}: {message}",
@@ -197,7 +200,7 @@ class CallCore:
             fields["peer"] = endpoint.attributes.get("site")
             self.audit("deny", fields, reason, status.name.lower())
         access_log.line("call", {"status": status.name, "ms": 0.0, "error": reason}, fields)
-        self.metrics.observe(fields["ingress"], fields.get("peer"), "", None, "bolt", status.name, None, False, 0.0)
+        self.metrics.observe(fields["ingress"], fields.get("peer"), "", None, "bolt", status.name, None, False, 0.0)  # type: ignore[arg-type]
 
 
 class GatewayCall:
@@ -212,6 +215,8 @@ class GatewayCall:
 
     def __init__(self, core: CallCore, ingress: Ingress, down: Downstream) -> None:
         snapshot = core.snapshot
+        if core.made is not None:
+            core.made.append(self)
         self.core = core
         self.ingress = ingress
         self.down = down
@@ -299,7 +304,7 @@ class GatewayCall:
             assert head is not None
             app = head.app
             traceparent = head.traceparent
-        self.caller_site = str(down.endpoint.attributes["site"]) if self.ingress is PEER else self.snapshot.site
+        self.caller_site = str(down.endpoint.attributes["site"]) if self.ingress is PEER else self.snapshot.site  # type: ignore[union-attr]
         self.caller_app = app
         fields = self.log_fields
         fields["method"] = self.method
@@ -359,9 +364,9 @@ class GatewayCall:
             fields["peer"] = route.peer
             self.upstream_name = fields["upstream"] = f"site {route.peer}"  # type: ignore[assignment]
         else:  # a missing export is refused by the filters, after the access-domain check
-            route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)
+            route = (snapshot.exports if protocol == "triple" else snapshot.bolt_exports).get(self.service)  # type: ignore[assignment]
             if route is None and self.service == message_link.SERVICE and protocol == "triple":
-                route = snapshot.message_exports.route(self.method)  # a message: the method is its subject
+                route = snapshot.message_exports.route(self.method)  # type: ignore[assignment]  # a message's subject
             self.route = route
 
     def _filter(self) -> None:
@@ -494,7 +499,7 @@ class GatewayCall:
             assert head is not None
             to_peer = authority is not None
             headers = grpc.request_headers(
-                head, scheme=b"https" if to_peer else b"http", authority=authority if to_peer else head.authority,
+                head, scheme=b"https" if to_peer else b"http", authority=authority if to_peer else head.authority,  # type: ignore[arg-type]
                 timeout=_remaining(self.deadline, now), stamps=[(k, v) for k, v in stamps if v is not None],
             )
             up = H2Upstream(self, headers, replay=self.retry is not None)
@@ -557,7 +562,7 @@ class GatewayCall:
         wants = self._wants
         if wants is None or wants[0] is not router:
             head = self.down.head
-            header = self._header if router.headers else None
+            header = self._header if router.headers else None  # type: ignore[union-attr]
             unit = head.unit if self.snapshot.config.unit_rule is None else self._unit()  # type: ignore[union-attr]
             wants = self._wants = (router, router.wants(head.target_zone, unit, header))  # type: ignore[union-attr]
         return group.pick_routed(wants[1], avoid)
@@ -585,7 +590,7 @@ class GatewayCall:
         value = bolt.header_get(header, key) if header else None
         if value is not None:
             return value.decode("utf-8", "replace")
-        props = bolt_call.request_props(down.request, down.head)  # type: ignore[arg-type]  (sofa-rpc-node: only there)
+        props = bolt_call.request_props(down.request, down.head)  # type: ignore[arg-type]  # sofa-rpc-node: only there
         prop = props.get(name) if props is not None else None
         return prop if isinstance(prop, str) else None
 

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 import structlog
 import trio
+from mypy_extensions import mypyc_attr
 
 from interlink.model import Status
 from interlink.net.heap import HeapTrimmer
@@ -75,6 +76,8 @@ class ConnectionPolicy:
 OUTBOUND = ConnectionPolicy(partial_frame_timeout=30.0, write_timeout=30.0)
 
 
+# Subclassed outside the compiled modules (the tests' connections).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Connection:
     """Base of H2Endpoint and BoltEndpoint. Subclasses provide `_pending_output()` (bytes to send, or b""),
     `_received(data)` (a read batch), `_send_probe()`, `_fail_open_calls(reason)` and `in_flight`; they set

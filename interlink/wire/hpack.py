@@ -26,6 +26,7 @@ from collections import deque
 from hpack.exceptions import HPACKDecodingError, InvalidTableIndex, InvalidTableSizeError, OversizedHeaderListError
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
+from mypy_extensions import mypyc_attr
 
 from interlink.wire.cache import BoundedCache
 from interlink.wire.tracecontext import PER_CALL_FIELDS, TRACEPARENT, per_call_tail
@@ -127,7 +128,7 @@ class HeaderBlockEncoder:
 
     def _encode_fields(self, headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> bytes:
         known = FIELDS.get
-        parts = [known(field) for field in headers]  # fields are (name, value) tuples: the cache's keys
+        parts: list[bytes | None] = [known(field) for field in headers]  # fields are (name, value): the cache's keys
         if None in parts:
             for index, encoded in enumerate(parts):
                 if encoded is None:
@@ -135,7 +136,7 @@ class HeaderBlockEncoder:
                     encoded = parts[index] = self._encode_field(name, value)
                     if name not in PER_CALL_FIELDS:
                         FIELDS.put((name, value), encoded, 2 * len(encoded))
-        return b"".join(parts)
+        return b"".join(parts)  # type: ignore[arg-type]  # (no None left)
 
     @staticmethod
     def _encode_field(name: bytes, value: bytes) -> bytes:
@@ -152,6 +153,8 @@ class HeaderBlockEncoder:
         return b"\x00" + _encode_string(name) + _encode_string(value)
 
 
+# Subclassed outside the compiled modules (the tests' and bench.inmemory's decoders that decode nothing).
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HeaderBlockDecoder:
     """RFC 7541 decoder with a dynamic table; Huffman-coded strings are decoded once and cached, and so are
     whole *stateless* blocks — blocks that neither read nor change the dynamic table, whose decoding is
@@ -184,10 +187,10 @@ class HeaderBlockDecoder:
         data = bytes(data)
         cached = BLOCKS.get(data)
         if cached is not None and (not cached[2] or not self._table_limit):
-            headers, list_size, _ = cached
+            kept, list_size, _ = cached
             if list_size > self._max_header_list_size:
                 raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
-            return list(headers)
+            return list(kept)
         cut = len(data) - _TRACEPARENT_TAIL
         if cut > 0 and not self._table_limit and data.startswith(_TRACEPARENT_FIELD, cut):
             # A gateway's request: the fields before its traceparent repeat. When they decode on their own they
@@ -208,10 +211,10 @@ class HeaderBlockDecoder:
         """Decode `data` (remembered when it is stateless); the header list and its size."""
         cached = BLOCKS.get(data)
         if cached is not None and (not cached[2] or not self._table_limit):
-            headers, list_size, _ = cached
+            kept, list_size, _ = cached
             if list_size > self._max_header_list_size:
                 raise OversizedHeaderListError(f"header list exceeds {self._max_header_list_size} bytes")
-            return list(headers), list_size
+            return list(kept), list_size
         touches, empty_inserts = self._table_touches, self._empty_inserts
         headers, list_size = self._decode(data)
         if self._table_touches == touches:

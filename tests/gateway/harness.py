@@ -398,6 +398,7 @@ class World:
                                         "none": None}[group]
         self.group_requests: list[tuple] = []
         self.core = CallCore(snapshot, self._peer_group, self._provider_group, self.timers, self.flush, nursery)
+        self.core.made = self.calls
         ours, theirs = memory_transport_pair()
         suffix = "h2" if caller == "h2" else "bolt"
         on_request = getattr(self.core, f"on_{ingress}_{suffix}")
@@ -500,27 +501,13 @@ async def open_world(
     wait_ready: bool = True, upstreams: int = 1,
 ) -> AsyncIterator[World]:
     """`connect`: ok | gated (the first connection waits for `world.connect_gate`) | refused."""
-    recorded: list = []
-
-    class RecordedCall(call_module.GatewayCall):
-        __slots__ = ()
-
-        def __init__(self, *args) -> None:
-            recorded.append(self)
-            super().__init__(*args)
-
-    original = call_module.GatewayCall
-    call_module.GatewayCall = RecordedCall  # type: ignore[misc]
-    try:
-        with structlog.testing.capture_logs() as logs:
-            async with trio.open_nursery() as nursery:
-                world = World(nursery, ingress=ingress, caller=caller, upstream=upstream or caller,
-                              snapshot=snapshot or make_snapshot(), group=group, connect=connect, sni=sni, site=site,
-                              provider_streams=provider_streams, upstream_max_pending=upstream_max_pending,
-                              caller_max_pending=caller_max_pending, upstreams=upstreams)
-                world.logs, world.calls = logs, recorded
-                await world.start(wait_ready and connect == "ok")
-                yield world
-                nursery.cancel_scope.cancel()
-    finally:
-        call_module.GatewayCall = original  # type: ignore[misc]
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as nursery:
+            world = World(nursery, ingress=ingress, caller=caller, upstream=upstream or caller,
+                          snapshot=snapshot or make_snapshot(), group=group, connect=connect, sni=sni, site=site,
+                          provider_streams=provider_streams, upstream_max_pending=upstream_max_pending,
+                          caller_max_pending=caller_max_pending, upstreams=upstreams)
+            world.logs = logs
+            await world.start(wait_ready and connect == "ok")
+            yield world
+            nursery.cancel_scope.cancel()

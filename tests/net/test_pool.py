@@ -7,7 +7,6 @@ import pytest
 import structlog
 import trio
 
-from interlink.net.connection import ConnectionTable
 from interlink.net.pool import HEADROOM, MIN_SHARE, STABLE_AFTER, ConnectionPool, PoolGroup
 
 from tests.net.support import eventually
@@ -174,9 +173,27 @@ async def test_a_failed_connect_is_kept_as_the_pools_last_error(failure, error, 
         nursery.cancel_scope.cancel()
 
 
+class RecordingTable:
+    """The process-wide connection table as the pool uses it (ConnectionTable itself holds only real connections,
+    not this file's fakes)."""
+
+    def __init__(self) -> None:
+        self.held: list = []
+
+    def __iter__(self):
+        return iter(self.held)
+
+    def add(self, connection, group: str = "outbound") -> None:
+        self.held.append(connection)
+
+    def discard(self, connection) -> None:
+        if connection in self.held:
+            self.held.remove(connection)
+
+
 async def test_a_lost_connection_is_replaced_at_once_and_leaves_the_table(autojump_clock):
     dialer = Dialer()
-    table = ConnectionTable()
+    table = RecordingTable()
     pool = ConnectionPool("p", dialer, backoff_initial=3, table=table)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(pool.run)

@@ -185,7 +185,7 @@ def test_response_echo_fields():
     frame = bolt.decode(VECTORS["bolt_v1_resp_echo"])
     assert (frame.proto, frame.type, frame.cmdcode) == (1, bolt.TYPE_RESPONSE, bolt.CMD_RPC_RESPONSE)
     assert (frame.request_id, frame.codec) == (1, bolt.CODEC_HESSIAN2)
-    assert frame.status is bolt.ResponseStatus.SUCCESS
+    assert frame.status == bolt.ResponseStatus.SUCCESS
     assert frame.class_name == bolt.SOFA_RESPONSE_CLASS and len(bolt.SOFA_RESPONSE_CLASS) == 46
     assert frame.header == b"" and bolt.decode_header_map(frame.header) == {}
     assert len(frame.content) == 105 and frame.content.endswith(b"\x07hello-0N")
@@ -360,7 +360,7 @@ def test_response_for_reproduces_the_captured_responses(request_name, response_n
 def test_response_for_status_and_codec():
     request = bolt.decode(VECTORS["bolt_v2_crc_req_echo"])
     response = bolt.decode(bolt.encode(bolt.response_for(request, 0x10, codec=bolt.CODEC_PROTOBUF)))
-    assert response.status is bolt.ResponseStatus.CONNECTION_CLOSED
+    assert response.status == bolt.ResponseStatus.CONNECTION_CLOSED
     assert (response.codec, response.request_id, response.has_crc) == (bolt.CODEC_PROTOBUF, 102, True)
     assert response.cmdcode == bolt.CMD_RPC_RESPONSE
     with pytest.raises(ValueError):
