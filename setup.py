@@ -1,8 +1,8 @@
 """The build: pyproject.toml holds the project; this file only adds the compiled modules.
 
 The per-call path (HTTP/2 and Bolt endpoints, the call core, the per-call log lines) is compiled to C with mypyc
-from these same type-annotated sources: the same behaviour, about a third less CPU per call (issue 12's note has
-the measurements). Set INTERLINK_PURE=1 when installing to skip it (pure Python, e.g. on a machine without a C
+from these same type-annotated sources: the same behaviour, about a third less CPU per call (bench/README.md:
+The compiled build against the Python sources). Set INTERLINK_PURE=1 when installing to skip it (pure Python, e.g. on a machine without a C
 compiler); at run time INTERLINK_PURE=1 makes a compiled install load the sources instead (interlink/_build.py).
 """
 

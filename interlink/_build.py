@@ -18,8 +18,8 @@ from types import ModuleType
 
 # The modules every call runs through, compiled in one group (calls between them are native). What they use from
 # outside the list stays interpreted: routes, model, config, the control plane. net/transport.py, net/pool.py and
-# net/heap.py are left out for now (mypyc does not compile them as they are: an instance attribute named like a
-# method, a crash in its code generator).
+# net/heap.py are left out for now (mypyc 1.15 did not compile them as they are: an instance attribute named like
+# a method, a crash in its code generator; not tried again with the 2.4.1 the build uses).
 COMPILED = (
     "interlink/logs.py",
     "interlink/wire/cache.py",

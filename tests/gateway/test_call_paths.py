@@ -269,7 +269,7 @@ async def test_a_finished_call_leaves_no_reference_cycle_for_the_garbage_collect
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
-        assert not left & {"RecordedCall", "GatewayCall", "H2Downstream", "H2Upstream", "BoltDownstream", "BoltUpstream"}
+        assert not left & {"GatewayCall", "H2Downstream", "H2Upstream", "BoltDownstream", "BoltUpstream"}
 
 
 @pytest.mark.parametrize("ingress", ["local", "peer"])
