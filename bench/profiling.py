@@ -171,6 +171,7 @@ class Profiling:
             self.gateways.append(_Gateway(self.part, label, prefix, log))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        env["INTERLINK_PURE"] = "1"  # cProfile sees no function of a compiled module: profile the sources
         return [sys.executable, "-m", "bench.profiling", "--out", str(prefix), "--", *argv[1:]], env
 
     def report(self, part: str) -> list[Path]:
