@@ -234,8 +234,10 @@ def test_mutation_loop(size, inputs, cap):
 def test_the_oracle_catches_an_undeclared_exception(monkeypatch):
     """The loop fails (it does not swallow) when reading a head raises anything but a declared error."""
 
-    class Broken:  # the heads' cache, broken (a module global: replaceable in the compiled module too, whose
-        def get(self, key):  # type check then raises the TypeError itself)
+    # The heads' cache, broken. A module global stays replaceable in the compiled module, whose own type check
+    # then raises the TypeError (the sources raise it from get).
+    class Broken:
+        def get(self, key):
             raise TypeError("boom")
 
     monkeypatch.setattr(grpc, "_HEADS", Broken())

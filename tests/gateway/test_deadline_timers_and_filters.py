@@ -8,7 +8,7 @@ import trio
 from interlink.gateway.deadlines import DeadlineTimers
 from interlink.gateway.filters import AccessDomainFilter, ExportAclFilter, Filter, FilterChains, _observers
 from interlink.net.connection import FlushQueue
-from tests.gateway.harness import make_snapshot
+from tests.gateway.harness import TRIPLE, h2_request_headers, make_snapshot, open_world, wait_until
 
 
 class Item:
@@ -81,3 +81,15 @@ def test_the_snapshots_chains_check_the_access_domain_then_the_acl_on_the_peer_p
 def test_only_filters_that_override_on_finish_observe_call_ends():
     chain = (Filter(), Refusing(), Observing(), AccessDomainFilter(), ObservingSubclass())
     assert [type(item) for item in _observers(chain)] == [Observing, ObservingSubclass]
+
+
+async def test_the_base_filter_does_nothing_with_a_call(autojump_clock):
+    """(A real call: in the compiled build a filter's `call` must be a GatewayCall.)"""
+    async with open_world("local", "h2") as world:
+        sid = world.caller.open(h2_request_headers(TRIPLE, authority=b"localhost:9000"))
+        world.caller.send_message(sid, b"ping-0", end=True)
+        await wait_until(lambda: world.calls)
+        call = world.calls[0]
+        state, fields = call.state, dict(call.log_fields)
+        assert Filter().on_request(call) is None and Filter().on_finish(call, "OK", "") is None
+        assert (call.state, call.log_fields) == (state, fields)
