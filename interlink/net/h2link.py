@@ -15,7 +15,8 @@ Protections (limits come from the site file's `limits:` via `H2Settings`):
 - Flow control is end to end per stream, but the *connection* window is returned as soon as bytes arrive
   (they are held within their stream's window): one stalled stream can never starve the others.
 - Output: a stream is given at most what the remote's window and this connection's output limit allow; a
-  congested connection resumes its streams when its transport drained (`_resume`).
+  congested connection resumes its streams when its transport drained (`_resume`), and streams held back
+  by bytes that the flush then handed over whole are resumed by that flush.
 - A stream that ended under us (reset, GOAWAY, connection gone) makes writes return quietly; its handler
   learns it through an event, never through an exception raised into another connection's reader.
 
@@ -85,7 +86,7 @@ class H2Endpoint(Connection):
     __slots__ = (
         "client_side", "settings", "conn", "streams", "max_concurrent_streams", "_on_request",
         "_on_refused", "_close_when_flushed", "_goaway_final", "_gone", "_sent", "_unanswered",
-        "streams_opened", "premature_resets", "_handed", "_goaway_last",
+        "streams_opened", "premature_resets", "_handed", "_goaway_last", "_held_back",
     )
 
     probe_name = "PING"
@@ -124,6 +125,7 @@ class H2Endpoint(Connection):
         self._goaway_final = False  # the GOAWAY that names the last stream we take has been queued
         self._gone: list[int] = []  # streams that ended under a write; their handlers are told at flush
         self._sent: dict[int, int] = {}  # stream -> DATA bytes sent: who goes first when room opens up
+        self._held_back = False  # a stream was given less than it asked for by the output limit (see flush)
         # rapid-reset accounting (server side)
         self._unanswered: dict[int, float] = {}  # stream -> when it opened, until response headers went out
         self.streams_opened = 0
@@ -207,6 +209,8 @@ class H2Endpoint(Connection):
             allowed = conn.window(stream_id)
             if room < allowed:
                 allowed = room
+                if room < size:
+                    self._held_back = True
             if size < allowed:
                 allowed = size
             if allowed <= 0:
@@ -323,6 +327,11 @@ class H2Endpoint(Connection):
             if handler is not None:
                 self._call(handler.on_reset, h2conn.STREAM_CLOSED)
         super().flush()
+        if self._held_back and not self.closed and not self.congested:
+            # What held streams back was queued in this batch and the transport has taken it at once: no drain
+            # event will come, so room is announced here (else a small answer waits behind bulk long gone).
+            self._held_back = False
+            self._all_writable()
         if self._close_when_flushed and not self.streams and not self.closed:
             self.close(self.close_reason or "drained")
 
@@ -340,6 +349,7 @@ class H2Endpoint(Connection):
         return stream_id > self._handed or stream_id > self._goaway_last
 
     def _resume(self) -> None:
+        self._held_back = False
         self._all_writable()
 
     def _start(self) -> None:

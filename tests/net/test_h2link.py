@@ -411,8 +411,8 @@ class Link:
 
 @asynccontextmanager
 async def linked(client_settings: H2Settings = H2Settings(), server_settings: H2Settings = H2Settings(),
-                 owner: Owner | None = None):
-    ours, theirs = memory_transport_pair()
+                 owner: Owner | None = None, capacity: int = 256 * 1024):
+    ours, theirs = memory_transport_pair(capacity)
     owner = owner or Owner()
     client = H2Endpoint(ours, client_side=True, flush_queue=FlushQueue(), settings=client_settings, name="client")
     server = H2Endpoint(theirs, client_side=False, flush_queue=FlushQueue(), settings=server_settings,
@@ -489,6 +489,25 @@ async def test_room_in_the_connection_window_wakes_the_streams_that_sent_least_f
         link.flush()
         await eventually(lambda: order)  # the server returned the connection window on receipt
         assert order == ["small", "bulk"]
+
+
+async def test_a_stream_held_back_by_the_output_limit_is_woken_when_the_flush_hands_the_bytes_over():
+    """Bytes queued in one batch count against the output limit before they are flushed. When the flush hands
+    them to a transport that takes them all at once, no drain event follows: the streams refused meanwhile
+    must be woken by the flush itself, or a small answer waits behind bulk that has long left (found by
+    tests/hostile: legit calls hung for their whole deadline while a slow reader's echoes filled the link)."""
+    settings = H2Settings(initial_window=4 << 20, connection_window=8 << 20)
+    async with linked(server_settings=settings, capacity=8 << 20) as link:
+        bulk, small = Recorder(), Recorder()
+        bulk_id, small_id = link.call(bulk), link.call(small)
+        await eventually(lambda: len(link.owner.requests) == 2 and link.client.conn.window(bulk_id) >= 2 << 20)
+        limit = link.client.policy.output_limit
+        assert link.client.send_data(bulk_id, b"x" * (2 * limit)) == limit  # held back by the output limit
+        assert link.client.send_data(small_id, b"y") == 0
+        link.client.flush()
+        assert link.client.transport.buffered == 0  # all taken at once: no drain event will come
+        await eventually(lambda: ("writable",) in small.events)
+        assert link.client.send_data(small_id, b"y") == 1
 
 
 async def test_a_write_to_a_stream_that_ended_tells_its_handler_at_the_next_flush_instead_of_raising():
