@@ -32,7 +32,6 @@ import trio
 
 from interlink.config import HostPort, ImportConfig, SiteConfig
 from registry_adapters.base import GATEWAY_MARK, Publication, Registry, RegistryError, RegistryHealth
-from registry_adapters.dnssd import EmbeddedResponder
 from registry_adapters.model import Instance, ServiceKey
 
 if TYPE_CHECKING:
@@ -286,6 +285,9 @@ class EmbeddedDnsRegistry:
     def __init__(self, settings: EmbeddedDns, site: str) -> None:
         self.settings = settings
         self.site = site
+        # dnspython (~4 MiB resident) is loaded only by the sites that serve or update DNS
+        from registry_adapters.dnssd import EmbeddedResponder
+
         self.responder = EmbeddedResponder(settings.zone, listen_host=settings.listen.host, port=settings.listen.port)
         self.bound: tuple[str, int] | None = None
         self._stack = AsyncExitStack()
