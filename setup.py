@@ -2,8 +2,9 @@
 
 The per-call path (HTTP/2 and Bolt endpoints, the call core, the per-call log lines) is compiled to C with mypyc
 from these same type-annotated sources: the same behaviour, about a third less CPU per call (bench/README.md:
-The compiled build against the Python sources). Set INTERLINK_PURE=1 when installing to skip it (pure Python, e.g. on a machine without a C
-compiler); at run time INTERLINK_PURE=1 makes a compiled install load the sources instead (interlink/_build.py).
+The compiled build against the Python sources). Set INTERLINK_PURE=1 when installing to skip it (pure Python,
+e.g. on a machine without a C compiler); at run time INTERLINK_PURE=1 makes a compiled install load the sources
+instead (interlink/_build.py).
 """
 
 import importlib.util
@@ -19,7 +20,7 @@ _build = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_build)
 
 ext_modules = []
-if os.environ.get("INTERLINK_PURE", "") in ("", "0"):
+if not _build.pure():
     from mypyc.build import mypycify
 
     ext_modules = mypycify(["--ignore-missing-imports", "--follow-imports=silent", *_build.COMPILED],

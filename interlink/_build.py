@@ -89,9 +89,14 @@ class _SourcesFirst(importlib.abc.MetaPathFinder):
         return None
 
 
+def pure() -> bool:
+    """INTERLINK_PURE is set (not empty, not 0): install without compiling (setup.py), run the sources (choose)."""
+    return os.environ.get("INTERLINK_PURE", "") not in ("", "0")
+
+
 def choose() -> None:
     """Called once, by interlink/__init__.py, before any other module of the package is imported."""
-    if os.environ.get("INTERLINK_PURE", "") not in ("", "0"):
+    if pure():
         _load_sources()
         return
     stale = stale_sources()
