@@ -475,7 +475,11 @@ class H2Upstream(H2Leg):
         call = self.call
         assert call is not None
         if self.response_head is None and not end_stream:
-            status = next((value for name, value in headers if name == b":status"), b"")
+            status = b""
+            for name, value in headers:
+                if name == b":status":
+                    status = value
+                    break
             if status != b"200":
                 self.cancel()
                 self.sid = 0

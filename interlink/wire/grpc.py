@@ -201,12 +201,18 @@ def trailers_only(status: Status, message: str, http_status: bytes = b"200") -> 
     return headers
 
 
+_STATUS_OF_VALUE = {b"%d" % status: status for status in Status}  # grpc-status as senders write it
+
+
 def status_of(headers: list[tuple[bytes, bytes]]) -> Status | None:
     """The grpc-status of a response's trailers (or Trailers-Only HEADERS); None when absent, UNKNOWN when it
     is not a number of a known status."""
     for name, value in headers:
         if name == b"grpc-status":
-            try:
+            status = _STATUS_OF_VALUE.get(value)
+            if status is not None:
+                return status
+            try:  # another spelling of a number (" 0", "00"), or not one
                 return Status(int(value))
             except ValueError:
                 return Status.UNKNOWN

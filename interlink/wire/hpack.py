@@ -104,6 +104,18 @@ def _encode_string(value: bytes) -> bytes:
     return encode_integer(len(value), 7) + value
 
 
+def _literal_name(name: bytes) -> bytes:
+    """The start of a literal field without indexing (RFC 7541 6.2.2): the name's static index, or the name."""
+    name_index = _STATIC_NAME_INDEX.get(name)
+    if name_index is not None:
+        return encode_integer(name_index, 4)
+    return b"\x00" + _encode_string(name)
+
+
+# The per-call fields' names, encoded once: what is left to encode per call is their values.
+_PER_CALL_NAMES = {name: _literal_name(name) for name in PER_CALL_FIELDS}
+
+
 class HeaderBlockEncoder:
     """Encodes header lists without Huffman and without dynamic-table insertions."""
 
@@ -115,8 +127,7 @@ class HeaderBlockEncoder:
         if cut != len(headers):  # a gateway's trace context, last (see above)
             tail = b""
             for name, value in headers[cut:]:  # (usually the one traceparent: no comprehension frame per call)
-                tail += (_TRACEPARENT_FIELD + value if name == TRACEPARENT and len(value) == 55
-                         else self._encode_field(name, value))
+                tail += _PER_CALL_NAMES[name] + _encode_string(value.encode() if isinstance(value, str) else value)
             headers = headers[:cut]
         key = tuple(headers)  # fields are (name, value) tuples: a repeated list is one lookup
         block = ENCODED.get(key)
@@ -147,10 +158,7 @@ class HeaderBlockEncoder:
         index = _STATIC_FIELD_INDEX.get((name, value))
         if index is not None:
             return encode_integer(index, 7, 0x80)
-        name_index = _STATIC_NAME_INDEX.get(name)
-        if name_index is not None:  # literal without indexing, indexed name
-            return encode_integer(name_index, 4) + _encode_string(value)
-        return b"\x00" + _encode_string(name) + _encode_string(value)
+        return _literal_name(name) + _encode_string(value)
 
 
 # Subclassed outside the compiled modules (the tests' and bench.inmemory's decoders that decode nothing).

@@ -105,20 +105,20 @@ def metadata_headers(metadata: Mapping[str, str]) -> Headers:
     (their case kept in tri-header-convert), values that are not visible ASCII sent as `<key>-bin`. The trace
     id, which differs in every call, comes last."""
     trace_id = metadata.get(TRACE_ID)
-    return _remembered_metadata_headers(metadata, trace_id) + _trace_id_headers(trace_id)
+    return [*_remembered_metadata_headers(metadata, trace_id), *_trace_id_headers(trace_id)]
 
 
-def _remembered_metadata_headers(metadata: Mapping[str, str], trace_id: str | None) -> Headers:
+def _remembered_metadata_headers(metadata: Mapping[str, str], trace_id: str | None) -> tuple[tuple[bytes, bytes], ...]:
     """metadata_headers without the trace id's, remembered per metadata (a caller's calls repeat theirs)."""
-    if trace_id is not None:
-        metadata = dict(metadata)
-        del metadata[TRACE_ID]
-    key = tuple(metadata.items())
+    if trace_id is None:
+        key = tuple(metadata.items())
+    else:
+        key = tuple([item for item in metadata.items() if item[0] != TRACE_ID])
     headers = _METADATA_HEADERS.get(key)
     if headers is None:
-        headers = tuple(_metadata_headers(metadata))
+        headers = tuple(_metadata_headers(dict(key)))
         _METADATA_HEADERS.put(key, headers, sum(len(k) + len(v) for k, v in key) * 3 + 64 * len(headers) + 64)
-    return list(headers)
+    return headers
 
 
 def _trace_id_headers(trace_id: str | None) -> Headers:
@@ -192,42 +192,67 @@ def request_headers(
 ) -> Headers:
     """HEADERS of a Triple request for `call`, in the provider's flavour (PROTOCOLS.md 2.2 and 3.1):
     tri-service-version is SOFA's uniqueId but Dubbo's version."""
-    content_type = b"application/grpc+proto" if flavour == "dubbo" else b"application/grpc"
-    headers: Headers = [
-        (b":method", b"POST"),
-        (b":scheme", b"http"),
-        (b":path", f"/{call.service}/{call.method}".encode()),
-        (b":authority", authority),
-        (b"te", b"trailers"),
-        (b"content-type", content_type),
-    ]
+    app = call.caller.app if call.caller is not None else None
+    key = (call.service, call.method, authority, flavour, unique_name, version, unique_id, group, call.target_app, app)
+    parts = _REQUEST_HEADS.get(key)
+    if parts is None:
+        parts = _request_head(call.service, call.method, authority, flavour, unique_name, version, unique_id, group,
+                              call.target_app, app)
+        _REQUEST_HEADS.put(key, parts, sum(len(name) + len(value) for part in parts for name, value in part) * 3 + 256)
+    before_timeout, after_timeout = parts
+    headers = list(before_timeout)
     if timeout is not None:
         headers.append((b"grpc-timeout", grpc.format_timeout(timeout)))
-    if flavour == "sofa" and unique_id:
-        headers.append((SERVICE_VERSION, unique_id.encode()))
-    elif flavour == "dubbo":
-        if version:
-            headers.append((SERVICE_VERSION, version.encode()))
-        if group:
-            headers.append((SERVICE_GROUP, group.encode()))
-    if flavour != "dubbo":
-        headers += [(TARGET_SERVICE, unique_name.encode()), (METHOD_NAME, call.method.encode())]
-    if call.target_app:
-        headers.append((TARGET_APP, call.target_app.encode()))
-    app = call.caller.app if call.caller is not None else None
-    if app:
-        headers += [(CONSUMER_APP, app.encode()), (CURRENT_APP, app.encode())]
+    headers += after_timeout
     # The per-call trace context last (the encoder remembers the rest of the list): our stamps, SOFATracer's
     # trace id, our traceparent.
-    trace_id = call.metadata.get(TRACE_ID)
-    headers += _remembered_metadata_headers(call.metadata, trace_id)
+    metadata = call.metadata
+    trace_id = metadata.get(TRACE_ID)
+    headers += _remembered_metadata_headers(metadata, trace_id)
     stamps = list(stamps)
     traceparent = stamps.pop() if stamps and stamps[-1][0] == tracecontext.TRACEPARENT else None
     headers += stamps
-    headers += _trace_id_headers(trace_id)
+    if trace_id is not None:
+        headers += _trace_id_headers(trace_id)
     if traceparent is not None:
         headers.append(traceparent)
     return headers
+
+
+# The fields of a request head that depend on the call's route, method and apps only, before and after its
+# grpc-timeout: a caller's calls repeat them, and the same field objects make the encoder's lookup cheap.
+_REQUEST_HEADS: BoundedCache[tuple[object, ...], tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]] = \
+    BoundedCache(max_entries=1024, max_bytes=1 << 20, max_item=4096)
+
+
+def _request_head(
+    service: str, method: str, authority: bytes, flavour: str, unique_name: str, version: str | None,
+    unique_id: str | None, group: str | None, target_app: str | None, app: str | None,
+) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]:
+    content_type = b"application/grpc+proto" if flavour == "dubbo" else b"application/grpc"
+    before_timeout = (
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", f"/{service}/{method}".encode()),
+        (b":authority", authority),
+        (b"te", b"trailers"),
+        (b"content-type", content_type),
+    )
+    after_timeout: Headers = []
+    if flavour == "sofa" and unique_id:
+        after_timeout.append((SERVICE_VERSION, unique_id.encode()))
+    elif flavour == "dubbo":
+        if version:
+            after_timeout.append((SERVICE_VERSION, version.encode()))
+        if group:
+            after_timeout.append((SERVICE_GROUP, group.encode()))
+    if flavour != "dubbo":
+        after_timeout += [(TARGET_SERVICE, unique_name.encode()), (METHOD_NAME, method.encode())]
+    if target_app:
+        after_timeout.append((TARGET_APP, target_app.encode()))
+    if app:
+        after_timeout += [(CONSUMER_APP, app.encode()), (CURRENT_APP, app.encode())]
+    return before_timeout, tuple(after_timeout)
 
 
 # --- responses -------------------------------------------------------------------------------------------
@@ -239,13 +264,20 @@ def reply_from_triple(headers: Headers, messages: list[bytes], trailers: Headers
     final = trailers if trailers is not None else headers
     found = grpc.status_of(final)
     status = Status.UNKNOWN if found is None else found
-    message = next((grpc.decode_grpc_message(value) for name, value in final if name == b"grpc-message"), "")
-    exception = any(name == EXCEPTION_CODE and value not in (b"", b"0") for name, value in headers)
     metadata = _trailer_metadata(trailers)
     if status != Status.OK:
+        message = ""
+        for name, value in final:
+            if name == b"grpc-message":
+                message = grpc.decode_grpc_message(value)
+                break
         return Reply(status, message or f"provider answered {status.name}", metadata=metadata)
     if len(messages) != 1:
         return Reply(Status.INTERNAL, f"the provider answered a unary call with {len(messages)} messages")
+    exception = False
+    for name, value in headers:
+        if name == EXCEPTION_CODE and value not in (b"", b"0"):
+            exception = True
     kind = PayloadKind.WRAPPER if serialize is not None else PayloadKind.PROTOBUF
     return Reply(Status.OK, payload=Payload(kind, messages[0], serialize), metadata=metadata, exception=exception)
 

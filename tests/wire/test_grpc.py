@@ -245,3 +245,13 @@ def test_a_trailing_traceparent_comes_with_the_head_the_rest_of_the_list_names()
         assert all(name != b"traceparent" for name, _ in head.metadata)
     inner, traceparent = grpc.read_request_head(_request(trace, (b"x-after", b"1")))  # anywhere: the same answer
     assert traceparent == trace[1] and (b"x-after", b"1") in inner.metadata
+
+
+@pytest.mark.parametrize(("value", "status"), [
+    (b"0", Status.OK), (b"14", Status.UNAVAILABLE), (b"16", Status.UNAUTHENTICATED),  # as senders write them
+    (b"00", Status.OK), (b" 4", Status.DEADLINE_EXCEEDED), (b"+5", Status.NOT_FOUND),  # other spellings of a number
+    (b"17", Status.UNKNOWN), (b"-1", Status.UNKNOWN), (b"ok", Status.UNKNOWN), (b"", Status.UNKNOWN),
+])
+def test_the_status_of_trailers_is_read_whatever_the_spelling_of_its_number(value, status):
+    assert grpc.status_of([(b"grpc-status", value), (b"grpc-message", b"x")]) is status
+    assert grpc.status_of([(b"grpc-message", b"x")]) is None

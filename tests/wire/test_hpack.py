@@ -271,3 +271,12 @@ def test_several_per_call_fields_at_the_end_are_encoded_after_the_remembered_res
         assert hpack.Decoder().decode(block, raw=True) == headers
     assert ENCODED.get(tuple(_REQUEST)) is not None and len(ENCODED) == 1
     assert (b"sofa-traceid", trace) not in FIELDS._entries
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"tri-trace-traceid", b"sofa-traceid", b"traceparent"]),
+                          st.binary(max_size=300)), min_size=1, max_size=4))
+def test_per_call_fields_of_any_length_at_the_end_decode_as_they_were(tail):
+    """The per-call fields' names are encoded once (hpack._PER_CALL_NAMES), their values per call: long ones
+    (a length of more than one byte) and a traceparent that is not 55 bytes long included."""
+    headers = [*_REQUEST, *tail]
+    assert hpack.Decoder().decode(HeaderBlockEncoder().encode(headers), raw=True) == headers

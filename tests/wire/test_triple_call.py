@@ -177,3 +177,32 @@ def hpack_decode(block: bytes) -> list[tuple[bytes, bytes]]:
     import hpack as reference
 
     return reference.Decoder().decode(block, raw=True)
+
+
+_NAMES = st.sampled_from(["echo", "Echo", "say", "app-a", "app-b", ""])
+
+
+@given(st.lists(st.tuples(_NAMES, st.one_of(st.none(), _NAMES), st.one_of(st.none(), _NAMES),
+                          st.sampled_from(["grpc", "sofa", "dubbo"]), st.sampled_from(["1.0", "2.0"]),
+                          st.one_of(st.none(), st.sampled_from(["blue", "green"])), st.one_of(st.none(), st.floats(0.001, 99))),
+                min_size=1, max_size=12))
+def test_a_request_head_built_from_the_remembered_fields_is_the_one_built_afresh(shapes):
+    """request_headers remembers the fields that depend on the route, the method and the apps: whatever a caller's
+    sequence of calls, each head is the one built with nothing remembered (a field missing from the cache's key
+    would hand one call another's method or app)."""
+    for _ in range(2):  # the second time round, the cache holds them (kept the second time they are seen)
+        for method, app, target_app, flavour, version, unique_id, timeout in shapes:
+            call = Call(service="com.example.EchoService", method=method or "m", protocol="bolt",
+                        caller=Identity("site-b", app) if app is not None else None,
+                        metadata={TRACE_ID: "t1", "Custom-Key": "v"}, target_app=target_app)
+            kwargs = dict(authority=b"a", timeout=timeout, flavour=flavour, unique_name=f"x:{version}", version=version,
+                          unique_id=unique_id, group=unique_id)
+            remembered = triple_call.request_headers(call, **kwargs)
+            triple_call._REQUEST_HEADS.clear()  # noqa: SLF001
+            assert remembered == triple_call.request_headers(call, **kwargs)
+            table = dict(remembered)
+            assert table[b":path"] == f"/com.example.EchoService/{method or 'm'}".encode()
+            assert table.get(b"tri-consumer-appname") == (app.encode() if app else None)
+            assert table.get(b"sofa_head_target_app") == (target_app.encode() if target_app else None)
+            remembered.append((b"x-k", b"v"))  # each call gets a list of its own
+            assert triple_call.request_headers(call, **kwargs)[-1] != (b"x-k", b"v")
