@@ -11,7 +11,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The install compiles the per-call modules with mypyc (setup.py; about 2 minutes on 2 cores; INTERLINK_PURE=1
 # skips it). It is redone only when what it is made of changed: the project files, the compiled sources, which
-# of them are built, Python itself.
+# of them are built, Python itself -- or when a source is newer than its build (a checkout that touched it
+# without changing it), since the sources would then run instead (interlink/_build.py).
 install_stamp() {
   { cat pyproject.toml setup.py; echo "pure=${INTERLINK_PURE:-}"
     .venv/bin/python -c '
@@ -21,7 +22,8 @@ build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build)
 print(sys.version)
 for source in build.COMPILED:
-    print(source, open(source).read(), build.compiled_module(source) is not None)'
+    print(source, open(source).read(), build.compiled_module(source) is not None)
+print("stale", build.stale_sources())'
   } | sha256sum | cut -d' ' -f1
 }
 if [ "$(cat .venv/.interlink-installed 2>/dev/null)" != "$(install_stamp)" ]; then
