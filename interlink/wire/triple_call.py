@@ -18,6 +18,7 @@ from interlink.wire import grpc, link_headers, tracecontext
 from interlink.wire.cache import BoundedCache
 
 Headers = list[tuple[bytes, bytes]]
+_Fields = tuple[tuple[bytes, bytes], ...]  # remembered fields (read only: each call's list is its own)
 
 # Triple trace headers <-> canonical keys. On the way out each is written under every listed name (SOFA
 # Triple servers read sofa-traceid first, Dubbo tri-trace-traceid).
@@ -108,7 +109,7 @@ def metadata_headers(metadata: Mapping[str, str]) -> Headers:
     return [*_remembered_metadata_headers(metadata, trace_id), *_trace_id_headers(trace_id)]
 
 
-def _remembered_metadata_headers(metadata: Mapping[str, str], trace_id: str | None) -> tuple[tuple[bytes, bytes], ...]:
+def _remembered_metadata_headers(metadata: Mapping[str, str], trace_id: str | None) -> _Fields:
     """metadata_headers without the trace id's, remembered per metadata (a caller's calls repeat theirs)."""
     if trace_id is None:
         key = tuple(metadata.items())
@@ -221,14 +222,15 @@ def request_headers(
 
 # The fields of a request head that depend on the call's route, method and apps only, before and after its
 # grpc-timeout: a caller's calls repeat them, and the same field objects make the encoder's lookup cheap.
-_REQUEST_HEADS: BoundedCache[tuple[object, ...], tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]] = \
-    BoundedCache(max_entries=1024, max_bytes=1 << 20, max_item=4096)
+_REQUEST_HEADS: BoundedCache[tuple[object, ...], tuple[_Fields, _Fields]] = BoundedCache(
+    max_entries=1024, max_bytes=1 << 20, max_item=4096
+)
 
 
 def _request_head(
     service: str, method: str, authority: bytes, flavour: str, unique_name: str, version: str | None,
     unique_id: str | None, group: str | None, target_app: str | None, app: str | None,
-) -> tuple[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]]:
+) -> tuple[_Fields, _Fields]:
     content_type = b"application/grpc+proto" if flavour == "dubbo" else b"application/grpc"
     before_timeout = (
         (b":method", b"POST"),
