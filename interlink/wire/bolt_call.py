@@ -253,15 +253,6 @@ def request_frame(
     payload = call.payload
     assert payload is not None
     app = call.caller.app if call.caller is not None else None
-    header: dict[str, str | None] = {
-        SERVICE: unique_name,
-        TARGET_SERVICE: unique_name,
-        METHOD_NAME: call.method,
-        TARGET_APP: call.target_app,
-        APP: app,
-    }
-    header.update(call.metadata)
-    header.update(stamps)
     if codec == "protobuf":
         if payload.kind != PayloadKind.PROTOBUF:
             raise Refusal(
@@ -292,9 +283,37 @@ def request_frame(
         codec_id,
         timeout=timeout_ms,
         class_name=bolt.SOFA_REQUEST_CLASS,
-        header=bolt.encode_header_map({k: v for k, v in header.items() if v is not None}),
+        header=_request_header(unique_name, call.method, call.target_app, app, call.metadata, stamps),
         content=content,
     )
+
+
+# The header map's first entries per (unique name, method, target app, app): a caller's calls repeat them.
+_REQUEST_HEAD_ENTRIES: BoundedCache[tuple[str, str, str | None, str | None], bytes] = BoundedCache(
+    max_entries=1024, max_bytes=1 << 20, max_item=2048
+)
+_HEAD_KEYS = frozenset({SERVICE, TARGET_SERVICE, METHOD_NAME, TARGET_APP, APP})
+
+
+def _request_header(unique_name: str, method: str, target_app: str | None, app: str | None,
+                    metadata: Mapping[str, str], stamps: Mapping[str, str | None]) -> bytes:
+    """The header map of a translated request: who is called and by whom, then the call's metadata, then our
+    stamps (a None value: left out). A map is its entries one after the other, so the first ones are
+    remembered and the rest, which carries the per-call trace context, is encoded per call."""
+    if not (_HEAD_KEYS.isdisjoint(metadata) and _HEAD_KEYS.isdisjoint(stamps) and metadata.keys().isdisjoint(stamps)):
+        # a key given twice (not from the Triple adapter, which keeps these names out of metadata): the later wins
+        header: dict[str, str | None] = {SERVICE: unique_name, TARGET_SERVICE: unique_name, METHOD_NAME: method,
+                                         TARGET_APP: target_app, APP: app}
+        header.update(metadata)
+        header.update(stamps)
+        return bolt.encode_header_map(header)
+    key = (unique_name, method, target_app, app)
+    head = _REQUEST_HEAD_ENTRIES.get(key)
+    if head is None:
+        head = bolt.encode_header_map(((SERVICE, unique_name), (TARGET_SERVICE, unique_name), (METHOD_NAME, method),
+                                       (TARGET_APP, target_app), (APP, app)))
+        _REQUEST_HEAD_ENTRIES.put(key, head, 2 * len(head) + 128)
+    return head + bolt.encode_header_map([*metadata.items(), *stamps.items()])
 
 
 # --- responses -------------------------------------------------------------------------------------------

@@ -138,3 +138,30 @@ def test_a_translated_response_header_map_is_the_same_remembered():
     frames = [bolt_call.response_frame(reply, request) for _ in range(3)]
     assert len({frame.header for frame in frames}) == 1
     assert bolt.decode_header_map(frames[0].header) == {"k": "v", "sofa_head_response_error": "false"}
+
+
+_KEYS = st.sampled_from(["service", "app", "sofa_head_method_name", "rpc_trace_context.sofaTraceId", "k", "K2",
+                         "x-interlink-caller-app", "traceparent"])
+_VALUES = st.text(max_size=8)
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=4), st.dictionaries(_KEYS, st.none() | _VALUES, max_size=4),
+       st.sampled_from(["echo", "say"]), st.none() | st.sampled_from(["app-a", ""]), st.none() | st.just("target"))
+def test_a_translated_requests_header_map_is_the_merged_map_encoded_whatever_its_keys(metadata, stamps, method, app,
+                                                                                      target_app):
+    """request_frame remembers the map's first entries and encodes the metadata and stamps after them; the map is
+    the one Java's merge would make (later keys win, in the first one's place; None values left out), keys given
+    twice included -- twice, so that the remembered entries are used the second time."""
+    from interlink.model import Call, Identity, Payload, PayloadKind
+
+    call = Call(service="com.example.Echo", method=method, protocol="triple", metadata=metadata, target_app=target_app,
+                caller=Identity("site-b", app) if app is not None else None,
+                payload=Payload(PayloadKind.PROTOBUF, b"\x0a\x01x"))
+    merged: dict[str, str | None] = {"service": "com.example.Echo:1.0", "sofa_head_target_service": "com.example.Echo:1.0",
+                                     "sofa_head_method_name": method, "sofa_head_target_app": target_app, "app": app}
+    merged.update(metadata)
+    merged.update(stamps)
+    for _ in range(2):
+        frame = bolt_call.request_frame(call, unique_name="com.example.Echo:1.0", codec="protobuf", timeout_ms=1000,
+                                        stamps=stamps)
+        assert frame.header == bolt.encode_header_map(merged)
