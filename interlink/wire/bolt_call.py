@@ -302,18 +302,22 @@ def _request_header(unique_name: str, method: str, target_app: str | None, app: 
     remembered and the rest, which carries the per-call trace context, is encoded per call."""
     if not (_HEAD_KEYS.isdisjoint(metadata) and _HEAD_KEYS.isdisjoint(stamps) and metadata.keys().isdisjoint(stamps)):
         # a key given twice (not from the Triple adapter, which keeps these names out of metadata): the later wins
-        header: dict[str, str | None] = {SERVICE: unique_name, TARGET_SERVICE: unique_name, METHOD_NAME: method,
-                                         TARGET_APP: target_app, APP: app}
+        header: dict[str, str | None] = dict(_head_entries(unique_name, method, target_app, app))
         header.update(metadata)
         header.update(stamps)
         return bolt.encode_header_map(header)
     key = (unique_name, method, target_app, app)
     head = _REQUEST_HEAD_ENTRIES.get(key)
     if head is None:
-        head = bolt.encode_header_map(((SERVICE, unique_name), (TARGET_SERVICE, unique_name), (METHOD_NAME, method),
-                                       (TARGET_APP, target_app), (APP, app)))
+        head = bolt.encode_header_map(_head_entries(unique_name, method, target_app, app))
         _REQUEST_HEAD_ENTRIES.put(key, head, 2 * len(head) + 128)
     return head + bolt.encode_header_map([*metadata.items(), *stamps.items()])
+
+
+def _head_entries(unique_name: str, method: str, target_app: str | None,
+                  app: str | None) -> tuple[tuple[str, str | None], ...]:
+    return ((SERVICE, unique_name), (TARGET_SERVICE, unique_name), (METHOD_NAME, method), (TARGET_APP, target_app),
+            (APP, app))
 
 
 # --- responses -------------------------------------------------------------------------------------------

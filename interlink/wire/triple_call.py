@@ -194,11 +194,11 @@ def request_headers(
     """HEADERS of a Triple request for `call`, in the provider's flavour (PROTOCOLS.md 2.2 and 3.1):
     tri-service-version is SOFA's uniqueId but Dubbo's version."""
     app = call.caller.app if call.caller is not None else None
-    key = (call.service, call.method, authority, flavour, unique_name, version, unique_id, group, call.target_app, app)
+    key: _HeadKey = (call.service, call.method, authority, flavour, unique_name, version, unique_id, group,
+                     call.target_app, app)
     parts = _REQUEST_HEADS.get(key)
     if parts is None:
-        parts = _request_head(call.service, call.method, authority, flavour, unique_name, version, unique_id, group,
-                              call.target_app, app)
+        parts = _request_head(*key)
         _REQUEST_HEADS.put(key, parts, sum(len(name) + len(value) for part in parts for name, value in part) * 3 + 256)
     before_timeout, after_timeout = parts
     headers = list(before_timeout)
@@ -222,7 +222,8 @@ def request_headers(
 
 # The fields of a request head that depend on the call's route, method and apps only, before and after its
 # grpc-timeout: a caller's calls repeat them, and the same field objects make the encoder's lookup cheap.
-_REQUEST_HEADS: BoundedCache[tuple[object, ...], tuple[_Fields, _Fields]] = BoundedCache(
+_HeadKey = tuple[str, str, bytes, str, str, str | None, str | None, str | None, str | None, str | None]
+_REQUEST_HEADS: BoundedCache[_HeadKey, tuple[_Fields, _Fields]] = BoundedCache(
     max_entries=1024, max_bytes=1 << 20, max_item=4096
 )
 
