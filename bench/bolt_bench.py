@@ -31,7 +31,7 @@ from bench import bolt_frames
 from bench.cells import Bracket, dead_cell, finish_cell, print_outcome
 from bench.gateway_pair import InterlinkUnavailable, PairSpec, export_of, import_of, make_sites, start_pair
 from bench.processes import Child, Children, _die_with_parent, free_ports, reap, wait_for_port
-from bench.report import GATEWAY_HEAD, GATEWAYS, gateway_columns, num, size_label, target_table
+from bench.report import GATEWAY_HEAD, GATEWAYS, activity_table, gateway_columns, num, size_label, target_table
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -479,6 +479,8 @@ def run(opts: BoltOptions, tmp: Path, children: Children, grpc_cells: list[dict]
             "\nbolt_load.js, provider = bolt_echo_server.js; RSS = peak (VmHWM) of the gateway's largest process;"
             "\nclient/provider % of one core; other = CPU of anything else on the machine, % of one core."
         )
+        print()
+        print(activity_table(cells))
     if "bolt-interlink" in opts.paths:
         print("\nissue 3 targets for the Bolt -> Bolt path through both gateways:")
         print(target_table(((c["target"], c["met"], c["shown"]) for c in checks), 58))

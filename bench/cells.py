@@ -25,6 +25,7 @@ class Bracket:
         machine_after, self.seconds = MachineSample.take(), time.monotonic() - self._t0
         after = {name: TreeSample.take(c.pid) for name, c in self.watched.items()}
         self.cpu = {name: after[name].cpu_since(self._before[name]) for name in self.watched}  # CPU seconds
+        self.activity = {name: after[name].activity_since(self._before[name]) for name in self.watched}
         self.busy, self.steal = machine_after.busy_cores_since(self._machine_before, self.seconds)  # cores
 
     def pct(self, name: str) -> float:
@@ -56,6 +57,9 @@ def finish_cell(
             "cpu_pct": round(100 * seconds / bracket.seconds, 1),
             "rss_peak_mb": round(max(m["VmHWM"] for m in memory) / 1024, 1),
             "rss_now_mb": round(max(m["VmRSS"] for m in memory) / 1024, 1),
+            # file writes (log lines) and wake-ups per call (processes.activity): what its CPU is spent around
+            **{f"{kind}_per_call": round(count / calls, 3)
+               for kind, count in zip(("writes", "wakeups"), bracket.activity[f"{path_name}:{role}"])},
             "processes": memory,
         }
     # Proxies of the other paths should be idle; say so if one was not (it would steal CPU from this cell).

@@ -232,6 +232,29 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / _CLK_TCK
 
 
+def activity(pid: int) -> tuple[int, int]:
+    """(writes, wake-ups) of one process so far: its write-type system calls on files (/proc/PID/io syscw, the
+    whole process: a gateway's log lines; socket sends are not counted there) and the times its threads went to
+    sleep waiting for something (voluntary context switches, summed over /proc/PID/task/*/status): an
+    event-loop process sleeps once per wake-up. (0, 0) if it is gone."""
+    writes = sleeps = 0
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscw:"):
+                writes = int(line.split()[1])
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for task in tasks:
+        try:
+            for line in Path(f"/proc/{pid}/task/{task}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    sleeps += int(line.split()[1])
+        except OSError:  # a thread that just ended
+            pass
+    return writes, sleeps
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """VmHWM (peak RSS) and VmRSS of one process, in KiB."""
     out = {"VmHWM": 0, "VmRSS": 0}
@@ -247,17 +270,28 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 @dataclass
 class TreeSample:
-    """CPU of every process of one server tree at one instant."""
+    """CPU and system-call counts (`activity`) of every process of one server tree at one instant."""
 
     cpu: dict[int, float]
+    activity: dict[int, tuple[int, int]]
 
     @classmethod
     def take(cls, root: int) -> TreeSample:
-        return cls({pid: cpu_seconds(pid) for pid in process_tree(root)})
+        pids = process_tree(root)
+        return cls({pid: cpu_seconds(pid) for pid in pids}, {pid: activity(pid) for pid in pids})
 
     def cpu_since(self, before: TreeSample) -> float:
         """CPU seconds used since `before` by the processes alive now (new processes count in full)."""
         return sum(now - before.cpu.get(pid, 0.0) for pid, now in self.cpu.items())
+
+    def activity_since(self, before: TreeSample) -> tuple[int, int]:
+        """(writes, wake-ups) since `before` of the processes alive now (new processes count in full)."""
+        writes = sleeps = 0
+        for pid, (now_writes, now_sleeps) in self.activity.items():
+            then_writes, then_sleeps = before.activity.get(pid, (0, 0))
+            writes += now_writes - then_writes
+            sleeps += now_sleeps - then_sleeps
+        return writes, sleeps
 
 
 def tree_memory(root: int) -> list[dict[str, int]]:

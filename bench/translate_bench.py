@@ -53,7 +53,7 @@ from bench.gateway_pair import (
 )
 from bench.loadgen import echo_message
 from bench.processes import Child, Children, _die_with_parent, free_ports, wait_for_port
-from bench.report import GATEWAY_HEAD, GATEWAYS, gateway_columns, num, ratio, target_table
+from bench.report import GATEWAY_HEAD, GATEWAYS, activity_table, gateway_columns, num, ratio, target_table
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = REPO / "tests" / "peers"
@@ -445,6 +445,8 @@ def run(opts: TranslateOptions, tmp: Path, children: Children) -> tuple[dict, in
             "\nits calls in flight when a run ends); client/provider/other = % of one core (provider = the canned Bolt"
             "\nprovider or the nginx gRPC provider, as the path uses)."
         )
+        print()
+        print(activity_table(cells))
     if rows:
         print("\nratios (same run; > 1 = more CPU / more rps than the path in 'over'):")
         print(ratio_table(rows))
