@@ -7,7 +7,8 @@ For A/B comparisons of a change on the call path (bench/run.sh's numbers move by
 same tree: two gateways, the load generator and the provider share two cores and take turns). One `CallCore`
 with its endpoints as `interlink run` has them (tests/gateway/harness.py's world: an H2Endpoint or BoltEndpoint
 on the caller's side, a PoolGroup of one endpoint to the upstream), the access and audit lines rendered as
-configured by `interlink.logs` and written to /dev/null. The caller and the upstream are raw endpoints (HTTP/2
+configured by `interlink.logs` and written to /dev/null, a batch's lines in one write as `interlink run` writes
+them. The caller and the upstream are raw endpoints (HTTP/2
 of interlink.wire.h2conn, or Bolt frames; no call core): the caller keeps `--concurrency` unary 100-byte calls
 in flight, the upstream answers each with a 100-byte message (HTTP/2: a head, the message and OK trailers);
 any other outcome stops the run.
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     sink = open(os.devnull, "w")  # noqa: SIM115 - open for the whole run
     logs.configure(opts.log_level, stream=sink)
+    logs.hold_call_lines(True)  # as `interlink run` writes them: a batch's lines in one write
     upstream = opts.upstream or opts.caller
     if upstream != opts.caller and opts.role != "peer":
         parser.error("translation happens on the peer role (the providers' gateway) only")

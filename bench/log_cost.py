@@ -5,8 +5,9 @@
 Times, with timeit, the access line a call writes at its end (interlink/gateway/call.py `_finish`:
 `access_log.info("call", status=..., ms=..., **log_fields)`, 12 keys once level and ts are added) and the audit
 line (`audit_log.info("audit", decision=..., reason=None, **fields)`), through `interlink.logs.configure()` and
-`logs.CallLog` loggers, as the gateway uses them, and the access line through a module-level
-`structlog.get_logger(...)` proxy (what other lines use, and the call lines did before CallLog). The lines go to a file opened the way
+`logs.CallLog` loggers, the access line through a module-level `structlog.get_logger(...)` proxy (what other
+lines use, and the call lines did before CallLog), and both call lines held and written 16 at a time, as
+`interlink run` writes a batch's lines (logs.hold_call_lines). The lines go to a file opened the way
 a gateway's stderr is when the benchmark or a supervisor redirects it (a regular file; `--out /dev/null` to leave
 the disk out). Prints the best of `--repeat` runs in µs per line, and one line of each kind.
 """
@@ -37,8 +38,12 @@ AUDIT_FIELDS = {"site": "site-a", "ingress": "peer-bolt", "peer": "site-b", "ser
                 "method": "echo", "caller_app": "bench-app"}  # fmt: skip
 
 
+BATCH = 16  # lines per batch when held: access and audit lines of 8 calls (GW-A's batches in bench/run.sh at c=16)
+
+
 def measure(lines: int, repeat: int, out: str | None) -> dict[str, float]:
-    """µs per line, best of `repeat`, for the access and the audit line."""
+    """µs per line, best of `repeat`, for the access and the audit line, and for both held (as `interlink run`
+    writes them: logs.hold_call_lines) and written BATCH at a time."""
     path = out or os.path.join(tempfile.mkdtemp(prefix="interlink-log-cost-"), "gateway.log")
     # A gateway's stderr redirected to a file: a line-buffered text stream over a buffered binary file.
     stream = open(path, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 - closed below
@@ -57,13 +62,23 @@ def measure(lines: int, repeat: int, out: str | None) -> dict[str, float]:
         def access_via_structlog() -> None:
             proxy.info("call", status="OK", ms=0.412, **fields)
 
+        def batch_held() -> None:  # `interlink run`: a batch's lines are held and written when it ends
+            for _ in range(BATCH // 2):
+                access()
+                audit()
+            logs.write_held()
+
         result = {}
-        for name, fn in (("access", access), ("audit", audit), ("access via structlog", access_via_structlog)):
+        for name, fn, per in (("access line", access, 1), ("audit line", audit, 1),
+                              ("access line via structlog", access_via_structlog, 1),
+                              (f"both lines held, {BATCH} a write", batch_held, BATCH)):  # fmt: skip
+            logs.hold_call_lines(fn is batch_held)
             fn()  # first use: the proxy caches its logger
-            runs = timeit.repeat(fn, number=lines, repeat=repeat)
-            result[name] = min(runs) / lines * 1e6
+            runs = timeit.repeat(fn, number=lines // per, repeat=repeat)
+            result[name] = min(runs) / (lines // per * per) * 1e6
         return result
     finally:
+        logs.hold_call_lines(False)
         stream.close()
         structlog.reset_defaults()
         if out is None:
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     where = args.out or "a regular file"
     print(f"python {sys.version.split()[0]}, structlog {structlog.__version__}, lines to {where}:")
     for name, us in result.items():
-        print(f"  {name + ' line:':<26} {us:6.2f} µs")
+        print(f"  {name + ':':<32} {us:6.2f} µs per line")
     return 0
 
 

@@ -243,3 +243,112 @@ def test_call_lines_go_through_structlog_when_it_is_configured_otherwise():
     logs.configure("info", stream=stream)
     structlog.reset_defaults()  # structlog's defaults again: printed by structlog, not written here
     assert not logs._direct.current()  # noqa: SLF001
+
+
+# --- call lines held until the end of a batch (interlink run) ------------------------------------------------
+
+
+@pytest.fixture
+def holding():
+    yield
+    logs.hold_call_lines(False)
+
+
+def _call_line(access: logs.CallLog, n: int, pad: int = 0) -> None:
+    access.line("call", {"status": "OK", "ms": 0.5}, {"site": "site-a", "n": n, "pad": "x" * pad})
+
+
+def test_held_call_lines_are_the_lines_written_one_by_one_in_one_write(monkeypatch, holding):
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_795_000_000_123_456_789)
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    access = logs.CallLog("interlink.access")
+    for n in range(3):
+        _call_line(access, n)
+    one_by_one = list(raw.calls)
+    assert len(one_by_one) == 3
+    logs.hold_call_lines(True)
+    for n in range(3):
+        _call_line(access, n)
+    assert raw.calls == one_by_one  # held: nothing written yet
+    logs.write_held()
+    assert raw.calls[3:] == [b"".join(one_by_one)]
+    logs.write_held()  # nothing held: nothing written
+    assert len(raw.calls) == 4
+
+
+def test_held_lines_go_out_in_whole_lines_no_write_longer_than_a_pipe_keeps_whole(holding):
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    access = logs.CallLog("interlink.access")
+    logs.hold_call_lines(True)
+    sizes = [300] * 40 + [2 * logs.WRITE_LIMIT] + [10] * 5 + [logs.WRITE_LIMIT - 150] * 3
+    for n, pad in enumerate(sizes):
+        _call_line(access, n, pad)
+    logs.write_held()
+    lines = [json.loads(line) for write in raw.calls for line in write.splitlines()]
+    assert [line["n"] for line in lines] == list(range(len(sizes)))  # all of them, in order
+    for write in raw.calls:
+        assert write.endswith(b"\n")
+        assert len(write) <= logs.WRITE_LIMIT or write.count(b"\n") == 1  # a longer line goes alone
+    assert len(raw.calls) < len(sizes) // 4
+
+
+def test_any_other_line_and_the_end_of_holding_write_the_held_lines_first(holding):
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    access = logs.CallLog("interlink.access")
+    logs.hold_call_lines(True)
+    _call_line(access, 1)
+    structlog.get_logger("interlink.net").warning("connection.abuse", reason="flood")
+    assert [json.loads(write)["event"] for write in raw.calls] == ["call", "connection.abuse"]
+    _call_line(access, 2)
+    with structlog.testing.capture_logs():  # a line that goes through structlog (tests capture call lines)
+        access.line("call", {"status": "OK"}, {})
+    assert json.loads(raw.calls[-1])["n"] == 2
+    _call_line(access, 3)
+    logs.configure("info", stream=stream)  # a new configuration: the held lines go to the stream they were made for
+    assert json.loads(raw.calls[-1])["n"] == 3
+    _call_line(access, 4)
+    logs.hold_call_lines(False)  # the gateway's exit
+    assert json.loads(raw.calls[-1])["n"] == 4
+    _call_line(access, 5)  # not holding: written at once
+    assert json.loads(raw.calls[-1])["n"] == 5
+
+
+async def test_the_end_of_a_batch_writes_its_call_lines_after_its_bytes(holding):
+    from interlink.net.connection import Connection, FlushQueue
+    from interlink.net.transport import memory_transport_pair
+
+    raw, stream = _binary_stream()
+    logs.configure("info", stream=stream)
+    order = []
+
+    class Answering(Connection):
+        def _pending_output(self) -> bytes:
+            order.append(("bytes handed over", len(raw.calls)))
+            return b"answer"
+
+    queue = FlushQueue()
+    ours, _ = memory_transport_pair()
+    connection = Answering(ours, queue, "caller")
+    logs.hold_call_lines(True)
+    _call_line(logs.CallLog("interlink.access"), 1)  # a call of the batch ended: its answer, then its line
+    connection._mark()  # noqa: SLF001
+    queue.flush()
+    assert order == [("bytes handed over", 0)] and json.loads(raw.calls[0])["n"] == 1
+
+
+def test_a_stream_that_is_gone_loses_the_held_lines_not_the_caller(holding):
+    class Gone(io.RawIOBase):
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    logs.configure("info", stream=io.TextIOWrapper(io.BufferedWriter(Gone()), encoding="utf-8", write_through=True))
+    logs.hold_call_lines(True)
+    _call_line(logs.CallLog("interlink.access"), 1)
+    logs.write_held()  # no exception into the batch that ends
+    assert logs._held == []  # noqa: SLF001

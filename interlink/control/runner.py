@@ -46,12 +46,15 @@ def run_gateway(
         return _supervise_workers(config_path, workers, log_level, log_format, drain_seconds)
     gateway.reuse_port = os.environ.get(WORKER_ENV) is not None
     log_expiring_certificates(snapshot)
+    logs.hold_call_lines(True)  # written once per batch of calls, not one system call per line (logs.py)
     try:
         trio.run(_serve_until_signalled, gateway, registry, drain_seconds)
     except* OSError as group:  # listening failed: port in use, address not local ...
         raise StartupError(f"interlink run: {_first_leaf(group)}") from None
     except* RegistryError as group:  # the registry cannot be reached or refused us at start
         raise StartupError(f"interlink run: registry: {_first_leaf(group)}") from None
+    finally:
+        logs.hold_call_lines(False)
     return 0
 
 
@@ -80,6 +83,7 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
     registry = trio.CancelScope()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write_held_lines)
             if config.tracing.otlp_endpoint:
                 from interlink.net.otlp import SpanExporter  # OpenTelemetry's messages: only when spans are exported
 
@@ -122,6 +126,13 @@ async def _serve_until_signalled(gateway, registry_settings, drain_seconds: floa
                     status.messaging.stop_pumps()  # no new message crosses; those in flight go back to the broker
                 nursery.start_soon(_drain_then_stop, gateway, drain_seconds, nursery.cancel_scope)
                 break
+
+
+async def _write_held_lines() -> None:
+    """Call lines made outside a batch of input (a refused handshake's audit line) wait no longer than this."""
+    while True:
+        await trio.sleep(logs.HELD_LINES_INTERVAL)
+        logs.write_held()
 
 
 async def _drain_then_stop(gateway, drain_seconds: float, everything: trio.CancelScope) -> None:

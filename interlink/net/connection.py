@@ -2,7 +2,8 @@
 
 - Writes are queued synchronously and flushed by whoever caused them (`FlushQueue`), once per read batch.
   Flushing hands the bytes to each connection's transport, which never waits (interlink.net.transport):
-  a reader that serves others never waits on one of them.
+  a reader that serves others never waits on one of them. Then the call lines the batch made are written
+  (when `interlink run` holds them: interlink/logs.py hold_call_lines).
 - A congested connection (its transport holds `output_limit` bytes the other side has not taken) is not fed
   more: HTTP/2 streams wait for flow control and the drain, Bolt stops reading requests from it. When its
   backlog is sent, `_drained()` resumes them.
@@ -22,6 +23,7 @@ import structlog
 import trio
 from mypy_extensions import mypyc_attr
 
+from interlink import logs
 from interlink.model import Status
 from interlink.net.heap import HeapTrimmer
 from interlink.net.transport import Transport, TransportClosed
@@ -35,7 +37,8 @@ CLOSE_LINGER = 1.0  # how long a closing connection may take to send its last by
 
 class FlushQueue:
     """Connections written to since the last flush. Shared by all connections of one gateway so that the
-    reader (or timer) that caused a write flushes it, once, after its whole batch."""
+    reader (or timer) that caused a write flushes it, once, after its whole batch; the batch's call lines
+    follow its bytes."""
 
     __slots__ = ("_dirty",)
 
@@ -51,6 +54,7 @@ class FlushQueue:
             connection = next(iter(dirty))
             del dirty[connection]
             connection.flush()
+        logs.write_held()
 
 
 class IdleRule(enum.Enum):
