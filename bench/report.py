@@ -48,12 +48,13 @@ def activity_table(cells: list[dict]) -> str:
     one wake-up serves (the per-wake-up costs -- epoll, the scheduler, recv and send -- are shared by them), and
     the writes of its log lines."""
     width = max([10, *(len(c["path"]) for c in cells)])
-    head = f"{'path':<{width}} {'conc':>4}" + "".join(f" | {role + ' wake-ups':>14} {'writes':>7}" for role in GATEWAYS)
+    head = (f"{'path':<{width}} {'payload':>8} {'conc':>4}"
+            + "".join(f" | {role + ' wake-ups':>14} {'writes':>7}" for role in GATEWAYS))
     lines = [head, "-" * len(head)]
     for c in cells:
         if "error" in c or "wakeups_per_call" not in next(iter(c["proxies"].values()), {}):
             continue
-        row = f"{c['path']:<{width}} {c['concurrency']:>4}"
+        row = f"{c['path']:<{width}} {size_label(c['size']):>8} {c['concurrency']:>4}"
         for role in GATEWAYS:
             p = c["proxies"].get(role)
             row += f" | {p['wakeups_per_call']:>14.3f} {p['writes_per_call']:>7.3f}" if p else f" | {'':>22}"
