@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections.abc
 import logging
+from collections import deque
 import sys
 import time
 from typing import Any, NamedTuple, TextIO
@@ -220,7 +221,10 @@ class CallLog:
 WRITE_LIMIT = 4096  # PIPE_BUF: a write this long to a pipe never interleaves with another worker's (--workers)
 HELD_LINES_INTERVAL = 0.1  # seconds: the longest a line made outside a batch waits
 
-_held: list[bytes] = []  # rendered call lines, not written yet (at most WRITE_LIMIT bytes, or one longer line)
+# Rendered call lines not written yet (about WRITE_LIMIT bytes at most, or one longer line). Appended to by the
+# gateway's thread only; any thread's log line may write them (a registry client's thread): taken one by one
+# (deque.popleft is atomic), none is lost or written twice.
+_held: deque[bytes] = deque()
 _held_size = 0
 _holding = False
 
@@ -238,9 +242,14 @@ def write_held() -> None:
     global _held_size
     if not _held:
         return
-    data = b"".join(_held)
-    _held.clear()
     _held_size = 0
+    lines = []
+    while _held:
+        try:
+            lines.append(_held.popleft())
+        except IndexError:  # another thread took the last one
+            break
+    data = b"".join(lines)
     direct = _direct
     if direct is None:
         return
