@@ -57,7 +57,7 @@ def finish_cell(
             "cpu_pct": round(100 * seconds / bracket.seconds, 1),
             "rss_peak_mb": round(max(m["VmHWM"] for m in memory) / 1024, 1),
             "rss_now_mb": round(max(m["VmRSS"] for m in memory) / 1024, 1),
-            # file writes (log lines) and wake-ups per call (processes.activity): what its CPU is spent around
+            # writes (interlink: its log lines) and wake-ups per call (processes.activity)
             **{f"{kind}_per_call": round(count / calls, 3)
                for kind, count in zip(("writes", "wakeups"), bracket.activity[f"{path_name}:{role}"])},
             "processes": memory,

@@ -174,6 +174,8 @@ def run(args: argparse.Namespace, tmp: Path, children: Children) -> int:
         "\nCPU used by anything else on the machine (other users, unattributed kernel work), in % of one core:"
         "\nwhen it is large, the cell was disturbed."
     )
+    print()
+    print(report.activity_table(cells))
     if ratio_rows:
         print("\ninterlink / nginx (same run; rps > 1 and CPU < 1 favour interlink)")
         print(report.ratio_table(ratio_rows))

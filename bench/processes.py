@@ -233,10 +233,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def activity(pid: int) -> tuple[int, int]:
-    """(writes, wake-ups) of one process so far: its write-type system calls on files (/proc/PID/io syscw, the
-    whole process: a gateway's log lines; socket sends are not counted there) and the times its threads went to
-    sleep waiting for something (voluntary context switches, summed over /proc/PID/task/*/status): an
-    event-loop process sleeps once per wake-up. (0, 0) if it is gone."""
+    """(writes, wake-ups) of one process so far: its write(2)-family system calls (/proc/PID/io syscw, the whole
+    process: write, writev, pwrite on any descriptor -- an interlink gateway's log lines, nginx's sockets too;
+    send/sendto/sendmsg, which interlink's sockets use, are not counted) and the times its threads went to sleep
+    waiting for something (voluntary context switches, summed over /proc/PID/task/*/status): an event-loop
+    process sleeps once per wake-up. (0, 0) if it is gone."""
     writes = sleeps = 0
     try:
         for line in Path(f"/proc/{pid}/io").read_text().splitlines():

@@ -44,24 +44,27 @@ def gateway_columns(cell: dict) -> str:
 
 
 def activity_table(cells: list[dict]) -> str:
-    """Per measured cell, each gateway's wake-ups and file writes per call (processes.activity): how many calls
-    one wake-up serves (the per-wake-up costs -- epoll, the scheduler, recv and send -- are shared by them), and
-    the writes of its log lines."""
+    """Per measured cell, each proxy's wake-ups and writes per call (processes.activity): how many calls one
+    wake-up serves (the per-wake-up costs -- epoll, the scheduler, recv and send -- are shared by them), and
+    (interlink) the writes of its log lines."""
     width = max([10, *(len(c["path"]) for c in cells)])
     head = (f"{'path':<{width}} {'payload':>8} {'conc':>4}"
-            + "".join(f" | {role + ' wake-ups':>14} {'writes':>7}" for role in GATEWAYS))
+            + "".join(f" | {side:<6} {'wake-ups':>8} {'writes':>7}" for side in ("B-side", "A-side")))
     lines = [head, "-" * len(head)]
     for c in cells:
-        if "error" in c or "wakeups_per_call" not in next(iter(c["proxies"].values()), {}):
-            continue
+        proxies = c.get("proxies") or {}
+        if "error" in c or "wakeups_per_call" not in next(iter(proxies.values()), {}):
+            continue  # (a direct path: no proxy)
         row = f"{c['path']:<{width}} {size_label(c['size']):>8} {c['concurrency']:>4}"
-        for role in GATEWAYS:
-            p = c["proxies"].get(role)
-            row += f" | {p['wakeups_per_call']:>14.3f} {p['writes_per_call']:>7.3f}" if p else f" | {'':>22}"
+        for role in SIDES.get(c["path"], GATEWAYS):
+            p = proxies.get(role)
+            row += (f" | {role:<6} {p['wakeups_per_call']:>8.3f} {p['writes_per_call']:>7.3f}" if p
+                    else f" | {'-':<6} {'-':>8} {'-':>7}")
         lines.append(row)
     return "\n".join(lines) + (
-        "\n\nper call: wake-ups = times the gateway's threads slept and were woken (voluntary context switches);"
-        "\nwrites = write-type system calls on files (its log lines; socket sends are not counted)."
+        "\n\nper call: wake-ups = times the proxy's threads slept and were woken (voluntary context switches);"
+        "\nwrites = write(2)-family system calls (/proc/PID/io syscw): an interlink gateway's log lines (its"
+        "\nsockets send with send(2), not counted); nginx writes its sockets with write/writev, counted."
     )
 
 
