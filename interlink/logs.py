@@ -213,8 +213,9 @@ class CallLog:
 # when its call ends is a system call: two per call on the peer port (access + audit), two thirds of all of
 # GW-A's system calls in bench/run.sh's Bolt and translated cells. `interlink run` holds them
 # (hold_call_lines): the lines a batch makes are written when the batch ends (net/connection.FlushQueue.flush,
-# after the bytes the batch queued for its connections), in writes of whole lines of at most WRITE_LIMIT
-# bytes, in the order they were made. Lines made outside any batch (a refused TLS handshake's audit line)
+# just before the bytes the batch queued leave: a caller that has its answer finds its line written, as when
+# each line was written at once), in writes of whole lines of at most WRITE_LIMIT bytes, in the order they
+# were made. Lines made outside any batch (a refused TLS handshake's audit line)
 # wait at most HELD_LINES_INTERVAL (control/runner.py writes them); any other log line writes the held ones
 # first; so do configure() and the end of holding (the gateway's exit).
 

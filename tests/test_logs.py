@@ -316,27 +316,31 @@ def test_any_other_line_and_the_end_of_holding_write_the_held_lines_first(holdin
     assert json.loads(raw.calls[-1])["n"] == 5
 
 
-async def test_the_end_of_a_batch_writes_its_call_lines_after_its_bytes(holding):
+async def test_the_end_of_a_batch_writes_its_call_lines_before_its_bytes_leave(holding):
+    """A caller that has its answer finds its call's line written (as when each line was written at once)."""
     from interlink.net.connection import Connection, FlushQueue
     from interlink.net.transport import memory_transport_pair
 
     raw, stream = _binary_stream()
     logs.configure("info", stream=stream)
-    order = []
+    access = logs.CallLog("interlink.access")
+    handed_over = []
 
     class Answering(Connection):
         def _pending_output(self) -> bytes:
-            order.append(("bytes handed over", len(raw.calls)))
+            handed_over.append(len(raw.calls))  # lines written by the time the answer is handed over
+            _call_line(access, 2)  # a call that fails as its transport breaks, while flushing
             return b"answer"
 
     queue = FlushQueue()
     ours, _ = memory_transport_pair()
     connection = Answering(ours, queue, "caller")
     logs.hold_call_lines(True)
-    _call_line(logs.CallLog("interlink.access"), 1)  # a call of the batch ended: its answer, then its line
+    _call_line(access, 1)  # a call of the batch ended: its line, then its answer
     connection._mark()  # noqa: SLF001
     queue.flush()
-    assert order == [("bytes handed over", 0)] and json.loads(raw.calls[0])["n"] == 1
+    assert handed_over == [1] and json.loads(raw.calls[0])["n"] == 1
+    assert json.loads(raw.calls[1])["n"] == 2  # the flush's own lines go at its end
 
 
 def test_a_stream_that_is_gone_loses_the_held_lines_not_the_caller(holding):

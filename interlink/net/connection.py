@@ -2,8 +2,8 @@
 
 - Writes are queued synchronously and flushed by whoever caused them (`FlushQueue`), once per read batch.
   Flushing hands the bytes to each connection's transport, which never waits (interlink.net.transport):
-  a reader that serves others never waits on one of them. Then the call lines the batch made are written
-  (when `interlink run` holds them: interlink/logs.py hold_call_lines).
+  a reader that serves others never waits on one of them. The call lines the batch made are written just
+  before (when `interlink run` holds them: interlink/logs.py hold_call_lines).
 - A congested connection (its transport holds `output_limit` bytes the other side has not taken) is not fed
   more: HTTP/2 streams wait for flow control and the drain, Bolt stops reading requests from it. When its
   backlog is sent, `_drained()` resumes them.
@@ -37,8 +37,8 @@ CLOSE_LINGER = 1.0  # how long a closing connection may take to send its last by
 
 class FlushQueue:
     """Connections written to since the last flush. Shared by all connections of one gateway so that the
-    reader (or timer) that caused a write flushes it, once, after its whole batch; the batch's call lines
-    follow its bytes."""
+    reader (or timer) that caused a write flushes it, once, after its whole batch; the batch's call lines are
+    written just before its bytes go out."""
 
     __slots__ = ("_dirty",)
 
@@ -49,12 +49,13 @@ class FlushQueue:
         self._dirty[connection] = None
 
     def flush(self) -> None:
+        logs.write_held()  # first: a caller that has its answer finds its call's lines written, as before holding
         dirty = self._dirty
         while dirty:
             connection = next(iter(dirty))
             del dirty[connection]
             connection.flush()
-        logs.write_held()
+        logs.write_held()  # (calls failed while flushing: a transport that broke)
 
 
 class IdleRule(enum.Enum):
