@@ -215,9 +215,9 @@ class CallLog:
 # (hold_call_lines): the lines a batch makes are written when the batch ends (net/connection.FlushQueue.flush,
 # just before the bytes the batch queued leave: a caller that has its answer finds its line written, as when
 # each line was written at once), in writes of whole lines of at most WRITE_LIMIT bytes, in the order they
-# were made. Lines made outside any batch (a refused TLS handshake's audit line)
-# wait at most HELD_LINES_INTERVAL (control/runner.py writes them); any other log line writes the held ones
-# first; so do configure() and the end of holding (the gateway's exit).
+# were made. Lines made outside any batch (a refused TLS handshake's audit line) wait at most
+# HELD_LINES_INTERVAL (control/runner.py writes them); any other log line writes the held ones first; so do
+# configure() and the end of holding (the gateway's exit).
 
 WRITE_LIMIT = 4096  # PIPE_BUF: a write this long to a pipe never interleaves with another worker's (--workers)
 HELD_LINES_INTERVAL = 0.1  # seconds: the longest a line made outside a batch waits
