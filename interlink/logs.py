@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import collections.abc
 import logging
-from collections import deque
 import sys
 import time
+from collections import deque
 from typing import Any, NamedTuple, TextIO
 
 import orjson
